@@ -1,0 +1,35 @@
+# Two commands a fresh clone needs: `make demo` and `make test` (each creates .venv itself).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.14.1 is the CUDA 13.0 build; it also runs on the CPU. Override for another build.
+TORCH_SPEC ?= torch==2.14.1
+export CUDA_HOME ?= $(shell sh scripts/cuda_home.sh)
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.runtime: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e ".[dev,triton]"
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/decinv demo --out demo_output
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check decinv_fast kernels tests benchmarks scripts
+
+bench: $(VENV)/.dev
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output

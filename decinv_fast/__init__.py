@@ -1,0 +1,13 @@
+"""decinv_fast: fast, memory-frugal gradient-free decoder inversion for latent diffusion models.
+
+    import decinv_fast
+    z = decinv_fast.invert(pipe.vae, image).latents   # instead of vae.encode(image).latent_dist.mode() * scaling
+"""
+
+from .api import decode, encode, invert, nmse_db
+from .fixture import load_fixture_vae
+from .info import info
+from .result import InversionResult
+
+__version__ = "0.1.0"
+__all__ = ["invert", "encode", "decode", "nmse_db", "load_fixture_vae", "InversionResult", "info"]

@@ -1,0 +1,129 @@
+"""One encode/decode interface over every kind of VAE that ``invert`` accepts.
+
+Latent conventions follow diffusers pipelines exactly::
+
+    E(x) = (vae.encode(x).latent_dist.mode() - shift_factor) * scaling_factor
+    D(z) = vae.decode(z / scaling_factor + shift_factor).sample
+
+An adapter works on *frames*: ``encode`` maps ``(N, 3, H, W)`` pixels in [-1, 1] to ``(N, C, h, w)``
+latents and ``decode`` maps them back. Videos are flattened to frames by the caller; a temporal
+VAE's decoder is told how many consecutive frames form one video (``frames_per_video``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+VAE_KINDS = (
+    "a diffusers AutoencoderKL, AutoencoderTiny or AutoencoderKLTemporalDecoder, or an (encode_fn, decode_fn) pair"
+)
+
+
+@dataclass
+class VaeAdapter:
+    """Encoder and decoder of one VAE in the pipeline's latent space.
+
+    ``spatial_factor`` and ``latent_channels`` are ``None`` for callables (unknown until called).
+    ``module`` is the ``nn.Module`` behind the adapter, if any (for dtype/device/attention).
+    """
+
+    kind: str
+    encode_fn: Callable[[torch.Tensor], torch.Tensor]
+    decode_fn: Callable[[torch.Tensor, int], torch.Tensor]
+    spatial_factor: int | None
+    latent_channels: int | None
+    module: nn.Module | None = None
+    temporal: bool = False
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_fn(pixels)
+
+    def decode(self, latents: torch.Tensor, frames_per_video: int = 1) -> torch.Tensor:
+        return self.decode_fn(latents, frames_per_video)
+
+    @property
+    def device(self) -> torch.device | None:
+        if self.module is None:
+            return None
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        if self.module is None:
+            return None
+        return next(self.module.parameters()).dtype
+
+
+def _factors(config) -> tuple[float, float]:
+    scaling = getattr(config, "scaling_factor", None)
+    shift = getattr(config, "shift_factor", None)
+    return (1.0 if scaling is None else float(scaling)), (0.0 if shift is None else float(shift))
+
+
+def _scaled(raw: torch.Tensor, scaling: float, shift: float) -> torch.Tensor:
+    # contiguous: encoder outputs can come back channels-last, and the decoder's arithmetic (hence
+    # every later bit) depends on the input layout; one canonical layout keeps runs reproducible.
+    return ((raw - shift) * scaling if shift else raw * scaling).contiguous()
+
+
+def _unscaled(z: torch.Tensor, scaling: float, shift: float) -> torch.Tensor:
+    return z / scaling + shift if shift else z / scaling
+
+
+def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
+    scaling, shift = _factors(vae.config)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return _scaled(vae.encode(x).latent_dist.mode(), scaling, shift)
+
+    def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        if temporal:
+            return vae.decode(_unscaled(z, scaling, shift), num_frames=frames_per_video).sample
+        return vae.decode(_unscaled(z, scaling, shift)).sample
+
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return VaeAdapter(kind, encode, decode, factor, vae.config.latent_channels, vae, temporal)
+
+
+def _tiny_adapter(vae) -> VaeAdapter:
+    scaling, shift = _factors(vae.config)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return _scaled(vae.encode(x).latents, scaling, shift)
+
+    def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        return vae.decode(_unscaled(z, scaling, shift)).sample
+
+    factor = vae.config.upsampling_scaling_factor ** (len(vae.config.encoder_block_out_channels) - 1)
+    return VaeAdapter("AutoencoderTiny", encode, decode, factor, vae.config.latent_channels, vae)
+
+
+def _callable_adapter(pair) -> VaeAdapter:
+    encode_fn, decode_fn = pair
+    if not (callable(encode_fn) and callable(decode_fn)):
+        raise TypeError(f"vae must be {VAE_KINDS}; got a pair whose items are not both callable")
+    return VaeAdapter("callables", encode_fn, lambda z, frames: decode_fn(z), None, None)
+
+
+def as_adapter(vae) -> VaeAdapter:
+    """Wrap ``vae`` in a :class:`VaeAdapter`, or raise a ``TypeError`` naming the accepted kinds."""
+    if isinstance(vae, VaeAdapter):
+        return vae
+    if isinstance(vae, tuple | list) and len(vae) == 2:
+        return _callable_adapter(vae)
+    name = type(vae).__name__
+    try:
+        from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny
+    except ImportError:  # pragma: no cover - diffusers is a hard dependency
+        AutoencoderKL = AutoencoderKLTemporalDecoder = AutoencoderTiny = ()
+    if isinstance(vae, AutoencoderKLTemporalDecoder):
+        return _kl_adapter(vae, "AutoencoderKLTemporalDecoder", temporal=True)
+    if isinstance(vae, AutoencoderKL):
+        return _kl_adapter(vae, "AutoencoderKL", temporal=False)
+    if isinstance(vae, AutoencoderTiny):
+        return _tiny_adapter(vae)
+    raise TypeError(f"vae must be {VAE_KINDS}; got {name}")

@@ -1,0 +1,217 @@
+"""Public, drop-in API: ``invert``, ``encode``, ``decode``, ``nmse_db``."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from . import reference
+from ._dispatch import check_backend_name
+from .adapters import VaeAdapter, as_adapter
+from .inputs import Frames, to_frames
+from .loop import Plan, encode_frames, make_iteration
+from .memory import PeakMemory
+from .result import InversionResult
+
+METHODS = ("adam", "fsm", "km", "grad")
+DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01}
+METHOD_OPTIONS = {"adam": {"eps", "betas"}, "fsm": {"rho"}, "km": {"rho", "alpha"}, "grad": set()}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_options(method: str, lr, options: dict) -> tuple[float, dict]:
+    unknown = set(options) - METHOD_OPTIONS[method]
+    if unknown:
+        allowed = sorted(METHOD_OPTIONS[method]) or "none"
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for method={method!r}; allowed: {allowed}")
+    options = dict(options)
+    if "rho" in options:
+        if lr is not None:
+            raise ValueError(f"give either lr or rho for method={method!r}, not both (they are the same step size)")
+        lr = options.pop("rho")
+    lr = DEFAULT_LR[method] if lr is None else lr
+    _check_positive("lr", lr)
+    if "alpha" in options and not (0 <= options["alpha"] < 1):
+        raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
+    if "eps" in options:
+        _check_positive("eps", options["eps"])
+    if "betas" in options:
+        b1, b2 = options["betas"]
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {options['betas']!r}")
+    return float(lr), options
+
+
+def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
+    """The adapter to run with: the user's VAE, or a converted copy if ``dtype`` differs (the
+    user's VAE is never modified)."""
+    if adapter.module is None or dtype is None or adapter.dtype == dtype:
+        return adapter
+    return as_adapter(copy.deepcopy(adapter.module).to(dtype))
+
+
+def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
+    channels = None
+    if adapter.module is not None:
+        channels = getattr(adapter.module.config, "in_channels", None)
+    return to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
+                     spatial_factor=adapter.spatial_factor, channels=channels)
+
+
+def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames) -> int:
+    total = frames.pixels.shape[0]
+    if chunk_frames is None:
+        return total
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
+    if adapter.temporal and chunk_frames % frames.frames_per_video:
+        raise ValueError(
+            f"chunk_frames={chunk_frames}: {adapter.kind} mixes the frames of a video in its decoder, so "
+            f"a chunk must hold whole videos (a multiple of {frames.frames_per_video} frames)"
+        )
+    return min(chunk_frames, total)
+
+
+def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
+           schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
+           progress: bool = False, backend: str = "auto", chunk_frames: int | None = None,
+           callback=None, **method_options) -> InversionResult:
+    """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
+
+    Drop-in for ``vae.encode(x).latent_dist.mode()`` (scaled and shifted like a diffusers pipeline),
+    but solves ``E(D(z)) = E(x)`` with forward passes only (Hong et al., NeurIPS 2024).
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder`` or an
+            ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
+        images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1], uint8 tensor,
+            PIL image(s), or uint8 NumPy ``(H, W, 3)`` / ``(F, H, W, 3)``.
+        method: ``"adam"`` (the paper's practical method), ``"fsm"`` (forward step), ``"km"``
+            (inertial Krasnoselskii-Mann, option ``alpha``) or ``"grad"`` (gradient-based baseline).
+        steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``).
+        lr: step size (``rho`` for fsm/km); defaults 0.01 (adam, grad) and 1.0 (fsm, km).
+        schedule: ``"paper"`` (warmup 1/10, cosine 7/10, flat 2/10, over at most 100 steps),
+            ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).
+        dtype: compute dtype; default the VAE's. A VAE in another dtype is copied, never changed.
+        tol: stop once every sample's relative residual falls below ``tol`` (one host sync per step).
+        progress: show a tqdm bar with the residual (one host sync per step).
+        backend: update-kernel backend, ``"auto"``, ``"torch"`` or ``"reference"``.
+        chunk_frames: frames per encoder/decoder call (default: all at once).
+        callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
+            iterate shaped like the result (clone it to keep it).
+        **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km), ``alpha`` (km).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if schedule not in reference.SCHEDULES:
+        raise ValueError(f"schedule must be one of {reference.SCHEDULES}, got {schedule!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
+    if tol is not None:
+        _check_positive("tol", tol)
+    check_backend_name(backend)
+    lr, options = _check_options(method, lr, method_options)
+    adapter = _working_vae(vae, as_adapter(vae), dtype)
+    frames = _frames_for(adapter, images, dtype)
+    plan = Plan(method, steps, lr, schedule, options, backend, _chunk_for(adapter, frames, chunk_frames))
+    device = frames.pixels.device
+    start = time.perf_counter()
+    with PeakMemory(device) as peak:
+        iteration = make_iteration(adapter, frames, plan)
+        watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
+        steps_run = _run(iteration, plan, tol, progress, watch)
+        latents = iteration.latents
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return _result(iteration, frames, latents, steps_run, seconds, peak.peak_bytes, plan)
+
+
+def _run(iteration, plan: Plan, tol: float | None, progress: bool, watch) -> int:
+    bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
+    denom = iteration.reference_norm()
+    grad_enabled = plan.method == "grad"
+    with bar, torch.set_grad_enabled(grad_enabled):
+        for k in range(plan.steps):
+            iteration.run_step()
+            if watch is not None:
+                watch(k)
+            if tol is None and not progress:
+                continue
+            rel = iteration.history[k].sqrt() / denom
+            bar.set_postfix(residual=f"{float(rel.max()):.3e}")
+            bar.update(1)
+            if not bool(torch.isfinite(rel).all()) or (tol is not None and bool((rel < tol).all())):
+                return k + 1
+    return plan.steps
+
+
+def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
+    """Frame-major latents given the user's layout back (a view)."""
+    return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
+
+
+def _result(iteration, frames: Frames, latents, steps_run, seconds, peak_bytes, plan) -> InversionResult:
+    history = iteration.history[:steps_run]
+    denom = iteration.reference_norm()
+    if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
+        raise FloatingPointError(
+            f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, lr={plan.lr}); "
+            + ("gradient-based inversion underflows in half precision, use dtype=torch.float32"
+               if plan.method == "grad" and latents.dtype != torch.float32 else "try a smaller lr or float32")
+        )
+    per_step = (history.sqrt() / denom).cpu()
+    residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
+    return InversionResult(
+        latents=_shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
+        residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
+        method=plan.method, dtype=latents.dtype, backend=plan.backend,
+    )
+
+
+@torch.no_grad()
+def encode(vae, images, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes)."""
+    adapter = _working_vae(vae, as_adapter(vae), dtype)
+    frames = _frames_for(adapter, images, dtype)
+    return _shaped(frames, encode_frames(adapter, frames.pixels, frames.pixels.shape[0]))
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """``D(z)``: pixels in [-1, 1] (unclamped), ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``."""
+    adapter = as_adapter(vae)
+    if not isinstance(latents, torch.Tensor) or latents.dim() not in (3, 4, 5):
+        raise ValueError("latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor")
+    if adapter.device is not None and latents.device != adapter.device:
+        raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
+    squeezed = latents.dim() == 3
+    z = latents[None] if squeezed else latents
+    if adapter.dtype is not None:
+        z = z.to(adapter.dtype)
+    frames = z.shape[1] if z.dim() == 5 else 1
+    flat = z.flatten(0, 1) if z.dim() == 5 else z
+    pixels = adapter.decode(flat, frames if adapter.temporal else 1)
+    pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
+    return pixels[0] if squeezed else pixels
+
+
+def nmse_db(estimate: torch.Tensor, truth: torch.Tensor, *, per_sample: bool = False):
+    """``10 log10(||estimate - truth||² / ||truth||²)``: one float, or a ``(B,)`` tensor per sample."""
+    if estimate.shape != truth.shape:
+        raise ValueError(f"estimate {tuple(estimate.shape)} and truth {tuple(truth.shape)} differ in shape")
+    if per_sample:
+        return 10 * torch.log10(reference.nmse(estimate, truth))
+    ratio = reference.nmse(estimate.reshape(1, -1), truth.reshape(1, -1))[0]
+    return float(10 * torch.log10(ratio))

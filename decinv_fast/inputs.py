@@ -1,0 +1,154 @@
+"""Turn whatever the user passed as ``images`` into checked frames in [-1, 1].
+
+Accepted: float tensors in [-1, 1] shaped ``(3, H, W)``, ``(B, 3, H, W)`` or videos
+``(B, F, 3, H, W)``; integer tensors in [0, 255] of the same shapes; a PIL image or a list of
+them; uint8 NumPy arrays ``(H, W, 3)``, ``(F, H, W, 3)`` (one video) or ``(B, F, H, W, 3)``.
+Every rejection is a ``ValueError``/``TypeError`` that names the argument and says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+# Decoder outputs overshoot [-1, 1] a little; values beyond this are another convention (e.g. [0, 255]).
+FLOAT_RANGE_LIMIT = 1.5
+
+
+@dataclass
+class Frames:
+    """Checked pixels as frames ``(B * F, 3, H, W)`` plus how to give the latents their shape back."""
+
+    pixels: torch.Tensor
+    batch: int
+    frames: int | None  # frames per video; None for still images
+    squeezed: bool  # the input had no batch dimension (one image or one video)
+
+    @property
+    def frames_per_video(self) -> int:
+        return self.frames or 1
+
+    def latent_shape(self, frame_latent_shape: torch.Size) -> tuple[int, ...]:
+        """Shape of the latents for this input, from the shape of one frame's latent."""
+        lead = (self.batch,) if self.frames is None else (self.batch, self.frames)
+        return lead + tuple(frame_latent_shape)
+
+    def restore(self, latents: torch.Tensor) -> torch.Tensor:
+        """Drop the batch dimension again if the user gave none."""
+        return latents[0] if self.squeezed else latents
+
+
+def _from_uint8_hwc(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1], as diffusers converts PIL."""
+    lead = array.shape[:-3]
+    flat = array.reshape((-1,) + array.shape[-3:]).astype(np.float32) / 255.0
+    pixels = VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(flat))
+    return pixels.reshape(lead + pixels.shape[1:])
+
+
+def _from_pil(images) -> tuple[torch.Tensor, bool]:
+    from PIL import Image
+
+    single = isinstance(images, Image.Image)
+    items = [images] if single else list(images)
+    sizes = {im.size for im in items}
+    if len(sizes) != 1:
+        raise ValueError(f"images: all PIL images must have the same size, got {sorted(sizes)}")
+    arrays = np.stack([np.asarray(im.convert("RGB")) for im in items])
+    return _from_uint8_hwc(arrays), single
+
+
+def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
+    if array.dtype != np.uint8:
+        raise TypeError(f"images: NumPy images must be uint8 (H, W, 3) or (F, H, W, 3); got dtype {array.dtype}")
+    if array.ndim not in (3, 4, 5) or array.shape[-1] != 3:
+        raise ValueError(
+            "images: NumPy images must be (H, W, 3), (F, H, W, 3) or (B, F, H, W, 3) uint8; "
+            f"got shape {array.shape}"
+        )
+    if array.size == 0:
+        raise ValueError("images: empty array")
+    pixels = _from_uint8_hwc(array)
+    # (H, W, 3) is one image; (F, H, W, 3) is one video; (B, F, H, W, 3) a batch of videos.
+    return (pixels[None], True) if array.ndim in (3, 4) else (pixels, False)
+
+
+def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if images.dim() not in (3, 4, 5):
+        raise ValueError(
+            "images: expected (B, 3, H, W) images or (B, F, 3, H, W) videos, "
+            f"got a tensor of shape {tuple(images.shape)}"
+        )
+    if images.numel() == 0:
+        raise ValueError(f"images: empty batch (shape {tuple(images.shape)})")
+    if images.dtype == torch.bool or images.is_complex():
+        raise TypeError(f"images: unsupported dtype {images.dtype}; use float in [-1, 1] or uint8")
+    if not images.is_floating_point():
+        lo, hi = int(images.min()), int(images.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"images: integer pixels must lie in [0, 255], got range [{lo}, {hi}]")
+        images = images.float() / 255.0 * 2.0 - 1.0
+    else:
+        finite = torch.isfinite(images)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"images: {bad} pixel value(s) are NaN or infinite")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -FLOAT_RANGE_LIMIT or hi > FLOAT_RANGE_LIMIT:
+            raise ValueError(
+                f"images: float pixels must lie in [-1, 1], got range [{lo:.3g}, {hi:.3g}]; "
+                "for [0, 1] images pass images * 2 - 1, for [0, 255] pass images / 127.5 - 1"
+            )
+    return (images[None], True) if images.dim() == 3 else (images, False)
+
+
+def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
+              spatial_factor: int | None, channels: int | None) -> Frames:
+    """Validate ``images`` and return them as frames on ``device`` in ``dtype``."""
+    if isinstance(images, list | tuple) and len(images) == 0:
+        raise ValueError("images: empty batch (an empty list)")
+    if isinstance(images, torch.Tensor):
+        if device is not None and images.device != device:
+            raise ValueError(
+                f"images are on {images.device} but the VAE is on {device}; move one of them "
+                f"(e.g. images.to('{device}'))"
+            )
+        pixels, squeezed = _from_tensor(images)
+    elif isinstance(images, np.ndarray):
+        pixels, squeezed = _from_numpy(images)
+    elif _is_pil(images):
+        pixels, squeezed = _from_pil(images)
+    else:
+        raise TypeError(
+            "images must be a tensor (B, 3, H, W) / (B, F, 3, H, W), a PIL image or list of them, "
+            f"or a uint8 NumPy array; got {type(images).__name__}"
+        )
+    frames = pixels.shape[1] if pixels.dim() == 5 else None
+    batch = pixels.shape[0]
+    pixels = pixels.flatten(0, 1) if frames is not None else pixels
+    if pixels.shape[0] == 0:
+        raise ValueError("images: empty batch")
+    c, h, w = pixels.shape[-3:]
+    if channels is not None and c != channels:
+        raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(pixels.shape)})")
+    if spatial_factor is not None and (h % spatial_factor or w % spatial_factor):
+        raise ValueError(
+            f"images: height {h} and width {w} must be multiples of {spatial_factor} (the VAE's "
+            f"downsampling factor); crop or resize to {h // spatial_factor * spatial_factor}x"
+            f"{w // spatial_factor * spatial_factor}"
+        )
+    pixels = pixels.to(device=device or pixels.device, dtype=dtype or pixels.dtype).contiguous()
+    return Frames(pixels, batch, frames, squeezed)
+
+
+def _is_pil(images) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a hard dependency
+        return False
+    if isinstance(images, Image.Image):
+        return True
+    return isinstance(images, list | tuple) and len(images) > 0 and all(isinstance(i, Image.Image) for i in images)

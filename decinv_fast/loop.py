@@ -1,0 +1,167 @@
+"""The inversion loop: static buffers, E(D(.)) per chunk of frames, one fused update per step.
+
+Everything a step needs lives in preallocated device tensors, including the step counter and a
+per-step table of step sizes and Adam bias corrections, so one step is a fixed sequence of kernel
+launches with no host sync and no Python value that changes between steps: exactly what a CUDA
+graph captures, and what the CPU runs eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+from .adapters import VaeAdapter
+from .inputs import Frames
+from .ops import adam_residual_step, fsm_residual_step, km_residual_step
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run is laid out: which method, how many steps, how frames are grouped."""
+
+    method: str
+    steps: int
+    lr: float
+    schedule: str
+    options: dict
+    backend: str
+    chunk: int  # frames per encoder/decoder call
+
+
+def chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def encode_frames(adapter: VaeAdapter, pixels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``E(x)`` of every frame, ``chunk`` frames per encoder call."""
+    parts = [adapter.encode(pixels[s]) for s in chunks(pixels.shape[0], chunk)]
+    return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
+
+
+def step_table(plan: Plan, device: torch.device) -> torch.Tensor:
+    """Per-step values the update reads on the device: ``(lr_k, 1-b1^(k+1), 1-b2^(k+1))`` for Adam,
+    ``(rho_k,)`` otherwise. Computed in double on the host, stored as fp32 (as the kernels see the
+    reference's Python floats)."""
+    rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
+    if plan.method == "adam":
+        b1, b2 = plan.options.get("betas", reference.ADAM_BETAS)
+        rows = [(lr_k, 1 - b1 ** (k + 1), 1 - b2 ** (k + 1)) for k, lr_k in enumerate(rates)]
+    else:
+        rows = [(r,) for r in rates]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+class GradientFreeIteration:
+    """Buffers and one step of a gradient-free method (``adam``, ``fsm`` or ``km``)."""
+
+    def __init__(self, adapter: VaeAdapter, frames: Frames, plan: Plan):
+        self.adapter, self.frames, self.plan = adapter, frames, plan
+        pixels = frames.pixels
+        self.e_x = encode_frames(adapter, pixels, plan.chunk)
+        self.z = self.e_x.clone()
+        self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
+        self.edz = torch.empty_like(self.z)
+        if plan.method == "adam":
+            self.m = torch.zeros_like(self.z)
+            self.v = torch.zeros_like(self.z)
+            self.eps = plan.options.get("eps", reference.adam_eps(self.z.dtype))
+            self.betas = plan.options.get("betas", reference.ADAM_BETAS)
+        device = self.z.device
+        self.table = step_table(plan, device)
+        self.step = torch.zeros(1, dtype=torch.int64, device=device)
+        self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
+        self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
+
+    def per_sample(self, t: torch.Tensor) -> torch.Tensor:
+        """View of a frame-major latent buffer as ``(B, elements per sample)``."""
+        return t.view(self.frames.batch, -1)
+
+    def evaluate(self) -> None:
+        """``edz = E(D(y))``, ``chunk`` frames at a time, into the preallocated buffer."""
+        fpv = self.frames.frames_per_video if self.adapter.temporal else 1
+        for s in chunks(self.y.shape[0], self.plan.chunk):
+            self.edz[s].copy_(self.adapter.encode(self.adapter.decode(self.y[s], fpv)))
+
+    def update(self) -> None:
+        """The fused update on the whole latent, then record the norms and advance the counter."""
+        p = self.per_sample
+        common = dict(backend=self.plan.backend)
+        if self.plan.method == "adam":
+            adam_residual_step(p(self.edz), p(self.e_x), p(self.z), p(self.m), p(self.v), self.sq_norm,
+                               self.table, self.step, eps=self.eps, betas=self.betas, **common)
+        elif self.plan.method == "fsm":
+            fsm_residual_step(p(self.edz), p(self.e_x), p(self.z), self.sq_norm, self.table, self.step,
+                              **common)
+        else:
+            km_residual_step(p(self.edz), p(self.e_x), p(self.y), p(self.z), self.sq_norm, self.table,
+                             self.step, alpha=self.plan.options.get("alpha", 0.5), **common)
+        self.history.index_copy_(0, self.step, self.sq_norm.view(1, -1))
+        self.step.add_(1)
+
+    def run_step(self) -> None:
+        self.evaluate()
+        self.update()
+
+    def reference_norm(self) -> torch.Tensor:
+        """``||E(x)||`` per sample, the residuals' denominator."""
+        return self.per_sample(self.e_x).float().square().sum(1).sqrt()
+
+    @property
+    def latents(self) -> torch.Tensor:
+        return self.z
+
+
+class GradientBasedIteration:
+    """The gradient-based baseline: Adam on ``sum((D(z) - x)^2)`` through the decoder.
+
+    Frames are decoded and back-propagated ``chunk`` at a time; the loss is a sum over frames, so
+    accumulating chunk gradients gives the same gradient with activations of one chunk alive.
+    """
+
+    def __init__(self, adapter: VaeAdapter, frames: Frames, plan: Plan):
+        self.adapter, self.frames, self.plan = adapter, frames, plan
+        self.x = frames.pixels
+        with torch.no_grad():
+            e_x = encode_frames(adapter, self.x, plan.chunk)
+        self.z = e_x.clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.z], lr=plan.lr)
+        self.rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
+        self.k = 0
+        self.step = torch.zeros(1, dtype=torch.int64)
+        device = self.z.device
+        self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
+        self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
+
+    def run_step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.rates[self.k]
+        self.optimizer.zero_grad()
+        fpv = self.frames.frames_per_video if self.adapter.temporal else 1
+        sq = torch.zeros(self.x.shape[0], dtype=torch.float32, device=self.x.device)
+        for s in chunks(self.x.shape[0], self.plan.chunk):
+            diff = self.adapter.decode(self.z[s], fpv) - self.x[s]
+            diff.square().sum().backward()
+            sq[s] = diff.detach().float().square().flatten(1).sum(1)
+        self.optimizer.step()
+        self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)
+        self.k += 1
+        self.step += 1
+
+    def reference_norm(self) -> torch.Tensor:
+        return self.x.float().view(self.frames.batch, -1).square().sum(1).sqrt()
+
+    @property
+    def latents(self) -> torch.Tensor:
+        return self.z.detach()
+
+
+def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):
+    if plan.method == "grad":
+        return GradientBasedIteration(adapter, frames, plan)
+    with torch.no_grad():
+        return GradientFreeIteration(adapter, frames, plan)

@@ -1,0 +1,38 @@
+"""What ``invert`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class InversionResult:
+    """The inverted latents and how the run went.
+
+    Attributes:
+        latents: ``(B, C, h, w)`` (or ``(B, F, C, h, w)`` for videos) in the pipeline's latent space,
+            ``(mode - shift_factor) * scaling_factor``; no batch dimension if the input had none.
+        residuals: ``(steps_run,)`` relative residual of the whole batch at each step,
+            ``||E(D(z_k)) - E(x)|| / ||E(x)||`` (for ``method="grad"``: ``||D(z_k) - x|| / ||x||``,
+            the quantity it minimises). Entry k belongs to the point the k-th update was computed at.
+        per_sample_residual: ``(B,)`` the last step's relative residual of each sample.
+        residual_history: ``(steps_run, B)`` every step's relative residual of each sample.
+        steps_run: steps taken (fewer than asked when ``tol`` stopped the run).
+        seconds: wall time of the call.
+        peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident
+            memory the call added (see :mod:`decinv_fast.memory`); ``None`` if not measurable.
+        method, dtype, backend: what ran.
+    """
+
+    latents: torch.Tensor
+    residuals: torch.Tensor
+    per_sample_residual: torch.Tensor
+    residual_history: torch.Tensor
+    steps_run: int
+    seconds: float
+    peak_bytes: int | None
+    method: str
+    dtype: torch.dtype
+    backend: str

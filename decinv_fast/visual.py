@@ -1,0 +1,72 @@
+"""Pictures of a result: an image panel (PIL only) and a convergence plot (matplotlib, optional)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` in [-1, 1] -> uint8 ``(H, W, 3)`` (rounded, as an 8-bit image file stores it)."""
+    x = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def quantize(pixels: torch.Tensor) -> torch.Tensor:
+    """Round pixels in [-1, 1] to the 256 levels of an 8-bit image, keeping dtype and device."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().div(127.5).sub(1).to(pixels.dtype)
+
+
+def psnr(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), over the whole tensor."""
+    mse = (estimate.float().clamp(-1, 1) - truth.float()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
+
+
+def panel(columns: dict[str, torch.Tensor], scale: int = 1) -> Image.Image:
+    """Side-by-side ``(3, H, W)`` images in [-1, 1], each titled; errors can be passed pre-scaled."""
+    tiles = [Image.fromarray(to_uint8(img)) for img in columns.values()]
+    w, h = tiles[0].size
+    w, h = w * scale, h * scale
+    title = 14
+    out = Image.new("RGB", (w * len(tiles), h + title), "white")
+    draw = ImageDraw.Draw(out)
+    for i, (name, tile) in enumerate(zip(columns, tiles, strict=True)):
+        out.paste(tile.resize((w, h), Image.NEAREST), (i * w, title))
+        draw.text((i * w + 3, 1), name, fill="black")
+    return out
+
+
+def error_image(estimate: torch.Tensor, truth: torch.Tensor, gain: float = 10.0) -> torch.Tensor:
+    """``|estimate - truth| * gain`` shown from black (0) to white, as a [-1, 1] image."""
+    return ((estimate.float() - truth.float()).abs() * gain).clamp(0, 2) - 1
+
+
+def convergence_plot(path: str | Path, curves: dict[str, dict[str, list[float]]]) -> Path:
+    """Plot NMSE(z_k) [dB] and the relative residual against the step for several runs.
+
+    ``curves[label] = {"nmse_db": [...], "residual": [...]}``. Needs matplotlib.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, c in curves.items():
+        steps = np.arange(1, len(c["nmse_db"]) + 1)
+        ax1.plot(steps, c["nmse_db"], label=label)
+        ax2.semilogy(np.arange(len(c["residual"])), c["residual"], label=label)
+    ax1.set(xlabel="step", ylabel="NMSE(z) [dB]", title="latent error vs step")
+    ax2.set(xlabel="step", ylabel="relative residual", title="residual vs step")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""Train the bundled fixture VAE on crops of scikit-image's photographs (seeded, CPU, ~1 hour).
+
+    python scripts/train_fixture_vae.py --steps 6000 --out decinv_fast/assets/fixture_vae
+
+Loss: pixel MSE + a small KL term (the SD VAE's recipe without the perceptual and GAN terms, which
+would need downloaded networks). Held-out photographs (``testbed.HELDOUT_PHOTOS``) are never trained
+on; their PSNR is logged. At the end the latent ``scaling_factor`` and ``shift_factor`` are set so
+that training latents have zero mean and unit variance, and fp16 weights are saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from decinv_fast.fixture import new_fixture_vae
+from decinv_fast.testbed import RandomCrops, heldout_crops
+
+log = logging.getLogger("train_fixture_vae")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def heldout_psnr(vae, images: torch.Tensor) -> float:
+    vae.eval()
+    recon = vae.decode(vae.encode(images).latent_dist.mode()).sample
+    vae.train()
+    return psnr(recon, images)
+
+
+@torch.no_grad()
+def latent_statistics(vae, crops: RandomCrops, batches: int = 16) -> tuple[float, float]:
+    vae.eval()
+    latents = torch.cat([vae.encode(crops.batch(32)).latent_dist.mode() for _ in range(batches)])
+    return latents.mean().item(), latents.std().item()
+
+
+def train(args) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    vae = new_fixture_vae().train()
+    crops = RandomCrops(args.size, seed=args.seed)
+    heldout = heldout_crops(size=128, count=12)
+    opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        x = crops.batch(args.batch)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = (recon - x).pow(2).mean() + args.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % args.log_every == 0 or step == args.steps:
+            log.info("step %d loss %.5f held-out PSNR %.2f dB (%.0f s)", step, loss.item(),
+                     heldout_psnr(vae, heldout), time.time() - start)
+    mean, std = latent_statistics(vae, crops)
+    vae.register_to_config(scaling_factor=1.0 / std, shift_factor=mean)
+    out = Path(args.out)
+    vae.eval().half().save_pretrained(out, safe_serialization=True)
+    report = dict(steps=args.steps, seed=args.seed, seconds=round(time.time() - start),
+                  heldout_psnr_fp32=heldout_psnr(vae.float(), heldout),
+                  scaling_factor=1.0 / std, shift_factor=mean)
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=64, help="training crop side in pixels")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=250)
+    p.add_argument("--out", default="decinv_fast/assets/fixture_vae")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log.info("%s", train(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Every bad input gets a clear error naming the argument, never a NaN result or a deep stack."""
+
+import numpy as np
+import pytest
+import torch
+
+import decinv_fast
+
+
+@pytest.mark.parametrize("images,match", [
+    (torch.full((1, 3, 32, 32), float("nan")), "NaN or infinite"),
+    (torch.full((1, 3, 32, 32), float("inf")), "NaN or infinite"),
+    (torch.zeros(3, 32), "expected"),
+    (torch.zeros(1, 1, 1, 1, 3, 32, 32), "expected"),
+    (torch.zeros(1, 4, 32, 32), "channels"),
+    (torch.zeros(1, 3, 30, 32), "multiples of 8"),
+    (torch.zeros(1, 3, 32, 36), "multiples of 8"),
+    (torch.full((1, 3, 32, 32), 300, dtype=torch.int32), r"\[0, 255\]"),
+    (torch.full((1, 3, 32, 32), -1, dtype=torch.int64), r"\[0, 255\]"),
+    (torch.full((1, 3, 32, 32), 255.0), r"\[-1, 1\]"),
+    (torch.zeros(0, 3, 32, 32), "empty"),
+    ([], "empty"),
+    (np.zeros((32, 32, 3), dtype=np.float32), "uint8"),
+    (np.zeros((32, 32, 4), dtype=np.uint8), "NumPy images must be"),
+    ("image.png", "images must be"),
+])
+def test_bad_images(tiny_kl, images, match):
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        decinv_fast.invert(tiny_kl, images, steps=1)
+    assert "images" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(steps=0), "steps"), (dict(steps=-3), "steps"), (dict(steps=2.5), "steps"),
+    (dict(lr=0.0), "lr"), (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"),
+    (dict(method="newton"), "method"), (dict(schedule="linear"), "schedule"),
+    (dict(dtype=torch.int8), "dtype"), (dict(tol=0), "tol"), (dict(backend="cudnn"), "backend"),
+    (dict(method="km", alpha=1.0), "alpha"), (dict(method="adam", alpha=0.3), "alpha"),
+    (dict(method="fsm", lr=1.0, rho=0.5), "rho"), (dict(chunk_frames=0), "chunk_frames"),
+])
+def test_bad_arguments(tiny_kl, images_32, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        decinv_fast.invert(tiny_kl, images_32, **kwargs)
+
+
+def test_not_a_vae(images_32):
+    for vae in (torch.nn.Conv2d(3, 4, 1), "vae", (len,)):
+        with pytest.raises(TypeError, match="vae must be"):
+            decinv_fast.invert(vae, images_32, steps=1)
+    with pytest.raises(TypeError, match="vae must be"):
+        decinv_fast.invert((1, 2), images_32, steps=1)
+
+
+def test_images_on_another_device(tiny_kl):
+    meta_images = torch.zeros(1, 3, 32, 32, device="meta")
+    with pytest.raises(ValueError, match="images are on meta but the VAE is on cpu"):
+        decinv_fast.invert(tiny_kl, meta_images, steps=1)
+
+
+def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
+
+
+def test_nmse_db_shapes():
+    a, b = torch.ones(2, 4), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="shape"):
+        decinv_fast.nmse_db(a, b[:1])
+    assert decinv_fast.nmse_db(b + 1.1, a) == pytest.approx(-20.0, abs=1e-4)
+    assert decinv_fast.nmse_db(b + 1.1, a, per_sample=True).shape == (2,)

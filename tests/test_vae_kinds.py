@@ -1,0 +1,117 @@
+"""Every accepted VAE kind drops in with the right shapes, and batches equal one-by-one runs."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, AutoencoderTiny
+from PIL import Image
+
+import decinv_fast
+from decinv_fast import reference
+from decinv_fast.adapters import as_adapter
+
+
+@pytest.fixture(scope="module")
+def tiny_taesd():
+    torch.manual_seed(0)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    ).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tiny_temporal():
+    torch.manual_seed(0)
+    return AutoencoderKLTemporalDecoder(
+        down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1, latent_channels=4,
+    ).eval().requires_grad_(False)
+
+
+def test_autoencoder_kl_matches_pipeline_convention(tiny_kl, images_32):
+    z = decinv_fast.encode(tiny_kl, images_32)
+    raw = tiny_kl.encode(images_32).latent_dist.mode()
+    torch.testing.assert_close(z, (raw - 0.1) * 0.5)
+    x = decinv_fast.decode(tiny_kl, z)
+    torch.testing.assert_close(x, tiny_kl.decode(z / 0.5 + 0.1).sample)
+    out = decinv_fast.invert(tiny_kl, images_32, steps=3)
+    assert out.latents.shape == (2, 4, 4, 4)
+
+
+def test_autoencoder_tiny(tiny_taesd, images_32):
+    out = decinv_fast.invert(tiny_taesd, images_32, steps=3)
+    assert out.latents.shape == (2, 4, 4, 4)
+    torch.testing.assert_close(decinv_fast.encode(tiny_taesd, images_32), tiny_taesd.encode(images_32).latents)
+    assert decinv_fast.decode(tiny_taesd, out.latents).shape == images_32.shape
+
+
+def test_temporal_decoder_video(tiny_temporal):
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 3, 3, 32, 32, generator=g) * 2 - 1
+    out = decinv_fast.invert(tiny_temporal, video, steps=3)
+    assert out.latents.shape == (2, 3, 4, 4, 4)
+    assert out.per_sample_residual.shape == (2,)
+    # the temporal decoder sees each video's 3 frames together: compare with the reference on that codec
+    a = as_adapter(tiny_temporal)
+    ref = reference.adam(a.encode, lambda z: a.decode(z, 3), video.flatten(0, 1), steps=3)
+    assert torch.equal(out.latents.flatten(0, 1), ref.latents)
+    assert decinv_fast.decode(tiny_temporal, out.latents).shape == video.shape
+
+
+def test_temporal_decoder_rejects_split_videos(tiny_temporal):
+    video = torch.zeros(1, 4, 3, 32, 32)
+    with pytest.raises(ValueError, match="whole videos"):
+        decinv_fast.invert(tiny_temporal, video, steps=1, chunk_frames=3)
+
+
+def test_callable_pair(tiny_kl, images_32):
+    a = as_adapter(tiny_kl)
+    out = decinv_fast.invert((a.encode, lambda z: a.decode(z, 1)), images_32, steps=4)
+    ref = decinv_fast.invert(tiny_kl, images_32, steps=4)
+    assert torch.equal(out.latents, ref.latents)
+
+
+def test_pil_numpy_and_uint8_inputs_agree(tiny_kl):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    from_np = decinv_fast.encode(tiny_kl, arr)
+    from_pil = decinv_fast.encode(tiny_kl, Image.fromarray(arr))
+    from_list = decinv_fast.encode(tiny_kl, [Image.fromarray(arr)] * 2)
+    from_u8 = decinv_fast.encode(tiny_kl, torch.from_numpy(arr).permute(2, 0, 1)[None])
+    assert from_np.shape == (4, 4, 4)  # one image in, one latent out (no batch dimension)
+    assert torch.equal(from_np, from_pil)
+    torch.testing.assert_close(from_list[1], from_np)
+    torch.testing.assert_close(from_u8[0], from_np)
+    video = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    assert decinv_fast.invert(tiny_kl, video, steps=2).latents.shape == (5, 4, 4, 4)
+
+
+@pytest.mark.parametrize("method", ["adam", "fsm", "km", "grad"])
+def test_batch_equals_one_by_one(tiny_kl, method):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    kw = dict(method=method, steps=5, lr=0.5 if method in ("fsm", "km") else 0.01)
+    batch = decinv_fast.invert(tiny_kl, x, **kw)
+    for i in range(3):
+        single = decinv_fast.invert(tiny_kl, x[i:i + 1], **kw)
+        torch.testing.assert_close(batch.latents[i:i + 1], single.latents, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(batch.residual_history[:, i:i + 1], single.residual_history, rtol=1e-3, atol=1e-6)
+
+
+def test_chunked_frames_equal_unchunked(tiny_kl):
+    g = torch.Generator().manual_seed(4)
+    video = torch.rand(1, 5, 3, 32, 32, generator=g) * 2 - 1
+    whole = decinv_fast.invert(tiny_kl, video, steps=4)
+    for chunk in (1, 2, 5):
+        part = decinv_fast.invert(tiny_kl, video, steps=4, chunk_frames=chunk)
+        torch.testing.assert_close(part.latents, whole.latents, rtol=1e-5, atol=1e-6)
+
+
+def test_user_vae_left_unchanged_by_dtype(tiny_kl, images_32):
+    before = {k: v.clone() for k, v in tiny_kl.state_dict().items()}
+    out = decinv_fast.invert(tiny_kl, images_32, steps=2, dtype=torch.bfloat16)
+    assert out.latents.dtype == torch.bfloat16
+    assert next(tiny_kl.parameters()).dtype == torch.float32
+    after = tiny_kl.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

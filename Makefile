@@ -8,15 +8,17 @@ export CUDA_HOME ?= $(shell sh scripts/cuda_home.sh)
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.runtime: pyproject.toml setup.py
+# torch is installed first and the package with --no-build-isolation: setup.py imports torch to
+# build the CUDA extension decinv_fast._C (when nvcc is found; objects are cached in build/).
+$(VENV)/.runtime: pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet -e ".[dev,triton]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,triton]"
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from . import reference
 from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter
+from .attention import attention_backend
+from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, encode_frames, make_iteration
 from .memory import PeakMemory
@@ -67,12 +69,16 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
                      spatial_factor=adapter.spatial_factor, channels=channels)
 
 
-def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames) -> int:
+def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str) -> int:
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
+    if chunk_frames == "auto":
+        from .planner import auto_chunk
+
+        return auto_chunk(adapter, frames, method)
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be a positive int or None, got {chunk_frames!r}")
+        raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
         raise ValueError(
             f"chunk_frames={chunk_frames}: {adapter.kind} mixes the frames of a video in its decoder, so "
@@ -83,8 +89,9 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames) -> int:
 
 def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
            schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
-           progress: bool = False, backend: str = "auto", chunk_frames: int | None = None,
-           callback=None, **method_options) -> InversionResult:
+           progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
+           cuda_graphs: bool = False, compile: bool = False, attention: str = "auto",
+           fp32_master: bool = False, callback=None, **method_options) -> InversionResult:
     """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
 
     Drop-in for ``vae.encode(x).latent_dist.mode()`` (scaled and shifted like a diffusers pipeline),
@@ -105,7 +112,15 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         tol: stop once every sample's relative residual falls below ``tol`` (one host sync per step).
         progress: show a tqdm bar with the residual (one host sync per step).
         backend: update-kernel backend, ``"auto"``, ``"torch"`` or ``"reference"``.
-        chunk_frames: frames per encoder/decoder call (default: all at once).
+        chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
+            memory planner fits in free memory) or ``None`` (all frames at once). Results do not
+            depend on it; peak memory does.
+        cuda_graphs: capture one whole step (all chunks + the fused update) in a CUDA graph and
+            replay it (gradient-free methods; falls back to eager with a warning if capture fails).
+        compile: run the decoder + encoder pass through ``torch.compile``.
+        attention: ``"auto"`` (= ``"sdpa"``), ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE
+            for the call only.
+        fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` for the updates.
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km), ``alpha`` (km).
@@ -122,15 +137,19 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         _check_positive("tol", tol)
     check_backend_name(backend)
     lr, options = _check_options(method, lr, method_options)
+    if cuda_graphs and (compile or method == "grad"):
+        raise ValueError("cuda_graphs=True works with the gradient-free methods and without compile=True")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    plan = Plan(method, steps, lr, schedule, options, backend, _chunk_for(adapter, frames, chunk_frames))
+    chunk = _chunk_for(adapter, frames, chunk_frames, method)
+    plan = Plan(method, steps, lr, schedule, options, backend, chunk, bool(fp32_master), bool(compile))
     device = frames.pixels.device
     start = time.perf_counter()
-    with PeakMemory(device) as peak:
+    with PeakMemory(device) as peak, attention_backend(adapter.module, attention):
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
-        steps_run = _run(iteration, plan, tol, progress, watch)
+        step = GraphedStep(iteration) if cuda_graphs else iteration.run_step
+        steps_run = _run(iteration, step, plan, tol, progress, watch)
         latents = iteration.latents
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -138,13 +157,13 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     return _result(iteration, frames, latents, steps_run, seconds, peak.peak_bytes, plan)
 
 
-def _run(iteration, plan: Plan, tol: float | None, progress: bool, watch) -> int:
+def _run(iteration, step, plan: Plan, tol: float | None, progress: bool, watch) -> int:
     bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
     denom = iteration.reference_norm()
     grad_enabled = plan.method == "grad"
     with bar, torch.set_grad_enabled(grad_enabled):
         for k in range(plan.steps):
-            iteration.run_step()
+            step()
             if watch is not None:
                 watch(k)
             if tol is None and not progress:

@@ -30,6 +30,8 @@ class Plan:
     options: dict
     backend: str
     chunk: int  # frames per encoder/decoder call
+    master: bool = False  # keep a fp32 master copy of z when the latents are low precision
+    compile: bool = False  # torch.compile the decoder + encoder pass
 
 
 def chunks(total: int, size: int) -> Iterator[slice]:
@@ -66,6 +68,10 @@ class GradientFreeIteration:
         self.z = self.e_x.clone()
         self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
         self.edz = torch.empty_like(self.z)
+        low = self.z.dtype in (torch.float16, torch.bfloat16)
+        self.master = self.z.float() if plan.master and low else None
+        fpv = frames.frames_per_video if adapter.temporal else 1
+        self.codec = make_codec(adapter, fpv, plan.compile)
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -83,14 +89,13 @@ class GradientFreeIteration:
 
     def evaluate(self) -> None:
         """``edz = E(D(y))``, ``chunk`` frames at a time, into the preallocated buffer."""
-        fpv = self.frames.frames_per_video if self.adapter.temporal else 1
         for s in chunks(self.y.shape[0], self.plan.chunk):
-            self.edz[s].copy_(self.adapter.encode(self.adapter.decode(self.y[s], fpv)))
+            self.edz[s].copy_(self.codec(self.y[s]))
 
     def update(self) -> None:
         """The fused update on the whole latent, then record the norms and advance the counter."""
         p = self.per_sample
-        common = dict(backend=self.plan.backend)
+        common = dict(backend=self.plan.backend, master=None if self.master is None else p(self.master))
         if self.plan.method == "adam":
             adam_residual_step(p(self.edz), p(self.e_x), p(self.z), p(self.m), p(self.v), self.sq_norm,
                                self.table, self.step, eps=self.eps, betas=self.betas, **common)
@@ -106,6 +111,18 @@ class GradientFreeIteration:
     def run_step(self) -> None:
         self.evaluate()
         self.update()
+
+    def mutable_state(self) -> dict[str, torch.Tensor]:
+        """Every buffer a step changes (``edz`` is scratch and needs no saving)."""
+        names = ("z", "y", "m", "v", "master", "step", "sq_norm", "history")
+        return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: t.clone() for n, t in self.mutable_state().items()}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        for n, t in self.mutable_state().items():
+            t.copy_(saved[n])
 
     def reference_norm(self) -> torch.Tensor:
         """``||E(x)||`` per sample, the residuals' denominator."""
@@ -158,6 +175,15 @@ class GradientBasedIteration:
     @property
     def latents(self) -> torch.Tensor:
         return self.z.detach()
+
+
+def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool):
+    """``y -> E(D(y))`` for one chunk, optionally through ``torch.compile``."""
+
+    def encode_decode(y: torch.Tensor) -> torch.Tensor:
+        return adapter.encode(adapter.decode(y, frames_per_video))
+
+    return torch.compile(encode_decode, dynamic=False) if compile else encode_decode
 
 
 def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):

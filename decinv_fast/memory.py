@@ -60,3 +60,22 @@ class PeakMemory:
             high = _status_kib("VmHWM")
             if high is not None:
                 self.peak_bytes = max(0, high - self._baseline) * 1024
+
+
+def cpu_allocator_peak(fn) -> tuple[object, int]:
+    """Run ``fn()`` and return ``(its result, the CPU allocator's peak bytes during it)``.
+
+    Reads the allocation and free events that PyTorch's CPU allocator reports to the profiler, so it
+    counts every tensor buffer (kernel-internal ones included) and nothing else: the CPU analogue of
+    ``torch.cuda.max_memory_allocated``, used to validate the memory planner and by the benchmarks.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return result, peak

@@ -6,33 +6,36 @@ import torch
 
 from .. import reference
 from .._dispatch import resolve_backend
-from ._common import check_latents, check_step_inputs, sample_sq_norm, step_row
+from . import _torch
+from ._common import check_latents, check_step_inputs, host_step, sample_sq_norm
+from .adam_residual_step import _backend_module
 
 
 def km_residual_step(edz: torch.Tensor, e_x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
                      sq_norm: torch.Tensor, table: torch.Tensor, step: torch.Tensor, *, alpha: float,
-                     backend: str = "auto") -> None:
-    """One inertial KM step in place. ``y`` is the point ``edz = E(D(y))`` was evaluated at, ``z``
-    the current iterate ``z_k``; with ``rho_k = table[step, 0]``::
+                     master: torch.Tensor | None = None, backend: str = "auto") -> None:
+    """One inertial KM step in place. ``y`` is the point ``edz = E(D(y))`` was evaluated at and ``z``
+    the iterate ``z_k`` (``master``, if given, its fp32 copy); with ``rho_k = table[step, 0]``::
 
         g = edz - e_x ;  z_new = y - rho_k * g
-        y = z_new + alpha * (z_new - z)      (the next evaluation point)
-        z = z_new ;  sq_norm[b] = sum(g[b]**2)
+        y = z_new + alpha * (z_new - z_k)      (the next evaluation point)
+        z = z_new ;  sq_norm[b] = sum_j g[b, j]**2
 
     The previous iterate needs no buffer of its own: it is ``z`` until the update overwrites it.
     """
     check_latents("km_residual_step", z, edz=edz, e_x=e_x, y=y)
-    check_step_inputs("km_residual_step", z, sq_norm, table, step, columns=1)
+    check_step_inputs("km_residual_step", z, sq_norm, table, step, 1, master)
     impl = resolve_backend("km_residual_step", z, backend)
     if impl == "reference":
-        g = edz - e_x
-        z_new = reference.fsm_update(y, g, float(table[int(step), 0]))
-        y.copy_(reference.km_extrapolate(z_new, z, alpha))
-        z.copy_(z_new)
+        _, (rho_k,) = host_step(table, step)
+        base = master if master is not None else z
+        g = edz.to(base.dtype) - e_x.to(base.dtype)
+        z_new = reference.fsm_update(y.to(base.dtype), g, rho_k)
+        y.copy_(reference.km_extrapolate(z_new, base, alpha))
+        base.copy_(z_new)
+        z.copy_(base)
         sample_sq_norm(g, sq_norm)
-        return
-    g = edz.sub_(e_x)
-    sample_sq_norm(g, sq_norm)
-    z_new = torch.sub(y, g.mul_(step_row(table, step)[0]), out=g)
-    torch.sub(z_new, z, out=y).mul_(alpha).add_(z_new)
-    z.copy_(z_new)
+    elif impl == "torch":
+        _torch.km(edz, e_x, y, z, sq_norm, table, step, master, alpha)
+    else:
+        _backend_module(impl).km(edz, e_x, y, z, sq_norm, table, step, master, alpha)

@@ -1,0 +1,59 @@
+"""Attention backends for the VAE's mid-block self-attention, set for one call and restored.
+
+diffusers VAEs attend over every latent pixel (4096 tokens at 512x512). ``"sdpa"`` uses
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU, no
+tokens x tokens matrix); ``"xformers"`` uses xformers' memory-efficient kernel (CUDA only);
+``"math"`` is the plain softmax(QK^T)V reference that materialises the full attention matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+ATTENTION = ("auto", "sdpa", "xformers", "math")
+
+
+def _processor(attention: str, device: torch.device):
+    from diffusers.models import attention_processor as ap
+
+    if attention in ("auto", "sdpa"):
+        return ap.AttnProcessor2_0()
+    if attention == "math":
+        return ap.AttnProcessor()
+    from diffusers.utils import is_xformers_available
+
+    if not is_xformers_available():
+        raise ValueError("attention='xformers' needs xformers installed: pip install 'decinv-fast[xformers]'")
+    if device.type != "cuda":
+        raise ValueError(f"attention='xformers' needs CUDA tensors; the VAE is on {device}")
+    return ap.XFormersAttnProcessor()
+
+
+@contextlib.contextmanager
+def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str | None]:
+    """Set every attention processor of ``module`` to ``attention`` for the block, verify it took,
+    and put the original processors back afterwards (the user's VAE is left as it was).
+
+    Yields the processor class name in use, or ``None`` when the model has no attention layers
+    (AutoencoderTiny, callables).
+    """
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    if module is None or not getattr(module, "attn_processors", None):
+        yield None
+        return
+    device = next(module.parameters()).device
+    wanted = _processor(attention, device)
+    original = dict(module.attn_processors)
+    module.set_attn_processor(wanted)
+    try:
+        active = {type(p) for p in module.attn_processors.values()}
+        if active != {type(wanted)}:
+            raise RuntimeError(f"attention={attention!r}: processors did not take ({sorted(t.__name__ for t in active)})")
+        yield type(wanted).__name__
+    finally:
+        module.set_attn_processor(original)

@@ -1,0 +1,148 @@
+"""Command line: ``decinv invert ...`` and ``decinv demo`` (also ``python -m decinv_fast``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv"}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder")
+
+
+class UsageError(ValueError):
+    """Bad input on the command line; shown as one line."""
+
+
+def load_vae(spec: str, dtype: torch.dtype, device: str):
+    """``fixture`` or a diffusers VAE folder (or a pipeline folder with a ``vae/`` subfolder)."""
+    from .fixture import load_fixture_vae
+
+    if spec == "fixture":
+        return load_fixture_vae(dtype, device)
+    path = Path(spec)
+    if (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--vae {spec}: no config.json there (give a diffusers VAE folder or 'fixture')")
+    name = json.loads((path / "config.json").read_text()).get("_class_name")
+    if name not in VAE_CLASSES:
+        raise UsageError(f"--vae {spec}: class {name!r} is not one of {VAE_CLASSES}")
+    import diffusers
+
+    vae = getattr(diffusers, name).from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def read_images(path: Path):
+    """An image file -> ``(H, W, 3)``; a folder of images -> list of PIL; a video file -> ``(F, H, W, 3)``."""
+    from PIL import Image
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return [Image.open(p).convert("RGB") for p in files]
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return np.asarray(Image.open(path).convert("RGB"))
+    if suffix in VIDEO_SUFFIXES:
+        from diffusers.utils import load_video
+
+        try:
+            frames = load_video(str(path))
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"{path}: reading {suffix} needs imageio with ffmpeg ({exc})") from exc
+        return np.stack([np.asarray(f.convert("RGB")) for f in frames])
+    raise UsageError(f"{path}: unknown file type {suffix!r}")
+
+
+def cmd_invert(args) -> int:
+    from safetensors.torch import save_file
+
+    from . import api
+    from .visual import error_image, panel
+
+    dtype = DTYPES[args.dtype]
+    vae = load_vae(args.vae, dtype, args.device)
+    images = read_images(Path(args.input))
+    result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
+                        progress=not args.quiet, chunk_frames=args.chunk_frames)
+    latents = result.latents.detach().contiguous().cpu()
+    meta = {"method": args.method, "steps": str(result.steps_run), "dtype": args.dtype, "vae": args.vae,
+            "source": str(args.input), "final_residual": f"{float(result.residuals[-1]):.6g}"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"latents": latents}, args.out, metadata=meta)
+    print(f"wrote {args.out}: latents {tuple(latents.shape)} {latents.dtype}, residual "
+          f"{float(result.residuals[0]):.4g} -> {float(result.residuals[-1]):.4g} in {result.seconds:.1f} s")
+    if args.png:
+        from .inputs import to_frames
+
+        frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
+        first = frames.pixels[:1]
+        z_enc = api.encode(vae, first)
+        z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
+        enc_rec, inv_rec = api.decode(vae, z_enc)[0], api.decode(vae, z_inv)[0]
+        panel({"input": first[0], "encoder decoded": enc_rec, "inverted decoded": inv_rec,
+               "error x10 (encoder)": error_image(enc_rec, first[0]),
+               "error x10 (inverted)": error_image(inv_rec, first[0])}).save(args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import format_table, run_demo
+
+    rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=not args.quiet)
+    print(format_table(rows))
+    print(f"wrote {Path(args.out) / 'panel.png'} and {Path(args.out) / 'convergence.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decinv", description="Gradient-free decoder inversion for latent diffusion")
+    sub = p.add_subparsers(dest="command", required=True)
+    inv = sub.add_parser("invert", help="invert an image, a folder of images or a video")
+    inv.add_argument("input", help="image file, folder of images, or video file")
+    inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
+    inv.add_argument("--steps", type=int, default=50)
+    inv.add_argument("--method", default="adam", choices=["adam", "fsm", "km", "grad"])
+    inv.add_argument("--lr", type=float, default=None)
+    inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    inv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")
+    inv.add_argument("--out", default="latents.safetensors")
+    inv.add_argument("--png", default=None, help="also write a panel: input, reconstructions, errors")
+    inv.add_argument("--quiet", action="store_true", help="no progress bar")
+    inv.set_defaults(func=cmd_invert)
+    demo = sub.add_parser("demo", help="the bundled demo: a photograph and a 16-frame pan, fixture VAE")
+    demo.add_argument("--out", default="demo_output")
+    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--frames", type=int, default=16)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ._dispatch import BackendUnavailable
+
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, BackendUnavailable, OSError) as exc:
+        print(f"decinv: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

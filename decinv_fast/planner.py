@@ -1,0 +1,246 @@
+"""Memory planner: predict the peak memory of an inversion from shapes alone, and pick a chunk.
+
+The VAE is rebuilt on the ``meta`` device (no weights, no compute) and one encoder/decoder pass of
+a chunk of frames is traced under a dispatch mode that adds up the bytes of every tensor the pass
+creates and subtracts them when the tensor dies; the highest point is the chunk's transient peak.
+Attention is modelled as the kernel that would run: ``sdpa`` and ``xformers`` keep no
+tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises it. The
+gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
+
+It predicts what the allocator hands out (the quantity ``torch.cuda.max_memory_allocated`` reports),
+not the CUDA context. On the CPU it adds oneDNN's per-convolution layout copy and is checked against
+the CPU allocator's measured peak (tests/test_planner.py). cuDNN workspaces and allocator rounding
+on a GPU are not modelled: GPU predictions are unverified until run on a GPU.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .adapters import as_adapter
+
+GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4}  # latent-sized buffers held by the iteration
+
+
+class LiveBytes(TorchDispatchMode):
+    """Tracks the bytes of live storages created inside the mode and their peak.
+
+    ``conv_copy=True`` models oneDNN on the CPU, which converts a convolution's input to a blocked
+    layout in a temporary buffer of the same size while the output is being written (measured:
+    tests/test_planner.py).
+    """
+
+    def __init__(self, conv_copy: bool = False):
+        super().__init__()
+        self.conv_copy = conv_copy
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, list] = {}  # storage id -> [tensor count, bytes]
+
+    def _release(self, key: int) -> None:
+        entry = self._refs.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self._refs[key]
+
+    def _track(self, t) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        key = t.untyped_storage()._cdata
+        entry = self._refs.get(key)
+        if entry is None:
+            nbytes = t.untyped_storage().nbytes()
+            entry = self._refs[key] = [0, nbytes]
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        entry[0] += 1
+        weakref.finalize(t, self._release, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            self._track(t)
+        if self.conv_copy and func is torch.ops.aten.convolution.default:
+            x = args[0]
+            self.peak = max(self.peak, self.live + x.numel() * x.element_size())
+        return out
+
+
+class _FlashLike(torch.autograd.Function):
+    """Memory stand-in for a fused attention kernel: output and log-sum-exp only; the backward
+    produces dq, dk, dv without a tokens x tokens matrix."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class AttentionModel(TorchFunctionMode):
+    """While tracing, runs ``scaled_dot_product_attention`` as the kernel that would run: a fused
+    one (:class:`_FlashLike`) or, with ``math=True``, the explicit softmax(QK^T)V decomposition."""
+
+    def __init__(self, math: bool):
+        super().__init__()
+        self.math = math
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            if self.math:
+                return torch.ops.aten._scaled_dot_product_attention_math(*args[:3])[0]
+            return _FlashLike.apply(*args[:3])
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class MemoryPlan:
+    """Predicted peak bytes of an inversion, per chunk size.
+
+    ``per_chunk[c]`` is the whole predicted peak with ``c`` frames per encoder/decoder call:
+    weights + input pixels + the iteration's state + the transient peak of one chunk.
+    ``added_per_chunk[c]`` leaves out weights and input (what the call itself allocates).
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: str
+    method: str
+    weights_bytes: int
+    input_bytes: int
+    state_bytes: int
+    transient: dict[int, int]
+    budget_bytes: int | None = None
+    per_chunk: dict[int, int] = field(default_factory=dict)
+    added_per_chunk: dict[int, int] = field(default_factory=dict)
+    chunk: int | None = None  # the largest chunk whose prediction fits the budget
+
+    def __post_init__(self):
+        for c, t in self.transient.items():
+            self.added_per_chunk[c] = self.state_bytes + t
+            self.per_chunk[c] = self.weights_bytes + self.input_bytes + self.state_bytes + t
+        if self.budget_bytes is not None:
+            fitting = [c for c, p in self.per_chunk.items() if p <= self.budget_bytes]
+            self.chunk = max(fitting) if fitting else None
+
+
+def _meta_vae(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    with torch.device("meta"):
+        meta = type(module).from_config(module.config)
+    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy
+    return torch.nn.Module.to(meta, dtype).eval().requires_grad_(False)
+
+
+def _trace(run, attention: str, device: str) -> int:
+    """Peak bytes of the tensors ``run()`` creates (with the CPU's convolution copies on ``cpu``)."""
+    tracker = LiveBytes(conv_copy=torch.device(device).type == "cpu")
+    with AttentionModel(math=attention == "math"), tracker:
+        run()
+    return tracker.peak
+
+
+def _candidate_chunks(frames: int, group: int) -> list[int]:
+    sizes, c = set(), group
+    while c < frames:
+        sizes.add(c)
+        c *= 2
+    sizes.add(frames)
+    return sorted(s for s in sizes if s % group == 0)
+
+
+def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
+         method: str = "adam", attention: str = "auto", chunks: list[int] | None = None) -> MemoryPlan:
+    """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
+
+    Args:
+        vae: a diffusers VAE (its config is used; its weights are not touched).
+        shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
+        device: the device the prediction is for (``"cuda"`` or ``"cpu"``); only labels the plan.
+        budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
+        method: ``"adam"``, ``"fsm"``, ``"km"`` or ``"grad"`` (traced forward and backward).
+        attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
+        chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
+    """
+    adapter = as_adapter(vae)
+    if adapter.module is None:
+        raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (4, 5) or shape[-3] != 3:
+        raise ValueError(f"shape must be (B, 3, H, W) or (B, F, 3, H, W), got {shape}")
+    frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
+    per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
+    meta = as_adapter(_meta_vae(adapter.module, dtype))
+    h, w = shape[-2:]
+    f = adapter.spatial_factor
+    latent = (adapter.latent_channels, h // f, w // f)
+    size = torch.tensor([], dtype=dtype).element_size()
+    latent_bytes = frames * latent[0] * latent[1] * latent[2] * size
+    weights = sum(p.numel() for p in adapter.module.parameters()) * size
+    transient = {}
+    for c in chunks or _candidate_chunks(frames, per_video):
+        transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
+    if method == "grad":
+        state = latent_bytes * 4  # z, its gradient, Adam's m and v
+    else:
+        state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
+    return MemoryPlan(shape, dtype, device, method, weights, frames * 3 * h * w * size, state, transient,
+                      budget_bytes)
+
+
+def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
+    def run() -> None:
+        z = torch.empty((chunk,) + latent, dtype=dtype, device="meta")
+        if method == "grad":
+            z.requires_grad_(True)
+            x = torch.empty((chunk,) + pixel, dtype=dtype, device="meta")
+            with torch.enable_grad():
+                (meta.decode(z, per_video) - x).square().sum().backward()
+        else:
+            with torch.no_grad():
+                meta.encode(meta.decode(z, per_video))
+
+    return run
+
+
+def auto_chunk(adapter, frames, method: str) -> int:
+    """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
+    CPU: half of the available RAM). At least one video's frames for temporal VAEs."""
+    if adapter.module is None:
+        raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
+    pixels = frames.pixels
+    shape = (frames.batch, frames.frames, *pixels.shape[1:]) if frames.frames else tuple(pixels.shape)
+    device = pixels.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
+    else:
+        budget = _available_ram() // 2
+    result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method)
+    smallest = min(result.per_chunk)
+    return result.chunk or smallest
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30

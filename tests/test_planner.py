@@ -1,0 +1,89 @@
+"""The memory planner against the CPU allocator's measured peak, and its chunk choice."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+import decinv_fast
+from decinv_fast.fixture import new_fixture_vae
+from decinv_fast.memory import cpu_allocator_peak
+from decinv_fast.planner import plan
+
+
+def sd_layout(widths=(32, 64, 128, 128)):
+    """The SD VAE's layer layout (2 resnets per block, mid attention) at reduced widths."""
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=widths, layers_per_block=2, latent_channels=4, norm_num_groups=32,
+    ).eval().requires_grad_(False)
+
+
+CONFIGS = [
+    ("fixture", (1, 3, 128, 128), "adam", None),
+    ("fixture", (1, 4, 3, 64, 64), "fsm", 2),
+    ("fixture", (2, 3, 64, 64), "grad", None),
+    ("sd", (1, 3, 64, 64), "adam", None),
+    ("sd", (1, 3, 64, 64), "grad", None),
+]
+
+
+@pytest.mark.parametrize("name,shape,method,chunk", CONFIGS)
+def test_prediction_within_25_percent_of_measured(name, shape, method, chunk):
+    torch.manual_seed(0)
+    vae = new_fixture_vae().eval().requires_grad_(False) if name == "fixture" else sd_layout()
+    x = torch.rand(shape) * 2 - 1
+    decinv_fast.invert(vae, x[..., :16, :16], steps=1, method=method)  # load kernels outside the measurement
+    _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, steps=1, method=method, chunk_frames=chunk))
+    p = plan(vae, shape, dtype=torch.float32, device="cpu", method=method)
+    frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
+    predicted = p.added_per_chunk[chunk or frames]
+    assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
+
+
+def test_peak_is_set_by_chunk_not_frames():
+    vae = new_fixture_vae()
+    p8 = plan(vae, (1, 8, 3, 64, 64), dtype=torch.float16, device="cuda")
+    p16 = plan(vae, (1, 16, 3, 64, 64), dtype=torch.float16, device="cuda")
+    assert p8.transient[2] == p16.transient[2]  # same chunk, same transient peak
+    assert p16.transient[16] > 4 * p16.transient[2]
+
+
+def test_gradient_based_needs_more_memory():
+    vae = sd_layout()
+    free = plan(vae, (1, 3, 64, 64), dtype=torch.float32, device="cuda")
+    grad = plan(vae, (1, 3, 64, 64), dtype=torch.float32, device="cuda", method="grad")
+    assert grad.transient[1] > 2 * free.transient[1]
+
+
+def test_budget_picks_largest_fitting_chunk():
+    vae = new_fixture_vae()
+    full = plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, device="cuda")
+    budget = full.per_chunk[4] + 1
+    chosen = plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, device="cuda", budget_bytes=budget)
+    assert chosen.chunk == 4
+    assert plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, budget_bytes=1).chunk is None
+
+
+def test_math_attention_materialises_the_score_matrix():
+    vae = new_fixture_vae()
+    kw = dict(dtype=torch.float32, device="cuda", method="grad")
+    sdpa = plan(vae, (1, 3, 512, 512), attention="sdpa", **kw)
+    math = plan(vae, (1, 3, 512, 512), attention="math", **kw)
+    # 64x64 latent = 4096 tokens: autograd keeps the math path's 4096 x 4096 fp32 softmax (64 MiB)
+    assert math.transient[1] - sdpa.transient[1] >= 48 * 2**20
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="shape"):
+        plan(new_fixture_vae(), (1, 64, 64), dtype=torch.float32)
+    with pytest.raises(TypeError, match="diffusers VAE"):
+        plan((lambda x: x, lambda z: z), (1, 3, 64, 64), dtype=torch.float32)
+
+
+def test_invert_auto_chunk_matches_unchunked():
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    a = decinv_fast.invert(vae, x, steps=2, chunk_frames="auto")
+    b = decinv_fast.invert(vae, x, steps=2)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)

@@ -133,7 +133,8 @@ DECINV_HD inline float km_math(float g, float& y, float z_k, float rho, float al
 }
 
 // ---- one element of each op: load, update, store; returns g for the norm -------------------
-// `master`, when not null, is the fp32 copy of z (for KM: of z_k): the update is applied to it
+// `master`, when not null, is the fp32 copy of z (for KM: of the evaluation point y, so that the
+// iterate z_new = y - rho*g is formed from full-precision values): the update is applied to it
 // and z receives its rounding. All loads of element i happen before any store to it, so the
 // buffers may alias element-wise (e.g. y and z of a non-inertial loop).
 
@@ -185,17 +186,17 @@ struct KmTensors {
   const T* e_x;
   T* y;
   T* z;
-  float* master;  // nullable; holds z_k in fp32
+  float* master;  // nullable; holds the evaluation point y in fp32
 };
 
 template <typename T>
 DECINV_HD inline float km_element(const KmTensors<T>& t, int64_t i, float rho, float alpha) {
   const float g = residual(load(t.edz, i), load(t.e_x, i));
-  const float z_k = t.master != nullptr ? t.master[i] : load(t.z, i);
-  float y = load(t.y, i);
+  const float z_k = load(t.z, i);
+  float y = t.master != nullptr ? t.master[i] : load(t.y, i);
   const float z_new = km_math(g, y, z_k, rho, alpha);
   store(t.y, i, y);
-  if (t.master != nullptr) t.master[i] = z_new;
+  if (t.master != nullptr) t.master[i] = y;
   store(t.z, i, z_new);
   return g;
 }

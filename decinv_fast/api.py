@@ -90,7 +90,7 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str) -
 def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
            schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
-           cuda_graphs: bool = False, compile: bool = False, attention: str = "auto",
+           cuda_graphs: bool = False, compile: bool | str = False, attention: str = "auto",
            fp32_master: bool = False, callback=None, **method_options) -> InversionResult:
     """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
 
@@ -117,7 +117,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             depend on it; peak memory does.
         cuda_graphs: capture one whole step (all chunks + the fused update) in a CUDA graph and
             replay it (gradient-free methods; falls back to eager with a warning if capture fails).
-        compile: run the decoder + encoder pass through ``torch.compile``.
+        compile: run the decoder + encoder pass through ``torch.compile`` (``True``: inductor; a
+            string: that ``torch.compile`` backend).
         attention: ``"auto"`` (= ``"sdpa"``), ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE
             for the call only.
         fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` for the updates.
@@ -142,7 +143,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, method)
-    plan = Plan(method, steps, lr, schedule, options, backend, chunk, bool(fp32_master), bool(compile))
+    plan = Plan(method, steps, lr, schedule, options, backend, chunk, bool(fp32_master), compile)
     device = frames.pixels.device
     start = time.perf_counter()
     with PeakMemory(device) as peak, attention_backend(adapter.module, attention):

@@ -53,7 +53,8 @@ def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str 
     try:
         active = {type(p) for p in module.attn_processors.values()}
         if active != {type(wanted)}:
-            raise RuntimeError(f"attention={attention!r}: processors did not take ({sorted(t.__name__ for t in active)})")
+            names = sorted(t.__name__ for t in active)
+            raise RuntimeError(f"attention={attention!r}: the VAE kept other processors ({names})")
         yield type(wanted).__name__
     finally:
         module.set_attn_processor(original)

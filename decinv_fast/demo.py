@@ -71,7 +71,7 @@ def run_case(vae, case: str, pixels: torch.Tensor, steps: int, chunk: int | None
     for name, kw in METHODS:
         track: list[float] = []
         result = invert(vae, target.images, steps=steps, progress=progress, chunk_frames=chunk,
-                        callback=lambda k, z: track.append(nmse_db(z.float(), target.latents)), **kw)
+                        callback=lambda k, z, track=track: track.append(nmse_db(z.float(), target.latents)), **kw)
         rows.append(_score(case, name, vae, result.latents, target, result.seconds, result.peak_bytes))
         curves[name] = {"nmse_db": track, "residual": result.residuals.tolist()}
         latents[name] = result.latents

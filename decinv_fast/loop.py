@@ -31,7 +31,7 @@ class Plan:
     backend: str
     chunk: int  # frames per encoder/decoder call
     master: bool = False  # keep a fp32 master copy of z when the latents are low precision
-    compile: bool = False  # torch.compile the decoder + encoder pass
+    compile: bool | str = False  # torch.compile the decoder + encoder pass (True, or a backend name)
 
 
 def chunks(total: int, size: int) -> Iterator[slice]:
@@ -69,7 +69,8 @@ class GradientFreeIteration:
         self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
         self.edz = torch.empty_like(self.z)
         low = self.z.dtype in (torch.float16, torch.bfloat16)
-        self.master = self.z.float() if plan.master and low else None
+        # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step)
+        self.master = self.y.float() if plan.master and low else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile)
         if plan.method == "adam":
@@ -177,13 +178,17 @@ class GradientBasedIteration:
         return self.z.detach()
 
 
-def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool):
-    """``y -> E(D(y))`` for one chunk, optionally through ``torch.compile``."""
+def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str):
+    """``y -> E(D(y))`` for one chunk, optionally through ``torch.compile`` (``True`` = inductor,
+    a string = that ``torch.compile`` backend)."""
 
     def encode_decode(y: torch.Tensor) -> torch.Tensor:
         return adapter.encode(adapter.decode(y, frames_per_video))
 
-    return torch.compile(encode_decode, dynamic=False) if compile else encode_decode
+    if not compile:
+        return encode_decode
+    backend = "inductor" if compile is True else compile
+    return torch.compile(encode_decode, dynamic=False, backend=backend)
 
 
 def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):

@@ -15,12 +15,12 @@ def km_residual_step_kernel(
     Shapes: ``edz``, ``e_x``, ``y``, ``z`` contiguous ``(B, n)`` in one storage dtype
     (fp32/fp16/bf16); ``master`` fp32 ``(B, n)`` (read only when ``HAS_MASTER``); ``partial`` fp32
     ``(B, n_blocks)``; ``table`` fp32 ``(steps, 1)``; ``step`` int64 ``(1,)``. ``y`` is the point
-    ``edz = E(D(y))`` was evaluated at, ``z`` the iterate ``z_k`` (``master`` its fp32 copy when
-    ``HAS_MASTER``). With ``rho_k = table[step[0], 0]``, in fp32::
+    ``edz = E(D(y))`` was evaluated at (``master`` its fp32 copy when ``HAS_MASTER``, which the update
+    reads instead of ``y``), ``z`` the iterate ``z_k``. With ``rho_k = table[step[0], 0]``, in fp32::
 
         g = edz - e_x
         z_new = y - g * rho_k
-        y = (z_new - z_k) * alpha + z_new        (the next evaluation point)
+        y = (z_new - z_k) * alpha + z_new        (the next evaluation point; also into master)
         z = z_new
         partial[b, pid0] = sum over the block of g*g
     """
@@ -34,11 +34,11 @@ def km_residual_step_kernel(
 
     edz = tl.load(edz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     e_x = tl.load(e_x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z_k = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_MASTER:
-        z_k = tl.load(master_ptr + offs, mask=mask, other=0.0)
+        y = tl.load(master_ptr + offs, mask=mask, other=0.0)
     else:
-        z_k = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
     g = edz - e_x
     z_new = y - g * rho_k
@@ -46,6 +46,6 @@ def km_residual_step_kernel(
 
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     if HAS_MASTER:
-        tl.store(master_ptr + offs, z_new, mask=mask)
+        tl.store(master_ptr + offs, y, mask=mask)
     tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
     tl.store(partial_ptr + sample * n_blocks + block, tl.sum(g * g, axis=0))

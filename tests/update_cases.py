@@ -71,29 +71,36 @@ def make_case(method: str, shape: tuple[int, int], dtype: torch.dtype, seed: int
 
 
 def cast_state(state: dict, dtype: torch.dtype, master: bool = False) -> dict:
-    """A copy of ``state`` in ``dtype``, with a fp32 ``master`` copy of ``z`` when asked."""
+    """A copy of ``state`` in ``dtype``, with a fp32 ``master`` copy of ``z`` (of ``y`` for KM) when asked."""
     out = {key: t.to(dtype).clone() for key, t in state.items() if key != "master"}
     if master:
-        out["master"] = state["z"].float().clone()
+        out["master"] = state["y" if "y" in state else "z"].float().clone()
     return out
 
 
 def ref_step(method: str, state: dict, edz: torch.Tensor, e_x: torch.Tensor, k: int, table: torch.Tensor,
              math: torch.dtype, eps: float) -> torch.Tensor:
     """One step of ``reference.py``'s update on ``state`` in place: math in ``math``, every tensor
-    stored back in its own dtype (``master``, if present, is the fp32 ``z``). Returns ``g``."""
+    stored back in its own dtype (``master``, if present, is the fp32 ``z``, or ``y`` for KM). Returns ``g``."""
     row = table[k].tolist()
+    if method == "km":
+        point = state["master"] if "master" in state else state["y"]
+        g = edz.to(math) - e_x.to(math)
+        z = reference.fsm_update(point.to(math), g, row[0])
+        y = reference.km_extrapolate(z, state["z"].to(math), ALPHA)
+        if "master" in state:
+            state["master"].copy_(y)
+        state["y"].copy_(y)
+        state["z"].copy_(z)
+        return g
     base = state["master"] if "master" in state else state["z"]
     g = edz.to(math) - e_x.to(math)
     if method == "adam":
         z, m, v = reference.adam_update(base.to(math), state["m"].to(math), state["v"].to(math), g, k, row[0],
                                         eps, BETAS)
         state["m"].copy_(m), state["v"].copy_(v)
-    elif method == "fsm":
-        z = reference.fsm_update(base.to(math), g, row[0])
     else:
-        z = reference.fsm_update(state["y"].to(math), g, row[0])
-        state["y"].copy_(reference.km_extrapolate(z, base.to(math), ALPHA))
+        z = reference.fsm_update(base.to(math), g, row[0])
     if "master" in state:
         state["master"].copy_(z)
     state["z"].copy_(z)

@@ -52,13 +52,13 @@ def fsm(edz, e_x, z, sq_norm, table, step, master) -> None:
 
 def km(edz, e_x, y, z, sq_norm, table, step, master, alpha) -> None:
     rho_k = step_row(table, step)[0]
-    if master is not None:
+    if master is not None:  # master is the fp32 evaluation point y
         g = edz.float().sub_(e_x.float())
         sample_sq_norm(g, sq_norm)
-        z_new = torch.sub(y.float(), g.mul_(rho_k), out=g)
-        y.copy_(torch.sub(z_new, master).mul_(alpha).add_(z_new))
-        master.copy_(z_new)
-        z.copy_(master)
+        z_new = torch.sub(master, g.mul_(rho_k), out=g)
+        master.copy_(torch.sub(z_new, z.float()).mul_(alpha).add_(z_new))
+        y.copy_(master)
+        z.copy_(z_new)
         return
     g = edz.sub_(e_x)
     sample_sq_norm(g, sq_norm)

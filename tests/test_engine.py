@@ -1,0 +1,154 @@
+"""The engine's run modes: graph-replayed static step, attention backends, fp32 master, compile."""
+
+import warnings
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+import decinv_fast
+from decinv_fast import reference
+from decinv_fast.adapters import as_adapter
+from decinv_fast.api import _frames_for
+from decinv_fast.graphs import EagerGraph, GraphedStep
+from decinv_fast.loop import Plan, make_iteration
+
+
+def _iteration(vae, x, method="adam", steps=8, lr=0.01, schedule="paper", **options):
+    adapter = as_adapter(vae)
+    frames = _frames_for(adapter, x, None)
+    plan = Plan(method, steps, lr, schedule, options, "torch", frames.pixels.shape[0])
+    return make_iteration(adapter, frames, plan)
+
+
+@pytest.mark.parametrize("method,lr", [("adam", 0.01), ("fsm", 0.5), ("km", 0.5)])
+def test_replayed_static_step_equals_reference(tiny_kl, images_32, method, lr):
+    """The exact step a CUDA graph captures, warmed up, restored and replayed N times, equals the
+    reference across changing learning rates and bias corrections, without re-capture."""
+    steps = 8
+    it = _iteration(tiny_kl, images_32, method, steps, lr, **({"alpha": 0.3} if method == "km" else {}))
+    captured = []
+    graphed = GraphedStep(it, capture=lambda fn, device: captured.append(fn) or EagerGraph(fn))
+    assert graphed.captured and len(captured) == 1
+    for _ in range(steps):
+        graphed()
+    a = as_adapter(tiny_kl)
+    enc, dec = a.encode, (lambda z: a.decode(z, 1))
+    if method == "adam":
+        ref = reference.adam(enc, dec, images_32, steps=steps, lr=lr)
+    elif method == "fsm":
+        ref = reference.fsm(enc, dec, images_32, steps=steps, rho=lr, schedule="paper")
+    else:
+        ref = reference.km(enc, dec, images_32, steps=steps, rho=lr, alpha=0.3, schedule="paper")
+    assert torch.equal(it.latents, ref.latents)
+    assert int(it.step) == steps
+
+
+def test_failed_capture_falls_back_with_warning(tiny_kl, images_32):
+    it = _iteration(tiny_kl, images_32, steps=4)
+
+    def broken(fn, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        graphed = GraphedStep(it, capture=broken)
+    assert not graphed.captured
+    for _ in range(4):
+        graphed()
+    plain = decinv_fast.invert(tiny_kl, images_32, steps=4)
+    assert torch.equal(it.latents, plain.latents)  # warm-up was undone before falling back
+
+
+def test_invert_with_cuda_graphs_flag_on_cpu(tiny_kl, images_32):
+    a = decinv_fast.invert(tiny_kl, images_32, steps=5, cuda_graphs=True)
+    b = decinv_fast.invert(tiny_kl, images_32, steps=5)
+    assert torch.equal(a.latents, b.latents)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        decinv_fast.invert(tiny_kl, images_32, method="grad", steps=1, cuda_graphs=True)
+
+
+def test_attention_backends_set_verified_and_restored(tiny_kl, images_32):
+    before = {k: type(p) for k, p in tiny_kl.attn_processors.items()}
+    tiny_kl.set_attn_processor(AttnProcessor())  # a user's own choice must survive the call
+    seen = {}
+
+    def spy(name):
+        return lambda k, z: seen.setdefault(name, {type(p) for p in tiny_kl.attn_processors.values()})
+
+    out = {}
+    for name in ("sdpa", "math"):
+        out[name] = decinv_fast.invert(tiny_kl, images_32, steps=3, attention=name, callback=spy(name))
+        assert all(type(p) is AttnProcessor for p in tiny_kl.attn_processors.values())
+    assert seen == {"sdpa": {AttnProcessor2_0}, "math": {AttnProcessor}}
+    torch.testing.assert_close(out["sdpa"].latents, out["math"].latents, rtol=1e-4, atol=1e-5)
+    tiny_kl.set_attn_processor({k: cls() for k, cls in before.items()})
+
+
+def test_attention_errors(tiny_kl, images_32):
+    with pytest.raises(ValueError, match="attention"):
+        decinv_fast.invert(tiny_kl, images_32, steps=1, attention="flash3")
+    with pytest.raises(ValueError, match="xformers"):
+        decinv_fast.invert(tiny_kl, images_32, steps=1, attention="xformers")
+
+
+@pytest.mark.parametrize("method", ["adam", "fsm", "km"])
+def test_fp32_master_keeps_updates_bf16_would_lose(method):
+    """Steps of 1e-3 on latents near 1.0 are below half a bf16 ulp (2**-8): bf16 storage stalls,
+    the fp32 master copy accumulates them (100 steps -> 0.9)."""
+    from decinv_fast.ops import adam_residual_step, fsm_residual_step, km_residual_step
+
+    def run(master: bool) -> torch.Tensor:
+        z = torch.ones(2, 33, dtype=torch.bfloat16)
+        e_x = torch.zeros_like(z)
+        m, v, y = torch.zeros_like(z), torch.zeros_like(z), z.clone()
+        main = z.float() if master else None
+        sq = torch.zeros(2)
+        if method == "adam":  # with the bias corrections, m_hat / sqrt(v_hat) = 1: steps of lr
+            table = torch.tensor([[1e-3, 1 - 0.9 ** (k + 1), 1 - 0.999 ** (k + 1)] for k in range(100)])
+        else:
+            table = torch.full((100, 1), 1e-3 / 0.5)
+        for k in range(100):
+            step = torch.tensor([k])
+            edz = torch.full_like(z, 0.5)  # residual g = 0.5 everywhere
+            if method == "adam":
+                adam_residual_step(edz, e_x, z, m, v, sq, table, step, eps=1e-8, master=main, backend="torch")
+            elif method == "fsm":
+                fsm_residual_step(edz, e_x, z, sq, table, step, master=main, backend="torch")
+            else:
+                km_residual_step(edz, e_x, y, z, sq, table, step, alpha=0.0, master=main, backend="torch")
+        return z.float()
+
+    assert torch.equal(run(False), torch.ones(2, 33))
+    torch.testing.assert_close(run(True), torch.full((2, 33), 0.9), atol=2**-8, rtol=0)
+
+
+def test_fp32_master_through_invert(tiny_kl, images_32):
+    out = decinv_fast.invert(tiny_kl, images_32, steps=4, dtype=torch.bfloat16, fp32_master=True)
+    ref = decinv_fast.invert(tiny_kl, images_32, steps=4)
+    assert out.latents.dtype == torch.bfloat16
+    torch.testing.assert_close(out.latents.float(), ref.latents, rtol=0.1, atol=0.05)
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # dynamo + AOTAutograd tracing of the VAE pass, no code generation (fast)
+    pytest.param(True, marks=pytest.mark.slow),  # the real thing: inductor compiles C++ for the CPU
+])
+def test_compile_matches_eager(tiny_kl, images_32, backend):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = decinv_fast.invert(tiny_kl, images_32, steps=3, compile=backend)
+    b = decinv_fast.invert(tiny_kl, images_32, steps=3)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton", "cuda"])
+def test_cuda_graphs_on_gpu_equal_eager(tiny_kl, backend):
+    vae = tiny_kl.to("cuda")
+    try:
+        x = torch.rand(2, 3, 32, 32, device="cuda") * 2 - 1
+        eager = decinv_fast.invert(vae, x, steps=6, backend=backend)
+        graphed = decinv_fast.invert(vae, x, steps=6, backend=backend, cuda_graphs=True)
+        torch.testing.assert_close(graphed.latents, eager.latents, rtol=1e-5, atol=1e-6)
+    finally:
+        tiny_kl.to("cpu")

@@ -58,7 +58,14 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
     user's VAE is never modified)."""
     if adapter.module is None or dtype is None or adapter.dtype == dtype:
         return adapter
-    return as_adapter(copy.deepcopy(adapter.module).to(dtype))
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its .to() warns about fp32-kept modules; VAEs have none
+    try:
+        return as_adapter(copy.deepcopy(adapter.module).to(dtype))
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:

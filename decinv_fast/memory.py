@@ -2,38 +2,74 @@
 
 * CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``) during the call,
   absolute (model weights included), as the paper reports it.
-* CPU (Linux): the process's resident-set high-water mark during the call minus the resident set
-  when the call started, i.e. the most memory the call added at any moment. The high-water mark is
-  reset by writing ``5`` to ``/proc/self/clear_refs``; where that is not possible the peak is
-  ``None`` (unmeasured), never a guess.
+* CPU: the peak of the bytes PyTorch's CPU allocator handed out during the call *beyond what was
+  allocated when it started* (weights and inputs that already existed are not counted). It is read
+  from the allocation and free events the allocator reports to the PyTorch profiler, so it counts
+  every tensor buffer, kernel-internal ones included, and nothing else. If another profiler is
+  already running, the peak is ``None`` (unmeasured), never a guess.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import os
+import sys
 
 import torch
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
-
-def _status_kib(field: str) -> int | None:
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's start/stop chatter (kineto writes to fd 2 directly)."""
     try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_cpu_peak() -> bool:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     try:
-        _CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _profiler_running() -> bool:
+    return bool(torch.autograd.profiler._is_profiler_enabled)
+
+
+class CpuAllocatorPeak:
+    """``with CpuAllocatorPeak() as m: ...`` then ``m.peak_bytes`` (``None`` if a profiler was running)."""
+
+    def __init__(self):
+        self.peak_bytes: int | None = None
+        self._prof = None
+
+    def __enter__(self) -> CpuAllocatorPeak:
+        if _profiler_running():
+            return self
+        from torch.profiler import ProfilerActivity, profile
+
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_stderr():
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._prof is None:
+            return
+        with _quiet_stderr():
+            self._prof.__exit__(*exc)
+        events = [e for e in self._prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        live = peak = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            live += event.nbytes()
+            peak = max(peak, live)
+        self.peak_bytes = peak
 
 
 class PeakMemory:
@@ -42,40 +78,27 @@ class PeakMemory:
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self.peak_bytes: int | None = None
-        self._baseline: int | None = None
+        self._cpu: CpuAllocatorPeak | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif _reset_cpu_peak():
-            self._baseline = _status_kib("VmRSS")
+        else:
+            self._cpu = CpuAllocatorPeak().__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        elif self._baseline is not None:
-            high = _status_kib("VmHWM")
-            if high is not None:
-                self.peak_bytes = max(0, high - self._baseline) * 1024
+        elif self._cpu is not None:
+            self._cpu.__exit__(*exc)
+            self.peak_bytes = self._cpu.peak_bytes
 
 
-def cpu_allocator_peak(fn) -> tuple[object, int]:
-    """Run ``fn()`` and return ``(its result, the CPU allocator's peak bytes during it)``.
-
-    Reads the allocation and free events that PyTorch's CPU allocator reports to the profiler, so it
-    counts every tensor buffer (kernel-internal ones included) and nothing else: the CPU analogue of
-    ``torch.cuda.max_memory_allocated``, used to validate the memory planner and by the benchmarks.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+def cpu_allocator_peak(fn) -> tuple[object, int | None]:
+    """Run ``fn()``; return ``(its result, the CPU allocator's peak bytes during it)``."""
+    with CpuAllocatorPeak() as measure:
         result = fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return result, peak
+    return result, measure.peak_bytes

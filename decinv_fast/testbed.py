@@ -67,8 +67,9 @@ class RandomCrops:
     def _one(self) -> torch.Tensor:
         photo = self.photos[int(torch.randint(len(self.photos), (1,), generator=self.gen))]
         h, w = photo.shape[-2:]
-        scale = float(torch.empty(1).uniform_(0.5, 1.0, generator=self.gen))
-        side = min(h, w, max(self.size, int(round(self.size / scale))))
+        # around the photographs' own scale (held-out crops are evaluated at native resolution)
+        scale = float(torch.empty(1).uniform_(0.8, 1.25, generator=self.gen))
+        side = min(h, w, int(round(self.size / scale)))
         y = int(torch.randint(h - side + 1, (1,), generator=self.gen))
         x = int(torch.randint(w - side + 1, (1,), generator=self.gen))
         crop = photo[:, y:y + side, x:x + side]

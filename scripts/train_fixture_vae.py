@@ -2,6 +2,9 @@
 
     python scripts/train_fixture_vae.py --steps 6000 --out decinv_fast/assets/fixture_vae
 
+Every ``--log-every`` steps it logs the held-out PSNR and writes a resumable checkpoint
+(``<out>/train_state.pt``, not shipped); ``--resume`` continues from it with the same RNG streams.
+
 Loss: pixel MSE + a small KL term (the SD VAE's recipe without the perceptual and GAN terms, which
 would need downloaded networks). Held-out photographs (``testbed.HELDOUT_PHOTOS``) are never trained
 on; their PSNR is logged. At the end the latent ``scaling_factor`` and ``shift_factor`` are set so
@@ -45,6 +48,23 @@ def latent_statistics(vae, crops: RandomCrops, batches: int = 16) -> tuple[float
     return latents.mean().item(), latents.std().item()
 
 
+def save_state(path: Path, step: int, vae, opt, sched, crops: RandomCrops) -> None:
+    state = dict(step=step, model=vae.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
+                 torch_rng=torch.get_rng_state(), crop_rng=crops.gen.get_state())
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_state(path: Path, vae, opt, sched, crops: RandomCrops) -> int:
+    state = torch.load(path, weights_only=False)
+    vae.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["torch_rng"])
+    crops.gen.set_state(state["crop_rng"])
+    return state["step"]
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -53,8 +73,12 @@ def train(args) -> dict:
     heldout = heldout_crops(size=128, count=12)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "train_state.pt"
+    first = load_state(state_path, vae, opt, sched, crops) + 1 if args.resume and state_path.exists() else 1
     start = time.time()
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
         x = crops.batch(args.batch)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -66,15 +90,26 @@ def train(args) -> dict:
         if step % args.log_every == 0 or step == args.steps:
             log.info("step %d loss %.5f held-out PSNR %.2f dB (%.0f s)", step, loss.item(),
                      heldout_psnr(vae, heldout), time.time() - start)
-    mean, std = latent_statistics(vae, crops)
-    vae.register_to_config(scaling_factor=1.0 / std, shift_factor=mean)
-    out = Path(args.out)
-    vae.eval().half().save_pretrained(out, safe_serialization=True)
-    report = dict(steps=args.steps, seed=args.seed, seconds=round(time.time() - start),
-                  heldout_psnr_fp32=heldout_psnr(vae.float(), heldout),
-                  scaling_factor=1.0 / std, shift_factor=mean)
+            save_state(state_path, step, vae, opt, sched, crops)
+    report = export(vae, crops, heldout, out)
+    report.update(steps=args.steps, seed=args.seed, seconds=round(time.time() - start))
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def export(vae, crops: RandomCrops, heldout: torch.Tensor, out: Path) -> dict:
+    """Set the latent scaling/shift from training latents and save fp16 weights (diffusers format)."""
+    mean, std = latent_statistics(vae, crops)
+    vae.register_to_config(scaling_factor=1.0 / std, shift_factor=mean)
+    vae.eval().half().save_pretrained(out, safe_serialization=True)
+    return dict(heldout_psnr_fp32=heldout_psnr(vae.float(), heldout), scaling_factor=1.0 / std, shift_factor=mean)
+
+
+def export_checkpoint(state_dir: Path, out: Path, seed: int) -> dict:
+    """Export the weights of an unfinished run's checkpoint (for development while it trains)."""
+    vae = new_fixture_vae()
+    vae.load_state_dict(torch.load(state_dir / "train_state.pt", weights_only=False)["model"])
+    return export(vae, RandomCrops(64, seed=seed + 1), heldout_crops(size=128, count=12), out)
 
 
 def main() -> None:
@@ -88,8 +123,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--out", default="decinv_fast/assets/fixture_vae")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    p.add_argument("--export-checkpoint", metavar="DIR", default=None,
+                   help="only export the checkpoint in DIR (an unfinished run) to --out, then stop")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.export_checkpoint:
+        log.info("%s", export_checkpoint(Path(args.export_checkpoint), Path(args.out), args.seed))
+        return
     log.info("%s", train(args))
 
 

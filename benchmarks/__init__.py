@@ -1,0 +1,1 @@
+"""Benchmarks: measurements only (no assertions). Results land in benchmarks/results/*.json."""

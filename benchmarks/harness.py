@@ -1,0 +1,108 @@
+"""Shared benchmark harness: fixed-schema results, timing, memory, fresh-process runs.
+
+Every measurement is appended to ``benchmarks/results/<benchmark>.json`` as one record::
+
+    {benchmark, method, backend, dtype, shape, device, torch, git_sha, timestamp, metrics}
+
+Timings that are compared are measured side by side in one run (these machines are noisy);
+plotting lives in ``benchmarks/plot.py`` and reads only these files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def record(benchmark: str, *, method: str, backend: str, dtype, shape, device, metrics: dict) -> dict:
+    """One result in the fixed schema."""
+    return {
+        "benchmark": benchmark, "method": method, "backend": backend,
+        "dtype": str(dtype).replace("torch.", ""), "shape": list(shape) if shape is not None else None,
+        "device": device_name(device), "torch": torch.__version__, "git_sha": git_sha(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "metrics": metrics,
+    }
+
+
+def save(benchmark: str, records: list[dict], *, replace: bool = True) -> Path:
+    """Write ``records`` to ``results/<benchmark>.json`` (replacing the previous run's, or appending)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{benchmark}.json"
+    old = [] if replace or not path.exists() else json.loads(path.read_text())
+    path.write_text(json.dumps(old + records, indent=1) + "\n")
+    return path
+
+
+def load(benchmark: str) -> list[dict]:
+    path = RESULTS / f"{benchmark}.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall(fn, device="cpu", repeat: int = 1) -> tuple[object, float]:
+    """``(fn()'s last result, best wall seconds over repeat runs)``."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def peak_memory(fn, device="cpu") -> tuple[object, int]:
+    """``(fn(), allocator peak bytes)``: CUDA allocator peak on GPU, CPU allocator peak on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result, torch.cuda.max_memory_allocated(device) - base
+    from decinv_fast.memory import cpu_allocator_peak
+
+    return cpu_allocator_peak(fn)
+
+
+def run_fresh(module: str, args: list[str], timeout: int = 1800) -> dict:
+    """Run ``python -m module args`` in a fresh process; it must print one JSON line last."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode}
+    return json.loads(lines[-1])

@@ -1,0 +1,154 @@
+"""``eps(z, t)`` from whatever predicts the noise: a diffusers UNet or any callable.
+
+Supported models:
+
+- ``diffusers.UNet2DModel``: ``model(z, t, **cond)`` (e.g. ``class_labels``);
+- ``diffusers.UNet2DConditionModel``: ``model(z, t, encoder_hidden_states=..., **cond)``;
+- any callable ``eps(z, t, **cond)`` returning a tensor shaped like ``z`` (or an output with
+  ``.sample``, or a tuple whose first item is the tensor).
+
+``t`` is passed as a Python ``int``. A model that also predicts variances (``2C`` output channels
+for ``C`` input channels) is cut to its first ``C`` channels, as diffusers pipelines do.
+
+Classifier-free guidance (``guidance_scale = w != 1``) runs the unconditional and the conditional
+branch in one batched call and combines them as ``eps = eps_u + w * (eps_c - eps_u)``; it needs
+``encoder_hidden_states`` and ``negative_encoder_hidden_states`` (the empty-prompt embedding).
+Other tensor conditions whose first dimension is the batch are repeated for the two branches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _kind(model) -> str:
+    config = getattr(model, "config", None)
+    if isinstance(model, torch.nn.Module) and config is not None and "in_channels" in config:
+        return "unet2d_condition" if "cross_attention_dim" in config else "unet2d"
+    if not callable(model):
+        raise TypeError(f"model must be a diffusers UNet or a callable eps(z, t, **cond), got {type(model).__name__}")
+    return "callable"
+
+
+class Denoiser:
+    """A noise predictor bound to its conditioning: ``denoiser(z, t) -> eps`` (same shape as ``z``).
+
+    Args:
+        model: see the module docstring.
+        guidance_scale: classifier-free guidance weight ``w`` (1 = no guidance, one branch).
+        encoder_hidden_states: ``(B or 1, L, D)`` text embeddings (``UNet2DConditionModel``).
+        negative_encoder_hidden_states: ``(B or 1, L, D)`` unconditional embeddings for guidance.
+        **cond: further keyword arguments for the model.
+
+    ``calls`` counts model evaluations (a guided evaluation is one batched call).
+    """
+
+    def __init__(self, model, *, guidance_scale: float = 1.0, encoder_hidden_states: torch.Tensor | None = None,
+                 negative_encoder_hidden_states: torch.Tensor | None = None, **cond):
+        self.model = model
+        self.kind = _kind(model)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) \
+                or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        self.guidance_scale = float(guidance_scale)
+        self.guided = self.guidance_scale != 1.0
+        if self.kind == "unet2d_condition" and encoder_hidden_states is None:
+            raise ValueError("encoder_hidden_states is required for a UNet2DConditionModel (text embeddings)")
+        if self.kind == "unet2d" and encoder_hidden_states is not None:
+            raise ValueError("encoder_hidden_states given but a UNet2DModel takes no text conditioning")
+        if self.guided and (encoder_hidden_states is None or negative_encoder_hidden_states is None):
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs encoder_hidden_states and negative_encoder_hidden_states "
+                "(the unconditional embedding); use guidance_scale=1.0 for no guidance"
+            )
+        if not self.guided and negative_encoder_hidden_states is not None:
+            raise ValueError("negative_encoder_hidden_states is only used with guidance_scale != 1")
+        self.encoder_hidden_states = encoder_hidden_states
+        self.negative_encoder_hidden_states = negative_encoder_hidden_states
+        self.cond = cond
+        self.calls = 0
+
+    @property
+    def parameter(self) -> torch.Tensor | None:
+        """One of the model's weights (for its dtype and device), if it has any."""
+        if isinstance(self.model, torch.nn.Module):
+            return next(self.model.parameters(), None)
+        return None
+
+    def check(self, z: torch.Tensor, name: str) -> None:
+        """Raise a clear error if ``z`` (argument ``name``) cannot go through this model."""
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            got = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
+            raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+        weight = self.parameter
+        if weight is not None and z.dtype != weight.dtype:
+            raise TypeError(
+                f"{name} is {z.dtype} but the eps model's weights are {weight.dtype}; convert one of them "
+                f"(model.to({z.dtype}) or {name}.to({weight.dtype}))"
+            )
+        if weight is not None and z.device != weight.device:
+            raise ValueError(f"{name} is on {z.device} but the eps model is on {weight.device}")
+        if self.kind != "callable":
+            channels = int(self.model.config.in_channels)
+            if z.dim() != 4 or z.shape[1] != channels:
+                raise ValueError(f"{name} must be (B, {channels}, h, w) for this UNet, got shape {tuple(z.shape)}")
+        for label in ("encoder_hidden_states", "negative_encoder_hidden_states"):
+            emb = getattr(self, label)
+            if emb is None:
+                continue
+            if not isinstance(emb, torch.Tensor) or emb.dtype != z.dtype or emb.device != z.device:
+                got = f"{emb.dtype} on {emb.device}" if isinstance(emb, torch.Tensor) else type(emb).__name__
+                raise TypeError(f"{label} must be a {z.dtype} tensor on {z.device} like {name}, got {got}")
+            if emb.dim() != 3 or emb.shape[0] not in (1, z.shape[0]):
+                raise ValueError(f"{label} must be (B or 1, L, D) with B={z.shape[0]}, got shape {tuple(emb.shape)}")
+        neg, pos = self.negative_encoder_hidden_states, self.encoder_hidden_states
+        if neg is not None and neg.shape[1:] != pos.shape[1:]:
+            raise ValueError(
+                f"negative_encoder_hidden_states {tuple(neg.shape)} and encoder_hidden_states {tuple(pos.shape)} "
+                "differ in (L, D)"
+            )
+
+    def _embeddings(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
+        return emb.expand(batch, *emb.shape[1:]) if emb.shape[0] != batch else emb
+
+    def _call(self, z: torch.Tensor, t: int, **kwargs) -> torch.Tensor:
+        if self.kind == "callable":
+            out = self.model(z, t, **kwargs)
+        else:
+            out = self.model(z, t, return_dict=False, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            out = out.sample if hasattr(out, "sample") else out[0]
+        if out.dim() == z.dim() and out.shape[1] == 2 * z.shape[1] and out.shape[2:] == z.shape[2:]:
+            out = out[:, : z.shape[1]]
+        if out.shape != z.shape:
+            raise ValueError(f"the eps model returned shape {tuple(out.shape)} for input shape {tuple(z.shape)}")
+        return out.to(z.dtype)
+
+    def __call__(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        self.calls += 1
+        batch = z.shape[0]
+        kwargs = dict(self.cond)
+        if not self.guided:
+            if self.encoder_hidden_states is not None:
+                kwargs["encoder_hidden_states"] = self._embeddings(self.encoder_hidden_states, batch)
+            return self._call(z, t, **kwargs)
+        for key, value in kwargs.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+                kwargs[key] = torch.cat([value, value])
+        kwargs["encoder_hidden_states"] = torch.cat([
+            self._embeddings(self.negative_encoder_hidden_states, batch),
+            self._embeddings(self.encoder_hidden_states, batch),
+        ])
+        uncond, cond = self._call(torch.cat([z, z]), t, **kwargs).chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
+
+
+def as_denoiser(model, **cond) -> Denoiser:
+    """``model`` bound to ``cond`` (a :class:`Denoiser` is returned as is; it takes no more ``cond``)."""
+    if isinstance(model, Denoiser):
+        if cond:
+            raise TypeError(f"conditioning {sorted(cond)} given for a Denoiser that is already bound")
+        return model
+    return Denoiser(model, **cond)

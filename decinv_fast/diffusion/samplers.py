@@ -1,0 +1,172 @@
+"""DDIM and BDIA-DDIM sampling and inversion over a :class:`~.schedule.Schedule`.
+
+Every function takes ``model`` (a diffusers UNet, a callable ``eps(z, t, **cond)`` or a bound
+:class:`~.denoiser.Denoiser`), ``schedule`` (a ``Schedule`` or a diffusers scheduler after
+``set_timesteps``) and conditioning keywords for :class:`~.denoiser.Denoiser`
+(``guidance_scale``, ``encoder_hidden_states``, ``negative_encoder_hidden_states``, ...).
+Latents are ``(B, C, h, w)`` for UNets (any shape for callables); the math runs in their dtype.
+Each pass makes exactly one model call per step (``N`` for sampling, ``N`` for DDIM inversion,
+``N - 1`` for BDIA inversion from a pair) and runs without autograd.
+
+``callback(i, z_i)``, if given, sees every state the pass produces, by state index ``i``
+(``N`` = noise, ``0`` = clean).
+
+Exactness. ``bdia_invert`` rebuilds ``z_T`` from the last *pair* ``(z_0, z_1)`` of
+``bdia_sample`` up to rounding (eq. 3 of :mod:`.steps`). ``ddim_invert`` and
+``bdia_invert_from_z0`` start from ``z_0`` alone and are approximate: DDIM inversion uses
+``eps(z_i, t_{i+1})`` in place of the unknown ``eps(z_{i+1}, t_{i+1})`` at every step; the
+from-``z_0`` BDIA inversion makes that approximation once (to get ``z_1``) and is exact after it,
+but the error of ``z_1`` is carried to ``z_T`` (and amplified by about ``gamma^{-N/2}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from .denoiser import Denoiser, as_denoiser
+from .schedule import Schedule, as_schedule
+from .steps import bdia_inverse_step, bdia_step, ddim_step
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[int, torch.Tensor], None] | None
+
+
+class BdiaPair(NamedTuple):
+    """The last two states of a BDIA pass: everything exact inversion needs."""
+
+    z0: torch.Tensor
+    z1: torch.Tensor
+
+
+def check_gamma(gamma, *, inverse: bool) -> float:
+    """``gamma`` in [0, 1] for sampling, in (0, 1] for inversion (it is divided by)."""
+    ok = isinstance(gamma, int | float) and not isinstance(gamma, bool) and math.isfinite(gamma)
+    low_ok = ok and (gamma > 0 if inverse else gamma >= 0)
+    if not (low_ok and gamma <= 1):
+        where = "(0, 1] for inversion (it divides every step)" if inverse else "[0, 1]"
+        raise ValueError(f"gamma must lie in {where}, got {gamma!r}")
+    if inverse and gamma < 0.9:
+        log.warning("gamma=%s: BDIA inversion divides the error of every state by gamma; expect it to grow", gamma)
+    return float(gamma)
+
+
+def _setup(model, schedule, z: torch.Tensor, name: str, cond: dict) -> tuple[Denoiser, Schedule]:
+    denoiser = as_denoiser(model, **cond)
+    denoiser.check(z, name)
+    return denoiser, as_schedule(schedule)
+
+
+def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
+    if not isinstance(z1, torch.Tensor):
+        raise TypeError(f"z1 must be a tensor, got {type(z1).__name__}")
+    if z1.shape != z0.shape:
+        raise ValueError(f"z1 {tuple(z1.shape)} and z0 {tuple(z0.shape)} must have the same shape")
+    if z1.dtype != z0.dtype or z1.device != z0.device:
+        raise TypeError(f"z1 ({z1.dtype}, {z1.device}) and z0 ({z0.dtype}, {z0.device}) must match in dtype/device")
+
+
+@torch.no_grad()
+def ddim_sample(model, schedule, z_T: torch.Tensor, *, callback: Callback = None, **cond) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0): ``z_{i-1} = DDIM_{i->i-1}(z_i)`` for ``i = N..1``; returns ``z_0``."""
+    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    z = z_T
+    for i in range(grid.num_steps, 0, -1):
+        eps = denoiser(z, grid.t(i))
+        z = ddim_step(z, eps, grid.alphabar(i), grid.alphabar(i - 1))
+        if callback is not None:
+            callback(i - 1, z)
+    return z
+
+
+@torch.no_grad()
+def ddim_invert(model, schedule, z_0: torch.Tensor, *, callback: Callback = None, **cond) -> torch.Tensor:
+    """Approximate DDIM inversion: ``z_{i+1} = DDIM(z_i)`` with ``eps(z_i, t_{i+1})``; returns ``z_T``.
+
+    The usual inversion (as in diffusers' ``DDIMInverseScheduler``): the model is evaluated at the
+    current state with the *next* timestep, standing in for ``eps(z_{i+1}, t_{i+1})``. The error is
+    small for small steps and smooth models, never zero.
+    """
+    denoiser, grid = _setup(model, schedule, z_0, "z_0", cond)
+    z = z_0
+    for i in range(grid.num_steps):
+        eps = denoiser(z, grid.t(i + 1))
+        z = ddim_step(z, eps, grid.alphabar(i), grid.alphabar(i + 1))
+        if callback is not None:
+            callback(i + 1, z)
+    return z
+
+
+@torch.no_grad()
+def bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, callback: Callback = None, **cond) -> BdiaPair:
+    """BDIA-DDIM sampling; returns the pair ``(z_0, z_1)``.
+
+    ``z_{N-1} = DDIM_{N->N-1}(z_N)`` (no earlier state to look back on), then for ``i = N-1..1``
+
+        z_{i-1} = gamma * (z_{i+1} - DDIM_{i->i+1}(z_i)) + DDIM_{i->i-1}(z_i),    gamma in [0, 1].
+
+    ``gamma = 0`` is DDIM exactly. With one step, ``z_1`` is ``z_T``.
+    """
+    gamma = check_gamma(gamma, inverse=False)
+    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    n = grid.num_steps
+    above = z_T
+    z = ddim_step(z_T, denoiser(z_T, grid.t(n)), grid.alphabar(n), grid.alphabar(n - 1))
+    if callback is not None:
+        callback(n - 1, z)
+    for i in range(n - 1, 0, -1):
+        eps = denoiser(z, grid.t(i))
+        below = bdia_step(above, z, eps, grid.alphabar(i), grid.alphabar(i - 1), grid.alphabar(i + 1), gamma)
+        above, z = z, below
+        if callback is not None:
+            callback(i - 1, z)
+    return BdiaPair(z, above)
+
+
+@torch.no_grad()
+def bdia_invert(model, schedule, z0: torch.Tensor, z1: torch.Tensor, *, gamma: float,
+                callback: Callback = None, **cond) -> torch.Tensor:
+    """Exact BDIA inversion from the pair ``(z_0, z_1)``; returns ``z_T``.
+
+    For ``i = 1..N-1``: ``z_{i+1} = (z_{i-1} - DDIM_{i->i-1}(z_i)) / gamma + DDIM_{i->i+1}(z_i)``,
+    ``N - 1`` model calls. ``gamma`` (in (0, 1]) and the conditioning must be those of sampling.
+    """
+    gamma = check_gamma(gamma, inverse=True)
+    denoiser, grid = _setup(model, schedule, z0, "z0", cond)
+    _check_pair(z0, z1)
+    return _invert_pair(denoiser, grid, z0, z1, gamma, callback)
+
+
+def _invert_pair(denoiser: Denoiser, grid: Schedule, z0: torch.Tensor, z1: torch.Tensor, gamma: float,
+                 callback: Callback) -> torch.Tensor:
+    below, z = z0, z1
+    for i in range(1, grid.num_steps):
+        eps = denoiser(z, grid.t(i))
+        above = bdia_inverse_step(below, z, eps, grid.alphabar(i), grid.alphabar(i - 1), grid.alphabar(i + 1), gamma)
+        below, z = z, above
+        if callback is not None:
+            callback(i + 1, z)
+    return z
+
+
+@torch.no_grad()
+def bdia_invert_from_z0(model, schedule, z0: torch.Tensor, *, gamma: float, callback: Callback = None,
+                        **cond) -> torch.Tensor:
+    """*Approximate* BDIA inversion from ``z_0`` alone; returns ``z_T``.
+
+    ``z_1`` is unknown, so it is estimated by one DDIM inversion step ``z_1 ~ DDIM_{0->1}(z_0)``
+    with ``eps(z_0, t_1)`` (the only approximation), then :func:`bdia_invert` runs from
+    ``(z_0, z_1)``: ``N`` model calls. The error of ``z_1`` propagates through the exact inverse
+    recursion; compare with :func:`ddim_invert`, which approximates at every step.
+    """
+    gamma = check_gamma(gamma, inverse=True)
+    denoiser, grid = _setup(model, schedule, z0, "z0", cond)
+    z1 = ddim_step(z0, denoiser(z0, grid.t(1)), grid.alphabar(0), grid.alphabar(1))
+    if callback is not None:
+        callback(1, z1)
+    return _invert_pair(denoiser, grid, z0, z1, gamma, callback)

@@ -1,0 +1,210 @@
+"""The discrete noise schedule that DDIM and BDIA-DDIM walk along.
+
+States are indexed by ``i = N, ..., 1, 0`` from pure noise ``z_N = z_T`` to the clean latent ``z_0``.
+State ``i >= 1`` sits at the model timestep ``t_i`` (what the epsilon model is called with) and at
+the noise level ``alphabar_i = alphas_cumprod[t_i]``; the clean state has no model timestep and the
+level ``alphabar_0`` (diffusers' ``final_alpha_cumprod``: 1 when ``set_alpha_to_one``). With
+
+    a_i = sqrt(alphabar_i),   s_i = sqrt(1 - alphabar_i),
+
+a state is ``z_i = a_i * x0 + s_i * eps`` (variance preserving).
+
+Grid convention. A step from state ``i`` lands exactly on the level of state ``i - 1`` (the next
+timestep of the list, or ``alphabar_0`` after the last one). ``DDIMScheduler.step`` instead lands on
+``alphas_cumprod[t - num_train_timesteps // num_inference_steps]``; the two agree whenever the
+timesteps are evenly spaced by ``num_train_timesteps // num_inference_steps`` ("leading" spacing,
+and "trailing" when the step count divides ``num_train_timesteps``). For the other spacings
+diffusers' step lands between grid points; BDIA needs the two directions of a step to meet the same
+levels, so the grid convention is used throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000, spacing: str = "leading",
+                   steps_offset: int = 0) -> list[int]:
+    """The timesteps ``DDIMScheduler.set_timesteps(num_inference_steps)`` produces, descending.
+
+    - ``"leading"``: ``k * (T // n) + steps_offset`` for ``k = n-1, ..., 0``;
+    - ``"trailing"``: ``round(T - k * T / n) - 1`` for ``k = 0, ..., n-1`` (exactly ``n`` values; some
+      diffusers versions emit an extra ``-1`` for a few ``n`` through a float ``arange``);
+    - ``"linspace"``: ``round(linspace(0, T - 1, n))`` reversed.
+    """
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+    n, big_t = num_inference_steps, int(num_train_timesteps)
+    if n > big_t:
+        raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={big_t}")
+    if spacing == "leading":
+        ratio = big_t // n
+        values = np.arange(n)[::-1] * ratio + int(steps_offset)
+    elif spacing == "trailing":
+        ratio = big_t / n
+        values = np.round(big_t - np.arange(n) * ratio).astype(np.int64) - 1
+    elif spacing == "linspace":
+        values = np.linspace(0, big_t - 1, n).round()[::-1]
+    else:
+        raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    return [int(v) for v in values]
+
+
+def _check_alphabar(name: str, values: Sequence[float]) -> None:
+    for v in values:
+        if not (math.isfinite(v) and 0.0 < v <= 1.0):
+            raise ValueError(f"{name}: every value must lie in (0, 1], found {v!r}")
+
+
+def _as_int_list(name: str, timesteps) -> list[int]:
+    if isinstance(timesteps, torch.Tensor):
+        if timesteps.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(timesteps.shape)}")
+        if timesteps.is_floating_point() and not bool((timesteps == timesteps.round()).all()):
+            raise ValueError(f"{name} must hold integer timesteps, got {timesteps.tolist()}")
+        timesteps = timesteps.tolist()
+    if isinstance(timesteps, np.ndarray):
+        timesteps = timesteps.tolist()
+    if not isinstance(timesteps, Sequence) or isinstance(timesteps, str) or len(timesteps) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of ints, got {timesteps!r}")
+    out = []
+    for t in timesteps:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t != int(t):
+            raise ValueError(f"{name} must hold integer timesteps, got {t!r}")
+        out.append(int(t))
+    return out
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A checked DDIM grid: model timesteps and noise levels of every state.
+
+    Attributes:
+        timesteps: ``(t_N, ..., t_1)``, strictly decreasing model timesteps (the sampling order).
+        alphas_cumprod: ``(alphabar_0, alphabar_1, ..., alphabar_N)`` in float64, indexed by state.
+    """
+
+    timesteps: tuple[int, ...]
+    alphas_cumprod: tuple[float, ...]
+
+    @property
+    def num_steps(self) -> int:
+        """``N``: model calls of one sampling or inversion pass."""
+        return len(self.timesteps)
+
+    def t(self, i: int) -> int:
+        """Model timestep of state ``i`` (``1 <= i <= N``)."""
+        if not 1 <= i <= self.num_steps:
+            raise IndexError(f"state {i} has no model timestep (states 1..{self.num_steps} do)")
+        return self.timesteps[self.num_steps - i]
+
+    def alphabar(self, i: int) -> float:
+        """Noise level ``alphabar_i`` of state ``i`` (``0 <= i <= N``)."""
+        return self.alphas_cumprod[i]
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod, timesteps, *, final_alpha_cumprod: float = 1.0) -> Schedule:
+        """A grid on any training schedule: ``alphas_cumprod`` ``(T,)`` and descending ``timesteps``.
+
+        Custom (non-DDIM) spacings are allowed here; ``final_alpha_cumprod`` is ``alphabar_0``.
+        """
+        table = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        if table.dim() != 1 or table.numel() == 0:
+            raise ValueError(f"alphas_cumprod must be a non-empty 1-D table, got shape {tuple(table.shape)}")
+        steps = _as_int_list("timesteps", timesteps)
+        if any(b >= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"timesteps must be strictly decreasing (sampling order t_N > ... > t_1), got {steps}")
+        if steps[-1] < 0 or steps[0] >= table.numel():
+            raise ValueError(
+                f"timesteps must lie in [0, {table.numel() - 1}] (the length of alphas_cumprod), got {steps}"
+            )
+        levels = [float(final_alpha_cumprod)] + [float(table[t]) for t in reversed(steps)]
+        _check_alphabar("final_alpha_cumprod", levels[:1])
+        _check_alphabar("alphas_cumprod", levels[1:])
+        return cls(tuple(steps), tuple(levels))
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_inference_steps: int | None = None, *, timesteps=None) -> Schedule:
+        """The grid of a diffusers scheduler (``DDIMScheduler`` or any with ``alphas_cumprod``).
+
+        Timesteps come from, in order: ``timesteps`` (checked against the scheduler), else
+        ``num_inference_steps`` (the scheduler's DDIM spacing: its ``timestep_spacing`` and
+        ``steps_offset``), else ``scheduler.timesteps`` after ``scheduler.set_timesteps(n)``.
+        Only epsilon prediction is supported; ``clip_sample``/``thresholding`` are ignored (a clipped
+        step is not invertible), with a warning.
+        """
+        table, config = _scheduler_parts(scheduler)
+        final = getattr(scheduler, "final_alpha_cumprod", None)
+        final = 1.0 if final is None else float(final)
+        if timesteps is not None:
+            steps = _as_int_list("timesteps", timesteps)
+            if num_inference_steps is not None and num_inference_steps != len(steps):
+                raise ValueError(f"num_inference_steps={num_inference_steps} but {len(steps)} timesteps were given")
+            expected = _expected_timesteps(scheduler, config, len(steps))
+            if steps != expected:
+                raise ValueError(
+                    f"timesteps {steps} do not match the scheduler's grid for {len(steps)} steps, {expected} "
+                    f"(timestep_spacing={config.get('timestep_spacing', 'leading')!r}, "
+                    f"steps_offset={config.get('steps_offset', 0)}); use Schedule.from_alphas_cumprod(...) "
+                    "for a custom grid"
+                )
+        elif num_inference_steps is not None:
+            steps = _expected_timesteps(None, config, num_inference_steps)
+        elif getattr(scheduler, "num_inference_steps", None) is not None:
+            steps = _as_int_list("scheduler.timesteps", scheduler.timesteps)
+        else:
+            raise ValueError(
+                "scheduler has no timesteps yet: call scheduler.set_timesteps(n) first, or pass num_inference_steps"
+            )
+        return cls.from_alphas_cumprod(table, steps, final_alpha_cumprod=final)
+
+
+def _scheduler_parts(scheduler) -> tuple[torch.Tensor, dict]:
+    table = getattr(scheduler, "alphas_cumprod", None)
+    config = getattr(scheduler, "config", None)
+    if table is None or config is None or "num_train_timesteps" not in config:
+        raise TypeError(
+            "scheduler must be a Schedule or a diffusers scheduler with alphas_cumprod and "
+            f"config.num_train_timesteps, got {type(scheduler).__name__}"
+        )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(
+            f"scheduler.config.prediction_type={prediction!r}: DDIM/BDIA here need an epsilon-prediction model"
+        )
+    for flag in ("clip_sample", "thresholding"):
+        if config.get(flag, False):
+            log.warning("scheduler.config.%s=True is ignored: a clipped DDIM step cannot be inverted", flag)
+    return torch.as_tensor(table), dict(config)
+
+
+def _expected_timesteps(scheduler, config: dict, n: int) -> list[int]:
+    """The scheduler's own timesteps if they were set for ``n`` steps, else its DDIM spacing rule."""
+    if scheduler is not None and getattr(scheduler, "num_inference_steps", None) == n:
+        return _as_int_list("scheduler.timesteps", scheduler.timesteps)
+    return ddim_timesteps(
+        n, num_train_timesteps=int(config["num_train_timesteps"]),
+        spacing=config.get("timestep_spacing", "leading"), steps_offset=int(config.get("steps_offset", 0) or 0),
+    )
+
+
+def as_schedule(schedule, num_inference_steps: int | None = None) -> Schedule:
+    """A :class:`Schedule` from a ``Schedule`` or a diffusers scheduler (see ``Schedule.from_scheduler``)."""
+    if isinstance(schedule, Schedule):
+        if num_inference_steps is not None and num_inference_steps != schedule.num_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} but the Schedule has {schedule.num_steps} steps"
+            )
+        return schedule
+    return Schedule.from_scheduler(schedule, num_inference_steps)

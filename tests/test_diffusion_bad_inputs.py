@@ -1,0 +1,121 @@
+"""Bad input to the diffusion module gives clear errors naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusion_models import LinearPatchVae, noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
+
+import decinv_fast
+from decinv_fast.diffusion import Schedule, bdia_invert, bdia_invert_from_z0, bdia_sample, ddim_sample
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return Schedule.from_scheduler(sd_scheduler(), 4)
+
+
+@pytest.mark.parametrize("gamma", [0, 0.0, -0.1, 1.0001, 2, float("nan"), True, "1"])
+def test_inversion_gamma_outside_open_closed_unit_interval(unet, grid, gamma):
+    z = noise()
+    with pytest.raises(ValueError, match=r"gamma must lie in \(0, 1\]"):
+        bdia_invert(unet, grid, z, z, gamma=gamma)
+    with pytest.raises(ValueError, match="gamma"):
+        bdia_invert_from_z0(unet, grid, z, gamma=gamma)
+
+
+@pytest.mark.parametrize("gamma", [-0.5, 1.5])
+def test_sampling_gamma_outside_unit_interval(unet, grid, gamma):
+    with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+        bdia_sample(unet, grid, noise(), gamma=gamma)
+
+
+def test_timesteps_not_matching_the_scheduler():
+    with pytest.raises(ValueError, match=r"timesteps \[900, 500, 1\] do not match the scheduler's grid"):
+        Schedule.from_scheduler(sd_scheduler(), timesteps=[900, 500, 1])
+    scheduler = sd_scheduler()
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match="do not match"):
+        Schedule.from_scheduler(scheduler, timesteps=[751, 501, 251, 2])
+    with pytest.raises(ValueError, match="num_inference_steps=5 but 4 timesteps"):
+        Schedule.from_scheduler(scheduler, 5, timesteps=scheduler.timesteps)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [1, 501])
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 999\]"):
+        Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [1000, 1])
+    with pytest.raises(ValueError, match="integer timesteps"):
+        Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [500.5, 1])
+    with pytest.raises(ValueError, match="alphas_cumprod: every value must lie in"):
+        Schedule.from_alphas_cumprod(torch.linspace(1.0, 0.0, 10), [9, 1])
+
+
+def test_scheduler_problems():
+    with pytest.raises(ValueError, match="call scheduler.set_timesteps"):
+        Schedule.from_scheduler(sd_scheduler())
+    with pytest.raises(ValueError, match="prediction_type='v_prediction'"):
+        Schedule.from_scheduler(sd_scheduler(prediction_type="v_prediction"), 4)
+    with pytest.raises(TypeError, match="scheduler must be a Schedule or a diffusers scheduler"):
+        ddim_sample(tiny_unet(), object(), noise())
+    broken = sd_scheduler(timestep_spacing="trailing")
+    broken.set_timesteps(61)  # diffusers emits 62 timesteps ending in -1 here
+    with pytest.raises(ValueError, match="timesteps must lie in"):
+        Schedule.from_scheduler(broken)
+
+
+def test_mismatched_pair_and_latents(unet, grid):
+    z = noise()
+    with pytest.raises(ValueError, match=r"z1 \(2, 4, 4, 4\) and z0 \(2, 4, 8, 8\) must have the same shape"):
+        bdia_invert(unet, grid, z, noise((2, 4, 4, 4)), gamma=1.0)
+    with pytest.raises(TypeError, match="z1 .* must match in dtype"):
+        bdia_invert(unet, grid, z, z.double(), gamma=1.0)
+    with pytest.raises(ValueError, match=r"z_T must be \(B, 4, h, w\)"):
+        bdia_sample(unet, grid, noise((2, 3, 8, 8)), gamma=1.0)
+    with pytest.raises(TypeError, match="z_T is torch.float64 but the eps model's weights are torch.float32"):
+        ddim_sample(unet, grid, z.double())
+    with pytest.raises(TypeError, match="z0 must be a floating-point tensor"):
+        bdia_invert(unet, grid, z.long(), z.long(), gamma=1.0)
+
+
+def test_conditioning_errors(grid):
+    cond_unet = tiny_cond_unet()
+    text, empty = text_embeddings(2)
+    z = noise()
+    with pytest.raises(ValueError, match="encoder_hidden_states is required"):
+        ddim_sample(cond_unet, grid, z)
+    with pytest.raises(ValueError, match="needs encoder_hidden_states and negative_encoder_hidden_states"):
+        ddim_sample(cond_unet, grid, z, encoder_hidden_states=text, guidance_scale=5.0)
+    with pytest.raises(TypeError, match="encoder_hidden_states must be a torch.float32 tensor"):
+        ddim_sample(cond_unet, grid, z, encoder_hidden_states=text.double())
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \(B or 1, L, D\) with B=2"):
+        ddim_sample(cond_unet, grid, z, encoder_hidden_states=text[:, :, 0])
+    with pytest.raises(ValueError, match="negative_encoder_hidden_states .* differ in"):
+        ddim_sample(cond_unet, grid, z, encoder_hidden_states=text, negative_encoder_hidden_states=empty[:, :2],
+                    guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        ddim_sample(cond_unet, grid, z, encoder_hidden_states=text, guidance_scale=float("inf"))
+    with pytest.raises(ValueError, match="UNet2DModel takes no text conditioning"):
+        ddim_sample(tiny_unet(), grid, z, encoder_hidden_states=text)
+    with pytest.raises(TypeError, match="model must be a diffusers UNet or a callable"):
+        ddim_sample(42, grid, z)
+
+
+def test_pipeline_arguments(unet, grid):
+    vae = LinearPatchVae().pair
+    images = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="method must be one of"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, method="lbfgs")
+    with pytest.raises(ValueError, match="diffusion must be one of"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, diffusion="dpm")
+    with pytest.raises(ValueError, match="gamma must lie in"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, gamma=0.0)
+    with pytest.raises(TypeError, match=r"option\(s\) \['steps'\] do not apply to method='encoder'"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", steps=5)
+    with pytest.raises(ValueError, match=r"true_z0 must be a \(B, C, h, w\) tensor with B=2"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_z0=noise((3, 4, 8, 8)))
+    with pytest.raises(ValueError, match="true_zT must be a tensor shaped like the estimate"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_zT=noise((2, 4, 4, 4)))

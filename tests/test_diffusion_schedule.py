@@ -1,0 +1,73 @@
+"""The DDIM grid: diffusers-compatible timesteps, noise levels, and agreement with DDIMScheduler.step."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from diffusion_models import sd_scheduler, tiny_unet
+
+from decinv_fast.diffusion import Schedule, ddim_sample, ddim_timesteps
+
+
+@pytest.mark.parametrize("spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)])
+def test_timesteps_match_ddim_scheduler(spacing, offset):
+    checked = 0
+    for n in [1, 2, 3, 7, 10, 25, 50, 61, 100, 999]:
+        scheduler = sd_scheduler(timestep_spacing=spacing, steps_offset=offset)
+        scheduler.set_timesteps(n)
+        theirs = scheduler.timesteps.tolist()
+        ours = ddim_timesteps(n, num_train_timesteps=1000, spacing=spacing, steps_offset=offset)
+        assert len(ours) == n
+        if len(theirs) != n:
+            # diffusers' float arange emits an extra trailing -1 for a few step counts (e.g. 61)
+            assert spacing == "trailing" and theirs[:-1] == ours and theirs[-1] == -1
+            continue
+        assert ours == theirs, (spacing, offset, n)
+        checked += 1
+    assert checked >= 9
+
+
+def test_levels_follow_the_scheduler():
+    scheduler = sd_scheduler()
+    scheduler.set_timesteps(10)
+    grid = Schedule.from_scheduler(scheduler)
+    table = scheduler.alphas_cumprod.double()
+    assert grid.timesteps == tuple(scheduler.timesteps.tolist())
+    assert grid.num_steps == 10 and grid.t(10) == 901 and grid.t(1) == 1
+    assert grid.alphabar(0) == pytest.approx(float(scheduler.final_alpha_cumprod), abs=0)
+    for i in range(1, 11):
+        assert grid.alphabar(i) == float(table[grid.t(i)])
+    assert Schedule.from_scheduler(sd_scheduler(), 10) == grid  # same grid from num_inference_steps
+    assert Schedule.from_scheduler(sd_scheduler(), timesteps=scheduler.timesteps) == grid
+    assert Schedule.from_scheduler(sd_scheduler(set_alpha_to_one=True), 10).alphabar(0) == 1.0
+
+
+def test_custom_grid_from_alphas_cumprod():
+    table = torch.linspace(0.999, 0.01, 100)
+    grid = Schedule.from_alphas_cumprod(table, [90, 41, 3], final_alpha_cumprod=0.9995)
+    assert grid.num_steps == 3 and grid.t(3) == 90 and grid.t(1) == 3
+    assert grid.alphas_cumprod == (0.9995, float(table[3]), float(table[41]), float(table[90]))
+
+
+@pytest.mark.parametrize("kw", [dict(steps_offset=1), dict(steps_offset=0), dict(timestep_spacing="trailing")])
+def test_ddim_sample_matches_scheduler_step(kw):
+    """Where diffusers' step lands on the next grid point, our DDIM is its DDIM."""
+    unet = tiny_unet()
+    scheduler = sd_scheduler(**kw)
+    scheduler.set_timesteps(10)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = z.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            ref = scheduler.step(unet(ref, t).sample, t, ref).prev_sample
+    ours = ddim_sample(unet, scheduler, z)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_clipping_scheduler_warns(caplog):
+    scheduler = sd_scheduler(clip_sample=True)
+    with caplog.at_level(logging.WARNING, logger="decinv_fast.diffusion.schedule"):
+        Schedule.from_scheduler(scheduler, 4)
+    assert "clip_sample" in caplog.text

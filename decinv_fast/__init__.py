@@ -5,9 +5,13 @@
 """
 
 from .api import decode, encode, invert, nmse_db
+from .diffusion import invert_to_noise
 from .fixture import load_fixture_vae
 from .info import info
+from .planner import plan
 from .result import InversionResult
 
 __version__ = "0.1.0"
-__all__ = ["invert", "encode", "decode", "nmse_db", "load_fixture_vae", "InversionResult", "info"]
+__all__ = [
+    "invert", "encode", "decode", "nmse_db", "plan", "invert_to_noise", "load_fixture_vae", "InversionResult", "info",
+]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -17,40 +16,8 @@ from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, encode_frames, make_iteration
 from .memory import PeakMemory
+from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive
 from .result import InversionResult
-
-METHODS = ("adam", "fsm", "km", "grad")
-DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01}
-METHOD_OPTIONS = {"adam": {"eps", "betas"}, "fsm": {"rho"}, "km": {"rho", "alpha"}, "grad": set()}
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _check_options(method: str, lr, options: dict) -> tuple[float, dict]:
-    unknown = set(options) - METHOD_OPTIONS[method]
-    if unknown:
-        allowed = sorted(METHOD_OPTIONS[method]) or "none"
-        raise TypeError(f"unknown option(s) {sorted(unknown)} for method={method!r}; allowed: {allowed}")
-    options = dict(options)
-    if "rho" in options:
-        if lr is not None:
-            raise ValueError(f"give either lr or rho for method={method!r}, not both (they are the same step size)")
-        lr = options.pop("rho")
-    lr = DEFAULT_LR[method] if lr is None else lr
-    _check_positive("lr", lr)
-    if "alpha" in options and not (0 <= options["alpha"] < 1):
-        raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
-    if "eps" in options:
-        _check_positive("eps", options["eps"])
-    if "betas" in options:
-        b1, b2 = options["betas"]
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {options['betas']!r}")
-    return float(lr), options
 
 
 def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
@@ -98,7 +65,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
            schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
            cuda_graphs: bool = False, compile: bool | str = False, attention: str = "auto",
-           fp32_master: bool = False, callback=None, **method_options) -> InversionResult:
+           fp32_master: bool = False, keep_best: bool = False, patience: int | None = None,
+           callback=None, **method_options) -> InversionResult:
     """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
 
     Drop-in for ``vae.encode(x).latent_dist.mode()`` (scaled and shifted like a diffusers pipeline),
@@ -110,13 +78,17 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1], uint8 tensor,
             PIL image(s), or uint8 NumPy ``(H, W, 3)`` / ``(F, H, W, 3)``.
         method: ``"adam"`` (the paper's practical method), ``"fsm"`` (forward step), ``"km"``
-            (inertial Krasnoselskii-Mann, option ``alpha``) or ``"grad"`` (gradient-based baseline).
+            (inertial Krasnoselskii-Mann, option ``alpha``), ``"grad"`` (gradient-based baseline),
+            ``"anderson"`` (Anderson-accelerated forward step, option ``memory``) or ``"auto"``
+            (the best self-stopping combination on our benchmarks; see ``options.AUTO``).
         steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``).
-        lr: step size (``rho`` for fsm/km); defaults 0.01 (adam, grad) and 1.0 (fsm, km).
+        lr: step size (``rho`` for fsm/km/anderson); defaults 0.01 (adam, grad) and 1.0 (fsm, km,
+            anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size.
         schedule: ``"paper"`` (warmup 1/10, cosine 7/10, flat 2/10, over at most 100 steps),
             ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).
         dtype: compute dtype; default the VAE's. A VAE in another dtype is copied, never changed.
-        tol: stop once every sample's relative residual falls below ``tol`` (one host sync per step).
+        tol: stop each sample once its relative latent residual falls below ``tol`` (returning the
+            point that reached it); the run ends when every sample has stopped (a host sync per step).
         progress: show a tqdm bar with the residual (one host sync per step).
         backend: update-kernel backend, ``"auto"``, ``"torch"`` or ``"reference"``.
         chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
@@ -129,9 +101,13 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         attention: ``"auto"`` (= ``"sdpa"``), ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE
             for the call only.
         fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` for the updates.
+        keep_best: return, per sample, the evaluated iterate with the lowest pixel error
+            ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent).
+        patience: stop a sample when its pixel error has not improved for ``patience`` steps.
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
-        **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km), ``alpha`` (km).
+        **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),
+            ``memory`` (anderson: history length m, default 5).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -142,44 +118,59 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
     if tol is not None:
-        _check_positive("tol", tol)
+        check_positive("tol", tol)
+    if patience is not None:
+        check_int("patience", patience, 1)
     check_backend_name(backend)
-    lr, options = _check_options(method, lr, method_options)
-    if cuda_graphs and (compile or method == "grad"):
-        raise ValueError("cuda_graphs=True works with the gradient-free methods and without compile=True")
+    if method == "auto":
+        if lr is not None or method_options:
+            raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
+        method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
+        keep_best, patience = True, AUTO["patience"] if patience is None else patience
+        method_options = dict(AUTO["options"])
+    lr, options = check_options(method, lr, method_options)
+    if cuda_graphs and (method in ("anderson", "grad") or options.get("auto_rho")):
+        raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size")
+    if cuda_graphs and compile:
+        raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, method)
-    plan = Plan(method, steps, lr, schedule, options, backend, chunk, bool(fp32_master), compile)
+    plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=bool(fp32_master), compile=compile,
+                keep_best=bool(keep_best), tol=tol, patience=patience)
     device = frames.pixels.device
     start = time.perf_counter()
     with PeakMemory(device) as peak, attention_backend(adapter.module, attention):
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
         step = GraphedStep(iteration) if cuda_graphs else iteration.run_step
-        steps_run = _run(iteration, step, plan, tol, progress, watch)
-        latents = iteration.latents
+        steps_run = _run(iteration, step, plan, progress, watch)
+        latents, returned = iteration.finish(steps_run)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return _result(iteration, frames, latents, steps_run, seconds, peak.peak_bytes, plan)
+    return _result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
 
 
-def _run(iteration, step, plan: Plan, tol: float | None, progress: bool, watch) -> int:
+def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
+    """Step until ``plan.steps``, or until every sample stopped (tracker) or something diverged."""
     bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
     denom = iteration.reference_norm()
-    grad_enabled = plan.method == "grad"
-    with bar, torch.set_grad_enabled(grad_enabled):
+    tracker = iteration.tracker
+    sync = progress or (tracker is not None and tracker.needs_sync)
+    with bar, torch.set_grad_enabled(plan.method == "grad"):
         for k in range(plan.steps):
             step()
             if watch is not None:
                 watch(k)
-            if tol is None and not progress:
+            if not sync:
                 continue
             rel = iteration.history[k].sqrt() / denom
             bar.set_postfix(residual=f"{float(rel.max()):.3e}")
             bar.update(1)
-            if not bool(torch.isfinite(rel).all()) or (tol is not None and bool((rel < tol).all())):
+            if not bool(torch.isfinite(rel).all()):
+                return k + 1
+            if tracker is not None and tracker.needs_sync and not bool(tracker.active.any()):
                 return k + 1
     return plan.steps
 
@@ -189,9 +180,10 @@ def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
     return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
 
 
-def _result(iteration, frames: Frames, latents, steps_run, seconds, peak_bytes, plan) -> InversionResult:
+def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
     history = iteration.history[:steps_run]
     denom = iteration.reference_norm()
+    pixel_denom = frames.pixels.float().reshape(frames.batch, -1).square().sum(1).sqrt()
     if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
         raise FloatingPointError(
             f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, lr={plan.lr}); "
@@ -200,10 +192,18 @@ def _result(iteration, frames: Frames, latents, steps_run, seconds, peak_bytes, 
         )
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
+    tracker = iteration.tracker
+    if tracker is None:
+        returned = torch.full((frames.batch,), steps_run, dtype=torch.int64)
+        stopped, reasons = returned.clone(), ["steps"] * frames.batch
+    else:
+        stopped, reasons = tracker.stop_step.cpu(), tracker.reasons()
     return InversionResult(
         latents=_shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
         residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
         method=plan.method, dtype=latents.dtype, backend=plan.backend,
+        pixel_residual_history=(iteration.pixel_history[:steps_run].sqrt() / pixel_denom).cpu(),
+        returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
     )
 
 

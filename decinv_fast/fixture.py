@@ -37,7 +37,7 @@ def load_fixture_vae(dtype: torch.dtype = torch.float32, device: str | torch.dev
     folder = fixture_dir()
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"fixture VAE missing at {folder}; run scripts/train_fixture_vae.py")
-    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)
     return vae.to(device).eval().requires_grad_(False)
 
 

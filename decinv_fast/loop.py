@@ -17,6 +17,7 @@ from . import reference
 from .adapters import VaeAdapter
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
+from .tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Plan:
     backend: str
     chunk: int  # frames per encoder/decoder call
     master: bool = False  # keep a fp32 master copy of z when the latents are low precision
+    keep_best: bool = False  # return each sample's best evaluated point (lowest pixel error)
+    tol: float | None = None  # per-sample stop: relative latent residual below tol
+    patience: int | None = None  # per-sample stop: pixel error not improved for this many steps
     compile: bool | str = False  # torch.compile the decoder + encoder pass (True, or a backend name)
 
 
@@ -68,6 +72,8 @@ class GradientFreeIteration:
         self.z = self.e_x.clone()
         self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
         self.edz = torch.empty_like(self.z)
+        self.x = pixels
+        self.pixel_sq = torch.zeros(pixels.shape[0], dtype=torch.float32, device=pixels.device)
         low = self.z.dtype in (torch.float16, torch.bfloat16)
         # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step)
         self.master = self.y.float() if plan.master and low else None
@@ -83,15 +89,30 @@ class GradientFreeIteration:
         self.step = torch.zeros(1, dtype=torch.int64, device=device)
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
+        self.pixel_history = torch.zeros_like(self.history)
+        tracking = plan.keep_best or plan.tol is not None or plan.patience is not None
+        self.tracker = Tracker(self.per_sample(self.y), keep_best=plan.keep_best, tol=plan.tol,
+                               patience=plan.patience) if tracking else None
 
     def per_sample(self, t: torch.Tensor) -> torch.Tensor:
         """View of a frame-major latent buffer as ``(B, elements per sample)``."""
         return t.view(self.frames.batch, -1)
 
     def evaluate(self) -> None:
-        """``edz = E(D(y))``, ``chunk`` frames at a time, into the preallocated buffer."""
+        """``edz = E(D(y))`` and the pixel error ``||D(y) - x||²`` per frame, ``chunk`` frames at a
+        time, into preallocated buffers; the pixel error is recorded per sample."""
         for s in chunks(self.y.shape[0], self.plan.chunk):
-            self.edz[s].copy_(self.codec(self.y[s]))
+            edz, pixel_sq = self.codec(self.y[s], self.x[s])
+            self.edz[s].copy_(edz)
+            self.pixel_sq[s] = pixel_sq
+        self.pixel_history.index_copy_(0, self.step, self.per_sample(self.pixel_sq).sum(1).view(1, -1))
+
+    def observe(self) -> None:
+        """Feed the best-iterate / early-stop tracker (before the update changes ``y``)."""
+        p = self.per_sample
+        sq = (p(self.edz).float() - p(self.e_x).float()).square().sum(1)
+        pixel = self.pixel_history.index_select(0, self.step)[0]
+        self.tracker.observe(self.step, p(self.y), pixel, sq.sqrt() / self.reference_norm())
 
     def update(self) -> None:
         """The fused update on the whole latent, then record the norms and advance the counter."""
@@ -111,12 +132,17 @@ class GradientFreeIteration:
 
     def run_step(self) -> None:
         self.evaluate()
+        if self.tracker is not None:
+            self.observe()
         self.update()
 
     def mutable_state(self) -> dict[str, torch.Tensor]:
         """Every buffer a step changes (``edz`` is scratch and needs no saving)."""
-        names = ("z", "y", "m", "v", "master", "step", "sq_norm", "history")
-        return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
+        names = ("z", "y", "m", "v", "master", "step", "sq_norm", "history", "pixel_history")
+        state = {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
+        if self.tracker is not None:
+            state.update({f"tracker.{n}": t for n, t in vars(self.tracker).items() if isinstance(t, torch.Tensor)})
+        return state
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {n: t.clone() for n, t in self.mutable_state().items()}
@@ -132,6 +158,13 @@ class GradientFreeIteration:
     @property
     def latents(self) -> torch.Tensor:
         return self.z
+
+    def finish(self, steps_run: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The latents to return (frame-major) and the step each sample's latent is from."""
+        if self.tracker is None:
+            return self.z, None
+        latents, returned = self.tracker.finish(self.per_sample(self.z), steps_run)
+        return latents.view_as(self.z), returned
 
 
 class GradientBasedIteration:
@@ -154,6 +187,13 @@ class GradientBasedIteration:
         device = self.z.device
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
+        self.pixel_history = self.history  # the residual of this method *is* the pixel error
+        tracking = plan.keep_best or plan.tol is not None or plan.patience is not None
+        self.tracker = Tracker(self._flat(), keep_best=plan.keep_best, tol=plan.tol,
+                               patience=plan.patience) if tracking else None
+
+    def _flat(self) -> torch.Tensor:
+        return self.z.detach().view(self.frames.batch, -1)
 
     def run_step(self) -> None:
         for group in self.optimizer.param_groups:
@@ -165,10 +205,19 @@ class GradientBasedIteration:
             diff = self.adapter.decode(self.z[s], fpv) - self.x[s]
             diff.square().sum().backward()
             sq[s] = diff.detach().float().square().flatten(1).sum(1)
-        self.optimizer.step()
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)
+        if self.tracker is not None:  # z_k's pixel error is known now, before the step moves z
+            self.tracker.observe(self.step, self._flat(), self.history[self.k],
+                                 self.history[self.k].sqrt() / self.reference_norm())
+        self.optimizer.step()
         self.k += 1
         self.step += 1
+
+    def finish(self, steps_run: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.tracker is None:
+            return self.latents, None
+        latents, returned = self.tracker.finish(self._flat(), steps_run)
+        return latents.view_as(self.z), returned
 
     def reference_norm(self) -> torch.Tensor:
         return self.x.float().view(self.frames.batch, -1).square().sum(1).sqrt()
@@ -179,11 +228,14 @@ class GradientBasedIteration:
 
 
 def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str):
-    """``y -> E(D(y))`` for one chunk, optionally through ``torch.compile`` (``True`` = inductor,
-    a string = that ``torch.compile`` backend)."""
+    """``(y, x) -> (E(D(y)), ||D(y) - x||² per frame in fp32)`` for one chunk, optionally through
+    ``torch.compile`` (``True`` = inductor, a string = that ``torch.compile`` backend)."""
 
-    def encode_decode(y: torch.Tensor) -> torch.Tensor:
-        return adapter.encode(adapter.decode(y, frames_per_video))
+    def encode_decode(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decoded = adapter.decode(y, frames_per_video)
+        diff = torch.sub(decoded, x).square_()
+        pixel_sq = diff.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
+        return adapter.encode(decoded), pixel_sq
 
     if not compile:
         return encode_decode
@@ -195,4 +247,8 @@ def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):
     if plan.method == "grad":
         return GradientBasedIteration(adapter, frames, plan)
     with torch.no_grad():
+        if plan.method == "anderson" or plan.options.get("auto_rho"):
+            from .accelerated import AcceleratedIteration
+
+            return AcceleratedIteration(adapter, frames, plan)
         return GradientFreeIteration(adapter, frames, plan)

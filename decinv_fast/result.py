@@ -24,6 +24,12 @@ class InversionResult:
         peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident
             memory the call added (see :mod:`decinv_fast.memory`); ``None`` if not measurable.
         method, dtype, backend: what ran.
+        pixel_residual_history: ``(steps_run, B)`` relative pixel error ``||D(y_k) - x|| / ||x||`` of
+            the point each step evaluated (no ground truth needed; see ``keep_best``).
+        returned_step: ``(B,)`` which iterate each sample's latent is: k means ``z_k`` (0 = ``E(x)``);
+            ``steps_run`` is the last update's result.
+        stopped_at: ``(B,)`` the number of steps after which each sample stopped.
+        stop_reason: per sample, ``"steps"`` (ran them all), ``"tol"`` or ``"patience"``.
     """
 
     latents: torch.Tensor
@@ -36,3 +42,7 @@ class InversionResult:
     method: str
     dtype: torch.dtype
     backend: str
+    pixel_residual_history: torch.Tensor
+    returned_step: torch.Tensor
+    stopped_at: torch.Tensor
+    stop_reason: list[str]

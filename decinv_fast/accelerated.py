@@ -1,0 +1,72 @@
+"""Beyond the paper: Anderson acceleration and automatic step sizes for the fixed-point iteration.
+
+These run their update with plain torch ops (per-sample step sizes and least-squares mixing do not
+fit the fused kernels' per-step table), in fp32 whatever the latents' dtype; the decoder and
+encoder passes are shared with the fused path (``GradientFreeIteration.evaluate``).
+
+Automatic step size (``lr="auto"``, for ``fsm``, ``km`` and ``anderson``): the first step uses
+``rho = 1`` (times the schedule); after it, each sample gets the secant (Barzilai-Borwein) step
+``rho = <s, t> / <t, t>`` with ``s = y_1 - y_0`` and ``t = T(y_1) - T(y_0)``, the step that best
+undoes the change of the residual along the first move; clipped to ``[RHO_MIN, RHO_MAX]``, and
+left at 1 when ``<s, t> <= 0`` (no usable curvature).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .anderson import AndersonMixer
+from .loop import GradientFreeIteration
+
+RHO_MIN, RHO_MAX = 0.05, 4.0
+
+
+def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``<s, t> / <t, t>`` (``(B, n)`` inputs), clipped; 1 where it is not usable."""
+    st = (s * t).sum(1)
+    tt = (t * t).sum(1)
+    rho = st / tt.clamp_min(1e-30)
+    usable = (st > 0) & torch.isfinite(rho)
+    return torch.where(usable, rho.clamp(RHO_MIN, RHO_MAX), torch.ones_like(rho))
+
+
+class AcceleratedIteration(GradientFreeIteration):
+    """``anderson`` (option ``memory``) and ``fsm``/``km`` with ``lr="auto"``: torch updates."""
+
+    def __init__(self, adapter, frames, plan):
+        super().__init__(adapter, frames, plan)
+        batch = frames.batch
+        self.k = 0
+        self.auto = bool(plan.options.get("auto_rho", False))
+        self.scale = torch.ones(batch, device=self.z.device)  # per-sample factor on the table's rho
+        self.first = None  # (y_0, T(y_0)) for the secant step size
+        if plan.method == "anderson":
+            self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
+            self.mixer = AndersonMixer(self.per_sample(self.y), plan.options.get("memory", 5))
+        else:
+            self.mixer = None
+
+    def update(self) -> None:
+        p = self.per_sample
+        g = p(self.edz).float() - p(self.e_x).float()
+        self.sq_norm.copy_(g.square().sum(1))
+        y = p(self.y).float()
+        if self.auto and self.k == 0:
+            self.first = (y.clone(), g.clone())
+        elif self.auto and self.k == 1:
+            self.scale = secant_rho(y - self.first[0], g - self.first[1])
+            self.first = None
+        rho = self.table[self.k, 0] * self.scale  # (B,)
+        if self.mixer is not None:
+            pixel = self.pixel_history[self.k]
+            nxt = self.mixer.step(y, -rho[:, None] * g, pixel)
+            p(self.z).copy_(nxt)
+        else:
+            z_new = y - rho[:, None] * g
+            if self.plan.method == "km":
+                alpha = self.plan.options.get("alpha", 0.5)
+                p(self.y).copy_(z_new + alpha * (z_new - p(self.z).float()))
+            p(self.z).copy_(z_new)
+        self.history.index_copy_(0, self.step, self.sq_norm.view(1, -1))
+        self.step.add_(1)
+        self.k += 1

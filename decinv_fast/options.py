@@ -1,0 +1,62 @@
+"""Validation of ``invert``'s method, step size and method options (clear errors naming the argument)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
+DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
+METHOD_OPTIONS = {
+    "adam": {"eps", "betas"}, "fsm": {"rho"}, "km": {"rho", "alpha"}, "grad": set(),
+    "anderson": {"rho", "memory"}, "auto": set(),
+}
+AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+# method="auto": the combination that did best on benchmarks/stopping.py (see the README):
+# Anderson mixing over the last 5 points with the secant step size, constant schedule, returning each
+# sample's best evaluated point and stopping a sample after 3 steps without improvement.
+AUTO = dict(method="anderson", lr="auto", schedule="constant", keep_best=True, patience=3, options={"memory": 5})
+
+
+def check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
+    """``(step size, options)`` after validation; ``lr="auto"`` becomes ``options["auto_rho"]``."""
+    unknown = set(options) - METHOD_OPTIONS[method]
+    if unknown:
+        allowed = sorted(METHOD_OPTIONS[method]) or "none"
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for method={method!r}; allowed: {allowed}")
+    options = dict(options)
+    if "rho" in options:
+        if lr is not None:
+            raise ValueError(f"give either lr or rho for method={method!r}, not both (they are the same step size)")
+        lr = options.pop("rho")
+    lr = DEFAULT_LR[method] if lr is None else lr
+    if lr == "auto":
+        if method not in AUTO_STEP:
+            raise ValueError(f"lr='auto' (rho='auto') is for methods {AUTO_STEP}, not {method!r}")
+        options["auto_rho"] = True
+        lr = 1.0
+    check_positive("lr (rho)" if method in ("fsm", "km", "anderson") else "lr", lr)
+    if "alpha" in options and not (0 <= options["alpha"] < 1):
+        raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
+    if "memory" in options:
+        check_int("memory (Anderson history m)", options["memory"], 0)
+    if "eps" in options:
+        check_positive("eps", options["eps"])
+    if "betas" in options:
+        b1, b2 = options["betas"]
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {options['betas']!r}")
+    return float(lr), options

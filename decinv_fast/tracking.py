@@ -1,0 +1,83 @@
+"""Per-sample best-iterate tracking and early stopping, by masking (no Python loop over samples).
+
+The criterion is the pixel error ``||D(y_k) - x||`` of the point ``y_k`` whose decoding the step
+just computed (``y_k = z_k`` except for KM): it needs no ground truth and costs one subtraction,
+since ``D(y_k)`` is computed anyway. The iteration is semi-convergent (the latent residual keeps
+falling while the true latent error turns back up), and the pixel error bottoms out close to the
+latent error's minimum (see benchmarks/stopping.py).
+
+Each sample stops, independently of the others, when its relative latent residual falls below
+``tol`` or its criterion has not improved for ``patience`` steps. A stopped sample's returned latent
+is fixed at that moment (the best point if ``keep_best``, else the point it stopped at); the batch
+keeps stepping until every sample has stopped, so each sample's result equals a run on it alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REASONS = ("steps", "tol", "patience")
+
+
+class Tracker:
+    """Device-side state of best iterates and stops for a batch of ``B`` samples."""
+
+    def __init__(self, y: torch.Tensor, *, keep_best: bool, tol: float | None, patience: int | None):
+        batch = y.shape[0]
+        device = y.device
+        self.keep_best, self.tol, self.patience = keep_best, tol, patience
+        self.best_error = torch.full((batch,), float("inf"), device=device)
+        self.best_step = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.stale = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        self.reason = torch.zeros(batch, dtype=torch.int64, device=device)  # index into REASONS
+        self.stop_step = torch.full((batch,), -1, dtype=torch.int64, device=device)
+        self.best = y.clone() if keep_best else None  # the best evaluated point of each sample
+        self.out = y.clone()  # each stopped sample's returned point
+        self.out_step = torch.zeros(batch, dtype=torch.int64, device=device)
+
+    @property
+    def needs_sync(self) -> bool:
+        """Whether the loop must look at ``active`` on the host to stop early."""
+        return self.tol is not None or self.patience is not None
+
+    def observe(self, step: torch.Tensor, y: torch.Tensor, pixel_sq: torch.Tensor, rel_residual: torch.Tensor) -> None:
+        """Step ``step`` (a one-element device tensor, so this can sit inside a CUDA graph) evaluated
+        ``y`` (``(B, n)``) with per-sample pixel error² and relative latent residual."""
+        k = step.expand_as(self.best_step)
+        improved = pixel_sq < self.best_error
+        self.best_error = torch.where(improved, pixel_sq, self.best_error)
+        self.best_step = torch.where(improved, k, self.best_step)
+        self.stale = torch.where(improved, torch.zeros_like(self.stale), self.stale + 1)
+        if self.best is not None:
+            self.best = torch.where(improved[:, None], y, self.best)
+        stop = torch.zeros_like(self.active)
+        if self.tol is not None:
+            hit = rel_residual < self.tol
+            self.reason = torch.where(self.active & hit, torch.full_like(self.reason, 1), self.reason)
+            stop |= hit
+        if self.patience is not None:
+            tired = self.stale >= self.patience
+            self.reason = torch.where(self.active & tired & ~stop, torch.full_like(self.reason, 2), self.reason)
+            stop |= tired
+        newly = self.active & stop
+        chosen, chosen_step = (self.best, self.best_step) if self.best is not None else (y, k)
+        self.out = torch.where(newly[:, None], chosen, self.out)
+        self.out_step = torch.where(newly, chosen_step, self.out_step)
+        self.stop_step = torch.where(newly, k + 1, self.stop_step)
+        self.active = self.active & ~stop
+
+    def finish(self, final: torch.Tensor, steps_run: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(latents (B, n), returned step (B,))``: stopped samples as fixed when they stopped; the
+        others their best evaluated point (``keep_best``) or ``final`` (= ``z_steps_run``)."""
+        running = self.active
+        self.stop_step = torch.where(running, torch.full_like(self.stop_step, steps_run), self.stop_step)
+        if self.best is not None:
+            rest, rest_step = self.best, self.best_step
+        else:
+            rest, rest_step = final, torch.full_like(self.best_step, steps_run)
+        latents = torch.where(running[:, None], rest, self.out)
+        return latents, torch.where(running, rest_step, self.out_step)
+
+    def reasons(self) -> list[str]:
+        return [REASONS[i] for i in self.reason.tolist()]

@@ -66,7 +66,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
            cuda_graphs: bool = False, compile: bool | str = False, attention: str = "auto",
            fp32_master: bool = False, keep_best: bool = False, patience: int | None = None,
-           callback=None, **method_options) -> InversionResult:
+           measure_memory: bool = True, callback=None, **method_options) -> InversionResult:
     """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
 
     Drop-in for ``vae.encode(x).latent_dist.mode()`` (scaled and shifted like a diffusers pipeline),
@@ -104,6 +104,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent).
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.
+        measure_memory: report ``peak_bytes``. Free on a GPU; on the CPU it runs the PyTorch profiler
+            to read the allocator's events, which costs ~10% per step on small inputs: pass False when
+            timing (``peak_bytes`` is then None).
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),
@@ -140,7 +143,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
                 keep_best=bool(keep_best), tol=tol, patience=patience)
     device = frames.pixels.device
     start = time.perf_counter()
-    with PeakMemory(device) as peak, attention_backend(adapter.module, attention):
+    with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention):
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
         step = GraphedStep(iteration) if cuda_graphs else iteration.run_step

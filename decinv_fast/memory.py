@@ -75,12 +75,15 @@ class CpuAllocatorPeak:
 class PeakMemory:
     """``with PeakMemory(device) as pm: ...`` then ``pm.peak_bytes`` (int, or None if unmeasurable)."""
 
-    def __init__(self, device: torch.device | str):
+    def __init__(self, device: torch.device | str, enabled: bool = True):
         self.device = torch.device(device)
+        self.enabled = enabled
         self.peak_bytes: int | None = None
         self._cpu: CpuAllocatorPeak | None = None
 
     def __enter__(self) -> PeakMemory:
+        if not self.enabled:
+            return self
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -89,6 +92,8 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))

@@ -41,4 +41,5 @@ def make_target(vae, images: torch.Tensor, *, seed: int = 0) -> Target:
     z_star = ((raw - shift) * scaling).contiguous()
     if images.dim() == 5:
         z_star = z_star.reshape(images.shape[:2] + z_star.shape[1:])
-    return Target(z_star, quantize(decode(vae, z_star)))
+    # contiguous: decoders can hand back channels-last pixels, which convolve to different bits
+    return Target(z_star, quantize(decode(vae, z_star)).contiguous())

@@ -31,3 +31,4 @@ def test_invert_reports_peak_and_gradient_based_needs_more(tiny_kl):
     grad = decinv_fast.invert(tiny_kl, x, steps=2, method="grad")
     assert isinstance(free.peak_bytes, int) and free.peak_bytes > 0
     assert grad.peak_bytes > 2 * free.peak_bytes
+    assert decinv_fast.invert(tiny_kl, x, steps=1, measure_memory=False).peak_bytes is None

@@ -1,0 +1,141 @@
+"""Helpers shared by the benchmark scripts: the two VAEs, the engine's iteration without ``invert``'s
+wrapper, interleaved best-of-N timing, and small formatting helpers.
+
+Measurements only: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from benchmarks import harness
+
+# The Stable Diffusion 2.1 VAE's layer layout (diffusers AutoencoderKL config of
+# stabilityai/stable-diffusion-2-1 "vae"): 4 down/up blocks of widths 128-256-512-512, 2 resnets per
+# block, mid-block attention, 4 latent channels, 8x downsampling. Weights are random (seeded).
+SD21_ARCH = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+    sample_size=768, scaling_factor=0.18215,
+)
+VAE_LABELS = {
+    "fixture": "fixture VAE (bundled, trained; SD-family layout at ~1/40 width)",
+    "sd21": "SD-2.1 VAE layout, random weights (seed 0)",
+}
+
+
+def quiet() -> None:
+    """Silence diffusers' and torch's chatter (accelerate hints, FutureWarnings) in benchmark output."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.cpp_extension")
+
+
+def sd21_vae(seed: int = 0):
+    """A diffusers ``AutoencoderKL`` with the SD-2.1 VAE layout and seeded random weights (fp32, eval)."""
+    from diffusers import AutoencoderKL
+
+    quiet()
+    torch.manual_seed(seed)
+    return AutoencoderKL(**SD21_ARCH).eval().requires_grad_(False)
+
+
+def load_vae(name: str):
+    """``"fixture"`` (the bundled trained VAE) or ``"sd21"`` (SD-2.1 layout, random weights)."""
+    quiet()
+    if name == "fixture":
+        import decinv_fast
+
+        return decinv_fast.load_fixture_vae()
+    if name == "sd21":
+        return sd21_vae()
+    raise ValueError(f"unknown VAE {name!r}; expected 'fixture' or 'sd21'")
+
+
+def random_images(shape, seed: int = 0) -> torch.Tensor:
+    """Uniform pixels in [-1, 1] (for the random-weight VAE, where content does not matter)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen) * 2 - 1
+
+
+def engine_iteration(vae, images: torch.Tensor, *, method: str = "adam", steps: int = 50, chunk: int | None = None,
+                     schedule: str = "paper"):
+    """The iteration object ``invert`` builds for these arguments (its ``run_step`` is one inversion step),
+    without ``invert``'s wrapper (input checks, attention switch, peak-memory profiler, result)."""
+    from decinv_fast.adapters import as_adapter
+    from decinv_fast.inputs import to_frames
+    from decinv_fast.loop import Plan, make_iteration
+    from decinv_fast.options import DEFAULT_LR
+
+    adapter = as_adapter(vae)
+    frames = to_frames(images, device=adapter.device, dtype=adapter.dtype, spatial_factor=adapter.spatial_factor,
+                       channels=3)
+    total = frames.pixels.shape[0]
+    plan = Plan(method, steps, DEFAULT_LR[method], schedule, {}, "auto", min(chunk or total, total))
+    return make_iteration(adapter, frames, plan)
+
+
+def resolved_backend(method: str, latents: torch.Tensor) -> str:
+    """The update backend ``backend="auto"`` runs for these latents (``torch.optim.Adam`` for ``grad``)."""
+    if method == "grad":
+        return "torch.optim.Adam"
+    from decinv_fast._dispatch import resolve_backend
+
+    return resolve_backend(f"{method}_residual_step", latents, "auto")
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 1,
+                device: str = "cpu") -> dict[str, list[float]]:
+    """Wall seconds of every function, run round-robin (A B C A B C ...) ``repeat`` times after
+    ``warmup`` untimed rounds, so that a change in machine load hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name].append(harness.wall(fn, device)[1])
+    return times
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def mib(nbytes: float | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
+
+
+def available_ram() -> int:
+    """``MemAvailable`` of this machine in bytes (8 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def save(benchmark: str, records: list[dict], quick: bool):
+    """Tag every record with the run mode (``"quick"`` smoke run or ``"full"``) and save them."""
+    for r in records:
+        r["metrics"]["mode"] = "quick" if quick else "full"
+    return harness.save(benchmark, records)

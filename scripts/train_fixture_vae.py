@@ -78,7 +78,8 @@ def train(args) -> dict:
     state_path = out / "train_state.pt"
     first = load_state(state_path, vae, opt, sched, crops) + 1 if args.resume and state_path.exists() else 1
     start = time.time()
-    for step in range(first, args.steps + 1):
+    last = min(args.steps, args.stop_after or args.steps)
+    for step in range(first, last + 1):
         x = crops.batch(args.batch)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -87,10 +88,12 @@ def train(args) -> dict:
         loss.backward()
         opt.step()
         sched.step()
-        if step % args.log_every == 0 or step == args.steps:
+        if step % args.log_every == 0 or step == last:
             log.info("step %d loss %.5f held-out PSNR %.2f dB (%.0f s)", step, loss.item(),
                      heldout_psnr(vae, heldout), time.time() - start)
             save_state(state_path, step, vae, opt, sched, crops)
+    if last < args.steps:
+        return dict(stopped_after=last, note="unfinished run; export it with --export-checkpoint")
     report = export(vae, crops, heldout, out)
     report.update(steps=args.steps, seed=args.seed, seconds=round(time.time() - start))
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -124,6 +127,8 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--out", default="decinv_fast/assets/fixture_vae")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps of the --steps schedule (a shorter-trained variant)")
     p.add_argument("--export-checkpoint", metavar="DIR", default=None,
                    help="only export the checkpoint in DIR (an unfinished run) to --out, then stop")
     args = p.parse_args()

@@ -1,0 +1,146 @@
+"""Beyond the paper: accuracy per decoder+encoder evaluation, and how close each stopping rule lands.
+
+Protocol (``decinv_fast.protocol.make_target``): held-out crops, ``z*`` from the VAE's posterior,
+``x = D(z*)`` rounded to 8 bits, invert ``x``; score NMSE(z_hat, z*) in dB, averaged over images
+(per-image dB). Two VAEs of the fixture's architecture: the bundled fixture (6000 training steps) and
+``benchmarks/assets/fixture_vae_short`` (the same run stopped at 1000 steps).
+
+Series (NMSE vs the number of E∘D evaluations, and wall time):
+  adam     the paper's method (lr 0.01, paper schedule), one run per step count
+  fsm      forward step, rho 1, constant;         fsm-auto   secant step size
+  km       inertial KM, rho 1, alpha 0.5;          anderson   m = 5, rho 1;   anderson-auto   m = 5, secant rho
+  auto     ``method="auto"``: stops on its own (its evaluations are what it used)
+
+Stopping rules, applied per image to the points a run evaluated (no ground truth): ``pixel`` = the
+lowest pixel error ``||D(y_k) - x||`` (``keep_best``), ``residual`` = the lowest latent residual,
+``last`` = the final iterate; each is compared with the oracle (the lowest true NMSE along the run).
+
+    python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~3 CPU minutes)
+    python -m benchmarks.stopping --quick    # 4 crops 32x32, up to 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import decinv_fast
+from benchmarks import harness
+from benchmarks.common import quiet, save
+from decinv_fast.protocol import make_target
+from decinv_fast.testbed import heldout_crops
+
+BENCHMARK = "stopping"
+VAES = {"fixture": None, "fixture_short": harness.ROOT / "benchmarks" / "assets" / "fixture_vae_short"}
+CONFIGS = {"full": dict(crops=8, size=64, steps=30, adam_steps=(5, 10, 20, 30, 50, 100)),
+           "quick": dict(crops=4, size=32, steps=10, adam_steps=(5, 10))}
+TRAJECTORY = {
+    "fsm": dict(method="fsm", schedule="constant"),
+    "fsm-auto": dict(method="fsm", lr="auto", schedule="constant"),
+    "km": dict(method="km", schedule="constant"),
+    "anderson": dict(method="anderson", schedule="constant"),
+    "anderson-auto": dict(method="anderson", lr="auto", schedule="constant"),
+}
+
+
+def load(name: str):
+    from diffusers import AutoencoderKL
+
+    if VAES[name] is None:
+        return decinv_fast.load_fixture_vae()
+    return AutoencoderKL.from_pretrained(VAES[name], torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
+def per_image_db(z: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return decinv_fast.nmse_db(z.float(), truth, per_sample=True)
+
+
+def trajectory(vae, target, steps: int, kw: dict) -> dict:
+    """Run once; the points evaluated at steps 0..steps-1 with their true NMSE, pixel error and
+    residual (point k is the one whose decoding step k computed)."""
+    evaluated = [decinv_fast.encode(vae, target.images)]
+    times = []
+    start = time.perf_counter()
+    result = decinv_fast.invert(vae, target.images, steps=steps, measure_memory=False,
+                                callback=lambda k, z: (evaluated.append(z.clone()),
+                                                       times.append(time.perf_counter() - start)), **kw)
+    if kw.get("method") == "km":  # KM evaluates y_k = z_k + alpha (z_k - z_{k-1}), not z_k
+        alpha = 0.5
+        zs = evaluated
+        evaluated = [zs[0]] + [zs[k] + alpha * (zs[k] - zs[k - 1]) for k in range(1, len(zs))]
+    nmse = torch.stack([per_image_db(z, target.latents) for z in evaluated[:steps]])  # (steps, B)
+    return dict(nmse=nmse, pixel=result.pixel_residual_history, residual=result.residual_history,
+                final=per_image_db(result.latents, target.latents), times=[0.0] + times[:steps - 1])
+
+
+def choose(criterion: torch.Tensor, nmse: torch.Tensor) -> torch.Tensor:
+    """Per image, the NMSE of the point with the lowest ``criterion``."""
+    pick = criterion.argmin(0)
+    return nmse.gather(0, pick[None])[0]
+
+
+def measure_vae(name: str, cfg: dict) -> list[dict]:
+    vae = load(name)
+    images = heldout_crops(size=cfg["size"], count=cfg["crops"])
+    target = make_target(vae, images, seed=0)
+    shape = tuple(target.images.shape)
+    encoder = float(per_image_db(decinv_fast.encode(vae, target.images), target.latents).mean())
+    rows, best_any = [], encoder
+    runs = {}
+    for label, kw in TRAJECTORY.items():
+        runs[label] = run = trajectory(vae, target, cfg["steps"], kw)
+        curve = run["nmse"].mean(1)
+        best_any = min(best_any, float(run["nmse"].min(0).values.mean()))
+        stops = {rule: float((choose(crit, run["nmse"]) - run["nmse"].min(0).values).mean())
+                 for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
+        stops["last"] = float((run["final"] - run["nmse"].min(0).values).mean())
+        rows.append(dict(series=label, evaluations=list(range(1, cfg["steps"] + 1)), nmse_db=curve.tolist(),
+                         seconds=run["times"], oracle_best_db=float(run["nmse"].min(0).values.mean()),
+                         gap_to_oracle_db=stops, final_db=float(run["final"].mean())))
+    for steps in cfg["adam_steps"]:
+        start = time.perf_counter()
+        out = decinv_fast.invert(vae, target.images, steps=steps, measure_memory=False)
+        rows.append(dict(series="adam", evaluations=[steps], nmse_db=[float(per_image_db(out.latents, target.latents)
+                                                                          .mean())],
+                         seconds=[time.perf_counter() - start]))
+        best_any = min(best_any, rows[-1]["nmse_db"][0])
+    start = time.perf_counter()
+    auto = decinv_fast.invert(vae, target.images, method="auto", steps=cfg["steps"], measure_memory=False)
+    rows.append(dict(series="auto", evaluations=[float(auto.stopped_at.float().mean())],
+                     max_evaluations=int(auto.stopped_at.max()),
+                     nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
+                     seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason))
+    records = []
+    for row in rows:
+        row.update(vae=name, encoder_only_db=encoder, best_any_method_db=best_any)
+        if row["series"] == "auto":
+            row["gap_to_best_any_db"] = row["nmse_db"][0] - best_any
+        method = row["series"]
+        records.append(harness.record(BENCHMARK, method=method, backend="auto", dtype=torch.float32,
+                                      shape=shape, device="cpu", metrics=row))
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    quiet()
+    torch.set_num_threads(2)
+    cfg = CONFIGS["quick" if args.quick else "full"]
+    records = []
+    for name in VAES:
+        records += measure_vae(name, cfg)
+        for r in records[-(len(TRAJECTORY) + len(cfg["adam_steps"]) + 1):]:
+            m = r["metrics"]
+            gap = m.get("gap_to_oracle_db") or m.get("gap_to_best_any_db")
+            print(f"{name:14s} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
+                  f"at {m['evaluations'][-1]} evals; gaps {gap}")
+    path = save(BENCHMARK, records, args.quick)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -122,18 +122,6 @@ def mib(nbytes: float | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
 
-def available_ram() -> int:
-    """``MemAvailable`` of this machine in bytes (8 GiB if unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
-
-
 def save(benchmark: str, records: list[dict], quick: bool):
     """Tag every record with the run mode (``"quick"`` smoke run or ``"full"``) and save them."""
     for r in records:

@@ -34,8 +34,8 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, available_ram, random_images, save, sd21_vae
-from decinv_fast.memory import cpu_allocator_peak
+from benchmarks.common import VAE_LABELS, random_images, save, sd21_vae
+from decinv_fast.memory import available_ram, cpu_allocator_peak
 
 BENCHMARK = "memory_vs_frames"
 GRAD = "grad"

@@ -107,3 +107,15 @@ def cpu_allocator_peak(fn) -> tuple[object, int | None]:
     with CpuAllocatorPeak() as measure:
         result = fn()
     return result, measure.peak_bytes
+
+
+def available_ram() -> int:
+    """``MemAvailable`` of this machine in bytes (Linux; 8 GiB when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30

@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .adapters import as_adapter
+from .memory import available_ram
 
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4}  # latent-sized buffers held by the iteration
 
@@ -229,18 +230,7 @@ def auto_chunk(adapter, frames, method: str) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
     else:
-        budget = _available_ram() // 2
+        budget = available_ram() // 2
     result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method)
     smallest = min(result.per_chunk)
     return result.chunk or smallest
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30

@@ -14,11 +14,11 @@ $(VENV)/.runtime: pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[demo]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,triton]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,triton,demo]"
 	touch $@
 
 demo: $(VENV)/.runtime

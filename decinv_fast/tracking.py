@@ -42,30 +42,31 @@ class Tracker:
         return self.tol is not None or self.patience is not None
 
     def observe(self, step: torch.Tensor, y: torch.Tensor, pixel_sq: torch.Tensor, rel_residual: torch.Tensor) -> None:
-        """Step ``step`` (a one-element device tensor, so this can sit inside a CUDA graph) evaluated
-        ``y`` (``(B, n)``) with per-sample pixel error² and relative latent residual."""
+        """Step ``step`` (a one-element device tensor) evaluated ``y`` (``(B, n)``) with per-sample
+        pixel error² and relative latent residual. Every buffer is updated in place, so this can be
+        captured in a CUDA graph and replayed."""
         k = step.expand_as(self.best_step)
         improved = pixel_sq < self.best_error
-        self.best_error = torch.where(improved, pixel_sq, self.best_error)
-        self.best_step = torch.where(improved, k, self.best_step)
-        self.stale = torch.where(improved, torch.zeros_like(self.stale), self.stale + 1)
+        _keep(self.best_error, improved, pixel_sq)
+        _keep(self.best_step, improved, k)
+        self.stale.add_(1).masked_fill_(improved, 0)
         if self.best is not None:
-            self.best = torch.where(improved[:, None], y, self.best)
+            _keep(self.best, improved[:, None], y)
         stop = torch.zeros_like(self.active)
         if self.tol is not None:
             hit = rel_residual < self.tol
-            self.reason = torch.where(self.active & hit, torch.full_like(self.reason, 1), self.reason)
+            self.reason.masked_fill_(self.active & hit, REASONS.index("tol"))
             stop |= hit
         if self.patience is not None:
             tired = self.stale >= self.patience
-            self.reason = torch.where(self.active & tired & ~stop, torch.full_like(self.reason, 2), self.reason)
+            self.reason.masked_fill_(self.active & tired & ~stop, REASONS.index("patience"))
             stop |= tired
         newly = self.active & stop
         chosen, chosen_step = (self.best, self.best_step) if self.best is not None else (y, k)
-        self.out = torch.where(newly[:, None], chosen, self.out)
-        self.out_step = torch.where(newly, chosen_step, self.out_step)
-        self.stop_step = torch.where(newly, k + 1, self.stop_step)
-        self.active = self.active & ~stop
+        _keep(self.out, newly[:, None], chosen)
+        _keep(self.out_step, newly, chosen_step)
+        _keep(self.stop_step, newly, k + 1)
+        self.active &= ~stop
 
     def finish(self, final: torch.Tensor, steps_run: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(latents (B, n), returned step (B,))``: stopped samples as fixed when they stopped; the
@@ -81,3 +82,8 @@ class Tracker:
 
     def reasons(self) -> list[str]:
         return [REASONS[i] for i in self.reason.tolist()]
+
+
+def _keep(buffer: torch.Tensor, where: torch.Tensor, value: torch.Tensor) -> None:
+    """``buffer[where] = value[where]`` in place (broadcasting ``where``)."""
+    buffer.copy_(torch.where(where, value, buffer))

@@ -124,3 +124,14 @@ def test_batch_close_to_one_by_one_on_a_vae(tiny_kl):
 def test_bad_options(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         decinv_fast.invert(tiny_kl, images_32, steps=2, **kwargs)
+
+
+def test_tracking_survives_graph_warmup_and_replay(tiny_kl, images_32):
+    """The tracker updates its buffers in place, so the captured step (warmed up, restored and replayed)
+    gives the eager result."""
+    kw = dict(method="fsm", lr=1.5, steps=6, schedule="constant", keep_best=True, patience=2)
+    eager = decinv_fast.invert(tiny_kl, images_32, **kw)
+    graphed = decinv_fast.invert(tiny_kl, images_32, cuda_graphs=True, **kw)
+    assert torch.equal(graphed.latents, eager.latents)
+    assert torch.equal(graphed.returned_step, eager.returned_step)
+    assert graphed.stop_reason == eager.stop_reason

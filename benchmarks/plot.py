@@ -130,9 +130,38 @@ def plot_memory(path) -> bool:
     return True
 
 
+def plot_stopping(path) -> bool:
+    """NMSE(z) vs E∘D evaluations for every series of ``stopping.json``, one panel per VAE."""
+    records = harness.load("stopping")
+    if not records:
+        return False
+    vaes = list(dict.fromkeys(r["metrics"]["vae"] for r in records))
+    fig, axes = plt.subplots(1, len(vaes), figsize=(5.2 * len(vaes), 3.9), squeeze=False)
+    for ax, vae in zip(axes[0], vaes, strict=True):
+        rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
+        ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
+        for i, m in enumerate(r for r in rows if r["series"] not in ("adam", "auto")):
+            ax.plot(m["evaluations"], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3,
+                    label=m["series"])
+        adam = sorted((m["evaluations"][0], m["nmse_db"][0]) for m in rows if m["series"] == "adam")
+        ax.plot(*zip(*adam, strict=True), "k--o", ms=4, label="adam (paper), one run per count")
+        for m in (m for m in rows if m["series"] == "auto"):
+            ax.plot(m["evaluations"], m["nmse_db"], "r*", ms=14, label="auto (stops on its own; mean evals)")
+        ax.set(xscale="log", xlabel="decoder+encoder evaluations", ylabel="mean NMSE(z) [dB]", title=vae)
+        _plain_ticks(ax.xaxis)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_device_line(records), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main() -> list[str]:
     written = []
-    for name, fn in (("pareto.png", plot_pareto), ("memory_vs_frames.png", plot_memory)):
+    for name, fn in (("pareto.png", plot_pareto), ("memory_vs_frames.png", plot_memory),
+                     ("stopping.png", plot_stopping)):
         path = harness.RESULTS / name
         try:
             made = fn(path)

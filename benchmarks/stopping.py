@@ -58,21 +58,23 @@ def per_image_db(z: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def trajectory(vae, target, steps: int, kw: dict) -> dict:
-    """Run once; the points evaluated at steps 0..steps-1 with their true NMSE, pixel error and
-    residual (point k is the one whose decoding step k computed)."""
-    evaluated = [decinv_fast.encode(vae, target.images)]
+    """Run once. ``curve[n-1]``: NMSE of the iterate ``z_n`` after ``n`` evaluations; ``nmse[k]``:
+    NMSE of the point evaluated at step k (``z_k``, or ``y_k`` for KM), whose pixel error and
+    residual the run recorded: what a stopping rule can choose from."""
+    zs = [decinv_fast.encode(vae, target.images)]
     times = []
     start = time.perf_counter()
     result = decinv_fast.invert(vae, target.images, steps=steps, measure_memory=False,
-                                callback=lambda k, z: (evaluated.append(z.clone()),
+                                callback=lambda k, z: (zs.append(z.clone()),
                                                        times.append(time.perf_counter() - start)), **kw)
+    evaluated = zs
     if kw.get("method") == "km":  # KM evaluates y_k = z_k + alpha (z_k - z_{k-1}), not z_k
         alpha = 0.5
-        zs = evaluated
         evaluated = [zs[0]] + [zs[k] + alpha * (zs[k] - zs[k - 1]) for k in range(1, len(zs))]
     nmse = torch.stack([per_image_db(z, target.latents) for z in evaluated[:steps]])  # (steps, B)
-    return dict(nmse=nmse, pixel=result.pixel_residual_history, residual=result.residual_history,
-                final=per_image_db(result.latents, target.latents), times=[0.0] + times[:steps - 1])
+    curve = torch.stack([per_image_db(z, target.latents) for z in zs[1:]])
+    return dict(nmse=nmse, curve=curve, pixel=result.pixel_residual_history, residual=result.residual_history,
+                final=per_image_db(result.latents, target.latents), times=times)
 
 
 def choose(criterion: torch.Tensor, nmse: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     runs = {}
     for label, kw in TRAJECTORY.items():
         runs[label] = run = trajectory(vae, target, cfg["steps"], kw)
-        curve = run["nmse"].mean(1)
+        curve = run["curve"].mean(1)
         best_any = min(best_any, float(run["nmse"].min(0).values.mean()))
         stops = {rule: float((choose(crit, run["nmse"]) - run["nmse"].min(0).values).mean())
                  for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}

@@ -83,3 +83,13 @@ class RandomCrops:
 
     def batch(self, n: int) -> torch.Tensor:
         return torch.stack([self._one() for _ in range(n)]).clamp(-1, 1)
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, images: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB) of ``D(E(x))`` against ``x`` (images in [-1, 1])."""
+    from .api import decode, encode
+    from .visual import psnr
+
+    recon = decode(vae, encode(vae, images))
+    return sum(psnr(r, x) for r, x in zip(recon, images, strict=True)) / len(images)

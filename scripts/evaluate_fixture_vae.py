@@ -20,8 +20,7 @@ import torch
 import decinv_fast
 from decinv_fast.fixture import fixture_dir
 from decinv_fast.protocol import make_target
-from decinv_fast.testbed import heldout_crops
-from decinv_fast.visual import psnr
+from decinv_fast.testbed import heldout_crops, reconstruction_psnr
 
 log = logging.getLogger("evaluate_fixture_vae")
 STEPS = (20, 50, 100)
@@ -29,12 +28,6 @@ STEPS = (20, 50, 100)
 
 def mean_db(estimate: torch.Tensor, truth: torch.Tensor) -> float:
     return float(decinv_fast.nmse_db(estimate.float(), truth, per_sample=True).mean())
-
-
-@torch.no_grad()
-def reconstruction_psnr(vae, images: torch.Tensor) -> float:
-    recon = decinv_fast.decode(vae, decinv_fast.encode(vae, images))
-    return sum(psnr(r, x) for r, x in zip(recon, images, strict=True)) / len(images)
 
 
 def evaluate(vae_dir: str, count: int, size: int, seed: int) -> dict:

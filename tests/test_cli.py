@@ -1,0 +1,69 @@
+"""The ``decinv`` command line: images, folders, videos, outputs and one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from decinv_fast.cli import main
+from decinv_fast.demo import bundled_photo, pan_clip
+
+
+@pytest.fixture
+def photo_png(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(bundled_photo()[:32, :32]).save(path)
+    return path
+
+
+def read_latents(path):
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("latents"), f.metadata()
+
+
+def test_invert_one_image_with_panel(tmp_path, photo_png):
+    out, panel = tmp_path / "z.safetensors", tmp_path / "panel.png"
+    assert main(["invert", str(photo_png), "--steps", "2", "--out", str(out), "--png", str(panel), "--quiet"]) == 0
+    latents, meta = read_latents(out)
+    assert latents.shape == (4, 4, 4)
+    assert meta["method"] == "adam" and meta["steps"] == "2" and meta["vae"] == "fixture"
+    assert Image.open(panel).size[0] == 5 * 32
+
+
+def test_invert_folder_and_gif(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    clip = pan_clip(bundled_photo(), 3, 32)
+    for i, frame in enumerate(clip):
+        Image.fromarray(frame).save(folder / f"{i:02d}.png")
+    out = tmp_path / "batch.safetensors"
+    assert main(["invert", str(folder), "--steps", "1", "--out", str(out), "--quiet", "--method", "fsm"]) == 0
+    assert read_latents(out)[0].shape == (3, 4, 4, 4)
+    gif = tmp_path / "clip.gif"
+    Image.fromarray(clip[0]).save(gif, save_all=True, append_images=[Image.fromarray(f) for f in clip[1:]])
+    out = tmp_path / "video.safetensors"
+    assert main(["invert", str(gif), "--steps", "1", "--out", str(out), "--quiet", "--chunk-frames", "2"]) == 0
+    assert read_latents(out)[0].shape == (3, 4, 4, 4)  # one video of 3 frames: (F, C, h, w)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["invert", "missing.png"], "no such file"),
+    (["invert", "{bad_size}"], "multiples of 8"),
+    (["invert", "{photo}", "--steps", "0"], "steps"),
+    (["invert", "{photo}", "--vae", "/nonexistent"], "config.json"),
+])
+def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
+    bad = tmp_path / "odd.png"
+    Image.fromarray(np.zeros((30, 32, 3), np.uint8)).save(bad)
+    args = [a.format(bad_size=bad, photo=photo_png) for a in args] + ["--quiet", "--out", str(tmp_path / "o.st")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("decinv: error:") and message in err and "\n" not in err
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "decinv_fast", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "invert" in proc.stdout and "demo" in proc.stdout

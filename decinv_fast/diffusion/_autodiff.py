@@ -1,0 +1,145 @@
+"""Shared plumbing of the custom autograd functions: conditioning as inputs, model parameters, VJPs.
+
+A custom ``torch.autograd.Function`` only sees gradients of tensors passed to ``apply``. The
+functions here split the conditioning keywords into the tensors that require grad (passed as inputs)
+and the rest, collect the model parameters to differentiate, and evaluate ``eps`` together with its
+vector-Jacobian products at one state, which is the only place the backward passes touch the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .denoiser import Denoiser
+
+
+@dataclass
+class Binding:
+    """The model and every keyword of its :class:`Denoiser`, with the differentiable tensors named.
+
+    Attributes:
+        model: the eps model (never a ``Denoiser``).
+        guidance_scale: classifier-free guidance weight.
+        cond: all conditioning keywords (``encoder_hidden_states`` etc. included).
+        grad_names: keys of ``cond`` whose tensors are differentiated (inputs of the Function).
+        calls: model evaluations made through :meth:`denoiser` objects (forward and backward).
+    """
+
+    model: object
+    guidance_scale: float
+    cond: dict
+    grad_names: tuple[str, ...]
+    calls: list = field(default_factory=lambda: [0])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.cond[name] for name in self.grad_names]
+
+    def denoiser(self, replacements: list[torch.Tensor] | None = None) -> Denoiser:
+        """A fresh ``Denoiser`` with the differentiable tensors replaced (detached copies by default)."""
+        cond = dict(self.cond)
+        values = replacements if replacements is not None else [t.detach() for t in self.tensors()]
+        cond.update(zip(self.grad_names, values, strict=True))
+        return _Counted(self.model, self.calls, guidance_scale=self.guidance_scale, **cond)
+
+
+class _Counted(Denoiser):
+    def __init__(self, model, counter: list, **kwargs):
+        super().__init__(model, **kwargs)
+        self._counter = counter
+
+    def __call__(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        self._counter[0] += 1
+        return super().__call__(z, t)
+
+
+def bind(model, cond: dict, grad_names=None) -> Binding:
+    """Unpack ``model`` (a raw model or a bound ``Denoiser``) and ``cond``.
+
+    ``grad_names=None`` picks the tensors of ``cond`` that require grad (autograd semantics);
+    an explicit sequence names them (each must be a floating tensor in ``cond``).
+    """
+    if isinstance(model, Denoiser):
+        if cond:
+            raise TypeError(f"conditioning {sorted(cond)} given for a Denoiser that is already bound")
+        cond = dict(model.cond)
+        for key in ("encoder_hidden_states", "negative_encoder_hidden_states"):
+            if getattr(model, key) is not None:
+                cond[key] = getattr(model, key)
+        base, scale = model.model, model.guidance_scale
+    else:
+        cond = dict(cond)
+        scale = cond.pop("guidance_scale", 1.0)
+        base = model
+    if grad_names is None:
+        grad_names = tuple(k for k, v in cond.items() if isinstance(v, torch.Tensor) and v.requires_grad)
+    else:
+        if isinstance(grad_names, str):
+            grad_names = (grad_names,)
+        grad_names = tuple(grad_names)
+        for name in grad_names:
+            value = cond.get(name)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(
+                    f"grad_cond names {name!r}, which must be a floating-point conditioning tensor passed as a "
+                    f"keyword; got {type(value).__name__ if name in cond else 'nothing'}"
+                )
+    Denoiser(base, guidance_scale=scale, **cond)  # validate the combination now, with clear errors
+    return Binding(base, float(scale), cond, grad_names)
+
+
+def model_parameters(binding: Binding, params) -> list[torch.Tensor]:
+    """The parameters to differentiate: ``params`` if given, else the module's that require grad."""
+    if params is None:
+        model = binding.model
+        if isinstance(model, torch.nn.Module):
+            return [p for p in model.parameters() if p.requires_grad]
+        return []
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    out = list(params)
+    for k, p in enumerate(out):
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"params[{k}] must be a floating-point tensor, got {type(p).__name__}")
+        if not p.requires_grad:
+            raise ValueError(f"params[{k}] (shape {tuple(p.shape)}) does not require grad; call requires_grad_() on it")
+    return out
+
+
+class Node:
+    """``eps(z, t)`` with its graph kept, for vector-Jacobian products at one state.
+
+    ``leaves`` are the conditioning tensors the ``denoiser`` was built with (leaves requiring grad);
+    ``params`` the model parameters to differentiate. One model forward here, one backward per
+    :meth:`vjp`.
+    """
+
+    def __init__(self, denoiser: Denoiser, z: torch.Tensor, t: int, leaves: list[torch.Tensor],
+                 params: list[torch.Tensor]):
+        x = z.detach().requires_grad_(True)
+        self.inputs = [x, *leaves, *params]
+        with torch.enable_grad():
+            self._eps = denoiser(x, t)
+        self.eps = self._eps.detach()
+
+    def vjp(self, v: torch.Tensor, *, retain: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(J_z^T v, [J_c^T v..., J_theta^T v...])``; unused inputs get zeros."""
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self._eps, self.inputs, grad_outputs=v, retain_graph=retain,
+                                        allow_unused=True)
+        grads = [torch.zeros_like(inp) if g is None else g for g, inp in zip(grads, self.inputs, strict=True)]
+        return grads[0], grads[1:]
+
+
+class Accumulator:
+    """Running weighted sums ``sum_k w_k g_k`` for a list of gradient tensors (conditioning or params)."""
+
+    def __init__(self, like: list[torch.Tensor]):
+        self.sums = [torch.zeros_like(t, memory_format=torch.preserve_format) for t in like]
+
+    def add(self, weight: float, grads: list[torch.Tensor]) -> None:
+        if weight == 0.0:
+            return
+        for total, g in zip(self.sums, grads, strict=True):
+            total.add_(g.to(total.dtype), alpha=weight)

@@ -1,0 +1,134 @@
+"""AdjointDEIS and optimize_noise: memory flat in N, guided generation reduces the loss, bad inputs named."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from adjoint_models import MlpEps, gaussian_eps, loglinear_schedule, problem, smooth_loss
+from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
+
+from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, ei_sample, optimize_noise
+from decinv_fast.memory import cpu_allocator_peak
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_memory_is_flat_in_steps_with_recompute():
+    unet = tiny_unet(torch.float32)
+    z_T = noise(dtype=torch.float32)
+    loss = lambda z0: (z0 * z0).sum()
+
+    def peak(steps, **options):
+        grid = Schedule.from_scheduler(sd_scheduler(), steps)
+
+        def run():
+            z = z_T.clone().requires_grad_(True)
+            if options:
+                loss(adjoint_sample(unet, grid, z, **options)).backward()
+            else:
+                loss(ei_sample(unet, grid, z)).backward()
+
+        run()
+        return cpu_allocator_peak(run)[1]
+
+    flat_short, flat_long = peak(4, states="recompute"), peak(16, states="recompute")
+    cache_long = peak(16, states="cache")
+    auto_short, auto_long = peak(4), peak(16)
+    assert flat_long < 1.25 * flat_short
+    assert auto_long > 2.0 * auto_short and flat_long < 0.5 * auto_long
+    assert flat_long < cache_long < auto_long  # the cache keeps N - 1 latents, no graphs
+
+
+def target_problem(method_kwargs):
+    """Match the sample of a hidden z_T*: start elsewhere, Adam on z_T; returns the losses."""
+    z_T, mean = problem(seed=5)
+    target_noise, _ = problem(seed=9)
+    grid = loglinear_schedule(10)
+    with torch.no_grad():
+        target = ei_sample(gaussian_eps, grid, target_noise, mean=mean)
+    loss = lambda z0: ((z0 - target) ** 2).mean()
+    return optimize_noise(gaussian_eps, grid, z_T, loss, iterations=15, lr=0.1, mean=mean, **method_kwargs)
+
+
+@pytest.mark.parametrize("method_kwargs", [dict(method="adjoint"), dict(method="adjoint", order=2),
+                                           dict(method="reversible", gamma=0.9), dict(method="autograd")])
+def test_optimize_noise_reduces_the_loss(method_kwargs):
+    result = target_problem(method_kwargs)
+    assert len(result.losses) == 16 and result.losses[-1] < 0.2 * result.losses[0]
+    assert result.z_T.shape == result.z0.shape and not result.z_T.requires_grad
+
+
+def test_optimize_noise_adjoint_and_autograd_agree_over_ddim():
+    """With cached states the adjoint gradient is autograd's, so the two runs coincide."""
+    a = target_problem(dict(method="adjoint", states="cache"))
+    b = target_problem(dict(method="autograd"))
+    assert max(abs(x - y) for x, y in zip(a.losses, b.losses, strict=True)) < 1e-9 * a.losses[0]
+
+
+def test_optimize_conditioning_and_keep_norm():
+    unet = tiny_cond_unet(torch.float32)
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    text, _ = text_embeddings(2)
+    z_T = noise()
+    result = optimize_noise(unet, grid, z_T, lambda z0: (z0 - 0.5).square().mean(), iterations=4, lr=0.05,
+                            optimize=("z_T", "encoder_hidden_states"), keep_norm=True, encoder_hidden_states=text)
+    assert result.losses[-1] < result.losses[0]
+    assert not torch.equal(result.cond["encoder_hidden_states"], text)
+    norms = result.z_T.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, math.sqrt(z_T[0].numel())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(order=3), ValueError, "order"),
+    (dict(order=True), ValueError, "order"),
+    (dict(states="disk"), ValueError, "states"),
+    (dict(scheme="euler"), ValueError, "scheme"),
+    (dict(noise=7, order=2), ValueError, "order"),
+    (dict(noise=torch.zeros(3, 2, 3, 4)), ValueError, "noise"),
+    (dict(noise=torch.zeros(5, 2, 3)), ValueError, "noise"),
+    (dict(noise="seed"), TypeError, "noise"),
+    (dict(grad_cond=("mask",)), ValueError, "grad_cond"),
+    (dict(params=[torch.zeros(2)]), ValueError, r"params\[0\]"),
+    (dict(params=[3.0]), TypeError, r"params\[0\]"),
+])
+def test_bad_adjoint_arguments_are_named(kwargs, error, match):
+    z_T, mean = problem()
+    with pytest.raises(error, match=match):
+        adjoint_gradients(gaussian_eps, loglinear_schedule(5), z_T, smooth_loss, mean=mean, **kwargs)
+
+
+def test_bad_loss_and_z_T_are_named():
+    z_T, mean = problem()
+    grid = loglinear_schedule(5)
+    with pytest.raises(TypeError, match="loss"):
+        adjoint_gradients(gaussian_eps, grid, z_T, "mse", mean=mean)
+    with pytest.raises(ValueError, match="loss"):
+        adjoint_gradients(gaussian_eps, grid, z_T, lambda z0: z0, mean=mean)
+    with pytest.raises(TypeError, match="z_T"):
+        adjoint_gradients(gaussian_eps, grid, z_T.numpy(), smooth_loss, mean=mean)
+    with pytest.raises(TypeError, match="z_T"):
+        adjoint_sample(tiny_unet(), Schedule.from_scheduler(sd_scheduler(), 3), noise(dtype=torch.float64))
+    with pytest.raises(ValueError, match="encoder_hidden_states is required"):
+        adjoint_sample(tiny_cond_unet(), Schedule.from_scheduler(sd_scheduler(), 3), noise())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(method="sgd"), ValueError, "method"),
+    (dict(iterations=-1), ValueError, "iterations"),
+    (dict(lr=0), ValueError, "lr"),
+    (dict(optimize=()), ValueError, "optimize"),
+    (dict(optimize=("text",)), ValueError, "optimize"),
+    (dict(method="reversible", gamma=0.0), ValueError, "gamma"),
+])
+def test_bad_optimize_noise_arguments_are_named(kwargs, error, match):
+    z_T, mean = problem()
+    with pytest.raises(error, match=match):
+        optimize_noise(MlpEps(4), loglinear_schedule(4), z_T, smooth_loss, mean=mean, **kwargs)

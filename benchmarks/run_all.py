@@ -25,6 +25,8 @@ BENCHMARKS = (
     "reference_loop",  # ~3
     "accuracy_vs_time",  # ~7
     "memory_vs_frames",  # ~7
+    "stopping",  # ~3 (beyond the paper: Anderson, step size, self-stopping)
+    "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )
 
 

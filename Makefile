@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 export CUDA_HOME ?= $(shell sh scripts/cuda_home.sh)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fixture clean
 
 # torch is installed first and the package with --no-build-isolation: setup.py imports torch to
 # build the CUDA extension decinv_fast._C (when nvcc is found; objects are cached in build/).
@@ -32,6 +32,13 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) -m benchmarks.run_all
+
+# Re-train the bundled fixture VAE (about an hour on 2 cores; see scripts/train_fixture_vae.py).
+fixture: $(VENV)/.dev
+	$(PY) scripts/train_fixture_vae.py --steps 6000 --out build/fixture_base
+	$(PY) scripts/train_fixture_vae.py --init build/fixture_base --cycle-weight 0.2 --steps 1200 --lr 3e-4 \
+		--seed 1 --out decinv_fast/assets/fixture_vae
+	$(PY) scripts/evaluate_fixture_vae.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

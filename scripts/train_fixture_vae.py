@@ -20,8 +20,9 @@ Every ``--log-every`` steps it logs the held-out PSNR and writes a resumable che
 
 Loss: pixel MSE + a small KL term (the SD VAE's recipe without the perceptual and GAN terms, which
 would need downloaded networks), plus the cycle term in phase two. Held-out photographs
-(``testbed.HELDOUT_PHOTOS``) are never trained on; their PSNR is logged. At the end the latent ``scaling_factor`` and ``shift_factor`` are set so
-that training latents have zero mean and unit variance, and fp16 weights are saved.
+(``testbed.HELDOUT_PHOTOS``) are never trained on; their PSNR is logged. At the end the latent
+``scaling_factor`` and ``shift_factor`` are set so that training latents have zero mean and unit
+variance, and fp16 weights are saved.
 """
 
 from __future__ import annotations

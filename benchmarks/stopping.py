@@ -2,8 +2,8 @@
 
 Protocol (``decinv_fast.protocol.make_target``): held-out crops, ``z*`` from the VAE's posterior,
 ``x = D(z*)`` rounded to 8 bits, invert ``x``; score NMSE(z_hat, z*) in dB, averaged over images
-(per-image dB). Two VAEs of the fixture's architecture: the bundled fixture (6000 training steps) and
-``benchmarks/assets/fixture_vae_short`` (the same run stopped at 1000 steps).
+(per-image dB). Two VAEs of the fixture's architecture: the bundled fixture (6000 training steps, then 1200 with
+latent cycle consistency) and ``benchmarks/assets/fixture_vae_short`` (the first run's step-1000 checkpoint).
 
 Series (NMSE vs the number of E∘D evaluations, and wall time):
   adam     the paper's method (lr 0.01, paper schedule), one run per step count

@@ -6,7 +6,8 @@ image would be, and ``x`` is inverted. Score: mean over images of ``NMSE(z_hat, 
 
 Methods, each at several step counts: encoder-only ``E(x)``; gradient-based Adam through the decoder
 (fp32, fixed lr and warmup+cosine schedule); gradient-free Adam (paper schedule) in fp32, bf16 and
-fp16 (the VAE held in that dtype; fp16 at few step counts: this CPU has no fast fp16 convolutions);
+fp16 (the VAE held in that dtype; fp16 at few step counts: this CPU has no fast fp16 convolutions),
+fp16 both with ``invert``'s default fp32 master copy and as the official code (``fp32_master=False``);
 the forward step method (FSM) and inertial Krasnoselskii-Mann (KM). Everything runs through
 ``decinv_fast.invert`` with its defaults (lr 0.01 for Adam / grad, rho 1.0 for FSM / KM).
 
@@ -63,9 +64,10 @@ class Series:
     schedule: str
     dtype: torch.dtype
     constant: bool  # constant step size: every step count comes from one run
+    options: tuple = ()  # further ``invert`` keyword arguments, as (name, value) pairs
 
     def kwargs(self) -> dict:
-        return dict(method=self.method, schedule=self.schedule)
+        return dict(method=self.method, schedule=self.schedule, **dict(self.options))
 
 
 SERIES = (
@@ -74,6 +76,8 @@ SERIES = (
     Series("adam fp32", "gradient-free", "adam", "paper", torch.float32, False),
     Series("adam bf16", "gradient-free", "adam", "paper", torch.bfloat16, False),
     Series("adam fp16", "gradient-free", "adam", "paper", torch.float16, False),
+    # the official fp16 code: its Adam second moment underflows (see invert's fp32_master)
+    Series("adam fp16 official", "gradient-free", "adam", "paper", torch.float16, False, (("fp32_master", False),)),
     Series("fsm", "gradient-free", "fsm", "constant", torch.float32, True),
     Series("km", "gradient-free", "km", "constant", torch.float32, True),
 )

@@ -31,7 +31,7 @@ class Plan:
     options: dict
     backend: str
     chunk: int  # frames per encoder/decoder call
-    master: bool = False  # keep a fp32 master copy of z when the latents are low precision
+    master: bool | None = None  # fp32 master copy of z with fp16/bf16 latents; None: with fp16 only
     keep_best: bool = False  # return each sample's best evaluated point (lowest pixel error)
     tol: float | None = None  # per-sample stop: relative latent residual below tol
     patience: int | None = None  # per-sample stop: pixel error not improved for this many steps
@@ -75,8 +75,10 @@ class GradientFreeIteration:
         self.x = pixels
         self.pixel_sq = torch.zeros(pixels.shape[0], dtype=torch.float32, device=pixels.device)
         low = self.z.dtype in (torch.float16, torch.bfloat16)
-        # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step)
-        self.master = self.y.float() if plan.master and low else None
+        # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step);
+        # by default with fp16 only, where the official Adam's second moment underflows (api.invert)
+        wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
+        self.master = self.y.float() if wanted and low else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile)
         if plan.method == "adam":

@@ -122,6 +122,21 @@ def test_fp32_master_keeps_updates_bf16_would_lose(method):
     torch.testing.assert_close(run(True), torch.full((2, 33), 0.9), atol=2**-8, rtol=0)
 
 
+def test_fp16_default_avoids_the_official_second_moment_underflow():
+    # E(D(z)) = z + c: every residual entry is c = 3e-3, so (1 - b2) c**2 = 9e-9 flushes to zero in
+    # fp16 and the official update steps by lr * c / eps = 30 lr instead of about lr
+    c, lr = 3e-3, 0.01
+    pair = (lambda x: x, lambda z: z + c)
+    x = torch.linspace(-0.5, 0.5, 3 * 16 * 16, dtype=torch.float16).reshape(1, 3, 16, 16)
+    default = decinv_fast.invert(pair, x, steps=1, lr=lr, schedule="constant")
+    official = decinv_fast.invert(pair, x, steps=1, lr=lr, schedule="constant", fp32_master=False)
+    step_default = (x.float() - default.latents.float()).abs()
+    step_official = (x.float() - official.latents.float()).abs()
+    assert default.latents.dtype == official.latents.dtype == torch.float16
+    torch.testing.assert_close(step_default, torch.full_like(step_default, lr * c / (c + 1e-4)), atol=2e-3, rtol=0)
+    assert step_official.min() > 20 * lr
+
+
 def test_fp32_master_through_invert(tiny_kl, images_32):
     out = decinv_fast.invert(tiny_kl, images_32, steps=4, dtype=torch.bfloat16, fp32_master=True)
     ref = decinv_fast.invert(tiny_kl, images_32, steps=4)

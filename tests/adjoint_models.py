@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from decinv_fast.diffusion import Schedule
@@ -25,6 +26,7 @@ from decinv_fast.diffusion import Schedule
 RESOLUTION = 5120
 LAM_MIN, LAM_MAX = -2.5, 2.5
 DATA_STD = 0.7
+NS = (20, 40, 80, 160)  # the step counts of the convergence-order fits
 
 
 def lam(t) -> float:
@@ -109,3 +111,8 @@ def brownian_noise(num_steps: int, shape, fine_steps: int = 1280, seed: int = 3)
         total = sum(inc[q] for q in range((hi - 1) * stride, hi * stride))
         out.append(total / math.sqrt(tau[(hi - 1) * stride] - tau[hi * stride]))
     return torch.stack(out)
+
+
+def slope(errors) -> float:
+    """Fitted log-log slope of ``errors`` over :data:`NS`."""
+    return float(np.polyfit(np.log(NS), np.log(errors), 1)[0])

@@ -62,3 +62,13 @@ def fixture_vae():
 def images_32():
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("single_thread")``): they gain
+    nothing from threads, and on a shared 2-core machine OpenMP waits dominate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

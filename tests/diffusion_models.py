@@ -78,3 +78,8 @@ class LinearPatchVae:
     @property
     def pair(self):
         return (self.encode, self.decode)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ``||a - b|| / ||b||``."""
+    return float((a - b).norm() / b.norm())

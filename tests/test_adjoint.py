@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from adjoint_models import MlpEps, gaussian_eps, gaussian_flow, loglinear_schedule, problem, smooth_loss
-from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
+from adjoint_models import NS, MlpEps, gaussian_eps, gaussian_flow, loglinear_schedule, problem, slope, smooth_loss
+from diffusion_models import noise, rel, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
 from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, adjoint_solver, ddim_sample, ei_sample
 
-NS = (20, 40, 80, 160)
 SLOPE = {1: -0.8, 2: -1.6}  # issue 6: fitted slopes at most these
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP waits dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def slope(errors) -> float:
-    return float(np.polyfit(np.log(NS), np.log(errors), 1)[0])
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

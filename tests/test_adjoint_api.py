@@ -12,13 +12,7 @@ from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_une
 from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, ei_sample, optimize_noise
 from decinv_fast.memory import cpu_allocator_peak
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_memory_is_flat_in_steps_with_recompute():

@@ -8,32 +8,15 @@ it; and along one Brownian path refined with N it converges to the fine-grid pat
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from adjoint_models import MlpEps, brownian_noise, loglinear_schedule, problem, smooth_loss
-from diffusion_models import noise, sd_scheduler, tiny_unet
+from adjoint_models import NS, MlpEps, brownian_noise, loglinear_schedule, problem, slope, smooth_loss
+from diffusion_models import noise, rel, sd_scheduler, tiny_unet
 
 from decinv_fast.diffusion import Schedule, adjoint_gradients, ei_sample
 from decinv_fast.diffusion.ei import StepNoise
 
-NS = (20, 40, 80, 160)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def slope(errors) -> float:
-    return float(np.polyfit(np.log(NS), np.log(errors), 1)[0])
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def autograd_sde(model, n: int, path_noise: torch.Tensor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
+from diffusion_models import noise, rel, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
 from decinv_fast.diffusion import Schedule, bdia_sample, reversible_bdia_sample, unrolled_bdia_sample
 from decinv_fast.memory import cpu_allocator_peak
@@ -13,16 +13,7 @@ from decinv_fast.memory import cpu_allocator_peak
 RTOL = 1e-8  # issue 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def pair_loss(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,7 @@ def cmd_invert(args) -> int:
     vae = load_vae(args.vae, dtype, args.device)
     images = read_images(Path(args.input))
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                        progress=not args.quiet, chunk_frames=args.chunk_frames)
+                        progress=_progress(args), chunk_frames=args.chunk_frames)
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "dtype": args.dtype, "vae": args.vae,
             "source": str(args.input), "final_residual": f"{float(result.residuals[-1]):.6g}"}
@@ -99,10 +99,15 @@ def cmd_invert(args) -> int:
     return 0
 
 
+def _progress(args) -> bool:
+    """A progress bar unless ``--quiet``, and only on a terminal (no redraw spam in logs)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
 
-    rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=not args.quiet)
+    rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=_progress(args))
     print(format_table(rows))
     print(f"wrote {Path(args.out) / 'panel.png'} and {Path(args.out) / 'convergence.png'}")
     return 0
@@ -115,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("input", help="image file, folder of images, or video file")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=int, default=50)
-    inv.add_argument("--method", default="adam", choices=["adam", "fsm", "km", "grad"])
+    inv.add_argument("--method", default="adam", choices=["adam", "fsm", "km", "grad", "anderson", "auto"])
     inv.add_argument("--lr", type=float, default=None)
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     inv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

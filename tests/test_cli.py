@@ -33,6 +33,14 @@ def test_invert_one_image_with_panel(tmp_path, photo_png):
     assert Image.open(panel).size[0] == 5 * 32
 
 
+def test_invert_with_the_self_stopping_method(tmp_path, photo_png):
+    out = tmp_path / "z.safetensors"
+    assert main(["invert", str(photo_png), "--steps", "4", "--method", "auto", "--out", str(out), "--quiet"]) == 0
+    latents, meta = read_latents(out)
+    assert latents.shape == (4, 4, 4) and meta["method"] == "auto"
+    assert 1 <= int(meta["steps"]) <= 4
+
+
 def test_invert_folder_and_gif(tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()

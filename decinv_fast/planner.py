@@ -32,9 +32,10 @@ GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4}  # latent-sized buffers hel
 class LiveBytes(TorchDispatchMode):
     """Tracks the bytes of live storages created inside the mode and their peak.
 
-    ``conv_copy=True`` models oneDNN on the CPU, which converts a convolution's input to a blocked
-    layout in a temporary buffer of the same size while the output is being written (measured:
-    tests/test_planner.py).
+    ``conv_copy=True`` models oneDNN on the CPU, which, for a batch of one, converts a convolution's
+    input to a blocked layout in a temporary buffer of the same size while the output is being
+    written; batches of two or more convolve without that copy (measured: tests/test_planner.py,
+    benchmarks/memory_vs_frames.py).
     """
 
     def __init__(self, conv_copy: bool = False):
@@ -70,7 +71,7 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, tuple | list) else (out,):
             self._track(t)
-        if self.conv_copy and func is torch.ops.aten.convolution.default:
+        if self.conv_copy and func is torch.ops.aten.convolution.default and args[0].shape[0] == 1:
             x = args[0]
             self.peak = max(self.peak, self.live + x.numel() * x.element_size())
         return out

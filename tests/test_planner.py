@@ -25,6 +25,9 @@ CONFIGS = [
     ("fixture", (2, 3, 64, 64), "grad", None),
     ("sd", (1, 3, 64, 64), "adam", None),
     ("sd", (1, 3, 64, 64), "grad", None),
+    # batches of two or more: oneDNN convolves them without the layout copy it makes for one image
+    ("fixture", (8, 3, 64, 64), "adam", None),
+    ("sd", (1, 4, 3, 128, 128), "adam", 2),
 ]
 
 

@@ -33,7 +33,7 @@ BENCHMARK = "overhead"
 GOAL = 1.03
 CONFIGS = {
     "full": [dict(vae="fixture", size=64, batch=1, repeat=30, calls=(2, 12), call_repeat=3),
-             dict(vae="fixture", size=64, batch=8, repeat=15, calls=(2, 12), call_repeat=3),
+             dict(vae="fixture", size=64, batch=8, repeat=40, calls=(2, 12), call_repeat=3),
              dict(vae="sd21", size=64, batch=1, repeat=6, calls=(1, 3), call_repeat=2),
              dict(vae="sd21", size=128, batch=1, repeat=3, calls=None, call_repeat=0)],
     "quick": [dict(vae="fixture", size=32, batch=2, repeat=5, calls=(1, 4), call_repeat=2),

@@ -34,8 +34,9 @@ class LiveBytes(TorchDispatchMode):
 
     ``conv_copy=True`` models oneDNN on the CPU, which, for a batch of one, converts a convolution's
     input to a blocked layout in a temporary buffer of the same size while the output is being
-    written; batches of two or more convolve without that copy (measured: tests/test_planner.py,
-    benchmarks/memory_vs_frames.py).
+    written; batches of two or more usually convolve without that copy (measured: tests/test_planner.py,
+    benchmarks/memory_vs_frames.py; one exception seen: the full-width SD layout at 64x64 with a
+    batch of two copies after all, and is predicted 14% low).
     """
 
     def __init__(self, conv_copy: bool = False):

@@ -27,6 +27,7 @@ import logging
 import torch
 
 from benchmarks import harness
+from benchmarks.plot import plot_gradient_memory
 from decinv_fast.diffusion import (
     Schedule,
     adjoint_sample,
@@ -131,45 +132,6 @@ def measure(cfg: dict, mode: str) -> list[dict]:
     return records
 
 
-def plot(path=None):
-    """Peak memory and time vs steps from ``results/gradient_memory.json`` into ``gradient_memory.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = harness.load(BENCHMARK)
-    if not records:
-        return None
-    path = path or harness.RESULTS / f"{BENCHMARK}.png"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    styles = {"autograd 2M": dict(color="tab:pink"), "autograd": dict(color="tab:red"),
-              "AdjointDEIS-1": dict(color="tab:blue"), "AdjointDEIS-2M": dict(color="tab:cyan"),
-              "reversible": dict(color="tab:green")}
-    for method in dict.fromkeys(r["method"] for r in records):
-        rows = sorted((r["metrics"] for r in records if r["method"] == method), key=lambda m: m["steps"])
-        style = next((s for key, s in styles.items() if method.startswith(key)), {})
-        line = dict(marker="o", linestyle="--" if "cache" in method else "-", label=method, **style)
-        if "BDIA" in method and method.startswith("autograd"):
-            line.update(marker="s", color="tab:orange")
-        steps = [m["steps"] for m in rows]
-        axes[0].plot(steps, [m["peak_bytes"] / 2**20 for m in rows], **line)
-        axes[1].plot(steps, [m["seconds"] for m in rows], **line)
-    for ax, label in zip(axes, ("peak memory (MiB, CPU allocator, beyond weights)", "wall time (s)"), strict=True):
-        ax.set_xlabel("sampling steps N")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    first = records[0]
-    fig.suptitle(f"gradient of a loss on z0 w.r.t. z_T and text through N steps -- {first['device']}, "
-                 f"torch {first['torch']}, {first['git_sha']}, {first['metrics']['mode']} run", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: N = 10, 20, 40 on 8x8 latents")
@@ -177,13 +139,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny model)")
     args = parser.parse_args(argv)
     if args.plot:
-        plot()
+        plot_gradient_memory()
         return []
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     records = measure(CONFIGS[mode], mode)
     path = harness.save(BENCHMARK, records)
-    plot()
+    plot_gradient_memory()
     for r in records:
         m = r["metrics"]
         diff = f"  grad diff vs {m['reference']}: {m['grad_zT_rel_diff']:.1e}" if "reference" in m else ""

@@ -42,6 +42,12 @@ def _plain_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _device_line(records: list[dict]) -> str:
     r = records[0]
     mode = r["metrics"].get("mode")
@@ -89,9 +95,7 @@ def plot_pareto(path) -> bool:
     shape = records[0]["shape"]
     fig.suptitle(f"Decoder inversion, fixture VAE, {shape[0]} held-out crops {shape[2]}x{shape[3]} "
                  f"(numbers next to points: steps)\n{_device_line(records)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -124,9 +128,7 @@ def plot_memory(path) -> bool:
     size = records[0]["metrics"]["size"]
     ax.set_title(f"SD-2.1 VAE layout (random weights), {size}x{size} frames, fp32, one step\n"
                  f"{_device_line(records)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -152,16 +154,44 @@ def plot_stopping(path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(_device_line(records), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+    return True
+
+
+def plot_gradient_memory(path=None) -> bool:
+    """Peak memory and time vs sampling steps for every method of ``gradient_memory.json``."""
+    records = harness.load("gradient_memory")
+    if not records:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    styles = {"autograd 2M": dict(color="tab:pink"), "autograd": dict(color="tab:red"),
+              "AdjointDEIS-1": dict(color="tab:blue"), "AdjointDEIS-2M": dict(color="tab:cyan"),
+              "reversible": dict(color="tab:green")}
+    for method in dict.fromkeys(r["method"] for r in records):
+        rows = sorted((r["metrics"] for r in records if r["method"] == method), key=lambda m: m["steps"])
+        style = next((s for key, s in styles.items() if method.startswith(key)), {})
+        line = dict(marker="o", linestyle="--" if "cache" in method else "-", label=method, **style)
+        if "BDIA" in method and method.startswith("autograd"):
+            line.update(marker="s", color="tab:orange")
+        steps = [m["steps"] for m in rows]
+        axes[0].plot(steps, [m["peak_bytes"] / 2**20 for m in rows], **line)
+        axes[1].plot(steps, [m["seconds"] for m in rows], **line)
+    for ax, label in zip(axes, ("peak memory (MiB, CPU allocator, beyond weights)", "wall time (s)"), strict=True):
+        ax.set_xlabel("sampling steps N")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("gradient of a loss on z0 w.r.t. z_T and text through N steps -- " + _device_line(records),
+                 fontsize=9)
+    _save(fig, path or harness.RESULTS / "gradient_memory.png")
     return True
 
 
 def main() -> list[str]:
     written = []
     for name, fn in (("pareto.png", plot_pareto), ("memory_vs_frames.png", plot_memory),
-                     ("stopping.png", plot_stopping)):
+                     ("stopping.png", plot_stopping), ("gradient_memory.png", plot_gradient_memory)):
         path = harness.RESULTS / name
         try:
             made = fn(path)

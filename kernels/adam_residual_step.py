@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from ._common import load_fp32, load_iterate, load_residual, sample_block, store_iterate, store_partial
+
 
 @triton.jit
 def adam_residual_step_kernel(
@@ -29,27 +31,18 @@ def adam_residual_step_kernel(
     (``div_rn`` / ``sqrt_rn``). With ``HAS_MASTER`` the update reads and writes the fp32 ``master``
     and ``z`` receives its rounding; ``m`` and ``v`` are always stored in the storage dtype.
     """
-    block = tl.program_id(0).to(tl.int64)
-    sample = tl.program_id(1).to(tl.int64)
-    cols = block * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n
-    offs = sample * n + cols
+    block, sample, offs, mask = sample_block(n, BLOCK)
 
     row = table_ptr + tl.load(step_ptr) * 3
     lr_k = tl.load(row)
     c1_k = tl.load(row + 1)
     c2_k = tl.load(row + 2)
 
-    edz = tl.load(edz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e_x = tl.load(e_x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_MASTER:
-        z = tl.load(master_ptr + offs, mask=mask, other=0.0)
-    else:
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = load_residual(edz_ptr, e_x_ptr, offs, mask)
+    m = load_fp32(m_ptr, offs, mask)
+    v = load_fp32(v_ptr, offs, mask)
+    z = load_iterate(z_ptr, master_ptr, offs, mask, HAS_MASTER)
 
-    g = edz - e_x
     g2 = g * g
     m = b1 * m + one_minus_b1 * g
     v = b2 * v + one_minus_b2 * g2
@@ -59,7 +52,5 @@ def adam_residual_step_kernel(
 
     tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-    if HAS_MASTER:
-        tl.store(master_ptr + offs, z, mask=mask)
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
-    tl.store(partial_ptr + sample * n_blocks + block, tl.sum(g2, axis=0))
+    store_iterate(z_ptr, master_ptr, offs, mask, z, HAS_MASTER)
+    store_partial(partial_ptr, sample, n_blocks, block, g2)

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from ._common import load_iterate, load_residual, sample_block, store_iterate, store_partial
+
 
 @triton.jit
 def fsm_residual_step_kernel(
@@ -23,25 +25,13 @@ def fsm_residual_step_kernel(
 
     With ``HAS_MASTER`` the step reads and writes the fp32 ``master`` and ``z`` receives its rounding.
     """
-    block = tl.program_id(0).to(tl.int64)
-    sample = tl.program_id(1).to(tl.int64)
-    cols = block * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n
-    offs = sample * n + cols
+    block, sample, offs, mask = sample_block(n, BLOCK)
 
     rho_k = tl.load(table_ptr + tl.load(step_ptr))
 
-    edz = tl.load(edz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e_x = tl.load(e_x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_MASTER:
-        z = tl.load(master_ptr + offs, mask=mask, other=0.0)
-    else:
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-    g = edz - e_x
+    g = load_residual(edz_ptr, e_x_ptr, offs, mask)
+    z = load_iterate(z_ptr, master_ptr, offs, mask, HAS_MASTER)
     z = z - g * rho_k
 
-    if HAS_MASTER:
-        tl.store(master_ptr + offs, z, mask=mask)
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
-    tl.store(partial_ptr + sample * n_blocks + block, tl.sum(g * g, axis=0))
+    store_iterate(z_ptr, master_ptr, offs, mask, z, HAS_MASTER)
+    store_partial(partial_ptr, sample, n_blocks, block, g * g)

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from ._common import load_fp32, load_iterate, load_residual, sample_block, store_iterate, store_partial
+
 
 @triton.jit
 def km_residual_step_kernel(
@@ -24,28 +26,17 @@ def km_residual_step_kernel(
         z = z_new
         partial[b, pid0] = sum over the block of g*g
     """
-    block = tl.program_id(0).to(tl.int64)
-    sample = tl.program_id(1).to(tl.int64)
-    cols = block * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n
-    offs = sample * n + cols
+    block, sample, offs, mask = sample_block(n, BLOCK)
 
     rho_k = tl.load(table_ptr + tl.load(step_ptr))
 
-    edz = tl.load(edz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e_x = tl.load(e_x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    z_k = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_MASTER:
-        y = tl.load(master_ptr + offs, mask=mask, other=0.0)
-    else:
-        y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = load_residual(edz_ptr, e_x_ptr, offs, mask)
+    z_k = load_fp32(z_ptr, offs, mask)
+    y = load_iterate(y_ptr, master_ptr, offs, mask, HAS_MASTER)
 
-    g = edz - e_x
     z_new = y - g * rho_k
     y = (z_new - z_k) * alpha + z_new
 
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    if HAS_MASTER:
-        tl.store(master_ptr + offs, y, mask=mask)
+    store_iterate(y_ptr, master_ptr, offs, mask, y, HAS_MASTER)
     tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
-    tl.store(partial_ptr + sample * n_blocks + block, tl.sum(g * g, axis=0))
+    store_partial(partial_ptr, sample, n_blocks, block, g * g)

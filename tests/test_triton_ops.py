@@ -7,6 +7,7 @@ when ``err(triton, fp32 ref) <= 2 * err(torch backend, fp32 ref) + atol`` (DESIG
 """
 
 import math
+import os
 import subprocess
 import sys
 
@@ -308,3 +309,43 @@ def test_cuda_graph_replay_follows_the_schedule():
         graph.replay()
     torch.testing.assert_close(z.cpu(), eager["z"], **TOLERANCE[torch.float32])
     torch.testing.assert_close(sq.cpu(), eager["sq_norm"][-1], rtol=NORM_RTOL, atol=0)
+
+
+COMPILE_FOR_GPU = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from decinv_fast.kernels.adam_residual_step import adam_residual_step_kernel
+from decinv_fast.kernels.fsm_residual_step import fsm_residual_step_kernel
+from decinv_fast.kernels.km_residual_step import km_residual_step_kernel
+
+FP32 = {"master_ptr", "partial_ptr", "table_ptr"}
+SCALARS = {"n": "i64", "n_blocks": "i64", "step_ptr": "*i64"}
+for kernel in (adam_residual_step_kernel, fsm_residual_step_kernel, km_residual_step_kernel):
+    for storage in ("*fp32", "*fp16", "*bf16"):
+        signature = {}
+        for name in kernel.arg_names:
+            if name in ("HAS_MASTER", "BLOCK"):
+                signature[name] = "constexpr"
+            elif name in SCALARS:
+                signature[name] = SCALARS[name]
+            elif name.endswith("_ptr"):
+                signature[name] = "*fp32" if name in FP32 else storage
+            else:
+                signature[name] = "fp32"
+        for master in (False, True):
+            source = ASTSource(fn=kernel, signature=signature, constexprs={"HAS_MASTER": master, "BLOCK": 1024})
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            assert ".entry" in compiled.asm["ptx"] and compiled.asm["cubin"], (kernel.__name__, storage, master)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_a_gpu_without_one(tmp_path):
+    """The interpreter runs the kernels as Python; this compiles them the real way (PTX and cubin for
+    sm_90, every storage dtype, with and without the master copy), which needs no GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPU], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]

@@ -138,6 +138,19 @@ DECINV_HD inline float km_math(float g, float& y, float z_k, float rho, float al
 // and z receives its rounding. All loads of element i happen before any store to it, so the
 // buffers may alias element-wise (e.g. y and z of a non-inertial loop).
 
+// The iterate: its fp32 master copy when there is one, else the stored value; a store writes the
+// master copy (if any) and the storage dtype's rounding.
+template <typename T>
+DECINV_HD inline float load_iterate(const T* p, const float* master, int64_t i) {
+  return master != nullptr ? master[i] : load(p, i);
+}
+
+template <typename T>
+DECINV_HD inline void store_iterate(T* p, float* master, int64_t i, float x) {
+  if (master != nullptr) master[i] = x;
+  store(p, i, x);
+}
+
 template <typename T>
 struct AdamTensors {
   const T* edz;
@@ -152,14 +165,13 @@ template <typename T>
 DECINV_HD inline float adam_element(const AdamTensors<T>& t, int64_t i, const AdamConsts& c,
                                     const AdamRow& r) {
   const float g = residual(load(t.edz, i), load(t.e_x, i));
-  float z = t.master != nullptr ? t.master[i] : load(t.z, i);
+  float z = load_iterate(t.z, t.master, i);
   float m = load(t.m, i);
   float v = load(t.v, i);
   adam_math(g, z, m, v, c, r);
   store(t.m, i, m);
   store(t.v, i, v);
-  if (t.master != nullptr) t.master[i] = z;
-  store(t.z, i, z);
+  store_iterate(t.z, t.master, i, z);
   return g;
 }
 
@@ -174,9 +186,7 @@ struct FsmTensors {
 template <typename T>
 DECINV_HD inline float fsm_element(const FsmTensors<T>& t, int64_t i, float rho) {
   const float g = residual(load(t.edz, i), load(t.e_x, i));
-  const float z = fsm_math(g, t.master != nullptr ? t.master[i] : load(t.z, i), rho);
-  if (t.master != nullptr) t.master[i] = z;
-  store(t.z, i, z);
+  store_iterate(t.z, t.master, i, fsm_math(g, load_iterate(t.z, t.master, i), rho));
   return g;
 }
 
@@ -193,10 +203,9 @@ template <typename T>
 DECINV_HD inline float km_element(const KmTensors<T>& t, int64_t i, float rho, float alpha) {
   const float g = residual(load(t.edz, i), load(t.e_x, i));
   const float z_k = load(t.z, i);
-  float y = t.master != nullptr ? t.master[i] : load(t.y, i);
+  float y = load_iterate(t.y, t.master, i);
   const float z_new = km_math(g, y, z_k, rho, alpha);
-  store(t.y, i, y);
-  if (t.master != nullptr) t.master[i] = y;
+  store_iterate(t.y, t.master, i, y);
   store(t.z, i, z_new);
   return g;
 }

@@ -43,14 +43,14 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
                      spatial_factor=adapter.spatial_factor, channels=channels)
 
 
-def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str) -> int:
+def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, memory: int) -> int:
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method)
+        return auto_chunk(adapter, frames, method, memory)
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
@@ -144,7 +144,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    chunk = _chunk_for(adapter, frames, chunk_frames, method)
+    chunk = _chunk_for(adapter, frames, chunk_frames, method, options.get("memory", 5))
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
                 keep_best=bool(keep_best), tol=tol, patience=patience)

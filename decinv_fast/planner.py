@@ -26,7 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .memory import available_ram
 
-GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4}  # latent-sized buffers held by the iteration
+# latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 4 fp32 ones
+GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
+PLANNED_METHODS = (*GRADIENT_FREE_STATE, "grad")
 
 
 class LiveBytes(TorchDispatchMode):
@@ -167,7 +169,8 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
-         method: str = "adam", attention: str = "auto", chunks: list[int] | None = None) -> MemoryPlan:
+         method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
+         memory: int = 5) -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -175,10 +178,14 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
         device: the device the prediction is for (``"cuda"`` or ``"cpu"``); only labels the plan.
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
-        method: ``"adam"``, ``"fsm"``, ``"km"`` or ``"grad"`` (traced forward and backward).
+        method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"`` or ``"grad"`` (traced forward and
+            backward).
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
+        memory: Anderson's history length ``m`` (its mixer holds ``2m + 4`` fp32 latents).
     """
+    if method not in PLANNED_METHODS:
+        raise ValueError(f"method must be one of {PLANNED_METHODS}, got {method!r}")
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
@@ -201,6 +208,8 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         state = latent_bytes * 4  # z, its gradient, Adam's m and v
     else:
         state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
+        if method == "anderson":
+            state += (latent_bytes // size) * 4 * (2 * memory + 4)
     return MemoryPlan(shape, dtype, device, method, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
 
@@ -220,7 +229,7 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str) -> int:
+def auto_chunk(adapter, frames, method: str, memory: int = 5) -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
     CPU: half of the available RAM). At least one video's frames for temporal VAEs."""
     if adapter.module is None:
@@ -233,6 +242,7 @@ def auto_chunk(adapter, frames, method: str) -> int:
         budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
     else:
         budget = available_ram() // 2
-    result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method)
+    result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
+                  memory=memory)
     smallest = min(result.per_chunk)
     return result.chunk or smallest

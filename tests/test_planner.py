@@ -82,6 +82,26 @@ def test_bad_arguments():
         plan(new_fixture_vae(), (1, 64, 64), dtype=torch.float32)
     with pytest.raises(TypeError, match="diffusers VAE"):
         plan((lambda x: x, lambda z: z), (1, 3, 64, 64), dtype=torch.float32)
+    with pytest.raises(ValueError, match="method"):
+        plan(new_fixture_vae(), (1, 3, 64, 64), dtype=torch.float32, method="adamw")
+
+
+def test_anderson_state_counts_its_fp32_history():
+    vae = new_fixture_vae()
+    shape = (2, 3, 64, 64)
+    fsm = plan(vae, shape, dtype=torch.float16, method="fsm", chunks=[2])
+    anderson = plan(vae, shape, dtype=torch.float16, method="anderson", chunks=[2], memory=3)
+    latent_elements = 2 * 4 * 8 * 8
+    assert anderson.state_bytes - fsm.state_bytes == latent_elements * 4 * (2 * 3 + 4)
+
+
+@pytest.mark.parametrize("method", ["anderson", "auto"])
+def test_invert_auto_chunk_with_the_accelerated_methods(method):
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    a = decinv_fast.invert(vae, x, steps=3, method=method, chunk_frames="auto")
+    b = decinv_fast.invert(vae, x, steps=3, method=method)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)
 
 
 def test_invert_auto_chunk_matches_unchunked():

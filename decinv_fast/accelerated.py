@@ -33,6 +33,8 @@ def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class AcceleratedIteration(GradientFreeIteration):
     """``anderson`` (option ``memory``) and ``fsm``/``km`` with ``lr="auto"``: torch updates."""
 
+    uses_master = False  # the update runs in fp32 from the stored latents; no master copy to keep
+
     def __init__(self, adapter, frames, plan):
         super().__init__(adapter, frames, plan)
         batch = frames.batch

@@ -165,7 +165,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     """Step until ``plan.steps``, or until every sample stopped (tracker) or something diverged."""
     bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
-    denom = iteration.reference_norm()
+    denom = iteration.residual_norm
     tracker = iteration.tracker
     sync = progress or (tracker is not None and tracker.needs_sync)
     with bar, torch.set_grad_enabled(plan.method == "grad"):
@@ -192,8 +192,7 @@ def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
 
 def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
     history = iteration.history[:steps_run]
-    denom = iteration.reference_norm()
-    pixel_denom = frames.pixels.float().reshape(frames.batch, -1).square().sum(1).sqrt()
+    denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
     if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
         raise FloatingPointError(
             f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, lr={plan.lr}); "

@@ -49,6 +49,18 @@ def encode_frames(adapter: VaeAdapter, pixels: torch.Tensor, chunk: int) -> torc
     return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
 
 
+def sample_norm(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-sample ``||t||`` in fp32 of a frame-major buffer holding ``batch`` samples."""
+    return t.float().reshape(batch, -1).square().sum(1).sqrt()
+
+
+def make_tracker(plan: Plan, y: torch.Tensor) -> Tracker | None:
+    """The best-iterate / early-stop tracker over ``y`` (``(B, n)``), when the plan asks for one."""
+    if not (plan.keep_best or plan.tol is not None or plan.patience is not None):
+        return None
+    return Tracker(y, keep_best=plan.keep_best, tol=plan.tol, patience=plan.patience)
+
+
 def step_table(plan: Plan, device: torch.device) -> torch.Tensor:
     """Per-step values the update reads on the device: ``(lr_k, 1-b1^(k+1), 1-b2^(k+1))`` for Adam,
     ``(rho_k,)`` otherwise. Computed in double on the host, stored as fp32 (as the kernels see the
@@ -65,6 +77,8 @@ def step_table(plan: Plan, device: torch.device) -> torch.Tensor:
 class GradientFreeIteration:
     """Buffers and one step of a gradient-free method (``adam``, ``fsm`` or ``km``)."""
 
+    uses_master = True  # the fused update reads and writes a fp32 master copy when there is one
+
     def __init__(self, adapter: VaeAdapter, frames: Frames, plan: Plan):
         self.adapter, self.frames, self.plan = adapter, frames, plan
         pixels = frames.pixels
@@ -78,7 +92,7 @@ class GradientFreeIteration:
         # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step);
         # by default with fp16 only, where the official Adam's second moment underflows (api.invert)
         wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
-        self.master = self.y.float() if wanted and low else None
+        self.master = self.y.float() if wanted and low and self.uses_master else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile)
         if plan.method == "adam":
@@ -92,9 +106,9 @@ class GradientFreeIteration:
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
         self.pixel_history = torch.zeros_like(self.history)
-        tracking = plan.keep_best or plan.tol is not None or plan.patience is not None
-        self.tracker = Tracker(self.per_sample(self.y), keep_best=plan.keep_best, tol=plan.tol,
-                               patience=plan.patience) if tracking else None
+        self.residual_norm = sample_norm(self.e_x, frames.batch)  # ||E(x)||: the residuals' denominator
+        self.pixel_norm = sample_norm(pixels, frames.batch)
+        self.tracker = make_tracker(plan, self.per_sample(self.y))
 
     def per_sample(self, t: torch.Tensor) -> torch.Tensor:
         """View of a frame-major latent buffer as ``(B, elements per sample)``."""
@@ -112,9 +126,11 @@ class GradientFreeIteration:
     def observe(self) -> None:
         """Feed the best-iterate / early-stop tracker (before the update changes ``y``)."""
         p = self.per_sample
-        sq = (p(self.edz).float() - p(self.e_x).float()).square().sum(1)
+        rel = None  # the relative latent residual, needed only to stop at tol
+        if self.tracker.tol is not None:
+            rel = (p(self.edz).float() - p(self.e_x).float()).square().sum(1).sqrt() / self.residual_norm
         pixel = self.pixel_history.index_select(0, self.step)[0]
-        self.tracker.observe(self.step, p(self.y), pixel, sq.sqrt() / self.reference_norm())
+        self.tracker.observe(self.step, p(self.y), pixel, rel)
 
     def update(self) -> None:
         """The fused update on the whole latent, then record the norms and advance the counter."""
@@ -153,10 +169,6 @@ class GradientFreeIteration:
         for n, t in self.mutable_state().items():
             t.copy_(saved[n])
 
-    def reference_norm(self) -> torch.Tensor:
-        """``||E(x)||`` per sample, the residuals' denominator."""
-        return self.per_sample(self.e_x).float().square().sum(1).sqrt()
-
     @property
     def latents(self) -> torch.Tensor:
         return self.z
@@ -190,9 +202,10 @@ class GradientBasedIteration:
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
         self.pixel_history = self.history  # the residual of this method *is* the pixel error
-        tracking = plan.keep_best or plan.tol is not None or plan.patience is not None
-        self.tracker = Tracker(self._flat(), keep_best=plan.keep_best, tol=plan.tol,
-                               patience=plan.patience) if tracking else None
+        self.pixel_norm = sample_norm(self.x, frames.batch)
+        self.residual_norm = self.pixel_norm
+        self.fpv = frames.frames_per_video if adapter.temporal else 1
+        self.tracker = make_tracker(plan, self._flat())
 
     def _flat(self) -> torch.Tensor:
         return self.z.detach().view(self.frames.batch, -1)
@@ -201,16 +214,15 @@ class GradientBasedIteration:
         for group in self.optimizer.param_groups:
             group["lr"] = self.rates[self.k]
         self.optimizer.zero_grad()
-        fpv = self.frames.frames_per_video if self.adapter.temporal else 1
         sq = torch.zeros(self.x.shape[0], dtype=torch.float32, device=self.x.device)
         for s in chunks(self.x.shape[0], self.plan.chunk):
-            diff = self.adapter.decode(self.z[s], fpv) - self.x[s]
+            diff = self.adapter.decode(self.z[s], self.fpv) - self.x[s]
             diff.square().sum().backward()
             sq[s] = diff.detach().float().square().flatten(1).sum(1)
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)
         if self.tracker is not None:  # z_k's pixel error is known now, before the step moves z
             self.tracker.observe(self.step, self._flat(), self.history[self.k],
-                                 self.history[self.k].sqrt() / self.reference_norm())
+                                 self.history[self.k].sqrt() / self.residual_norm)
         self.optimizer.step()
         self.k += 1
         self.step += 1
@@ -220,9 +232,6 @@ class GradientBasedIteration:
             return self.latents, None
         latents, returned = self.tracker.finish(self._flat(), steps_run)
         return latents.view_as(self.z), returned
-
-    def reference_norm(self) -> torch.Tensor:
-        return self.x.float().view(self.frames.batch, -1).square().sum(1).sqrt()
 
     @property
     def latents(self) -> torch.Tensor:

@@ -41,10 +41,11 @@ class Tracker:
         """Whether the loop must look at ``active`` on the host to stop early."""
         return self.tol is not None or self.patience is not None
 
-    def observe(self, step: torch.Tensor, y: torch.Tensor, pixel_sq: torch.Tensor, rel_residual: torch.Tensor) -> None:
+    def observe(self, step: torch.Tensor, y: torch.Tensor, pixel_sq: torch.Tensor,
+                rel_residual: torch.Tensor | None) -> None:
         """Step ``step`` (a one-element device tensor) evaluated ``y`` (``(B, n)``) with per-sample
-        pixel error² and relative latent residual. Every buffer is updated in place, so this can be
-        captured in a CUDA graph and replayed."""
+        pixel error² and relative latent residual (read only with ``tol``; may be None without).
+        Every buffer is updated in place, so this can be captured in a CUDA graph and replayed."""
         k = step.expand_as(self.best_step)
         improved = pixel_sq < self.best_error
         _keep(self.best_error, improved, pixel_sq)

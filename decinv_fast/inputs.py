@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.image_processor import VaeImageProcessor
 
 # Decoder outputs overshoot [-1, 1] a little; values beyond this are another convention (e.g. [0, 255]).
 FLOAT_RANGE_LIMIT = 1.5
@@ -43,6 +42,8 @@ class Frames:
 
 def _from_uint8_hwc(array: np.ndarray) -> torch.Tensor:
     """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1], as diffusers converts PIL."""
+    from diffusers.image_processor import VaeImageProcessor  # here: diffusers takes seconds to import
+
     lead = array.shape[:-3]
     flat = array.reshape((-1,) + array.shape[-3:]).astype(np.float32) / 255.0
     pixels = VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(flat))

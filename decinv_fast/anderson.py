@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import torch
 
+from .options import check_int
+
 
 class AndersonMixer:
     """Mixing state for a batch of samples viewed as ``(B, n)``."""
 
     def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6):
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-            raise ValueError(f"memory (Anderson history m) must be an int >= 0, got {memory!r}")
+        check_int("memory (Anderson history m)", memory, 0)
         batch, n = y.shape
         device = y.device
         self.m, self.reg = memory, reg

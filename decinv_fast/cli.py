@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .options import METHODS
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("input", help="image file, folder of images, or video file")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=int, default=50)
-    inv.add_argument("--method", default="adam", choices=["adam", "fsm", "km", "grad", "anderson", "auto"])
+    inv.add_argument("--method", default="adam", choices=METHODS)
     inv.add_argument("--lr", type=float, default=None)
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     inv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -91,12 +91,14 @@ def run_demo(out_dir: str | Path = "demo_output", *, steps: int = 50, frames: in
     image = to_frames(photo[:, 64:320], device=None, dtype=torch.float32, spatial_factor=8, channels=3).pixels
     rows, curves, latents, target = run_case(vae, "image 256x256", image, steps, None, progress)
     x = target.images[0]
+    encoder_decoded = decode(vae, latents["encoder-only"])[0]
+    inverted_decoded = decode(vae, latents["gradient-free fp32"])[0]
     panel({
         "original (8-bit D(z*))": x,
-        "encoder E(x) decoded": decode(vae, latents["encoder-only"])[0],
-        "gradient-free decoded": decode(vae, latents["gradient-free fp32"])[0],
-        "error x10 encoder": error_image(decode(vae, latents["encoder-only"])[0], x),
-        "error x10 gradient-free": error_image(decode(vae, latents["gradient-free fp32"])[0], x),
+        "encoder E(x) decoded": encoder_decoded,
+        "gradient-free decoded": inverted_decoded,
+        "error x10 encoder": error_image(encoder_decoded, x),
+        "error x10 gradient-free": error_image(inverted_decoded, x),
     }).save(out / "panel.png")
     convergence_plot(out / "convergence.png", curves)
     clip = to_frames(pan_clip(photo, frames, frame_size)[None], device=None, dtype=torch.float32,

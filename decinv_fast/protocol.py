@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import as_adapter
+from .adapters import _factors, _scaled, as_adapter
 from .api import decode
 from .visual import quantize
 
@@ -36,9 +36,7 @@ def make_target(vae, images: torch.Tensor, *, seed: int = 0) -> Target:
     dist = dist_of(frames).latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen, device=frames.device, dtype=dist.mean.dtype)
     raw = dist.mean + dist.std * noise
-    scaling = float(adapter.module.config.scaling_factor)
-    shift = float(getattr(adapter.module.config, "shift_factor", None) or 0.0)
-    z_star = ((raw - shift) * scaling).contiguous()
+    z_star = _scaled(raw, *_factors(adapter.module.config))
     if images.dim() == 5:
         z_star = z_star.reshape(images.shape[:2] + z_star.shape[1:])
     # contiguous: decoders can hand back channels-last pixels, which convolve to different bits

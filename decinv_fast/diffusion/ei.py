@@ -40,8 +40,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .denoiser import Denoiser, as_denoiser
-from .schedule import Schedule, as_schedule
+from .denoiser import Denoiser
+from .samplers import _setup
+from .schedule import Schedule
 from .steps import ddim_coefficients
 
 ORDERS = (1, 2)
@@ -218,9 +219,7 @@ def ei_sample(model, schedule, z_T: torch.Tensor, *, order: int = 1, noise=None,
 def setup_pass(model, schedule, z_T, order, noise, cond: dict) -> tuple[Denoiser, Schedule, int, StepNoise | None]:
     """Validate the arguments of a sampling pass (errors name the argument)."""
     order = check_order(order)
-    denoiser = as_denoiser(model, **cond)
-    denoiser.check(z_T, "z_T")
-    grid = as_schedule(schedule)
+    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
     if noise is not None and order != 1:
         raise ValueError(f"order={order}: the SDE variant (noise given) is first order only; use order=1")
     steps_noise = None if noise is None else StepNoise(noise, grid.num_steps, z_T)

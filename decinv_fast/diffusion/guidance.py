@@ -28,6 +28,7 @@ import torch
 from .adjoint import adjoint_sample
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
+from .schedule import as_schedule
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
     live = {k: (v.detach().clone().requires_grad_(True) if k in names else v) for k, v in cond.items()}
     variables = ([z] if "z_T" in names else []) + [live[k] for k in names if k != "z_T"]
     optimizer = torch.optim.Adam(variables, lr=lr)
+    schedule = as_schedule(schedule)  # once, not at every sampling pass
 
     def sample(z_now: torch.Tensor) -> torch.Tensor:
         if method == "adjoint":

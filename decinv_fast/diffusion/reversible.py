@@ -39,9 +39,9 @@ from torch.autograd.function import once_differentiable
 
 from ._autodiff import Accumulator, Binding, Node, bind, model_parameters
 from .denoiser import as_denoiser
-from .samplers import BdiaPair, bdia_sample
+from .samplers import BdiaPair, bdia_pass, bdia_sample
 from .schedule import Schedule, as_schedule
-from .steps import bdia_inverse_step, bdia_step, ddim_coefficients, ddim_step
+from .steps import bdia_inverse_step, ddim_coefficients
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +139,4 @@ def reversible_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, 
 
 def unrolled_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, **cond) -> BdiaPair:
     """The same BDIA pass without ``no_grad``: autograd keeps every step (the baseline to compare with)."""
-    denoiser = as_denoiser(model, **cond)
-    grid = as_schedule(schedule)
-    n = grid.num_steps
-    above = z_T
-    z = ddim_step(z_T, denoiser(z_T, grid.t(n)), grid.alphabar(n), grid.alphabar(n - 1))
-    for i in range(n - 1, 0, -1):
-        eps = denoiser(z, grid.t(i))
-        below = bdia_step(above, z, eps, grid.alphabar(i), grid.alphabar(i - 1), grid.alphabar(i + 1), gamma)
-        above, z = z, below
-    return BdiaPair(z, above)
+    return bdia_pass(as_denoiser(model, **cond), as_schedule(schedule), z_T, gamma)

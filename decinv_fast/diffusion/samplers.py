@@ -114,6 +114,12 @@ def bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, callback: C
     """
     gamma = check_gamma(gamma, inverse=False)
     denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    return bdia_pass(denoiser, grid, z_T, gamma, callback)
+
+
+def bdia_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, gamma: float,
+              callback: Callback = None) -> BdiaPair:
+    """The BDIA loop of :func:`bdia_sample` on validated arguments, in the caller's grad mode."""
     n = grid.num_steps
     above = z_T
     z = ddim_step(z_T, denoiser(z_T, grid.t(n)), grid.alphabar(n), grid.alphabar(n - 1))

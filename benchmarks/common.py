@@ -7,7 +7,6 @@ Measurements only: nothing here asserts.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 
@@ -84,6 +83,27 @@ def engine_iteration(vae, images: torch.Tensor, *, method: str = "adam", steps: 
     return make_iteration(adapter, frames, plan)
 
 
+def run_engine(vae, images: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` engine steps of a fresh :func:`engine_iteration`: the inversion loop without ``invert``'s
+    wrapper; returns the latents."""
+    with torch.no_grad():
+        iteration = engine_iteration(vae, images, steps=steps)
+        for _ in range(steps):
+            iteration.run_step()
+    return iteration.latents
+
+
+def protocol_inputs(cfg: dict, vae, batch: int) -> torch.Tensor:
+    """``batch`` images for ``cfg["vae"]`` at ``cfg["size"]``: for the fixture, 8-bit decoded held-out
+    crops (the paper's protocol, contiguous); uniform noise for the random-weight SD layout."""
+    if cfg["vae"] == "fixture":
+        from decinv_fast.protocol import make_target
+        from decinv_fast.testbed import heldout_crops
+
+        return make_target(vae, heldout_crops(cfg["size"], batch)).images
+    return random_images((batch, 3, cfg["size"], cfg["size"]))
+
+
 def resolved_backend(method: str, latents: torch.Tensor) -> str:
     """The update backend ``backend="auto"`` runs for these latents (``torch.optim.Adam`` for ``grad``)."""
     if method == "grad":
@@ -105,21 +125,6 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int =
         for name, fn in fns.items():
             times[name].append(harness.wall(fn, device)[1])
     return times
-
-
-class Stopwatch:
-    """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
-def mib(nbytes: float | None) -> float | None:
-    return None if nbytes is None else nbytes / 2**20
 
 
 def save(benchmark: str, records: list[dict], quick: bool):

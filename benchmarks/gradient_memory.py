@@ -9,7 +9,7 @@ backward for the gradients w.r.t. ``z_T`` and the text embedding:
 - ``reversible BDIA`` (gamma 0.96): exact gradients, states rebuilt backwards.
 
 Recorded per run: the CPU allocator's peak during the call beyond what existed before
-(``harness.peak_memory``: weights and inputs excluded), the best wall time of ``repeat`` runs
+(``decinv_fast.memory.cpu_allocator_peak``: weights and inputs excluded), the best wall time of ``repeat`` runs
 (the first doubling as warm-up; measured without the profiler), model calls, and the gradient's relative difference
 from autograd through the same sampler (DDIM for AdjointDEIS-1, 2M for -2M, BDIA for reversible).
 
@@ -35,6 +35,7 @@ from decinv_fast.diffusion import (
     reversible_bdia_sample,
     unrolled_bdia_sample,
 )
+from decinv_fast.memory import cpu_allocator_peak
 
 BENCHMARK = "gradient_memory"
 CONFIGS = {
@@ -106,7 +107,7 @@ def run_one(method: str, unet, grid: Schedule, inputs: tuple, repeat: int):
     calls = [0]
     hook = unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
-        grads, peak = harness.peak_memory(call)
+        grads, peak = cpu_allocator_peak(call)
     finally:
         hook.remove()
     return grads, peak, seconds, calls[0]

@@ -11,6 +11,7 @@ plotting lives in ``benchmarks/plot.py`` and reads only these files.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -42,6 +44,7 @@ def device_name(device: str | torch.device) -> str:
     return f"cpu: {_cpu_model()}, {torch.get_num_threads()} threads"
 
 
+@functools.cache
 def _cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
@@ -64,12 +67,11 @@ def record(benchmark: str, *, method: str, backend: str, dtype, shape, device, m
     }
 
 
-def save(benchmark: str, records: list[dict], *, replace: bool = True) -> Path:
-    """Write ``records`` to ``results/<benchmark>.json`` (replacing the previous run's, or appending)."""
+def save(benchmark: str, records: list[dict]) -> Path:
+    """Write ``records`` to ``results/<benchmark>.json``, replacing the previous run's."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{benchmark}.json"
-    old = [] if replace or not path.exists() else json.loads(path.read_text())
-    path.write_text(json.dumps(old + records, indent=1) + "\n")
+    path.write_text(json.dumps(records, indent=1) + "\n")
     return path
 
 
@@ -93,20 +95,6 @@ def wall(fn, device="cpu", repeat: int = 1) -> tuple[object, float]:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return result, best
-
-
-def peak_memory(fn, device="cpu") -> tuple[object, int]:
-    """``(fn(), allocator peak bytes)``: CUDA allocator peak on GPU, CPU allocator peak on the CPU."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        result = fn()
-        torch.cuda.synchronize(device)
-        return result, torch.cuda.max_memory_allocated(device) - base
-    from decinv_fast.memory import cpu_allocator_peak
-
-    return cpu_allocator_peak(fn)
 
 
 def run_fresh(module: str, args: list[str], timeout: int = 1800) -> dict:

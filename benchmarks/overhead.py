@@ -18,16 +18,13 @@ PyTorch profiler for the whole call to report ``peak_bytes``; the difference sho
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 
 import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, engine_iteration, interleaved, load_vae, random_images, save
-from decinv_fast.protocol import make_target
-from decinv_fast.testbed import heldout_crops
+from benchmarks.common import VAE_LABELS, engine_iteration, interleaved, load_vae, protocol_inputs, run_engine, save
 
 BENCHMARK = "overhead"
 GOAL = 1.03
@@ -41,23 +38,6 @@ CONFIGS = {
 }
 
 
-def images_for(cfg: dict, vae) -> torch.Tensor:
-    if cfg["vae"] == "fixture":
-        return make_target(vae, heldout_crops(cfg["size"], cfg["batch"])).images
-    return random_images((cfg["batch"], 3, cfg["size"], cfg["size"]))
-
-
-def codec_call(iteration):
-    """A zero-argument call of the engine's codec on the current iterate (its signature has been
-    ``codec(y)`` and ``codec(y, x)``; both are handled)."""
-    y = iteration.y
-    try:
-        takes_pixels = len(inspect.signature(iteration.codec).parameters) >= 2
-    except (TypeError, ValueError):
-        takes_pixels = False
-    return (lambda: iteration.codec(y, iteration.x)) if takes_pixels else (lambda: iteration.codec(y))
-
-
 @torch.no_grad()
 def per_step(vae, x: torch.Tensor, repeat: int) -> dict[str, list[float]]:
     """Interleaved timings of ``bare``, ``codec`` and ``run_step`` on one iteration's current iterate."""
@@ -65,7 +45,7 @@ def per_step(vae, x: torch.Tensor, repeat: int) -> dict[str, list[float]]:
     adapter, y = iteration.adapter, iteration.y
     fns = {
         "bare": lambda: adapter.encode(adapter.decode(y, 1)),
-        "codec": codec_call(iteration),
+        "codec": lambda: iteration.codec(y, iteration.x),
         "run_step": iteration.run_step,
     }
     return interleaved(fns, repeat=repeat, warmup=1)
@@ -75,13 +55,7 @@ def marginal_per_step(vae, x: torch.Tensor, calls: tuple[int, int], repeat: int)
     """Seconds per extra step of whole ``invert`` calls and of the engine loop (best of ``repeat``)."""
 
     def engine(steps: int):
-        def run():
-            with torch.no_grad():
-                iteration = engine_iteration(vae, x, steps=steps)
-                for _ in range(steps):
-                    iteration.run_step()
-
-        return run
+        return lambda: run_engine(vae, x, steps)
 
     s0, s1 = calls
     fns = {f"invert {s0}": lambda: decinv_fast.invert(vae, x, steps=s0),
@@ -95,7 +69,7 @@ def marginal_per_step(vae, x: torch.Tensor, calls: tuple[int, int], repeat: int)
 
 def measure(cfg: dict) -> list[dict]:
     vae = load_vae(cfg["vae"])
-    x = images_for(cfg, vae)
+    x = protocol_inputs(cfg, vae, cfg["batch"])
     times = per_step(vae, x, cfg["repeat"])
     best = {k: min(v) for k, v in times.items()}
     paired = [s / b for s, b in zip(times["run_step"], times["bare"], strict=True)]

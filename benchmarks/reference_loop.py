@@ -33,11 +33,9 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, engine_iteration, interleaved, load_vae, random_images, save
+from benchmarks.common import VAE_LABELS, interleaved, load_vae, protocol_inputs, run_engine, save
 from decinv_fast.loop import Plan, step_table
 from decinv_fast.ops import adam_residual_step
-from decinv_fast.protocol import make_target
-from decinv_fast.testbed import heldout_crops
 
 BENCHMARK = "reference_loop"
 CONFIGS = {
@@ -132,15 +130,6 @@ def official_loop(vae, images: torch.Tensor, *, steps: int, lr: float = 0.01,
     return z
 
 
-def inputs_for(cfg: dict, vae, batch: int) -> torch.Tensor:
-    """8-bit decoded held-out crops (the paper's protocol) for the fixture; uniform noise for random weights.
-    Contiguous: decoder outputs can come back channels-last, and convolutions round differently per layout
-    (``invert`` makes its input contiguous; the official loop would not)."""
-    if cfg["vae"] == "fixture":
-        return make_target(vae, heldout_crops(cfg["size"], batch)).images.contiguous()
-    return random_images((batch, 3, cfg["size"], cfg["size"]))
-
-
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
@@ -150,7 +139,7 @@ def compare(cfg: dict, vae) -> list[dict]:
     every variant timed (interleaved, best of ``repeat``) and compared with ``invert``'s latents."""
     steps = cfg["steps"]
     shape_of = lambda x: tuple(x.shape)
-    one = inputs_for(cfg, vae, 1)
+    one = protocol_inputs(cfg, vae, 1)
     z_official = official_loop(vae, one, steps=steps)
     z_invert = decinv_fast.invert(vae, one, steps=steps).latents
     same = dict(max_abs_diff=max_abs(z_official, z_invert), bit_identical=bool(torch.equal(z_official, z_invert)))
@@ -160,17 +149,13 @@ def compare(cfg: dict, vae) -> list[dict]:
                               shape=shape_of(one), device="cpu",
                               metrics=dict(vae=VAE_LABELS[cfg["vae"]], steps=steps, note=NOTE, **same))]
 
-    x = inputs_for(cfg, vae, cfg["batch"])
+    x = protocol_inputs(cfg, vae, cfg["batch"])
     official_loop(vae, x, steps=1, overheads=Overheads(deepcopy=False))  # warm-up: per-image and batched shapes
     decinv_fast.invert(vae, x, steps=1)
     outputs: dict[str, torch.Tensor] = {}
 
     def engine_loop() -> torch.Tensor:
-        with torch.no_grad():
-            iteration = engine_iteration(vae, x, steps=steps)
-            for _ in range(steps):
-                iteration.run_step()
-        return iteration.latents
+        return run_engine(vae, x, steps)
 
     def runner(name: str):
         if name == "invert":

@@ -15,8 +15,10 @@ Time of a point = seconds from the start of the ``invert`` call to the end of it
 the ``callback``; the call's closing bookkeeping is left out for every method alike). Methods with a
 constant step size (grad fixed lr, FSM, KM) give all their step counts from one run of the largest
 count (a k-step run is exactly the first k steps of it); scheduled ones (paper, cosine) depend on the
-step count and run once per count. Runs are interleaved over methods. Peak memory: the CPU
-allocator's peak during the call (``InversionResult.peak_bytes``, weights and input excluded).
+step count and run once per count. Runs are interleaved over methods. Timed runs pass
+``measure_memory=False`` (on the CPU the allocator profiler behind ``peak_bytes`` costs time). Peak
+memory: the CPU allocator's peak of a separate 2-step call of the same series (``InversionResult.peak_bytes``,
+weights and input excluded; the iteration's buffers and one step's transients do not grow with steps).
 
     python -m benchmarks.accuracy_vs_time            # 8 crops 64x64, steps 5..100 (~6-9 CPU minutes)
     python -m benchmarks.accuracy_vs_time --quick    # 4 crops 32x32, steps 3..12 (< 1 minute)
@@ -102,13 +104,16 @@ def run_series(vaes: dict, target, series: Series, checkpoints: tuple[int, ...])
             marks[k + 1] = (time.perf_counter() - start, latents.detach().clone())
 
     start = time.perf_counter()
-    result = decinv_fast.invert(vae, target.images, steps=steps, callback=callback, **series.kwargs())
+    result = decinv_fast.invert(vae, target.images, steps=steps, callback=callback, measure_memory=False,
+                                **series.kwargs())
     call_seconds = time.perf_counter() - start
+    # the peak from a separate short run: the CPU's allocator profiler would slow the timed one down
+    peak_bytes = decinv_fast.invert(vae, target.images, steps=min(steps, 2), **series.kwargs()).peak_bytes
     records = []
     for k in sorted(marks):
         seconds, latents = marks[k]
         metrics = dict(series=series.name, family=series.family, steps=k, schedule=series.schedule,
-                       run_steps=steps, seconds=seconds, call_seconds=call_seconds, peak_bytes=result.peak_bytes,
+                       run_steps=steps, seconds=seconds, call_seconds=call_seconds, peak_bytes=peak_bytes,
                        residual=float(result.residuals[k - 1]), **nmse_stats(latents, target.latents),
                        timing="callback at step k of one run" + (" (prefix of a longer run)" if k < steps else ""))
         records.append(harness.record(BENCHMARK, method=series.method, backend=resolved_backend(series.method, latents),

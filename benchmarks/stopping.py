@@ -46,11 +46,7 @@ TRAJECTORY = {
 
 
 def load(name: str):
-    from diffusers import AutoencoderKL
-
-    if VAES[name] is None:
-        return decinv_fast.load_fixture_vae()
-    return AutoencoderKL.from_pretrained(VAES[name], torch_dtype=torch.float32).eval().requires_grad_(False)
+    return decinv_fast.load_fixture_vae(folder=VAES[name])
 
 
 def per_image_db(z: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

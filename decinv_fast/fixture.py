@@ -30,11 +30,13 @@ def fixture_dir() -> Path:
     return Path(str(resources.files("decinv_fast") / "assets" / "fixture_vae"))
 
 
-def load_fixture_vae(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load the bundled fixture VAE (a diffusers ``AutoencoderKL``) in eval mode, offline."""
+def load_fixture_vae(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     folder: str | Path | None = None):
+    """Load the bundled fixture VAE (a diffusers ``AutoencoderKL``) in eval mode, offline; ``folder``:
+    another saved VAE of the fixture's kind (e.g. a training checkpoint) instead."""
     from diffusers import AutoencoderKL
 
-    folder = fixture_dir()
+    folder = fixture_dir() if folder is None else Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"fixture VAE missing at {folder}; run scripts/train_fixture_vae.py")
     vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)

@@ -31,9 +31,7 @@ def mean_db(estimate: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def evaluate(vae_dir: str, count: int, size: int, seed: int) -> dict:
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = decinv_fast.load_fixture_vae(folder=vae_dir)
     images = heldout_crops(size=size, count=count)
     target = make_target(vae, images, seed=seed)
     rows = {"encoder-only": mean_db(decinv_fast.encode(vae, target.images), target.latents)}

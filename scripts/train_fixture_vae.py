@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -38,13 +37,9 @@ import torch
 
 from decinv_fast.fixture import new_fixture_vae
 from decinv_fast.testbed import RandomCrops, heldout_crops
+from decinv_fast.visual import psnr
 
 log = logging.getLogger("train_fixture_vae")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 @torch.no_grad()

@@ -103,10 +103,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` and run the update
             math in fp32 (the stored ``z``, ``m``, ``v`` stay in the latents' dtype). ``None``: on for
             fp16, off for bf16. In fp16 the official code's Adam second moment ``(1 - b2) g**2``
-            underflows for small residual entries, and those entries then step by up to ``g / eps``
-            (54x ``lr`` measured on the fixture VAE, worse than encoder-only after 10 steps);
-            ``False`` reproduces that official fp16 code bit for bit. In bf16 (fp32's range) the
-            master copy does not help: bf16's own VAE noise sets the floor.
+            flushes to zero for residual entries below about 5.5e-3, which then step by
+            ``lr * g / eps`` (up to 55x ``lr``; on the fixture VAE the official fp16 run is worse than
+            encoder-only after 10 steps, see benchmarks/accuracy_vs_time.py); ``False`` reproduces that
+            official fp16 code bit for bit. bf16 has fp32's range and does not underflow.
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent).
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.

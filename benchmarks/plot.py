@@ -142,13 +142,18 @@ def plot_stopping(path) -> bool:
     for ax, vae in zip(axes[0], vaes, strict=True):
         rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
         ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
-        for i, m in enumerate(r for r in rows if r["series"] not in ("adam", "auto")):
+        for m in (m for m in rows if m["series"].startswith("pixel least squares")):
+            ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="pixel least squares (gradient-based)")
+        candidates = (r for r in rows if r["series"] not in ("adam", "auto") and "nmse_db" in r
+                      and not r["series"].startswith("pixel least squares"))
+        for i, m in enumerate(candidates):
             ax.plot(m["evaluations"], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3,
                     label=m["series"])
         adam = sorted((m["evaluations"][0], m["nmse_db"][0]) for m in rows if m["series"] == "adam")
         ax.plot(*zip(*adam, strict=True), "k--o", ms=4, label="adam (paper), one run per count")
         for m in (m for m in rows if m["series"] == "auto"):
-            ax.plot(m["evaluations"], m["nmse_db"], "r*", ms=14, label="auto (stops on its own; mean evals)")
+            ax.plot(m["evaluations"], m["nmse_db"], "r*" if m["cap"] <= 10 else "m*", ms=14,
+                    label=f"auto, at most {m['cap']} steps (stops on its own; mean evals)")
         ax.set(xscale="log", xlabel="decoder+encoder evaluations", ylabel="mean NMSE(z) [dB]", title=vae)
         _plain_ticks(ax.xaxis)
         ax.grid(alpha=0.3)

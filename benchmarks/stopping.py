@@ -9,7 +9,15 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   adam     the paper's method (lr 0.01, paper schedule), one run per step count
   fsm      forward step, rho 1, constant;         fsm-auto   secant step size
   km       inertial KM, rho 1, alpha 0.5;          anderson   m = 5, rho 1;   anderson-auto   m = 5, secant rho
-  auto     ``method="auto"``: stops on its own (its evaluations are what it used)
+  anderson-pixel   m = 5 mixing by the pixel residual, rho 0.7, no safeguard (``auto``'s update)
+  auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
+           evaluations and at the run's maximum
+
+The goal (issue 7): ``auto`` within 0.3 dB of the best NMSE any method reaches, in <= 10
+evaluations. "Best" is reported two ways: ``best_any_method_db``, each image at its own best point
+of any series chosen with the ground truth (an oracle, not a method); ``best_returned_db``, the best
+mean NMSE a method run returns: any series stopped after a fixed number of evaluations (with or
+without ``keep_best``), adam, auto.
 
 Stopping rules, applied per image to the points a run evaluated (no ground truth): ``pixel`` = the
 lowest pixel error ``||D(y_k) - x||`` (``keep_best``), ``residual`` = the lowest latent residual,
@@ -29,20 +37,23 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import quiet, save
+from decinv_fast.adapters import as_adapter
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 
 BENCHMARK = "stopping"
 VAES = {"fixture": None, "fixture_short": harness.ROOT / "benchmarks" / "assets" / "fixture_vae_short"}
-CONFIGS = {"full": dict(crops=8, size=64, steps=30, adam_steps=(5, 10, 20, 30, 50, 100)),
-           "quick": dict(crops=4, size=32, steps=10, adam_steps=(5, 10))}
+CONFIGS = {"full": dict(crops=8, size=64, steps=30, adam_steps=(5, 10, 20, 30, 50, 100), lbfgs_outer=6),
+           "quick": dict(crops=4, size=32, steps=10, adam_steps=(5, 10), lbfgs_outer=1)}
 TRAJECTORY = {
     "fsm": dict(method="fsm", schedule="constant"),
     "fsm-auto": dict(method="fsm", lr="auto", schedule="constant"),
     "km": dict(method="km", schedule="constant"),
     "anderson": dict(method="anderson", schedule="constant"),
     "anderson-auto": dict(method="anderson", lr="auto", schedule="constant"),
+    "anderson-pixel": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, schedule="constant"),
 }
+AUTO_CAP = 10  # the goal's evaluation budget
 
 
 def load(name: str):
@@ -79,22 +90,55 @@ def choose(criterion: torch.Tensor, nmse: torch.Tensor) -> torch.Tensor:
     return nmse.gather(0, pick[None])[0]
 
 
+def keep_best_curve(run: dict) -> list[float]:
+    """Mean NMSE that ``keep_best=True`` returns after ``n`` evaluations, for every ``n``."""
+    return [float(choose(run["pixel"][:n], run["nmse"][:n]).mean()) for n in range(1, len(run["nmse"]) + 1)]
+
+
+def least_squares_reference(vae, target, outer: int) -> dict:
+    """A reference, not a candidate: the latent minimising the pixel error ``||D(z) - x||²`` itself,
+    by L-BFGS through the decoder's backward pass (what no forward-only method can compute). It shows
+    how far the semi-convergent optimum of the gradient-free iteration, whose fixed point the
+    encoder's error biases, is from the least-squares answer."""
+    adapter = as_adapter(vae)
+    z = decinv_fast.encode(vae, target.images).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([z], lr=1, max_iter=20, history_size=20, line_search_fn="strong_wolfe")
+    passes = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (adapter.decode(z, 1) - target.images).square().sum()
+        loss.backward()
+        passes.append(1)
+        return loss
+
+    start = time.perf_counter()
+    with torch.enable_grad():
+        for _ in range(outer):
+            opt.step(closure)
+    return dict(series="pixel least squares (L-BFGS, gradient-based reference)", evaluations=[len(passes)],
+                nmse_db=[float(per_image_db(z.detach(), target.latents).mean())],
+                seconds=[time.perf_counter() - start])
+
+
 def measure_vae(name: str, cfg: dict) -> list[dict]:
     vae = load(name)
     images = heldout_crops(size=cfg["size"], count=cfg["crops"])
     target = make_target(vae, images, seed=0)
     shape = tuple(target.images.shape)
     encoder = float(per_image_db(decinv_fast.encode(vae, target.images), target.latents).mean())
-    rows, best_any = [], encoder
-    runs = {}
+    rows, best_any, best_returned = [], encoder, encoder
     for label, kw in TRAJECTORY.items():
-        runs[label] = run = trajectory(vae, target, cfg["steps"], kw)
+        run = trajectory(vae, target, cfg["steps"], kw)
         curve = run["curve"].mean(1)
+        kept = keep_best_curve(run)
         best_any = min(best_any, float(run["nmse"].min(0).values.mean()))
+        best_returned = min(best_returned, float(curve.min()), min(kept))
         stops = {rule: float((choose(crit, run["nmse"]) - run["nmse"].min(0).values).mean())
                  for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
         stops["last"] = float((run["final"] - run["nmse"].min(0).values).mean())
         rows.append(dict(series=label, evaluations=list(range(1, cfg["steps"] + 1)), nmse_db=curve.tolist(),
+                         keep_best_db=kept,
                          seconds=run["times"], oracle_best_db=float(run["nmse"].min(0).values.mean()),
                          gap_to_oracle_db=stops, final_db=float(run["final"].mean())))
     for steps in cfg["adam_steps"]:
@@ -104,17 +148,23 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
                                                                           .mean())],
                          seconds=[time.perf_counter() - start]))
         best_any = min(best_any, rows[-1]["nmse_db"][0])
-    start = time.perf_counter()
-    auto = decinv_fast.invert(vae, target.images, method="auto", steps=cfg["steps"], measure_memory=False)
-    rows.append(dict(series="auto", evaluations=[float(auto.stopped_at.float().mean())],
-                     max_evaluations=int(auto.stopped_at.max()),
-                     nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
-                     seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason))
+        best_returned = min(best_returned, rows[-1]["nmse_db"][0])
+    for cap in sorted({AUTO_CAP, cfg["steps"]}):
+        start = time.perf_counter()
+        auto = decinv_fast.invert(vae, target.images, method="auto", steps=cap, measure_memory=False)
+        rows.append(dict(series="auto", cap=cap, evaluations=[float(auto.stopped_at.float().mean())],
+                         max_evaluations=int(auto.stopped_at.max()),
+                         nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
+                         seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason))
+        best_any = min(best_any, rows[-1]["nmse_db"][0])
+        best_returned = min(best_returned, rows[-1]["nmse_db"][0])
+    rows.append(least_squares_reference(vae, target, cfg["lbfgs_outer"]))  # not part of either best
     records = []
     for row in rows:
-        row.update(vae=name, encoder_only_db=encoder, best_any_method_db=best_any)
+        row.update(vae=name, encoder_only_db=encoder, best_any_method_db=best_any, best_returned_db=best_returned)
         if row["series"] == "auto":
             row["gap_to_best_any_db"] = row["nmse_db"][0] - best_any
+            row["gap_to_best_returned_db"] = row["nmse_db"][0] - best_returned
         method = row["series"]
         records.append(harness.record(BENCHMARK, method=method, backend="auto", dtype=torch.float32,
                                       shape=shape, device="cpu", metrics=row))
@@ -131,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     records = []
     for name in VAES:
         records += measure_vae(name, cfg)
-        for r in records[-(len(TRAJECTORY) + len(cfg["adam_steps"]) + 1):]:
+        for r in (r for r in records if r["metrics"]["vae"] == name):
             m = r["metrics"]
-            gap = m.get("gap_to_oracle_db") or m.get("gap_to_best_any_db")
+            gap = m.get("gap_to_oracle_db") or (m.get("gap_to_best_any_db"), m.get("gap_to_best_returned_db"))
             print(f"{name:14s} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
                   f"at {m['evaluations'][-1]} evals; gaps {gap}")
     path = save(BENCHMARK, records, args.quick)

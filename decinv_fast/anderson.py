@@ -10,7 +10,15 @@ solved per sample as a small ``m x m`` system in fp32 (batched, no Python loop o
 ``m = 0`` is exactly the forward step method. Safeguard: a mixed step whose point decodes to a
 *larger* pixel error ``||D(y) - x||`` than the last accepted point is rejected; that sample takes the
 plain step ``y_acc + g_acc`` from the accepted point instead and forgets its history. Plain steps are
-always accepted. Memory: ``2m + 4`` fp32 latents per sample.
+always accepted (``safeguard=False``: every step is). Memory: ``2m + 4`` fp32 latents per sample.
+
+``mixing="pixel"`` chooses ``gamma`` by the *pixel* residual instead: with ``r_k = D(y_k) - x`` and
+``dR_i = r_{i+1} - r_i``, ``gamma = argmin ||r_k - dR gamma||² + lam ||gamma||²``, the point of the
+history's affine span whose linearised decoding is closest to ``x``. The latent criterion drives the
+iteration to the fixed point of ``E(D(z)) = E(x)``, which the encoder's error biases (the
+iteration is semi-convergent); the pixel criterion is the objective the stopping rule watches
+(compared in benchmarks/stopping.py). Memory: ``m + 2`` fp32 pixel
+buffers per sample (history, last accepted residual, current residual) on top of the latent ones.
 """
 
 from __future__ import annotations
@@ -23,11 +31,18 @@ from .options import check_int
 class AndersonMixer:
     """Mixing state for a batch of samples viewed as ``(B, n)``."""
 
-    def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6):
+    def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6, pixels: int | None = None,
+                 safeguard: bool = True):
+        """``pixels``: elements of a sample's image, to mix by the pixel residual (``None``: latent);
+        ``safeguard``: reject mixed steps that raise the pixel error (off: every step is accepted)."""
         check_int("memory (Anderson history m)", memory, 0)
         batch, n = y.shape
         device = y.device
-        self.m, self.reg = memory, reg
+        self.m, self.reg, self.safeguard = memory, reg, safeguard
+        self.pixel_mixing = pixels is not None
+        if self.pixel_mixing:  # the residual history the mixing weights are fitted to
+            self.dr = torch.zeros(memory, batch, pixels, device=device)
+            self.acc_r = torch.zeros(batch, pixels, device=device)
         self.dy = torch.zeros(memory, batch, n, device=device)
         self.dg = torch.zeros(memory, batch, n, device=device)
         self.valid = torch.zeros(memory, batch, dtype=torch.bool, device=device)
@@ -41,11 +56,14 @@ class AndersonMixer:
         self.plain = torch.ones(batch, dtype=torch.bool, device=device)  # was the last step a plain one
         self.rejected = torch.zeros(batch, dtype=torch.int64, device=device)  # count, for diagnostics
 
-    def step(self, y: torch.Tensor, g: torch.Tensor, pixel_error: torch.Tensor) -> torch.Tensor:
+    def step(self, y: torch.Tensor, g: torch.Tensor, pixel_error: torch.Tensor,
+             residual: torch.Tensor | None = None) -> torch.Tensor:
         """Given the evaluated point ``y``, its ``g = -rho T(y)`` (fp32) and pixel error², return the
-        next point (fp32 ``(B, n)``)."""
+        next point (fp32 ``(B, n)``). ``residual``: ``D(y) - x`` as fp32 ``(B, pixels)``, for pixel mixing."""
         y = y.float()
-        reject = ~self.plain & (pixel_error > self.acc_error)
+        if self.pixel_mixing and residual is None:
+            raise ValueError("pixel mixing needs the pixel residual D(y) - x")
+        reject = ~self.plain & (pixel_error > self.acc_error) & self.safeguard
         accept = ~reject
         self.rejected += reject.long()
         # history: the newest differences, for samples that accepted this point
@@ -53,10 +71,12 @@ class AndersonMixer:
             push = accept & self.has_prev
             self.dy[self.slot] = torch.where(push[:, None], y - self.prev_y, self.dy[self.slot])
             self.dg[self.slot] = torch.where(push[:, None], g - self.prev_g, self.dg[self.slot])
+            if self.pixel_mixing:
+                self.dr[self.slot] = torch.where(push[:, None], residual - self.acc_r, self.dr[self.slot])
             self.valid[self.slot] = torch.where(accept, push, self.valid[self.slot])
             self.valid &= accept[None, :]  # a rejection forgets the sample's history
             self.slot = (self.slot + 1) % self.m
-        mixed, used = self._mix(y, g)
+        mixed, used = self._mix(y, g, residual)
         plain_from_acc = self.acc_y + self.acc_g
         nxt = torch.where(reject[:, None], plain_from_acc, mixed)
         # bookkeeping: accepted points become the reference; rejected samples restart from acc
@@ -65,18 +85,22 @@ class AndersonMixer:
         self.acc_error = torch.where(accept, pixel_error, self.acc_error)
         self.prev_y = torch.where(accept[:, None], y, self.acc_y)
         self.prev_g = torch.where(accept[:, None], g, self.acc_g)
+        if self.pixel_mixing:
+            self.acc_r = torch.where(accept[:, None], residual, self.acc_r)
         self.has_prev = torch.ones_like(self.has_prev)
         self.plain = reject | ~used
         return nxt
 
-    def _mix(self, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mix(self, y: torch.Tensor, g: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The Anderson point for every sample, and whether any history was used."""
         if self.m == 0:
             return y + g, torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         mask = self.valid.T.float()  # (B, m)
-        dg = self.dg * self.valid[:, :, None]
-        gram = torch.einsum("ibn,jbn->bij", dg, dg)  # (B, m, m)
-        rhs = torch.einsum("ibn,bn->bi", dg, g)
+        valid = self.valid[:, :, None]
+        dg = self.dg * valid
+        fit, target = (self.dr * valid, residual) if self.pixel_mixing else (dg, g)
+        gram = torch.einsum("ibn,jbn->bij", fit, fit)  # (B, m, m)
+        rhs = torch.einsum("ibn,bn->bi", fit, target)
         scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
         eye = torch.eye(self.m, device=y.device)
         # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there

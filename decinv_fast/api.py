@@ -43,14 +43,14 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
                      spatial_factor=adapter.spatial_factor, channels=channels)
 
 
-def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, memory: int) -> int:
+def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, options: dict) -> int:
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, memory)
+        return auto_chunk(adapter, frames, method, options.get("memory", 5), options.get("mixing", "latent"))
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
@@ -116,7 +116,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),
-            ``memory`` (anderson: history length m, default 5).
+            ``memory`` (anderson: history length m, default 5), ``mixing`` (anderson: ``"latent"``,
+            the default, fits the mixing weights to the latent residual; ``"pixel"`` to the pixel
+            residual ``D(z) - x``, at ``m + 2`` fp32 images per sample), ``safeguard`` (anderson,
+            default True: a mixed step that raises the pixel error is replaced by the plain step).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -144,7 +147,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    chunk = _chunk_for(adapter, frames, chunk_frames, method, options.get("memory", 5))
+    chunk = _chunk_for(adapter, frames, chunk_frames, method, options)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
                 keep_best=bool(keep_best), tol=tol, patience=patience)

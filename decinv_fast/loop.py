@@ -93,8 +93,8 @@ class GradientFreeIteration:
         # by default with fp16 only, where the official Adam's second moment underflows (api.invert)
         wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
         self.master = self.y.float() if wanted and low and self.uses_master else None
-        fpv = frames.frames_per_video if adapter.temporal else 1
-        self.codec = make_codec(adapter, fpv, plan.compile)
+        self.codec_frames = frames.frames_per_video if adapter.temporal else 1
+        self.codec = make_codec(adapter, self.codec_frames, plan.compile)
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -238,14 +238,18 @@ class GradientBasedIteration:
         return self.z.detach()
 
 
-def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str):
+def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, residual: bool = False):
     """``(y, x) -> (E(D(y)), ||D(y) - x||² per frame in fp32)`` for one chunk, optionally through
-    ``torch.compile`` (``True`` = inductor, a string = that ``torch.compile`` backend)."""
+    ``torch.compile`` (``True`` = inductor, a string = that ``torch.compile`` backend). With
+    ``residual``, the pixel residual ``D(y) - x`` comes back as a third output."""
 
-    def encode_decode(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_decode(y: torch.Tensor, x: torch.Tensor):
         decoded = adapter.decode(y, frames_per_video)
-        diff = torch.sub(decoded, x).square_()
-        pixel_sq = diff.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
+        diff = torch.sub(decoded, x)
+        squared = diff.square() if residual else diff.square_()
+        pixel_sq = squared.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
+        if residual:
+            return adapter.encode(decoded), pixel_sq, diff
         return adapter.encode(decoded), pixel_sq
 
     if not compile:

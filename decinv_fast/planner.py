@@ -170,7 +170,7 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
-         memory: int = 5) -> MemoryPlan:
+         memory: int = 5, mixing: str = "latent") -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -183,6 +183,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
         memory: Anderson's history length ``m`` (its mixer holds ``2m + 4`` fp32 latents).
+        mixing: Anderson's ``"latent"`` or ``"pixel"`` mixing (the latter adds ``m + 2`` fp32 images).
     """
     if method not in PLANNED_METHODS:
         raise ValueError(f"method must be one of {PLANNED_METHODS}, got {method!r}")
@@ -210,6 +211,8 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
         if method == "anderson":
             state += (latent_bytes // size) * 4 * (2 * memory + 4)
+            if mixing == "pixel":
+                state += frames * 3 * h * w * 4 * (memory + 2)
     return MemoryPlan(shape, dtype, device, method, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
 
@@ -229,7 +232,7 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str, memory: int = 5) -> int:
+def auto_chunk(adapter, frames, method: str, memory: int = 5, mixing: str = "latent") -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
     CPU: half of the available RAM). At least one video's frames for temporal VAEs."""
     if adapter.module is None:
@@ -243,6 +246,6 @@ def auto_chunk(adapter, frames, method: str, memory: int = 5) -> int:
     else:
         budget = available_ram() // 2
     result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
-                  memory=memory)
+                  memory=memory, mixing=mixing)
     smallest = min(result.per_chunk)
     return result.chunk or smallest

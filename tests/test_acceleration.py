@@ -34,15 +34,82 @@ def test_anderson_with_no_memory_is_the_forward_step(tiny_kl, images_32):
     assert torch.equal(aa0.latents, fsm.latents)
 
 
-def test_anderson_converges_much_faster_on_a_linear_map():
+def test_pixel_mixing_with_no_memory_is_the_forward_step(tiny_kl, images_32):
+    fsm = decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=0.7, steps=6, schedule="constant")
+    aa0 = decinv_fast.invert(tiny_kl, images_32, method="anderson", lr=0.7, memory=0, mixing="pixel",
+                             steps=6, schedule="constant")
+    assert torch.equal(aa0.latents, fsm.latents)
+
+
+def dense_pixel_anderson(codec, x, steps, rho, m):
+    """Pixel-residual Anderson written directly (no safeguard): per sample, ``gamma`` minimises
+    ``||r_k - sum_i gamma_i (r_k - r_i)||`` over the last ``m`` points (differences to the newest,
+    an equivalent basis of the same affine span), then ``y = y_k + g_k - sum_i gamma_i ((y_k - y_i) +
+    (g_k - g_i))``. Returns every evaluated point."""
+    encode, decode = codec
+    encoded = encode(x)
+    e_x = encoded.flatten(1).double()
+    y = e_x.clone()
+    points, gs, rs = [], [], []
+    for _ in range(steps):
+        d = decode(y.float().view_as(encoded))
+        g = -rho * (encode(d).flatten(1).double() - e_x)
+        r = (d - x).flatten(1).double()
+        points.append(y), gs.append(g), rs.append(r)
+        ys_, gs_, rs_ = points[-(m + 1):], gs[-(m + 1):], rs[-(m + 1):]
+        if len(ys_) == 1:
+            y = y + g
+            continue
+        dr = torch.stack([r - ri for ri in rs_[:-1]], 1)
+        dy = torch.stack([y - yi for yi in ys_[:-1]], 1)
+        dg = torch.stack([g - gi for gi in gs_[:-1]], 1)
+        gamma = torch.linalg.lstsq(dr.transpose(1, 2), r[..., None]).solution[..., 0]
+        y = y + g - torch.einsum("bi,bin->bn", gamma, dy + dg)
+    return points
+
+
+def test_pixel_mixing_matches_a_dense_implementation(tiny_kl, images_32):
+    """The engine's ring buffer of successive differences, regularised normal equations in fp32 and
+    chunked residuals give the points of the plain float64 least-squares formulation."""
+    from decinv_fast.adapters import as_adapter
+
+    adapter = as_adapter(tiny_kl)  # its passes take any pixels (the public encode checks the range)
+    encode, decode = adapter.encode, (lambda z: adapter.decode(z, 1))
+    x = images_32
+    expected = dense_pixel_anderson((encode, decode), x, steps=5, rho=0.8, m=3)
+    seen = [encode(x)]
+    decinv_fast.invert(tiny_kl, x, method="anderson", mixing="pixel", safeguard=False, memory=3, lr=0.8,
+                       steps=4, schedule="constant", chunk_frames=1, callback=lambda k, z: seen.append(z.clone()))
+    for k, (got, want) in enumerate(zip(seen, expected)):
+        torch.testing.assert_close(got.flatten(1).double(), want, rtol=2e-3, atol=2e-4, msg=f"point {k}")
+
+
+def test_safeguard_rejects_a_mixed_step_that_raises_the_pixel_error():
+    from decinv_fast.anderson import AndersonMixer
+
+    y0, y1, y2 = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    g0, g1, g2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]])
+    for safeguard in (True, False):
+        mixer = AndersonMixer(y0, memory=2, safeguard=safeguard)
+        mixer.step(y0, g0, torch.tensor([4.0]))
+        mixer.step(y1, g1, torch.tensor([2.0]))  # a mixed point comes next
+        nxt = mixer.step(y2, g2, torch.tensor([3.0]))  # ...and it raised the pixel error
+        if safeguard:
+            assert torch.equal(nxt, y1 + g1) and int(mixer.rejected) == 1
+        else:
+            assert not torch.equal(nxt, y1 + g1) and int(mixer.rejected) == 0
+
+
+@pytest.mark.parametrize("mixing", ["latent", "pixel"])
+def test_anderson_converges_much_faster_on_a_linear_map(mixing):
     """Spectrum of E∘D in [0.05, 1.95]: the forward step contracts by 0.95 a step (~250 steps to
-    1e-6); Anderson with m = 8 needs ~40."""
+    1e-6); Anderson with m = 8 needs ~40 mixing by the latent residual, ~50 by the pixel one."""
     codec, x = linear_codec(low=0.05, high=1.95), images()
     kw = dict(steps=300, schedule="constant", tol=1e-6)
     fsm = decinv_fast.invert(codec, x, method="fsm", lr=1.0, **kw)
-    aa = decinv_fast.invert(codec, x, method="anderson", lr=1.0, memory=8, **kw)
+    aa = decinv_fast.invert(codec, x, method="anderson", lr=1.0, memory=8, mixing=mixing, **kw)
     n_fsm, n_aa = steps_to(fsm.residual_history, 1e-6), steps_to(aa.residual_history, 1e-6)
-    assert n_aa is not None and n_aa <= 50
+    assert n_aa is not None and n_aa <= 60
     assert n_fsm is not None and n_fsm >= 4 * n_aa
     torch.testing.assert_close(aa.latents, x, atol=1e-4, rtol=0)
 
@@ -91,6 +158,7 @@ def test_patience_and_tol_stop_each_sample(tiny_kl):
     dict(method="anderson", memory=3, lr="auto", schedule="constant", keep_best=True, tol=1e-3),
     dict(method="km", lr="auto", schedule="constant", tol=1e-3),
     dict(method="fsm", schedule="constant", keep_best=True, tol=1e-2),
+    dict(method="anderson", memory=3, mixing="pixel", safeguard=False, keep_best=True, tol=1e-3),
     dict(method="auto", tol=1e-3),
 ])
 def test_batch_equals_one_by_one_with_tracking(kw):
@@ -120,6 +188,8 @@ def test_batch_close_to_one_by_one_on_a_vae(tiny_kl):
     (dict(method="fsm", rho=0.0), "rho"), (dict(method="anderson", rho=-1.0), "rho"),
     (dict(patience=0), "patience"), (dict(method="adam", lr="auto"), "auto"),
     (dict(method="auto", lr=0.1), "auto"), (dict(method="anderson", cuda_graphs=True), "cuda_graphs"),
+    (dict(method="anderson", mixing="image"), "mixing"), (dict(method="anderson", safeguard="yes"), "safeguard"),
+    (dict(method="fsm", mixing="pixel"), "mixing"),
 ])
 def test_bad_options(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

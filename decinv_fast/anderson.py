@@ -91,7 +91,8 @@ class AndersonMixer:
         self.plain = reject | ~used
         return nxt
 
-    def _mix(self, y: torch.Tensor, g: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mix(self, y: torch.Tensor, g: torch.Tensor,
+             residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The Anderson point for every sample, and whether any history was used."""
         if self.m == 0:
             return y + g, torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)

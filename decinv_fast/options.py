@@ -12,8 +12,8 @@ METHOD_OPTIONS = {
     "adam": {"eps", "betas"}, "fsm": {"rho"}, "km": {"rho", "alpha"}, "grad": set(),
     "anderson": {"rho", "memory", "mixing", "safeguard"}, "auto": set(),
 }
-AUTO_STEP = ("fsm", "km", "anderson")
-ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)  # methods that accept lr="auto"
+AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
+ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py

@@ -80,7 +80,7 @@ def test_pixel_mixing_matches_a_dense_implementation(tiny_kl, images_32):
     seen = [encode(x)]
     decinv_fast.invert(tiny_kl, x, method="anderson", mixing="pixel", safeguard=False, memory=3, lr=0.8,
                        steps=4, schedule="constant", chunk_frames=1, callback=lambda k, z: seen.append(z.clone()))
-    for k, (got, want) in enumerate(zip(seen, expected)):
+    for k, (got, want) in enumerate(zip(seen, expected, strict=True)):
         torch.testing.assert_close(got.flatten(1).double(), want, rtol=2e-3, atol=2e-4, msg=f"point {k}")
 
 

@@ -31,7 +31,6 @@ autograd function; with guidance they flow through both branches.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,19 +38,11 @@ from torch.autograd.function import once_differentiable
 
 from ._autodiff import Accumulator, Binding, Node, bind, model_parameters
 from .denoiser import as_denoiser
-from .samplers import BdiaPair, bdia_pass, bdia_sample
+from .samplers import BdiaPair, bdia_pass, bdia_sample, check_gamma
 from .schedule import Schedule, as_schedule
 from .steps import bdia_inverse_step, ddim_coefficients
 
 log = logging.getLogger(__name__)
-
-
-def check_reversible_gamma(gamma) -> float:
-    ok = isinstance(gamma, int | float) and not isinstance(gamma, bool) and math.isfinite(gamma)
-    if not (ok and 0 < gamma <= 1):
-        raise ValueError(f"gamma must lie in (0, 1] for reversible gradients (the backward pass divides by it; "
-                         f"gamma = 0 is DDIM, which cannot be reversed), got {gamma!r}")
-    return float(gamma)
 
 
 @dataclass
@@ -127,7 +118,7 @@ def reversible_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, 
     Returns the pair ``(z_0, z_1)``, both differentiable. The backward pass makes ``N`` model calls
     with a vector-Jacobian product each (forward: ``N`` calls); memory does not grow with ``N``.
     """
-    gamma = check_reversible_gamma(gamma)
+    gamma = check_gamma(gamma, inverse=True)  # the backward pass inverts every BDIA step
     binding = bind(model, cond)
     denoiser = binding.denoiser()
     denoiser.check(z_T, "z_T")

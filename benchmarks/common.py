@@ -60,6 +60,14 @@ def load_vae(name: str):
     raise ValueError(f"unknown VAE {name!r}; expected 'fixture' or 'sd21'")
 
 
+def sd_ddim_scheduler():
+    """A ``DDIMScheduler`` with Stable Diffusion's configuration (scaled-linear betas, no clipping)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
 def random_images(shape, seed: int = 0) -> torch.Tensor:
     """Uniform pixels in [-1, 1] (for the random-weight VAE, where content does not matter)."""
     gen = torch.Generator().manual_seed(seed)

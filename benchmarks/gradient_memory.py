@@ -27,6 +27,7 @@ import logging
 import torch
 
 from benchmarks import harness
+from benchmarks.common import sd_ddim_scheduler
 from benchmarks.plot import plot_gradient_memory
 from decinv_fast.diffusion import (
     Schedule,
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 
 def build(cfg: dict):
     """``(unet, scheduler, z_T, text, target)``: a random-weight conditional UNet and fixed inputs."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -67,8 +68,7 @@ def build(cfg: dict):
         norm_num_groups=8, attention_head_dim=8, cross_attention_dim=32,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     ).eval().requires_grad_(False)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    scheduler = sd_ddim_scheduler()
     gen = torch.Generator().manual_seed(1)
     shape = (1, 4, cfg["size"], cfg["size"])
     z_T, target = torch.randn(shape, generator=gen), 0.5 * torch.randn(shape, generator=gen)

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 import decinv_fast
 from benchmarks import harness
+from benchmarks.common import sd_ddim_scheduler
 from benchmarks.watermark_eps_model import random_eps_model, train_eps_model
 from decinv_fast.diffusion import Schedule
 from decinv_fast.fixture import fixture_dir, new_fixture_vae
@@ -43,8 +43,6 @@ CONFIGS = {
 }
 BENCHMARK = "watermark_detection"
 METHODS = (("encoder-only", "encoder"), ("gradient-free", "adam"), ("gradient-based", "grad"))
-SD_DDIM = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-               set_alpha_to_one=False, steps_offset=1)
 
 
 def load_vae(seed: int):
@@ -126,7 +124,7 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
 
     vae, vae_note = load_vae(args.seed)
-    scheduler = DDIMScheduler(**SD_DDIM)
+    scheduler = sd_ddim_scheduler()
     if args.eps_model == "trained":
         unet, eps_record = train_eps_model(vae, scheduler, image_size=cfg["size"], steps=cfg["eps_steps"],
                                            seed=args.seed, crops=cfg["crops"])

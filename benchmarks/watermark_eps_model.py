@@ -20,6 +20,7 @@ import time
 import torch
 
 import decinv_fast
+from benchmarks.common import sd_ddim_scheduler
 from decinv_fast.testbed import RandomCrops
 
 log = logging.getLogger("watermark_eps_model")
@@ -95,7 +96,6 @@ def train_eps_model(vae, scheduler, *, image_size: int, steps: int, seed: int = 
 
 
 def main() -> None:
-    from diffusers import DDIMScheduler
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128, help="image crop size (latents are size/8)")
@@ -104,8 +104,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder to save the UNet (diffusers format)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    scheduler = sd_ddim_scheduler()
     unet, record = train_eps_model(decinv_fast.load_fixture_vae(), scheduler, image_size=args.size,
                                    steps=args.steps, seed=args.seed)
     log.info("%s", record)

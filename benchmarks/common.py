@@ -77,18 +77,11 @@ def random_images(shape, seed: int = 0) -> torch.Tensor:
 def engine_iteration(vae, images: torch.Tensor, *, method: str = "adam", steps: int = 50, chunk: int | None = None,
                      schedule: str = "paper"):
     """The iteration object ``invert`` builds for these arguments (its ``run_step`` is one inversion step),
-    without ``invert``'s wrapper (input checks, attention switch, peak-memory profiler, result)."""
-    from decinv_fast.adapters import as_adapter
-    from decinv_fast.inputs import to_frames
-    from decinv_fast.loop import Plan, make_iteration
-    from decinv_fast.options import DEFAULT_LR
+    without ``invert``'s wrapper (attention switch, peak-memory profiler, result)."""
+    from decinv_fast.api import prepare_run
+    from decinv_fast.loop import make_iteration
 
-    adapter = as_adapter(vae)
-    frames = to_frames(images, device=adapter.device, dtype=adapter.dtype, spatial_factor=adapter.spatial_factor,
-                       channels=3)
-    total = frames.pixels.shape[0]
-    plan = Plan(method, steps, DEFAULT_LR[method], schedule, {}, "auto", min(chunk or total, total))
-    return make_iteration(adapter, frames, plan)
+    return make_iteration(*prepare_run(vae, images, method=method, steps=steps, schedule=schedule, chunk_frames=chunk))
 
 
 def run_engine(vae, images: torch.Tensor, steps: int) -> torch.Tensor:

@@ -61,6 +61,47 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     return min(chunk_frames, total)
 
 
+def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
+                schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
+                backend: str = "auto", chunk_frames: int | str | None = None, cuda_graphs: bool = False,
+                compile: bool | str = False, fp32_master: bool | None = None, keep_best: bool = False,
+                patience: int | None = None, **method_options) -> tuple[VaeAdapter, Frames, Plan]:
+    """Validate :func:`invert`'s arguments (clear errors naming each) and lay the run out: the adapter
+    to run with, the frames and the :class:`~decinv_fast.loop.Plan`. ``make_iteration(*prepare_run(...))``
+    is the iteration ``invert`` steps (benchmarks time it without ``invert``'s wrapper)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if schedule not in reference.SCHEDULES:
+        raise ValueError(f"schedule must be one of {reference.SCHEDULES}, got {schedule!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
+    if tol is not None:
+        check_positive("tol", tol)
+    if patience is not None:
+        check_int("patience", patience, 1)
+    check_backend_name(backend)
+    if method == "auto":
+        if lr is not None or method_options:
+            raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
+        method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
+        keep_best, patience = True, AUTO["patience"] if patience is None else patience
+        method_options = dict(AUTO["options"])
+    lr, options = check_options(method, lr, method_options)
+    if cuda_graphs and (method in ("anderson", "grad") or options.get("auto_rho")):
+        raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size")
+    if cuda_graphs and compile:
+        raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
+    adapter = _working_vae(vae, as_adapter(vae), dtype)
+    frames = _frames_for(adapter, images, dtype)
+    chunk = _chunk_for(adapter, frames, chunk_frames, method, options)
+    master = None if fp32_master is None else bool(fp32_master)
+    plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
+                keep_best=bool(keep_best), tol=tol, patience=patience)
+    return adapter, frames, plan
+
+
 def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
            schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
@@ -121,36 +162,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             residual ``D(z) - x``, at ``m + 2`` fp32 images per sample), ``safeguard`` (anderson,
             default True: a mixed step that raises the pixel error is replaced by the plain step).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if schedule not in reference.SCHEDULES:
-        raise ValueError(f"schedule must be one of {reference.SCHEDULES}, got {schedule!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
-    if tol is not None:
-        check_positive("tol", tol)
-    if patience is not None:
-        check_int("patience", patience, 1)
-    check_backend_name(backend)
-    if method == "auto":
-        if lr is not None or method_options:
-            raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
-        method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
-        keep_best, patience = True, AUTO["patience"] if patience is None else patience
-        method_options = dict(AUTO["options"])
-    lr, options = check_options(method, lr, method_options)
-    if cuda_graphs and (method in ("anderson", "grad") or options.get("auto_rho")):
-        raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size")
-    if cuda_graphs and compile:
-        raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
-    adapter = _working_vae(vae, as_adapter(vae), dtype)
-    frames = _frames_for(adapter, images, dtype)
-    chunk = _chunk_for(adapter, frames, chunk_frames, method, options)
-    master = None if fp32_master is None else bool(fp32_master)
-    plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
-                keep_best=bool(keep_best), tol=tol, patience=patience)
+    adapter, frames, plan = prepare_run(
+        vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,
+        chunk_frames=chunk_frames, cuda_graphs=cuda_graphs, compile=compile, fp32_master=fp32_master,
+        keep_best=keep_best, patience=patience, **method_options)
     device = frames.pixels.device
     start = time.perf_counter()
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention):

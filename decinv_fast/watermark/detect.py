@@ -81,13 +81,13 @@ def generate(vae, eps_model, scheduler, noise: torch.Tensor, *, key: TreeRingKey
 
 def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "image") -> list[Path]:
     """Write ``(B, 3, H, W)`` uint8 images as lossless PNGs ``<prefix>_<i>.png``; returns the paths."""
-    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
 
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError("images must be a (B, 3, H, W) uint8 tensor (see to_uint8)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pictures = VaeImageProcessor.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy() / 255.0)
+    pictures = [Image.fromarray(array) for array in images.permute(0, 2, 3, 1).cpu().numpy()]
     paths = [folder / f"{prefix}_{i}.png" for i in range(len(pictures))]
     for picture, path in zip(pictures, paths, strict=True):
         picture.save(path)

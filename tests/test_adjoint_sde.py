@@ -96,3 +96,15 @@ def test_seeded_noise_is_regenerated_identically():
     recorded = adjoint_sde(model, 20, stacked, "cache")
     assert torch.equal(seeded[0], recorded[0]) and torch.equal(seeded[1], recorded[1])
     assert not torch.equal(StepNoise(11, 20, z_T)(3), StepNoise(12, 20, z_T)(3))
+
+
+def test_recompute_sweep_draws_each_seeded_noise_once(monkeypatch):
+    """The backward sweep needs step k's noise twice in a row (rebuild, then the fixed-point pass);
+    a seeded noise is regenerated from its seed, so it is drawn once and reused."""
+    drawn = []
+    draw = StepNoise.__call__
+    monkeypatch.setattr(StepNoise, "__call__", lambda self, k: (drawn.append(k), draw(self, k))[1])
+    n = NS[0]
+    adjoint_sde(MlpEps(4), n, 7, "recompute")
+    backward = drawn[n:]  # after the forward pass's n draws
+    assert backward and len(backward) == len(set(backward))

@@ -29,6 +29,14 @@ class Sweep:
         self.levels = grid.alphas_cumprod
         self.k = 2 if noise is not None else 1
         self.lams = [lam(v) for v in self.levels]
+        self._last_xi: tuple[int, torch.Tensor] | None = None
+
+    def xi(self, k: int) -> torch.Tensor:
+        """The recorded noise of sampling step ``k``. The sweep asks for each step's twice in a row
+        (:meth:`next_state` then :meth:`correct`); a seeded one is drawn once."""
+        if self._last_xi is None or self._last_xi[0] != k:
+            self._last_xi = (k, self.noise(k))
+        return self._last_xi[1]
 
     def exp_interval(self, i: int) -> tuple[float, float]:
         """``int_{lambda_i}^{lambda_{i+1}} k e^{k l} p(l) dl = w_cur f_i + w_prev f_{i-1}`` (order 1 at i = 1)."""
@@ -51,7 +59,7 @@ class Sweep:
         c_z, c_eps, c_xi, _ = self.step(1)
         with torch.no_grad():
             eps = denoiser(self.z0, self.grid.t(1))
-        shift = c_xi * self.noise(self.n - 1) if self.noise is not None else 0.0
+        shift = c_xi * self.xi(self.n - 1) if self.noise is not None else 0.0
         return (self.z0 - c_eps * eps - shift) / c_z
 
     def next_state(self, i: int, z: torch.Tensor, d_here: torch.Tensor, d_prev: torch.Tensor | None) -> torch.Tensor:
@@ -67,7 +75,7 @@ class Sweep:
             u = u + w_prev * d_prev
         if self.noise is not None:  # the recorded noise of the sampling step i+1 -> i, in u units of state i
             c_xi = step_coefficients(levels[i + 1], levels[i], True)[2]
-            u = u - (c_xi / scale(levels[i], k)) * self.noise(self.n - (i + 1))
+            u = u - (c_xi / scale(levels[i], k)) * self.xi(self.n - (i + 1))
         return scale(levels[i + 1], k) * u
 
     def correct(self, j: int, z_below: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,7 @@ class Sweep:
             return z
         rhs = z_below - c_eps * eps
         if self.noise is not None:
-            rhs = rhs - c_xi * self.noise(self.n - j)
+            rhs = rhs - c_xi * self.xi(self.n - j)
         return rhs / c_z
 
 

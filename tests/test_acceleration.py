@@ -205,3 +205,11 @@ def test_tracking_survives_graph_warmup_and_replay(tiny_kl, images_32):
     assert torch.equal(graphed.latents, eager.latents)
     assert torch.equal(graphed.returned_step, eager.returned_step)
     assert graphed.stop_reason == eager.stop_reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_in_half_precision_mixes_in_fp32(tiny_kl, images_32, dtype):
+    out = decinv_fast.invert(tiny_kl, images_32, method="auto", steps=4, dtype=dtype)
+    assert out.latents.dtype == dtype and bool(torch.isfinite(out.latents).all())
+    ref = decinv_fast.invert(tiny_kl, images_32, method="auto", steps=4)
+    assert decinv_fast.nmse_db(out.latents.float(), ref.latents) < -20  # the same iteration, rounded

@@ -115,3 +115,14 @@ def test_user_vae_left_unchanged_by_dtype(tiny_kl, images_32):
     assert next(tiny_kl.parameters()).dtype == torch.float32
     after = tiny_kl.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_temporal_decoder_video_with_auto_in_chunks(tiny_temporal):
+    """``method="auto"`` mixes by the pixel residual, gathered chunk by chunk (whole videos each)."""
+    g = torch.Generator().manual_seed(1)
+    video = torch.rand(2, 3, 3, 32, 32, generator=g) * 2 - 1
+    whole = decinv_fast.invert(tiny_temporal, video, method="auto", steps=4)
+    chunked = decinv_fast.invert(tiny_temporal, video, method="auto", steps=4, chunk_frames=3)
+    assert whole.latents.shape == (2, 3, 4, 4, 4)
+    torch.testing.assert_close(chunked.latents, whole.latents, rtol=1e-4, atol=1e-5)
+    assert torch.equal(chunked.returned_step, whole.returned_step)

@@ -10,7 +10,7 @@ solved per sample as a small ``m x m`` system in fp32 (batched, no Python loop o
 ``m = 0`` is exactly the forward step method. Safeguard: a mixed step whose point decodes to a
 *larger* pixel error ``||D(y) - x||`` than the last accepted point is rejected; that sample takes the
 plain step ``y_acc + g_acc`` from the accepted point instead and forgets its history. Plain steps are
-always accepted (``safeguard=False``: every step is). Memory: ``2m + 4`` fp32 latents per sample.
+always accepted (``safeguard=False``: every step is). Memory: ``2m + 2`` fp32 latents per sample.
 
 ``mixing="pixel"`` chooses ``gamma`` by the *pixel* residual instead: with ``r_k = D(y_k) - x`` and
 ``dR_i = r_{i+1} - r_i``, ``gamma = argmin ||r_k - dR gamma||² + lam ||gamma||²``, the point of the
@@ -29,7 +29,9 @@ from .options import check_int
 
 
 class AndersonMixer:
-    """Mixing state for a batch of samples viewed as ``(B, n)``."""
+    """Mixing state for a batch of samples viewed as ``(B, n)``. Histories are stored sample-major,
+    ``(B, m, n)``, so the ``m x m`` systems are batched matrix products of the buffers themselves
+    (no copy of the history per step)."""
 
     def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6, pixels: int | None = None,
                  safeguard: bool = True):
@@ -41,17 +43,15 @@ class AndersonMixer:
         self.m, self.reg, self.safeguard = memory, reg, safeguard
         self.pixel_mixing = pixels is not None
         if self.pixel_mixing:  # the residual history the mixing weights are fitted to
-            self.dr = torch.zeros(memory, batch, pixels, device=device)
+            self.dr = torch.zeros(batch, memory, pixels, device=device)
             self.acc_r = torch.zeros(batch, pixels, device=device)
-        self.dy = torch.zeros(memory, batch, n, device=device)
-        self.dg = torch.zeros(memory, batch, n, device=device)
-        self.valid = torch.zeros(memory, batch, dtype=torch.bool, device=device)
+        self.dy = torch.zeros(batch, memory, n, device=device)
+        self.dg = torch.zeros(batch, memory, n, device=device)
+        self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=device)
         self.slot = 0
-        self.prev_y = y.float().clone()
-        self.prev_g = torch.zeros(batch, n, device=device)
-        self.has_prev = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.acc_y = self.prev_y.clone()
-        self.acc_g = torch.zeros_like(self.prev_g)
+        self.started = False  # is there an accepted point to difference against
+        self.acc_y = y.float().clone()  # the last accepted point, its g and its pixel error
+        self.acc_g = torch.zeros(batch, n, device=device)
         self.acc_error = torch.full((batch,), float("inf"), device=device)
         self.plain = torch.ones(batch, dtype=torch.bool, device=device)  # was the last step a plain one
         self.rejected = torch.zeros(batch, dtype=torch.int64, device=device)  # count, for diagnostics
@@ -66,28 +66,25 @@ class AndersonMixer:
         reject = ~self.plain & (pixel_error > self.acc_error) & self.safeguard
         accept = ~reject
         self.rejected += reject.long()
-        # history: the newest differences, for samples that accepted this point
-        if self.m:
-            push = accept & self.has_prev
-            self.dy[self.slot] = torch.where(push[:, None], y - self.prev_y, self.dy[self.slot])
-            self.dg[self.slot] = torch.where(push[:, None], g - self.prev_g, self.dg[self.slot])
+        if self.m:  # history: the differences to the last accepted point, for samples accepting this one
+            push = accept if self.started else torch.zeros_like(accept)
+            keep = push[:, None]
+            self.dy[:, self.slot] = torch.where(keep, y - self.acc_y, self.dy[:, self.slot])
+            self.dg[:, self.slot] = torch.where(keep, g - self.acc_g, self.dg[:, self.slot])
             if self.pixel_mixing:
-                self.dr[self.slot] = torch.where(push[:, None], residual - self.acc_r, self.dr[self.slot])
-            self.valid[self.slot] = torch.where(accept, push, self.valid[self.slot])
-            self.valid &= accept[None, :]  # a rejection forgets the sample's history
+                self.dr[:, self.slot] = torch.where(keep, residual - self.acc_r, self.dr[:, self.slot])
+            self.valid[:, self.slot] = torch.where(accept, push, self.valid[:, self.slot])
+            self.valid &= accept[:, None]  # a rejection forgets the sample's history
             self.slot = (self.slot + 1) % self.m
         mixed, used = self._mix(y, g, residual)
-        plain_from_acc = self.acc_y + self.acc_g
-        nxt = torch.where(reject[:, None], plain_from_acc, mixed)
-        # bookkeeping: accepted points become the reference; rejected samples restart from acc
+        nxt = torch.where(reject[:, None], self.acc_y + self.acc_g, mixed)
+        # accepted points become the reference; rejected samples restart from theirs with a plain step
         self.acc_y = torch.where(accept[:, None], y, self.acc_y)
         self.acc_g = torch.where(accept[:, None], g, self.acc_g)
         self.acc_error = torch.where(accept, pixel_error, self.acc_error)
-        self.prev_y = torch.where(accept[:, None], y, self.acc_y)
-        self.prev_g = torch.where(accept[:, None], g, self.acc_g)
         if self.pixel_mixing:
             self.acc_r = torch.where(accept[:, None], residual, self.acc_r)
-        self.has_prev = torch.ones_like(self.has_prev)
+        self.started = True
         self.plain = reject | ~used
         return nxt
 
@@ -96,17 +93,15 @@ class AndersonMixer:
         """The Anderson point for every sample, and whether any history was used."""
         if self.m == 0:
             return y + g, torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-        mask = self.valid.T.float()  # (B, m)
-        valid = self.valid[:, :, None]
-        dg = self.dg * valid
-        fit, target = (self.dr * valid, residual) if self.pixel_mixing else (dg, g)
-        gram = torch.einsum("ibn,jbn->bij", fit, fit)  # (B, m, m)
-        rhs = torch.einsum("ibn,bn->bi", fit, target)
+        mask = self.valid.float()  # (B, m); stale slots are masked out of the system, not zeroed
+        fit, target = (self.dr, residual) if self.pixel_mixing else (self.dg, g)
+        gram = torch.bmm(fit, fit.transpose(1, 2)) * (mask[:, :, None] * mask[:, None, :])  # (B, m, m)
+        rhs = torch.bmm(fit, target[:, :, None])[..., 0] * mask
         scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
         eye = torch.eye(self.m, device=y.device)
         # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there
         system = gram + (self.reg * scale)[:, None, None] * eye + torch.diag_embed(1 - mask)
-        gamma, _ = torch.linalg.solve_ex(system, rhs * mask)
+        gamma, _ = torch.linalg.solve_ex(system, rhs)
         gamma = torch.nan_to_num(gamma) * mask
-        correction = torch.einsum("bi,ibn->bn", gamma, self.dy * self.valid[:, :, None] + dg)
+        correction = torch.bmm(gamma[:, None, :], self.dy + self.dg)[:, 0]
         return y + g - correction, mask.sum(1) > 0

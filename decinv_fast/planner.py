@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .memory import available_ram
 
-# latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 4 fp32 ones
+# latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
 PLANNED_METHODS = (*GRADIENT_FREE_STATE, "grad")
 
@@ -182,7 +182,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             backward).
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
-        memory: Anderson's history length ``m`` (its mixer holds ``2m + 4`` fp32 latents).
+        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents).
         mixing: Anderson's ``"latent"`` or ``"pixel"`` mixing (the latter adds ``m + 2`` fp32 images).
     """
     if method not in PLANNED_METHODS:
@@ -210,7 +210,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     else:
         state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
         if method == "anderson":
-            state += (latent_bytes // size) * 4 * (2 * memory + 4)
+            state += (latent_bytes // size) * 4 * (2 * memory + 2)
             if mixing == "pixel":
                 state += frames * 3 * h * w * 4 * (memory + 2)
     return MemoryPlan(shape, dtype, device, method, weights, frames * 3 * h * w * size, state, transient,

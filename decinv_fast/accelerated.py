@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .anderson import AndersonMixer
-from .loop import GradientFreeIteration, chunks, make_codec
+from .loop import GradientFreeIteration, make_codec
 
 RHO_MIN, RHO_MAX = 0.05, 4.0
 
@@ -42,7 +42,6 @@ class AcceleratedIteration(GradientFreeIteration):
         self.auto = bool(plan.options.get("auto_rho", False))
         self.scale = torch.ones(batch, device=self.z.device)  # per-sample factor on the table's rho
         self.first = None  # (y_0, T(y_0)) for the secant step size
-        self.residual = None  # D(y) - x in fp32, for Anderson mixing by the pixel residual
         if plan.method == "anderson":
             self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
             pixels = None
@@ -54,16 +53,6 @@ class AcceleratedIteration(GradientFreeIteration):
                                        safeguard=plan.options.get("safeguard", True))
         else:
             self.mixer = None
-
-    def evaluate(self) -> None:
-        if self.residual is None:
-            return super().evaluate()
-        for s in chunks(self.y.shape[0], self.plan.chunk):
-            edz, pixel_sq, residual = self.codec(self.y[s], self.x[s])
-            self.edz[s].copy_(edz)
-            self.pixel_sq[s] = pixel_sq
-            self.residual[s].copy_(residual)
-        self.pixel_history.index_copy_(0, self.step, self.per_sample(self.pixel_sq).sum(1).view(1, -1))
 
     def update(self) -> None:
         p = self.per_sample

@@ -95,6 +95,7 @@ class GradientFreeIteration:
         self.master = self.y.float() if wanted and low and self.uses_master else None
         self.codec_frames = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, self.codec_frames, plan.compile)
+        self.residual = None  # D(y) - x in fp32, kept by methods that mix by it (codec with residual=True)
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -115,12 +116,15 @@ class GradientFreeIteration:
         return t.view(self.frames.batch, -1)
 
     def evaluate(self) -> None:
-        """``edz = E(D(y))`` and the pixel error ``||D(y) - x||²`` per frame, ``chunk`` frames at a
-        time, into preallocated buffers; the pixel error is recorded per sample."""
+        """``edz = E(D(y))`` and the pixel error ``||D(y) - x||²`` per frame (and ``D(y) - x`` where
+        the method keeps it), ``chunk`` frames at a time, into preallocated buffers; the pixel error
+        is recorded per sample."""
         for s in chunks(self.y.shape[0], self.plan.chunk):
-            edz, pixel_sq = self.codec(self.y[s], self.x[s])
+            edz, pixel_sq, *residual = self.codec(self.y[s], self.x[s])
             self.edz[s].copy_(edz)
             self.pixel_sq[s] = pixel_sq
+            if residual:
+                self.residual[s].copy_(residual[0])
         self.pixel_history.index_copy_(0, self.step, self.per_sample(self.pixel_sq).sum(1).view(1, -1))
 
     def observe(self) -> None:

@@ -133,34 +133,44 @@ def plot_memory(path) -> bool:
 
 
 def plot_stopping(path) -> bool:
-    """NMSE(z) vs E∘D evaluations for every series of ``stopping.json``, one panel per VAE."""
+    """NMSE(z) vs E∘D evaluations (top) and vs wall time (bottom) for every series of ``stopping.json``,
+    one column per VAE."""
     records = harness.load("stopping")
     if not records:
         return False
     vaes = list(dict.fromkeys(r["metrics"]["vae"] for r in records))
-    fig, axes = plt.subplots(1, len(vaes), figsize=(5.2 * len(vaes), 3.9), squeeze=False)
-    for ax, vae in zip(axes[0], vaes, strict=True):
+    fig, axes = plt.subplots(2, len(vaes), figsize=(5.2 * len(vaes), 7.6), squeeze=False)
+    for col, vae in enumerate(vaes):
         rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
-        ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
-        for m in (m for m in rows if m["series"].startswith("pixel least squares")):
-            ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="pixel least squares (gradient-based)")
-        candidates = (r for r in rows if r["series"] not in ("adam", "auto") and "nmse_db" in r
-                      and not r["series"].startswith("pixel least squares"))
-        for i, m in enumerate(candidates):
-            ax.plot(m["evaluations"], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3,
-                    label=m["series"])
-        adam = sorted((m["evaluations"][0], m["nmse_db"][0]) for m in rows if m["series"] == "adam")
-        ax.plot(*zip(*adam, strict=True), "k--o", ms=4, label="adam (paper), one run per count")
-        for m in (m for m in rows if m["series"] == "auto"):
-            ax.plot(m["evaluations"], m["nmse_db"], "r*" if m["cap"] <= 10 else "m*", ms=14,
-                    label=f"auto, at most {m['cap']} steps (stops on its own; mean evals)")
-        ax.set(xscale="log", xlabel="decoder+encoder evaluations", ylabel="mean NMSE(z) [dB]", title=vae)
-        _plain_ticks(ax.xaxis)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        for row, (x_key, x_label) in enumerate((("evaluations", "decoder+encoder evaluations"),
+                                                 ("seconds", "wall time (s, CPU)"))):
+            ax = axes[row][col]
+            _stopping_panel(ax, rows, x_key)
+            ax.set(xscale="log", xlabel=x_label, ylabel="mean NMSE(z) [dB]", title=vae)
+            _plain_ticks(ax.xaxis)
+            ax.grid(alpha=0.3)
     fig.suptitle(_device_line(records), fontsize=8)
-    _save(fig, path)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))  # room for one legend under the panels
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return True
+
+
+def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
+    """One VAE's series against ``x_key`` (``"evaluations"`` or ``"seconds"``)."""
+    reference = "pixel least squares"
+    ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
+    for m in (m for m in rows if m["series"].startswith(reference)):
+        ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="pixel least squares (gradient-based)")
+    candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r["series"].startswith(reference))
+    for i, m in enumerate(candidates):
+        ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"])
+    adam = sorted((m[x_key][0], m["nmse_db"][0]) for m in rows if m["series"] == "adam")
+    ax.plot(*zip(*adam, strict=True), "k--o", ms=4, label="adam (paper), one run per count")
+    for m in (m for m in rows if m["series"] == "auto"):
+        ax.plot(m[x_key], m["nmse_db"], "r*" if m["cap"] <= 10 else "m*", ms=14,
+                label=f"auto, at most {m['cap']} steps (stops on its own)")
 
 
 def plot_gradient_memory(path=None) -> bool:

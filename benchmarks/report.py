@@ -213,7 +213,7 @@ def stopping(records: list[dict]) -> list[str]:
            "last = the final iterate); keep_best, 10 ev: what `keep_best=True, steps=10` returns; span oracle, "
            "10 ev: the best point of the affine span of the run's first 10 evaluated points, chosen with the "
            "ground truth (the most any mixing or selection of those points can return).", "",
-           "![NMSE vs evaluations](benchmarks/results/stopping.png)", ""]
+           "![NMSE vs evaluations (top) and CPU wall time (bottom)](benchmarks/results/stopping.png)", ""]
     for vae in dict.fromkeys(r["metrics"]["vae"] for r in records):
         rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
         out += [f"**{vae}** (encoder-only {rows[0]['encoder_only_db']:.2f} dB; best mean NMSE a method run returns: "

@@ -233,11 +233,13 @@ def stopping(records: list[dict]) -> list[str]:
         adam = {m["evaluations"][0]: m["nmse_db"][0] for m in rows if m["series"] == "adam"}
         out.append("| adam (paper; one run per count) | " + " | ".join(_f(adam.get(n)) for n in marks)
                    + " |" * 7)
-        out += ["", "| `method=\"auto\"` | steps cap | evaluations (mean / max) | NMSE dB | stopped by | "
-                "gap to best returned | gap to per-image oracle |", "|---|---:|---:|---:|---|---:|---:|"]
+        out += ["", "| `method=\"auto\"` | steps cap | evaluations (mean / max) | seconds (CPU) | NMSE dB | "
+                "stopped by | gap to best returned | gap to per-image oracle |",
+                "|---|---:|---:|---:|---:|---|---:|---:|"]
         for m in (m for m in rows if m["series"] == "auto"):
             out.append(f"| auto | {m['cap']} | {m['evaluations'][0]:.1f} / {m['max_evaluations']} | "
-                       f"**{m['nmse_db'][0]:.2f}** | {', '.join(sorted(set(m['stop_reason'])))} | "
+                       f"{m['seconds'][0]:.2f} | **{m['nmse_db'][0]:.2f}** | "
+                       f"{', '.join(sorted(set(m['stop_reason'])))} | "
                        f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} |")
         for m in (m for m in rows if m["series"].startswith(REFERENCE)):
             out += ["", f"Reference, not a candidate and in neither best: the {m['series']}, "

@@ -9,7 +9,9 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   adam     the paper's method (lr 0.01, paper schedule), one run per step count
   fsm      forward step, rho 1, constant;         fsm-auto   secant step size
   km       inertial KM, rho 1, alpha 0.5;          anderson   m = 5, rho 1;   anderson-auto   m = 5, secant rho
-  anderson-pixel   m = 5 mixing by the pixel residual, rho 0.7, no safeguard (``auto``'s update)
+  anderson-pixel   m = 5 mixing by the pixel residual, rho 0.7, no safeguard
+  fsm-blur, anderson-pixel-blur   the same with ``residual_blur=1`` (the encoder sees the residual
+           low-passed, see decinv_fast/filters.py); anderson-pixel-blur is ``auto``'s update
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
 
@@ -54,6 +56,9 @@ TRAJECTORY = {
     "anderson": dict(method="anderson", schedule="constant"),
     "anderson-auto": dict(method="anderson", lr="auto", schedule="constant"),
     "anderson-pixel": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, schedule="constant"),
+    "fsm-blur": dict(method="fsm", residual_blur=1.0, schedule="constant"),
+    "anderson-pixel-blur": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
+                                schedule="constant"),
 }
 AUTO_CAP = 10  # the goal's evaluation budget
 

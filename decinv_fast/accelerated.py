@@ -47,7 +47,8 @@ class AcceleratedIteration(GradientFreeIteration):
             pixels = None
             if plan.options.get("mixing", "latent") == "pixel":
                 self.residual = torch.zeros(self.x.shape, dtype=torch.float32, device=self.x.device)
-                self.codec = make_codec(adapter, self.codec_frames, plan.compile, residual=True)
+                self.codec = make_codec(adapter, self.codec_frames, plan.compile, residual=True,
+                                        blur=plan.options.get("residual_blur", 0.0))
                 pixels = self.residual.numel() // batch
             self.mixer = AndersonMixer(self.per_sample(self.y), plan.options.get("memory", 5), pixels=pixels,
                                        safeguard=plan.options.get("safeguard", True))

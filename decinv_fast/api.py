@@ -160,7 +160,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``memory`` (anderson: history length m, default 5), ``mixing`` (anderson: ``"latent"``,
             the default, fits the mixing weights to the latent residual; ``"pixel"`` to the pixel
             residual ``D(z) - x``, at ``m + 2`` fp32 images per sample), ``safeguard`` (anderson,
-            default True: a mixed step that raises the pixel error is replaced by the plain step).
+            default True: a mixed step that raises the pixel error is replaced by the plain step),
+            ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
+            it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
+            quantization noise out of the fixed point, see ``decinv_fast.filters``).
     """
     adapter, frames, plan = prepare_run(
         vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,

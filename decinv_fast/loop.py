@@ -15,6 +15,7 @@ import torch
 
 from . import reference
 from .adapters import VaeAdapter
+from .filters import gaussian_blur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
 from .tracking import Tracker
@@ -94,7 +95,7 @@ class GradientFreeIteration:
         wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
         self.master = self.y.float() if wanted and low and self.uses_master else None
         self.codec_frames = frames.frames_per_video if adapter.temporal else 1
-        self.codec = make_codec(adapter, self.codec_frames, plan.compile)
+        self.codec = make_codec(adapter, self.codec_frames, plan.compile, blur=plan.options.get("residual_blur", 0.0))
         self.residual = None  # D(y) - x in fp32, kept by methods that mix by it (codec with residual=True)
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
@@ -242,19 +243,22 @@ class GradientBasedIteration:
         return self.z.detach()
 
 
-def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, residual: bool = False):
+def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, residual: bool = False,
+               blur: float = 0.0):
     """``(y, x) -> (E(D(y)), ||D(y) - x||² per frame in fp32)`` for one chunk, optionally through
     ``torch.compile`` (``True`` = inductor, a string = that ``torch.compile`` backend). With
-    ``residual``, the pixel residual ``D(y) - x`` comes back as a third output."""
+    ``residual``, the pixel residual ``D(y) - x`` comes back as a third output. With ``blur > 0`` the
+    encoder sees ``x + gaussian_blur(D(y) - x, blur)`` instead of ``D(y)`` (see :mod:`.filters`)."""
 
     def encode_decode(y: torch.Tensor, x: torch.Tensor):
         decoded = adapter.decode(y, frames_per_video)
         diff = torch.sub(decoded, x)
-        squared = diff.square() if residual else diff.square_()
+        encoder_input = decoded if not blur else x + gaussian_blur(diff, blur)
+        squared = diff.square() if residual or blur else diff.square_()
         pixel_sq = squared.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
         if residual:
-            return adapter.encode(decoded), pixel_sq, diff
-        return adapter.encode(decoded), pixel_sq
+            return adapter.encode(encoder_input), pixel_sq, diff
+        return adapter.encode(encoder_input), pixel_sq
 
     if not compile:
         return encode_decode

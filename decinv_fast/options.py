@@ -9,8 +9,9 @@ import torch
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas"}, "fsm": {"rho"}, "km": {"rho", "alpha"}, "grad": set(),
-    "anderson": {"rho", "memory", "mixing", "safeguard"}, "auto": set(),
+    "adam": {"eps", "betas", "residual_blur"}, "fsm": {"rho", "residual_blur"},
+    "km": {"rho", "alpha", "residual_blur"}, "grad": set(),
+    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur"}, "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
@@ -18,11 +19,12 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
-# points fitted to the pixel residual, no safeguard, rho 0.7, constant schedule, returning each
-# sample's best evaluated point (which is what guards against a bad mixed step) and stopping a
-# sample after 3 steps without improvement.
+# points fitted to the pixel residual, no safeguard, rho 0.7, the encoder shown the residual
+# low-passed with a Gaussian of 1 pixel (filters.py), constant schedule, returning each sample's best
+# evaluated point (which is what guards against a bad mixed step) and stopping a sample after 3
+# steps without improvement.
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
-            options={"memory": 5, "mixing": "pixel", "safeguard": False})
+            options={"memory": 5, "mixing": "pixel", "safeguard": False, "residual_blur": 1.0})
 
 
 def check_positive(name: str, value) -> None:
@@ -61,6 +63,11 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
     if not isinstance(options.get("safeguard", True), bool):
         raise ValueError(f"safeguard (Anderson) must be True or False, got {options['safeguard']!r}")
+    blur = options.get("residual_blur", 0.0)
+    if isinstance(blur, bool) or not isinstance(blur, int | float) or not math.isfinite(blur) or blur < 0:
+        raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
+    if "residual_blur" in options:
+        options["residual_blur"] = float(blur)
     if "eps" in options:
         check_positive("eps", options["eps"])
     if "betas" in options:

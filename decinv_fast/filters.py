@@ -25,10 +25,12 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: float, kernel: torch.Tensor | None = None) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, edges reflected
-    (replicated where the image is smaller than the kernel's radius)."""
-    kernel = gaussian_kernel(sigma, images.dtype, images.device)
+    (replicated where the image is smaller than the kernel's radius). ``kernel``: the 1-D taps, if
+    already made (on the images' device and dtype)."""
+    if kernel is None:
+        kernel = gaussian_kernel(sigma, images.dtype, images.device)
     radius = kernel.numel() // 2
     channels = images.shape[1]
     mode = "reflect" if min(images.shape[-2:]) > radius else "replicate"
@@ -36,3 +38,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     out = F.pad(out, (0, 0, radius, radius), mode=mode)
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+class ResidualBlur:
+    """``gaussian_blur`` with its taps made once per device and dtype, on the first (eager) call:
+    nothing is copied from the host inside a captured CUDA graph."""
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+        self.kernels: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        key = (images.device, images.dtype)
+        if key not in self.kernels:
+            self.kernels[key] = gaussian_kernel(self.sigma, images.dtype, images.device)
+        return gaussian_blur(images, self.sigma, self.kernels[key])

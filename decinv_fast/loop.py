@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from .adapters import VaeAdapter
-from .filters import gaussian_blur
+from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
 from .tracking import Tracker
@@ -250,10 +250,12 @@ def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, 
     ``residual``, the pixel residual ``D(y) - x`` comes back as a third output. With ``blur > 0`` the
     encoder sees ``x + gaussian_blur(D(y) - x, blur)`` instead of ``D(y)`` (see :mod:`.filters`)."""
 
+    low_pass = ResidualBlur(blur) if blur else None
+
     def encode_decode(y: torch.Tensor, x: torch.Tensor):
         decoded = adapter.decode(y, frames_per_video)
         diff = torch.sub(decoded, x)
-        encoder_input = decoded if not blur else x + gaussian_blur(diff, blur)
+        encoder_input = decoded if low_pass is None else x + low_pass(diff)
         squared = diff.square() if residual or blur else diff.square_()
         pixel_sq = squared.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
         if residual:

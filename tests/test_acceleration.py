@@ -236,6 +236,19 @@ def test_gaussian_blur_matches_a_direct_convolution():
     torch.testing.assert_close(gaussian_blur(flat, 3.0), flat, rtol=0, atol=1e-12)
 
 
+def test_residual_blur_makes_its_taps_once():
+    """The codec's blur keeps its taps per device and dtype (made on the eager warm-up call), so a
+    captured CUDA graph replays it without a host-to-device copy."""
+    from decinv_fast.filters import ResidualBlur, gaussian_blur
+
+    blur = ResidualBlur(1.3)
+    images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    first = blur(images)
+    taps = blur.kernels[(images.device, images.dtype)]
+    assert torch.equal(blur(images), first) and blur.kernels[(images.device, images.dtype)] is taps
+    assert len(blur.kernels) == 1 and torch.equal(first, gaussian_blur(images, 1.3))
+
+
 def test_residual_blur_shows_the_encoder_the_low_passed_residual(tiny_kl, images_32):
     """With ``residual_blur=s`` every encoder call after E(x) gets ``x + blur(D(z) - x)``."""
     from decinv_fast.adapters import as_adapter

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .anderson import AndersonMixer
-from .loop import GradientFreeIteration, make_codec
+from .loop import GradientFreeIteration
 
 RHO_MIN, RHO_MAX = 0.05, 4.0
 
@@ -44,16 +44,14 @@ class AcceleratedIteration(GradientFreeIteration):
         self.first = None  # (y_0, T(y_0)) for the secant step size
         if plan.method == "anderson":
             self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
-            pixels = None
-            if plan.options.get("mixing", "latent") == "pixel":
-                self.residual = torch.zeros(self.x.shape, dtype=torch.float32, device=self.x.device)
-                self.codec = make_codec(adapter, self.codec_frames, plan.compile, residual=True,
-                                        blur=plan.options.get("residual_blur", 0.0))
-                pixels = self.residual.numel() // batch
+            pixels = None if self.residual is None else self.residual.numel() // batch
             self.mixer = AndersonMixer(self.per_sample(self.y), plan.options.get("memory", 5), pixels=pixels,
                                        safeguard=plan.options.get("safeguard", True))
         else:
             self.mixer = None
+
+    def keeps_pixel_residual(self, plan) -> bool:
+        return plan.method == "anderson" and plan.options.get("mixing", "latent") == "pixel"
 
     def update(self) -> None:
         p = self.per_sample

@@ -94,9 +94,12 @@ class GradientFreeIteration:
         # by default with fp16 only, where the official Adam's second moment underflows (api.invert)
         wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
         self.master = self.y.float() if wanted and low and self.uses_master else None
-        self.codec_frames = frames.frames_per_video if adapter.temporal else 1
-        self.codec = make_codec(adapter, self.codec_frames, plan.compile, blur=plan.options.get("residual_blur", 0.0))
-        self.residual = None  # D(y) - x in fp32, kept by methods that mix by it (codec with residual=True)
+        keeps_residual = self.keeps_pixel_residual(plan)
+        # D(y) - x in fp32, for methods that mix by it (the codec then returns it)
+        self.residual = torch.zeros(pixels.shape, dtype=torch.float32, device=pixels.device) if keeps_residual else None
+        fpv = frames.frames_per_video if adapter.temporal else 1
+        self.codec = make_codec(adapter, fpv, plan.compile, residual=keeps_residual,
+                                blur=plan.options.get("residual_blur", 0.0))
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -111,6 +114,10 @@ class GradientFreeIteration:
         self.residual_norm = sample_norm(self.e_x, frames.batch)  # ||E(x)||: the residuals' denominator
         self.pixel_norm = sample_norm(pixels, frames.batch)
         self.tracker = make_tracker(plan, self.per_sample(self.y))
+
+    def keeps_pixel_residual(self, plan: Plan) -> bool:
+        """Whether the update needs ``D(y) - x`` itself (not only its norm)."""
+        return False
 
     def per_sample(self, t: torch.Tensor) -> torch.Tensor:
         """View of a frame-major latent buffer as ``(B, elements per sample)``."""
@@ -256,7 +263,7 @@ def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, 
         decoded = adapter.decode(y, frames_per_video)
         diff = torch.sub(decoded, x)
         encoder_input = decoded if low_pass is None else x + low_pass(diff)
-        squared = diff.square() if residual or blur else diff.square_()
+        squared = diff.square() if residual else diff.square_()  # the encoder input is made already
         pixel_sq = squared.sum(dim=tuple(range(1, diff.dim())), dtype=torch.float32)  # no view: compile-safe
         if residual:
             return adapter.encode(encoder_input), pixel_sq, diff

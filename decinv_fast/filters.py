@@ -25,12 +25,14 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float, kernel: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, edges reflected
-    (replicated where the image is smaller than the kernel's radius). ``kernel``: the 1-D taps, if
-    already made (on the images' device and dtype)."""
-    if kernel is None:
-        kernel = gaussian_kernel(sigma, images.dtype, images.device)
+    (replicated where the image is smaller than the kernel's radius)."""
+    return _separable(images, gaussian_kernel(sigma, images.dtype, images.device))
+
+
+def _separable(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``images`` convolved with the 1-D ``kernel`` along W, then along H."""
     radius = kernel.numel() // 2
     channels = images.shape[1]
     mode = "reflect" if min(images.shape[-2:]) > radius else "replicate"
@@ -52,4 +54,4 @@ class ResidualBlur:
         key = (images.device, images.dtype)
         if key not in self.kernels:
             self.kernels[key] = gaussian_kernel(self.sigma, images.dtype, images.device)
-        return gaussian_blur(images, self.sigma, self.kernels[key])
+        return _separable(images, self.kernels[key])

@@ -198,9 +198,6 @@ def _goal(auto: dict, gap: str) -> str:
     return "met" if met else "not met"
 
 
-REFERENCE = "pixel least squares"  # benchmarks/stopping.py's gradient-based reference row
-
-
 def stopping(records: list[dict]) -> list[str]:
     shape = records[0]["shape"]
     marks = (1, 2, 3, 5, 10, 20, 30)
@@ -222,7 +219,7 @@ def stopping(records: list[dict]) -> list[str]:
                 "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
                 "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
         for m in rows:
-            if m["series"] in ("adam", "auto") or m["series"].startswith(REFERENCE):
+            if m["series"] in ("adam", "auto") or m.get("reference"):
                 continue
             cells = [_f(m["nmse_db"][n - 1]) if n <= len(m["nmse_db"]) else "–" for n in marks]
             g = m["gap_to_oracle_db"]
@@ -241,7 +238,7 @@ def stopping(records: list[dict]) -> list[str]:
                        f"{m['seconds'][0]:.2f} | **{m['nmse_db'][0]:.2f}** | "
                        f"{', '.join(sorted(set(m['stop_reason'])))} | "
                        f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} |")
-        for m in (m for m in rows if m["series"].startswith(REFERENCE)):
+        for m in (m for m in rows if m.get("reference")):
             out += ["", f"Reference, not a candidate and in neither best: the {m['series']}, "
                     f"{m['evaluations'][0]} decoder forward+backward passes: **{m['nmse_db'][0]:.2f} dB**. The "
                     "gradient-free iteration's fixed point solves E(D(z)) = E(x), which the encoder's error "

@@ -17,6 +17,7 @@ import torch
 
 from .anderson import AndersonMixer
 from .loop import GradientFreeIteration
+from .options import option
 
 RHO_MIN, RHO_MAX = 0.05, 4.0
 
@@ -45,13 +46,13 @@ class AcceleratedIteration(GradientFreeIteration):
         if plan.method == "anderson":
             self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
             pixels = None if self.residual is None else self.residual.numel() // batch
-            self.mixer = AndersonMixer(self.per_sample(self.y), plan.options.get("memory", 5), pixels=pixels,
-                                       safeguard=plan.options.get("safeguard", True))
+            self.mixer = AndersonMixer(self.per_sample(self.y), option(plan.options, "memory"), pixels=pixels,
+                                       safeguard=option(plan.options, "safeguard"))
         else:
             self.mixer = None
 
     def keeps_pixel_residual(self, plan) -> bool:
-        return plan.method == "anderson" and plan.options.get("mixing", "latent") == "pixel"
+        return plan.method == "anderson" and option(plan.options, "mixing") == "pixel"
 
     def update(self) -> None:
         p = self.per_sample
@@ -72,7 +73,7 @@ class AcceleratedIteration(GradientFreeIteration):
         else:
             z_new = y - rho[:, None] * g
             if self.plan.method == "km":
-                alpha = self.plan.options.get("alpha", 0.5)
+                alpha = option(self.plan.options, "alpha")
                 p(self.y).copy_(z_new + alpha * (z_new - p(self.z).float()))
             p(self.z).copy_(z_new)
         self.history.index_copy_(0, self.step, self.sq_norm.view(1, -1))

@@ -16,7 +16,7 @@ from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, encode_frames, make_iteration
 from .memory import PeakMemory
-from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive
+from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, option
 from .result import InversionResult
 
 
@@ -50,7 +50,7 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, options.get("memory", 5), options.get("mixing", "latent"))
+        return auto_chunk(adapter, frames, method, option(options, "memory"), option(options, "mixing"))
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:

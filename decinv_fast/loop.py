@@ -18,6 +18,7 @@ from .adapters import VaeAdapter
 from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
+from .options import option
 from .tracking import Tracker
 
 
@@ -99,7 +100,7 @@ class GradientFreeIteration:
         self.residual = torch.zeros(pixels.shape, dtype=torch.float32, device=pixels.device) if keeps_residual else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile, residual=keeps_residual,
-                                blur=plan.options.get("residual_blur", 0.0))
+                                blur=option(plan.options, "residual_blur"))
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -156,7 +157,7 @@ class GradientFreeIteration:
                               **common)
         else:
             km_residual_step(p(self.edz), p(self.e_x), p(self.y), p(self.z), self.sq_norm, self.table,
-                             self.step, alpha=self.plan.options.get("alpha", 0.5), **common)
+                             self.step, alpha=option(self.plan.options, "alpha"), **common)
         self.history.index_copy_(0, self.step, self.sq_norm.view(1, -1))
         self.step.add_(1)
 

@@ -16,6 +16,8 @@ METHOD_OPTIONS = {
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
+OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -35,6 +37,11 @@ def check_positive(name: str, value) -> None:
 def check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def option(options: dict, name: str):
+    """``options[name]``, or its default (``OPTION_DEFAULTS``)."""
+    return options.get(name, OPTION_DEFAULTS[name])
 
 
 def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
@@ -59,11 +66,11 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
     if "memory" in options:
         check_int("memory (Anderson history m)", options["memory"], 0)
-    if options.get("mixing", "latent") not in ANDERSON_MIXING:
+    if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
-    if not isinstance(options.get("safeguard", True), bool):
+    if not isinstance(option(options, "safeguard"), bool):
         raise ValueError(f"safeguard (Anderson) must be True or False, got {options['safeguard']!r}")
-    blur = options.get("residual_blur", 0.0)
+    blur = option(options, "residual_blur")
     if isinstance(blur, bool) or not isinstance(blur, int | float) or not math.isfinite(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
     if "residual_blur" in options:

@@ -6,6 +6,9 @@ creates and subtracts them when the tensor dies; the highest point is the chunk'
 Attention is modelled as the kernel that would run: ``sdpa`` and ``xformers`` keep no
 tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises it. The
 gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
+The pass traced is ``E(D(z))``; the few pixel-sized temporaries the iteration adds around it (the
+pixel residual, ``residual_blur``'s filtered copy) are smaller than the decoder's own peak, which
+they follow, and are not traced (checked with ``residual_blur`` in tests/test_planner.py).
 
 It predicts what the allocator hands out (the quantity ``torch.cuda.max_memory_allocated`` reports),
 not the CUDA context. On the CPU it adds oneDNN's per-convolution layout copy and is checked against
@@ -25,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .adapters import as_adapter
 from .memory import available_ram
+from .options import OPTION_DEFAULTS
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -170,7 +174,7 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
-         memory: int = 5, mixing: str = "latent") -> MemoryPlan:
+         memory: int = OPTION_DEFAULTS["memory"], mixing: str = OPTION_DEFAULTS["mixing"]) -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -232,7 +236,7 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str, memory: int = 5, mixing: str = "latent") -> int:
+def auto_chunk(adapter, frames, method: str, memory: int, mixing: str) -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
     CPU: half of the available RAM). At least one video's frames for temporal VAEs."""
     if adapter.module is None:

@@ -213,9 +213,12 @@ def stopping(records: list[dict]) -> list[str]:
            "![NMSE vs evaluations (top) and CPU wall time (bottom)](benchmarks/results/stopping.png)", ""]
     for vae in dict.fromkeys(r["metrics"]["vae"] for r in records):
         rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
-        out += [f"**{vae}** (encoder-only {rows[0]['encoder_only_db']:.2f} dB; best mean NMSE a method run returns: "
-                f"{rows[0]['best_returned_db']:.2f} dB; each image at its own best point of any series, chosen "
-                f"with the ground truth: {rows[0]['best_any_method_db']:.2f} dB)", "",
+        first = rows[0]
+        out += [f"**{vae}** (encoder-only {first['encoder_only_db']:.2f} dB; best mean NMSE a method run returns: "
+                f"{first['best_returned_db']:.2f} dB, within 10 evaluations {first['best_returned_10_db']:.2f} dB; "
+                "per-image oracle (each image at its own best point along the best series, chosen with the ground "
+                f"truth): {first['best_any_method_db']:.2f} dB, within 10 evaluations "
+                f"{first['best_any_method_10_db']:.2f} dB)", "",
                 "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
                 "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
         for m in rows:
@@ -231,13 +234,15 @@ def stopping(records: list[dict]) -> list[str]:
         out.append("| adam (paper; one run per count) | " + " | ".join(_f(adam.get(n)) for n in marks)
                    + " |" * 7)
         out += ["", "| `method=\"auto\"` | steps cap | evaluations (mean / max) | seconds (CPU) | NMSE dB | "
-                "stopped by | gap to best returned | gap to per-image oracle |",
-                "|---|---:|---:|---:|---:|---|---:|---:|"]
+                "stopped by | gap to best returned | gap to per-image oracle | gap to best returned, ≤ 10 ev | "
+                "gap to per-image oracle, ≤ 10 ev |",
+                "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for m in (m for m in rows if m["series"] == "auto"):
             out.append(f"| auto | {m['cap']} | {m['evaluations'][0]:.1f} / {m['max_evaluations']} | "
                        f"{m['seconds'][0]:.2f} | **{m['nmse_db'][0]:.2f}** | "
                        f"{', '.join(sorted(set(m['stop_reason'])))} | "
-                       f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} |")
+                       f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} | "
+                       f"{_f(m.get('gap_to_best_returned_10_db'))} | {_f(m.get('gap_to_best_any_10_db'))} |")
         for m in (m for m in rows if m.get("reference")):
             out += ["", f"Reference, not a candidate and in neither best: the {m['series']}, "
                     f"{m['evaluations'][0]} decoder forward+backward passes: **{m['nmse_db'][0]:.2f} dB**. The "
@@ -246,7 +251,10 @@ def stopping(records: list[dict]) -> list[str]:
         capped = next(m for m in rows if m["series"] == "auto" and m["cap"] <= 10)
         out += ["", "Issue 7's goal, auto within 0.3 dB of the best in at most 10 evaluations: "
                 f"**{_goal(capped, 'gap_to_best_returned_db')}** against the best a method returns, "
-                f"**{_goal(capped, 'gap_to_best_any_db')}** against the per-image oracle.", ""]
+                f"**{_goal(capped, 'gap_to_best_any_db')}** against the per-image oracle. Against the bests "
+                "within its own budget (runs of at most 10 evaluations): "
+                f"**{_goal(capped, 'gap_to_best_returned_10_db')}** against the best returned, "
+                f"**{_goal(capped, 'gap_to_best_any_10_db')}** against the per-image oracle.", ""]
     return out
 
 

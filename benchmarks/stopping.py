@@ -45,6 +45,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import quiet, save
 from decinv_fast.adapters import as_adapter
+from decinv_fast.options import OPTION_DEFAULTS
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 
@@ -86,7 +87,7 @@ def trajectory(vae, target, encoded: torch.Tensor, steps: int, kw: dict) -> dict
                                                        times.append(time.perf_counter() - start)), **kw)
     evaluated = zs
     if kw.get("method") == "km":  # KM evaluates y_k = z_k + alpha (z_k - z_{k-1}), not z_k
-        alpha = 0.5
+        alpha = OPTION_DEFAULTS["alpha"]
         evaluated = [zs[0]] + [zs[k] + alpha * (zs[k] - zs[k - 1]) for k in range(1, len(zs))]
     nmse = torch.stack([per_image_db(z, target.latents) for z in evaluated[:steps]])  # (steps, B)
     curve = torch.stack([per_image_db(z, target.latents) for z in zs[1:]])

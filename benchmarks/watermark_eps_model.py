@@ -96,7 +96,6 @@ def train_eps_model(vae, scheduler, *, image_size: int, steps: int, seed: int = 
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128, help="image crop size (latents are size/8)")
     parser.add_argument("--steps", type=int, default=1500)

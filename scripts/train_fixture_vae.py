@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from decinv_fast.fixture import new_fixture_vae
+from decinv_fast.fixture import load_fixture_vae, new_fixture_vae
 from decinv_fast.testbed import RandomCrops, heldout_crops
 from decinv_fast.visual import psnr
 
@@ -79,9 +79,7 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     vae = new_fixture_vae().train()
     if args.init:  # fine-tune from saved weights (diffusers folder)
-        from diffusers import AutoencoderKL
-
-        vae.load_state_dict(AutoencoderKL.from_pretrained(args.init, torch_dtype=torch.float32).state_dict())
+        vae.load_state_dict(load_fixture_vae(folder=args.init).state_dict())
     crops = RandomCrops(args.size, seed=args.seed)
     heldout = heldout_crops(size=128, count=12)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)

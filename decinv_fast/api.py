@@ -131,7 +131,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         tol: stop each sample once its relative latent residual falls below ``tol`` (returning the
             point that reached it); the run ends when every sample has stopped (a host sync per step).
         progress: show a tqdm bar with the residual (one host sync per step).
-        backend: update-kernel backend, ``"auto"``, ``"torch"`` or ``"reference"``.
+        backend: update-kernel backend, ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or
+            ``"reference"`` (``"auto"``: on a GPU the CUDA extension, else Triton, else torch; torch on the CPU).
         chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
             memory planner fits in free memory) or ``None`` (all frames at once). Results do not
             depend on it; peak memory does.

@@ -16,7 +16,7 @@ from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, encode_frames, make_iteration
 from .memory import PeakMemory
-from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, option
+from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, option, uses_torch_update
 from .result import InversionResult
 
 
@@ -89,8 +89,8 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         keep_best, patience = True, AUTO["patience"] if patience is None else patience
         method_options = dict(AUTO["options"])
     lr, options = check_options(method, lr, method_options)
-    if cuda_graphs and (method in ("anderson", "grad") or options.get("auto_rho")):
-        raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size")
+    if cuda_graphs and (method == "grad" or uses_torch_update(method, options)):
+        raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size (and mean_gain 1)")
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
@@ -164,7 +164,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             default True: a mixed step that raises the pixel error is replaced by the plain step),
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
-            quantization noise out of the fixed point, see ``decinv_fast.filters``).
+            quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``
+            (fsm, km, anderson; default 1: each frame's per-channel spatial mean of the step is
+            multiplied by it, the slowest mode on the fixture VAE; see ``decinv_fast.accelerated``).
     """
     adapter, frames, plan = prepare_run(
         vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,

@@ -18,7 +18,7 @@ from .adapters import VaeAdapter
 from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
-from .options import option
+from .options import option, uses_torch_update
 from .tracking import Tracker
 
 
@@ -280,7 +280,7 @@ def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):
     if plan.method == "grad":
         return GradientBasedIteration(adapter, frames, plan)
     with torch.no_grad():
-        if plan.method == "anderson" or plan.options.get("auto_rho"):
+        if uses_torch_update(plan.method, plan.options):
             from .accelerated import AcceleratedIteration
 
             return AcceleratedIteration(adapter, frames, plan)

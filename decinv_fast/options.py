@@ -9,15 +9,16 @@ import torch
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas", "residual_blur"}, "fsm": {"rho", "residual_blur"},
-    "km": {"rho", "alpha", "residual_blur"}, "grad": set(),
-    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur"}, "auto": set(),
+    "adam": {"eps", "betas", "residual_blur"}, "fsm": {"rho", "residual_blur", "mean_gain"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain"}, "grad": set(),
+    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain"}, "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
-OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0}
+OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0,
+                   "mean_gain": 1.0}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -37,6 +38,12 @@ def check_positive(name: str, value) -> None:
 def check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def uses_torch_update(method: str, options: dict) -> bool:
+    """Whether the run's update is ``accelerated.py``'s torch code rather than a fused kernel: Anderson,
+    the secant step size, and a ``mean_gain`` other than 1 (each needs a per-sample reduction first)."""
+    return method == "anderson" or bool(options.get("auto_rho")) or option(options, "mean_gain") != 1.0
 
 
 def option(options: dict, name: str):
@@ -75,6 +82,9 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
     if "residual_blur" in options:
         options["residual_blur"] = float(blur)
+    if "mean_gain" in options:
+        check_positive("mean_gain (gain on the step's per-channel spatial mean)", options["mean_gain"])
+        options["mean_gain"] = float(options["mean_gain"])
     if "eps" in options:
         check_positive("eps", options["eps"])
     if "betas" in options:

@@ -41,11 +41,12 @@ def test_pixel_mixing_with_no_memory_is_the_forward_step(tiny_kl, images_32):
     assert torch.equal(aa0.latents, fsm.latents)
 
 
-def dense_pixel_anderson(codec, x, steps, rho, m):
+def dense_pixel_anderson(codec, x, steps, rho, m, mean_gain=1.0):
     """Pixel-residual Anderson written directly (no safeguard): per sample, ``gamma`` minimises
     ``||r_k - sum_i gamma_i (r_k - r_i)||`` over the last ``m`` points (differences to the newest,
     an equivalent basis of the same affine span), then ``y = y_k + g_k - sum_i gamma_i ((y_k - y_i) +
-    (g_k - g_i))``. Returns every evaluated point."""
+    (g_k - g_i))``, with ``g_k = -rho P T(y_k)`` (``P``: each frame's per-channel mean times
+    ``mean_gain``). ``m = 0`` is the forward step. Returns every evaluated point."""
     encode, decode = codec
     encoded = encode(x)
     e_x = encoded.flatten(1).double()
@@ -53,7 +54,9 @@ def dense_pixel_anderson(codec, x, steps, rho, m):
     points, gs, rs = [], [], []
     for _ in range(steps):
         d = decode(y.float().view_as(encoded))
-        g = -rho * (encode(d).flatten(1).double() - e_x)
+        t = encode(d).double() - encoded.double()
+        t = t + (mean_gain - 1) * t.mean((2, 3), keepdim=True)
+        g = -rho * t.flatten(1)
         r = (d - x).flatten(1).double()
         points.append(y), gs.append(g), rs.append(r)
         ys_, gs_, rs_ = points[-(m + 1):], gs[-(m + 1):], rs[-(m + 1):]
@@ -160,6 +163,7 @@ def test_patience_and_tol_stop_each_sample(tiny_kl):
     dict(method="fsm", schedule="constant", keep_best=True, tol=1e-2),
     dict(method="anderson", memory=3, mixing="pixel", safeguard=False, keep_best=True, tol=1e-3),
     dict(method="auto", tol=1e-3),
+    dict(method="km", lr=0.3, mean_gain=2.0, schedule="constant", keep_best=True, tol=1e-3),
 ])
 def test_batch_equals_one_by_one_with_tracking(kw):
     """Samples stop at different steps (masking); each equals a run on it alone."""

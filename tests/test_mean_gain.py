@@ -1,0 +1,79 @@
+"""The ``mean_gain`` option: the step's per-frame, per-channel spatial mean scaled (accelerated.py)."""
+
+import pytest
+import torch
+from test_acceleration import dense_pixel_anderson, images, steps_to
+
+import decinv_fast
+
+
+def slow_mean_codec(mean_eig=0.1):
+    """``E(D(z)) = z + (mean_eig - 1) mean(z)`` per sample and channel (D the identity): the latents'
+    per-channel offsets contract by ``1 - rho * mean_eig`` a forward step, the rest is solved in one."""
+    encode = lambda x: x + (mean_eig - 1) * x.mean((2, 3), keepdim=True)  # noqa: E731
+    return encode, (lambda z: z)
+
+
+@pytest.mark.parametrize("method", ["fsm", "anderson"])
+def test_mean_gain_one_is_the_plain_iteration(tiny_kl, images_32, method):
+    kw = dict(method=method, lr=0.7, steps=5, schedule="constant")
+    plain = decinv_fast.invert(tiny_kl, images_32, **kw)
+    assert torch.equal(decinv_fast.invert(tiny_kl, images_32, mean_gain=1.0, **kw).latents, plain.latents)
+
+
+@pytest.mark.parametrize("memory", [0, 3])
+def test_mean_gain_matches_a_dense_implementation(tiny_kl, images_32, memory):
+    """The engine's preconditioned step (m = 0: the forward step) gives the dense float64 points."""
+    from decinv_fast.adapters import as_adapter
+
+    adapter = as_adapter(tiny_kl)
+    encode, decode = adapter.encode, (lambda z: adapter.decode(z, 1))
+    expected = dense_pixel_anderson((encode, decode), images_32, steps=5, rho=0.8, m=memory, mean_gain=2.5)
+    seen = [encode(images_32)]
+    decinv_fast.invert(tiny_kl, images_32, method="anderson", mixing="pixel", safeguard=False, memory=memory,
+                       lr=0.8, mean_gain=2.5, steps=4, schedule="constant", chunk_frames=1,
+                       callback=lambda k, z: seen.append(z.clone()))
+    for k, (got, want) in enumerate(zip(seen, expected, strict=True)):
+        torch.testing.assert_close(got.flatten(1).double(), want, rtol=2e-3, atol=2e-4, msg=f"point {k}")
+
+
+def test_mean_gain_solves_a_slow_mean_mode():
+    """The offsets contract by 0.9 a plain step (~130 steps to 1e-6); a gain of 1/0.1 solves them in one."""
+    codec, x = slow_mean_codec(0.1), images()
+    x = x + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)  # offsets to recover
+    kw = dict(method="fsm", lr=1.0, steps=200, schedule="constant", tol=1e-6)
+    plain = decinv_fast.invert(codec, x, **kw)
+    gained = decinv_fast.invert(codec, x, mean_gain=10.0, **kw)
+    n_plain, n_gained = steps_to(plain.residual_history, 1e-6), steps_to(gained.residual_history, 1e-6)
+    assert n_gained is not None and n_gained <= 2
+    assert n_plain is not None and n_plain >= 100
+    torch.testing.assert_close(gained.latents, x, atol=1e-5, rtol=0)
+    # the reported residual is ||T||, not the preconditioned step's norm
+    assert float(gained.residual_history[0].max()) == pytest.approx(float(plain.residual_history[0].max()))
+
+
+def test_mean_gain_acts_on_each_frame(tiny_kl):
+    """A video's frames are preconditioned one by one: the forward step on a 3-frame video equals it on
+    the frames as a batch of images."""
+    video = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    kw = dict(method="fsm", lr=0.8, mean_gain=3.0, steps=4, schedule="constant")
+    as_video = decinv_fast.invert(tiny_kl, video, **kw).latents
+    as_images = decinv_fast.invert(tiny_kl, video[0], **kw).latents
+    torch.testing.assert_close(as_video[0], as_images, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="fsm", mean_gain=0.0), "mean_gain"), (dict(method="anderson", mean_gain=-1.0), "mean_gain"),
+    (dict(method="km", mean_gain=float("nan")), "mean_gain"), (dict(method="fsm", mean_gain=True), "mean_gain"),
+    (dict(method="adam", mean_gain=2.0), "mean_gain"), (dict(method="grad", mean_gain=2.0), "mean_gain"),
+    (dict(method="fsm", mean_gain=2.0, cuda_graphs=True), "cuda_graphs"),
+])
+def test_bad_mean_gain(tiny_kl, images_32, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        decinv_fast.invert(tiny_kl, images_32, steps=2, **kwargs)
+
+
+def test_mean_gain_needs_spatial_latents():
+    flat = (lambda x: x.flatten(1) * 2.0, lambda z: z.view(-1, 3, 8, 8) / 2.0)
+    with pytest.raises(ValueError, match="mean_gain"):
+        decinv_fast.invert(flat, images(), method="fsm", mean_gain=2.0, steps=2)

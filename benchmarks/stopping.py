@@ -13,7 +13,8 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   fsm-blur, anderson-pixel-blur   the same with ``residual_blur=1`` (the encoder sees the residual
            low-passed, see decinv_fast/filters.py)
   fsm-blur-gain, anderson-pixel-blur-gain   the same with ``mean_gain=2`` (each frame's per-channel
-           mean of the step doubled, see decinv_fast/accelerated.py); anderson-pixel-blur-gain is
+           mean of the step doubled, see decinv_fast/accelerated.py), both at rho 0.7 (the forward
+           step at rho 1 and gain 2 oscillates along those means); anderson-pixel-blur-gain is
            ``auto``'s update;  anderson-pixel-blur-gain4   with ``mean_gain=4``
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
@@ -66,7 +67,7 @@ TRAJECTORY = {
     "fsm-blur": dict(method="fsm", residual_blur=1.0, schedule="constant"),
     "anderson-pixel-blur": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
                                 schedule="constant"),
-    "fsm-blur-gain": dict(method="fsm", residual_blur=1.0, mean_gain=2.0, schedule="constant"),
+    "fsm-blur-gain": dict(method="fsm", lr=0.7, residual_blur=1.0, mean_gain=2.0, schedule="constant"),
     "anderson-pixel-blur-gain": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
                                      mean_gain=2.0, schedule="constant"),
     "anderson-pixel-blur-gain4": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7,

@@ -198,6 +198,10 @@ def _goal(auto: dict, gap: str) -> str:
     return "met" if met else "not met"
 
 
+# where what a run still gains after 10 evaluations sits, without and with mean_gain
+MEAN_SHARE_SERIES = ("anderson-pixel-blur", "anderson-pixel-blur-gain")
+
+
 def stopping(records: list[dict]) -> list[str]:
     shape = records[0]["shape"]
     marks = (1, 2, 3, 5, 10, 20, 30)
@@ -214,11 +218,16 @@ def stopping(records: list[dict]) -> list[str]:
     for vae in dict.fromkeys(r["metrics"]["vae"] for r in records):
         rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
         first = rows[0]
+        late = [(m["series"], m["mean_share_after_10"]) for m in rows
+                if m["series"] in MEAN_SHARE_SERIES and m["mean_share_after_10"] is not None]
         out += [f"**{vae}** (encoder-only {first['encoder_only_db']:.2f} dB; best mean NMSE a method run returns: "
                 f"{first['best_returned_db']:.2f} dB, within 10 evaluations {first['best_returned_10_db']:.2f} dB; "
                 "per-image oracle (each image at its own best point along the best series, chosen with the ground "
                 f"truth): {first['best_any_method_db']:.2f} dB, within 10 evaluations "
-                f"{first['best_any_method_10_db']:.2f} dB)", "",
+                f"{first['best_any_method_10_db']:.2f} dB). Share of the squared error in the latents' per-channel "
+                f"means: {100 * first['encoder_mean_share']:.0f} % of the encoder-only one"
+                + "".join(f"; {100 * share:.0f} % of what {series} still gains after 10 evaluations"
+                          for series, share in late) + ".", "",
                 "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
                 "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
         for m in rows:

@@ -34,6 +34,11 @@ Stopping rules, applied per image to the points a run evaluated (no ground truth
 lowest pixel error ``||D(y_k) - x||`` (``keep_best``), ``residual`` = the lowest latent residual,
 ``last`` = the final iterate; each is compared with the oracle (the lowest true NMSE along the run).
 
+Where the error sits: ``encoder_mean_share`` is the fraction of ``||E(x) - z*||²`` in the latents'
+per-frame, per-channel spatial means (what ``mean_gain`` speeds up); ``mean_share_after_10``, per
+series, the fraction of ``||z_10 - z_last||²`` there (where what the run still gains after 10
+evaluations lies).
+
     python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~3 CPU minutes)
     python -m benchmarks.stopping --quick    # 4 crops 32x32, up to 10
 """
@@ -101,9 +106,17 @@ def trajectory(vae, target, encoded: torch.Tensor, steps: int, kw: dict) -> dict
     nmse = torch.stack([per_image_db(z, target.latents) for z in evaluated[:steps]])  # (steps, B)
     curve = torch.stack([per_image_db(z, target.latents) for z in zs[1:]])
     span = span_oracle_db(evaluated[:AUTO_CAP], target.latents)
+    late = mean_share(zs[AUTO_CAP] - zs[-1]) if len(zs) > AUTO_CAP + 1 else None
     return dict(nmse=nmse, curve=curve, pixel=result.pixel_residual_history, residual=result.residual_history,
-                span_oracle=float(span.mean()),
+                span_oracle=float(span.mean()), mean_share_late=late,
                 final=per_image_db(result.latents, target.latents), times=times)
+
+
+def mean_share(e: torch.Tensor) -> float:
+    """The fraction of ``||e||²`` (latent frames ``(N, C, h, w)``) in each frame's per-channel spatial
+    means, the part ``mean_gain`` scales."""
+    e = e.float()
+    return float(e.mean((2, 3)).square().sum() * e.shape[2] * e.shape[3] / e.square().sum())
 
 
 def span_oracle_db(points: list[torch.Tensor], truth: torch.Tensor) -> torch.Tensor:
@@ -188,6 +201,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
         stops["last"] = float((run["final"] - oracle).mean())
         rows.append(dict(series=label, evaluations=list(range(1, cfg["steps"] + 1)), nmse_db=curve.tolist(),
                          keep_best_db=kept, span_oracle_10_db=run["span_oracle"],
+                         mean_share_after_10=run["mean_share_late"],
                          seconds=run["times"], oracle_best_db=float(oracle.mean()),
                          gap_to_oracle_db=stops, final_db=float(run["final"].mean())))
     for steps in cfg["adam_steps"]:
@@ -210,7 +224,8 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
     records = []
     for row in rows:
-        row.update(vae=name, encoder_only_db=encoder, best_any_method_db=best_any.any,
+        row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=mean_share(encoded - target.latents),
+                   best_any_method_db=best_any.any,
                    best_returned_db=best_returned.any, best_any_method_10_db=best_any.capped,
                    best_returned_10_db=best_returned.capped)
         if row["series"] == "auto":

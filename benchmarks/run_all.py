@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process (``python -m benchmarks.<name>``), so one's memory and thread
 state cannot leak into another's measurements; a failing benchmark is reported and the rest still run.
-The full run is sized for about 20-25 minutes on 2 CPU cores (budget: 30); ``--quick`` is a smoke run
+The full run is sized for about 30 minutes on 2 CPU cores; ``--quick`` is a smoke run
 of a few minutes whose numbers only check the code.
 
     python -m benchmarks.run_all            # make bench
@@ -25,7 +25,8 @@ BENCHMARKS = (
     "reference_loop",  # ~3
     "accuracy_vs_time",  # ~7
     "memory_vs_frames",  # ~7
-    "stopping",  # ~3 (beyond the paper: Anderson, step size, self-stopping)
+    "stopping",  # ~5 (beyond the paper: Anderson, step size, self-stopping)
+    "mean_gain",  # ~6 (auto's gain on the channel means across image sizes)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )
 

@@ -26,7 +26,7 @@ BENCHMARKS = (
     "accuracy_vs_time",  # ~7
     "memory_vs_frames",  # ~7
     "stopping",  # ~5 (beyond the paper: Anderson, step size, self-stopping)
-    "mean_gain",  # ~6 (auto's gain on the channel means across image sizes)
+    "mean_gain",  # ~8 (auto's gain on the channel means across image sizes)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )
 

@@ -12,10 +12,10 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   anderson-pixel   m = 5 mixing by the pixel residual, rho 0.7, no safeguard
   fsm-blur, anderson-pixel-blur   the same with ``residual_blur=1`` (the encoder sees the residual
            low-passed, see decinv_fast/filters.py)
-  fsm-blur-gain, anderson-pixel-blur-gain   the same with ``mean_gain=2`` (each frame's per-channel
-           mean of the step doubled, see decinv_fast/accelerated.py), both at rho 0.7 (the forward
-           step at rho 1 and gain 2 oscillates along those means); anderson-pixel-blur-gain is
-           ``auto``'s update;  anderson-pixel-blur-gain4   with ``mean_gain=4``
+  fsm-blur-gain   fsm-blur with ``mean_gain=2`` (each frame's per-channel mean of the step doubled,
+           see decinv_fast/accelerated.py) at rho 0.7 (rho 1 with gain 2 oscillates along those means)
+  anderson-pixel-blur-gain   ``auto``'s update: anderson-pixel-blur with ``auto``'s ``mean_gain`` (3)
+  anderson-pixel-blur-gain4   the same with ``mean_gain=4``
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
 
@@ -54,7 +54,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import quiet, save
 from decinv_fast.adapters import as_adapter
-from decinv_fast.options import OPTION_DEFAULTS
+from decinv_fast.options import AUTO, OPTION_DEFAULTS
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 
@@ -73,8 +73,8 @@ TRAJECTORY = {
     "anderson-pixel-blur": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
                                 schedule="constant"),
     "fsm-blur-gain": dict(method="fsm", lr=0.7, residual_blur=1.0, mean_gain=2.0, schedule="constant"),
-    "anderson-pixel-blur-gain": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
-                                     mean_gain=2.0, schedule="constant"),
+    "anderson-pixel-blur-gain": dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
+                                     **AUTO["options"]),  # auto's update, without its stopping
     "anderson-pixel-blur-gain4": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7,
                                       residual_blur=1.0, mean_gain=4.0, schedule="constant"),
 }

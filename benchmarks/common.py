@@ -6,6 +6,7 @@ Measurements only: nothing here asserts.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,17 @@ VAE_LABELS = {
     "fixture": "fixture VAE (bundled, trained; SD-family layout at ~1/40 width)",
     "sd21": "SD-2.1 VAE layout, random weights (seed 0)",
 }
+
+
+def start_run(configs: dict, doc: str, argv: list[str] | None) -> tuple[dict, bool]:
+    """A benchmark's start: parse ``--quick``, silence the libraries, use 2 threads. Returns the
+    config (``configs["quick"]`` or ``configs["full"]``) and whether it is the quick one."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: its numbers only check the code")
+    quick = parser.parse_args(argv).quick
+    quiet()
+    torch.set_num_threads(2)
+    return configs["quick" if quick else "full"], quick
 
 
 def quiet() -> None:

@@ -14,14 +14,13 @@ sizes, both caps): real images have larger latents than stopping.py's 64x64 crop
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import quiet, save
+from benchmarks.common import save, start_run
 from benchmarks.stopping import VAES, load, mean_share, per_image_db
 from decinv_fast.options import AUTO
 from decinv_fast.protocol import make_target
@@ -63,17 +62,12 @@ def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    quiet()
-    torch.set_num_threads(2)
-    cfg = CONFIGS["quick" if args.quick else "full"]
+    cfg, quick = start_run(CONFIGS, __doc__, argv)
     records = []
     for name in VAES:
         for size, crops in cfg["sizes"].items():
             records += measure(name, size, crops, cfg["caps"])
-    print(f"wrote {save(BENCHMARK, records, args.quick)}")
+    print(f"wrote {save(BENCHMARK, records, quick)}")
 
 
 if __name__ == "__main__":

@@ -45,14 +45,13 @@ evaluations lies).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import quiet, save
+from benchmarks.common import save, start_run
 from decinv_fast.adapters import as_adapter
 from decinv_fast.options import AUTO, OPTION_DEFAULTS
 from decinv_fast.protocol import make_target
@@ -241,12 +240,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    quiet()
-    torch.set_num_threads(2)
-    cfg = CONFIGS["quick" if args.quick else "full"]
+    cfg, quick = start_run(CONFIGS, __doc__, argv)
     records = []
     for name in VAES:
         records += measure_vae(name, cfg)
@@ -255,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             gap = m.get("gap_to_oracle_db") or (m.get("gap_to_best_any_db"), m.get("gap_to_best_returned_db"))
             print(f"{name:14s} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
                   f"at {m['evaluations'][-1]} evals; gaps {gap}")
-    path = save(BENCHMARK, records, args.quick)
+    path = save(BENCHMARK, records, quick)
     print(f"wrote {path}")
 
 

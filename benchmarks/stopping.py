@@ -14,7 +14,7 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
            low-passed, see decinv_fast/filters.py)
   fsm-blur-gain   fsm-blur with ``mean_gain=2`` (each frame's per-channel mean of the step doubled,
            see decinv_fast/accelerated.py) at rho 0.7 (rho 1 with gain 2 oscillates along those means)
-  anderson-pixel-blur-gain   ``auto``'s update: anderson-pixel-blur with ``auto``'s ``mean_gain`` (3)
+  anderson-pixel-blur-gain   ``auto``'s update: anderson-pixel-blur with ``auto``'s ``mean_gain`` (options.AUTO)
   anderson-pixel-blur-gain4   the same with ``mean_gain=4``
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
@@ -39,7 +39,7 @@ per-frame, per-channel spatial means (what ``mean_gain`` speeds up); ``mean_shar
 series, the fraction of ``||z_10 - z_last||²`` there (where what the run still gains after 10
 evaluations lies).
 
-    python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~3 CPU minutes)
+    python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~5 CPU minutes)
     python -m benchmarks.stopping --quick    # 4 crops 32x32, up to 10
 """
 

@@ -4,7 +4,12 @@
 ``options.AUTO``, on both VAEs of benchmarks/stopping.py at crops of 64, 128 and 256 pixels; capped
 at 10 and at 30 decoder+encoder evaluations, stopping on its own. Protocol and score as there
 (``make_target``; mean per-image NMSE(z) dB). Also, per VAE and size, the encoder-only NMSE and the
-share of its squared error in the latents' per-channel spatial means (the part the gain scales).
+share of its squared error in the latents' per-channel spatial means (the part the gain scales);
+per run, that share of the error of the latent it returns (``returned_mean_share``); and how much the
+decoded image moves along the per-channel-mean directions (``mean_direction_response``): per image,
+the singular values of the decoder's response to unit-norm per-channel-mean latent changes (central
+differences at ``E(x)``), divided by its median response to unit-norm zero-mean random changes; the
+median over images, strongest first. Values far below 1 mark means the pixels barely constrain.
 ``auto``'s own gain is the one with the best NMSE summed over every cell here (both VAEs, the three
 sizes, both caps): real images have larger latents than stopping.py's 64x64 crops.
 
@@ -39,12 +44,41 @@ def auto_with_gain(vae, images: torch.Tensor, gain: float, cap: int):
                               measure_memory=False, **options)
 
 
+MEAN_PROBE = 0.05  # latent change per element of the mean probes (the latents' std is about 1)
+RANDOM_DIRECTIONS = 4
+
+
+@torch.no_grad()
+def mean_direction_response(vae, latents: torch.Tensor) -> list[float]:
+    """How strongly the decoded image responds to each per-channel-mean latent direction, relative to a
+    zero-mean random direction of the same norm (module docstring); latents ``(N, C, h, w)``."""
+    n, channels, h, w = latents.shape
+    step = MEAN_PROBE * (h * w) ** 0.5  # the norm of a per-element change of MEAN_PROBE over one channel
+
+    def response(direction: torch.Tensor) -> torch.Tensor:  # unit-norm direction per image -> (N, pixels)
+        ahead = decinv_fast.decode(vae, latents + step * direction)
+        back = decinv_fast.decode(vae, latents - step * direction)
+        return ((ahead - back) / (2 * step)).flatten(1).float()
+
+    means = torch.stack([response(torch.zeros_like(latents).index_fill_(1, torch.tensor([c]), (h * w) ** -0.5))
+                         for c in range(channels)], 2)  # (N, pixels, C)
+    gen = torch.Generator().manual_seed(0)
+    typical = []
+    for _ in range(RANDOM_DIRECTIONS):
+        d = torch.randn(latents.shape, generator=gen).to(latents)
+        d = d - d.mean((2, 3), keepdim=True)
+        typical.append(response(d / d.flatten(1).norm(dim=1).view(n, 1, 1, 1)).norm(dim=1))
+    relative = torch.linalg.svdvals(means) / torch.stack(typical).median(0).values[:, None]
+    return relative.median(0).values.tolist()
+
+
 def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dict]:
     vae = load(name)
     target = make_target(vae, heldout_crops(size=size, count=crops), seed=0)
     encoded = decinv_fast.encode(vae, target.images)
     common = dict(vae=name, size=size, crops=crops, encoder_only_db=float(per_image_db(encoded, target.latents).mean()),
-                  encoder_mean_share=mean_share(encoded - target.latents))
+                  encoder_mean_share=mean_share(encoded - target.latents),
+                  mean_direction_response=mean_direction_response(vae, encoded))
     records = []
     for gain in GAINS:
         for cap in caps:
@@ -53,7 +87,8 @@ def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dic
             metrics = dict(common, mean_gain=gain, auto_gain=AUTO["options"]["mean_gain"], cap=cap,
                            seconds=time.perf_counter() - start,
                            evaluations=float(out.stopped_at.float().mean()),
-                           nmse_db=float(per_image_db(out.latents, target.latents).mean()))
+                           nmse_db=float(per_image_db(out.latents, target.latents).mean()),
+                           returned_mean_share=mean_share(out.latents - target.latents))
             records.append(harness.record(BENCHMARK, method="auto", backend="auto", dtype=torch.float32,
                                           shape=tuple(target.images.shape), device="cpu", metrics=metrics))
             print(f"{name:14s} {size:4d}px gain {gain:.0f} cap {cap:2d}: {metrics['nmse_db']:7.2f} dB "

@@ -277,19 +277,26 @@ def mean_gain(records: list[dict]) -> list[str]:
            f"`method=\"auto\"` with its `mean_gain` replaced (auto's own: {rows[0]['auto_gain']:g}), every other "
            "option as auto's, stopping on its own within the cap; the paper's protocol, mean NMSE(z) dB; "
            "per row, the best cell at each cap in bold. "
-           "*Error in the means*: share of the encoder-only squared error in the latents' per-channel spatial "
-           "means, the part the gain scales.", "",
-           "| VAE | crop | crops | encoder-only | error in the means | "
+           "*Error in the means*: share of the squared error in the latents' per-channel spatial means, the "
+           f"part the gain scales, for the encoder alone and for what auto returns within {caps[0]} evaluations. "
+           "*Pixel response to the means*: how much the decoded image moves along each per-channel-mean "
+           "direction, strongest first, as a multiple of its move along a zero-mean latent direction of the "
+           "same size (median over the crops; `mean_direction_response` in the benchmark).", "",
+           "| VAE | crop | crops | encoder-only | error in the means: encoder / auto | pixel response to the means | "
            + " | ".join(f"gain {gain:g}, ≤ {cap} ev" for cap, gain in cols) + " |",
-           "|---|---:|---:|---:|---:|" + "---:|" * len(cols)]
+           "|---|---:|---:|---:|---:|---:|" + "---:|" * len(cols)]
     for key in dict.fromkeys((m["vae"], m["size"]) for m in rows):
         cell = {(m["cap"], m["mean_gain"]): m for m in rows if (m["vae"], m["size"]) == key}
         first = next(iter(cell.values()))
         best = {cap: min(m["nmse_db"] for (c, _), m in cell.items() if c == cap) for cap in caps}
         shown = [("–" if c not in cell else f"**{cell[c]['nmse_db']:.2f}**" if cell[c]["nmse_db"] == best[c[0]]
                   else f"{cell[c]['nmse_db']:.2f}") for c in cols]
+        own = cell.get((caps[0], first["auto_gain"]), {}).get("returned_mean_share")
+        own = "–" if own is None else f"{100 * own:.0f} %"
+        response = " / ".join(f"{v:.2g}" for v in first["mean_direction_response"])
         out.append(f"| {key[0]} | {key[1]}x{key[1]} | {first['crops']} | {first['encoder_only_db']:.2f} | "
-                   f"{100 * first['encoder_mean_share']:.0f} % | " + " | ".join(shown) + " |")
+                   f"{100 * first['encoder_mean_share']:.0f} % / {own} | {response} | "
+                   + " | ".join(shown) + " |")
     totals = {gain: sum(m["nmse_db"] for m in rows if m["mean_gain"] == gain) for gain in gains}
     out += ["", "NMSE summed over every cell, per gain: "
             + ", ".join(f"{gain:g}: {total:.2f} dB" for gain, total in totals.items()) + "."]

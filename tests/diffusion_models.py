@@ -81,5 +81,5 @@ class LinearPatchVae:
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error ``||a - b|| / ||b||``."""
-    return float((a - b).norm() / b.norm())
+    """Relative error ``||a - b|| / ||b||``, in float64."""
+    return float((a.double() - b.double()).norm() / b.double().norm())

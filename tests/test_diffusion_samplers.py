@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
+from diffusion_models import noise, rel, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
 from decinv_fast.diffusion import (
     Denoiser,
@@ -21,10 +21,6 @@ from decinv_fast.diffusion import (
 
 # Relative tolerance of z_T rebuilt from the BDIA pair (issue 5).
 PAIR_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def collect():

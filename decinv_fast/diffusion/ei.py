@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .denoiser import Denoiser
-from .samplers import _setup
+from .samplers import prepare
 from .schedule import Schedule
 from .steps import ddim_coefficients
 
@@ -219,7 +219,7 @@ def ei_sample(model, schedule, z_T: torch.Tensor, *, order: int = 1, noise=None,
 def setup_pass(model, schedule, z_T, order, noise, cond: dict) -> tuple[Denoiser, Schedule, int, StepNoise | None]:
     """Validate the arguments of a sampling pass (errors name the argument)."""
     order = check_order(order)
-    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
     if noise is not None and order != 1:
         raise ValueError(f"order={order}: the SDE variant (noise given) is first order only; use order=1")
     steps_noise = None if noise is None else StepNoise(noise, grid.num_steps, z_T)

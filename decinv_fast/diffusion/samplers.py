@@ -56,7 +56,9 @@ def check_gamma(gamma, *, inverse: bool) -> float:
     return float(gamma)
 
 
-def _setup(model, schedule, z: torch.Tensor, name: str, cond: dict) -> tuple[Denoiser, Schedule]:
+def prepare(model, schedule, z: torch.Tensor, name: str, cond: dict) -> tuple[Denoiser, Schedule]:
+    """The denoiser (checked against the state ``z``, called ``name`` in errors) and the schedule a
+    sampler or inversion runs with; shared by every loop over the schedule in this package."""
     denoiser = as_denoiser(model, **cond)
     denoiser.check(z, name)
     return denoiser, as_schedule(schedule)
@@ -74,7 +76,7 @@ def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
 @torch.no_grad()
 def ddim_sample(model, schedule, z_T: torch.Tensor, *, callback: Callback = None, **cond) -> torch.Tensor:
     """Deterministic DDIM (eta = 0): ``z_{i-1} = DDIM_{i->i-1}(z_i)`` for ``i = N..1``; returns ``z_0``."""
-    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
     z = z_T
     for i in range(grid.num_steps, 0, -1):
         eps = denoiser(z, grid.t(i))
@@ -92,7 +94,7 @@ def ddim_invert(model, schedule, z_0: torch.Tensor, *, callback: Callback = None
     current state with the *next* timestep, standing in for ``eps(z_{i+1}, t_{i+1})``. The error is
     small for small steps and smooth models, never zero.
     """
-    denoiser, grid = _setup(model, schedule, z_0, "z_0", cond)
+    denoiser, grid = prepare(model, schedule, z_0, "z_0", cond)
     z = z_0
     for i in range(grid.num_steps):
         eps = denoiser(z, grid.t(i + 1))
@@ -113,7 +115,7 @@ def bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, callback: C
     ``gamma = 0`` is DDIM exactly. With one step, ``z_1`` is ``z_T``.
     """
     gamma = check_gamma(gamma, inverse=False)
-    denoiser, grid = _setup(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
     return bdia_pass(denoiser, grid, z_T, gamma, callback)
 
 
@@ -143,7 +145,7 @@ def bdia_invert(model, schedule, z0: torch.Tensor, z1: torch.Tensor, *, gamma: f
     ``N - 1`` model calls. ``gamma`` (in (0, 1]) and the conditioning must be those of sampling.
     """
     gamma = check_gamma(gamma, inverse=True)
-    denoiser, grid = _setup(model, schedule, z0, "z0", cond)
+    denoiser, grid = prepare(model, schedule, z0, "z0", cond)
     _check_pair(z0, z1)
     return _invert_pair(denoiser, grid, z0, z1, gamma, callback)
 
@@ -171,7 +173,7 @@ def bdia_invert_from_z0(model, schedule, z0: torch.Tensor, *, gamma: float, call
     recursion; compare with :func:`ddim_invert`, which approximates at every step.
     """
     gamma = check_gamma(gamma, inverse=True)
-    denoiser, grid = _setup(model, schedule, z0, "z0", cond)
+    denoiser, grid = prepare(model, schedule, z0, "z0", cond)
     z1 = ddim_step(z0, denoiser(z0, grid.t(1)), grid.alphabar(0), grid.alphabar(1))
     if callback is not None:
         callback(1, z1)

@@ -42,8 +42,9 @@ def _plain_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _save(fig, path) -> None:
-    fig.tight_layout()
+def _save(fig, path, rect=(0, 0, 1, 1)) -> None:
+    """Lay out within ``rect`` (figure fractions; leave room there for a figure legend) and write."""
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -150,10 +151,8 @@ def plot_stopping(path) -> bool:
             _plain_ticks(ax.xaxis)
             ax.grid(alpha=0.3)
     fig.suptitle(_device_line(records), fontsize=8)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))  # room for one legend under the panels
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, rect=(0, 0.09, 1, 1))  # room for the legend under the panels
     return True
 
 
@@ -164,7 +163,8 @@ def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
         ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="pixel least squares (gradient-based)")
     candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r.get("reference"))
     for i, m in enumerate(candidates):
-        ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"])
+        ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"],
+                color=plt.cm.tab20(i % 20))  # the default cycle repeats after 10 series
     adam = sorted((m[x_key][0], m["nmse_db"][0]) for m in rows if m["series"] == "adam")
     ax.plot(*zip(*adam, strict=True), "k--o", ms=4, label="adam (paper), one run per count")
     for m in (m for m in rows if m["series"] == "auto"):

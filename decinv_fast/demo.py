@@ -2,7 +2,7 @@
 
 Follows the paper's protocol (``protocol.make_target``): the answer ``z*`` is known, the image
 inverted is its 8-bit decoding, and each method is scored by NMSE(z) in dB, pixel PSNR of its
-reconstruction, wall time and peak memory.
+reconstruction, the steps it ran, wall time and peak memory.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Row:
     method: str
     nmse_db: float
     psnr_db: float
+    steps: float | None  # mean over the batch of the steps each sample ran (``auto`` stops on its own)
     seconds: float
     peak_bytes: int | None
 
@@ -51,13 +52,14 @@ def pan_clip(photo: np.ndarray, frames: int, size: int) -> np.ndarray:
 METHODS = (
     ("gradient-free fp32", dict(method="adam")),
     ("gradient-free bf16", dict(method="adam", dtype=torch.bfloat16)),
+    ("gradient-free auto fp32", dict(method="auto")),
     ("gradient-based fp32", dict(method="grad")),
 )
 
 
-def _score(case, name, vae, z, target, seconds, peak) -> Row:
+def _score(case, name, vae, z, target, steps, seconds, peak) -> Row:
     recon = decode(vae, z.float())
-    return Row(case, name, nmse_db(z.float(), target.latents), psnr(recon, target.images), seconds, peak)
+    return Row(case, name, nmse_db(z.float(), target.latents), psnr(recon, target.images), steps, seconds, peak)
 
 
 def run_case(vae, case: str, pixels: torch.Tensor, steps: int, chunk: int | None, progress: bool):
@@ -66,13 +68,14 @@ def run_case(vae, case: str, pixels: torch.Tensor, steps: int, chunk: int | None
     start = time.perf_counter()
     with PeakMemory(target.images.device) as pm:
         z_enc = encode(vae, target.images)
-    rows = [_score(case, "encoder-only", vae, z_enc, target, time.perf_counter() - start, pm.peak_bytes)]
+    rows = [_score(case, "encoder-only", vae, z_enc, target, None, time.perf_counter() - start, pm.peak_bytes)]
     curves, latents = {}, {"encoder-only": z_enc}
     for name, kw in METHODS:
         track: list[float] = []
         result = invert(vae, target.images, steps=steps, progress=progress, chunk_frames=chunk,
                         callback=lambda k, z, track=track: track.append(nmse_db(z.float(), target.latents)), **kw)
-        rows.append(_score(case, name, vae, result.latents, target, result.seconds, result.peak_bytes))
+        rows.append(_score(case, name, vae, result.latents, target, float(result.stopped_at.float().mean()),
+                           result.seconds, result.peak_bytes))
         # the gradient-based baseline's residual is its pixel error (what it minimises)
         label = f"{name} (pixel residual)" if kw["method"] == "grad" else name
         curves[label] = {"nmse_db": track, "residual": result.residuals.tolist()}
@@ -111,9 +114,12 @@ def run_demo(out_dir: str | Path = "demo_output", *, steps: int = 50, frames: in
 
 def format_table(rows: list[Row]) -> str:
     """A plain-text table of the rows (what ``decinv demo`` prints)."""
-    head = f"{'case':<22} {'method':<21} {'NMSE(z) dB':>10} {'PSNR dB':>8} {'seconds':>8} {'peak MiB':>9}"
+    head = (f"{'case':<22} {'method':<23} {'NMSE(z) dB':>10} {'PSNR dB':>8} {'steps':>6} {'seconds':>8} "
+            f"{'peak MiB':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}"
-        lines.append(f"{r.case:<22} {r.method:<21} {r.nmse_db:>10.2f} {r.psnr_db:>8.2f} {r.seconds:>8.2f} {peak:>9}")
+        steps = "–" if r.steps is None else f"{r.steps:g}"
+        lines.append(f"{r.case:<22} {r.method:<23} {r.nmse_db:>10.2f} {r.psnr_db:>8.2f} {steps:>6} "
+                     f"{r.seconds:>8.2f} {peak:>9}")
     return "\n".join(lines)

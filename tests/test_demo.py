@@ -1,0 +1,20 @@
+"""``decinv demo`` (the README's first command), shrunk to two steps and a two-frame clip."""
+
+from __future__ import annotations
+
+import math
+
+from decinv_fast.demo import METHODS, format_table, run_demo
+
+
+def test_demo_runs_every_method_and_writes_its_figures(tmp_path):
+    rows = run_demo(tmp_path, steps=2, frames=2, frame_size=32, chunk_frames=1, progress=False)
+    methods = ["encoder-only"] + [name for name, _ in METHODS]
+    assert [r.method for r in rows] == methods * 2  # the image, then the clip
+    assert all(math.isfinite(r.nmse_db) and math.isfinite(r.psnr_db) for r in rows)
+    assert all(r.steps is None if r.method == "encoder-only" else 1 <= r.steps <= 2 for r in rows)
+    image = {r.method: r for r in rows[:len(methods)]}
+    assert image["gradient-free auto fp32"].nmse_db < image["encoder-only"].nmse_db - 1.0
+    assert (tmp_path / "panel.png").is_file() and (tmp_path / "convergence.png").is_file()
+    table = format_table(rows)
+    assert all(name in table for name in methods)

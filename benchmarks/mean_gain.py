@@ -26,6 +26,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, start_run
+from benchmarks.observability import mean_direction_response
 from benchmarks.stopping import VAES, load, mean_share, per_image_db
 from decinv_fast.options import AUTO
 from decinv_fast.protocol import make_target
@@ -42,34 +43,6 @@ def auto_with_gain(vae, images: torch.Tensor, gain: float, cap: int):
     return decinv_fast.invert(vae, images, method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
                               keep_best=AUTO["keep_best"], patience=AUTO["patience"], steps=cap,
                               measure_memory=False, **options)
-
-
-MEAN_PROBE = 0.05  # latent change per element of the mean probes (the latents' std is about 1)
-RANDOM_DIRECTIONS = 4
-
-
-@torch.no_grad()
-def mean_direction_response(vae, latents: torch.Tensor) -> list[float]:
-    """How strongly the decoded image responds to each per-channel-mean latent direction, relative to a
-    zero-mean random direction of the same norm (module docstring); latents ``(N, C, h, w)``."""
-    n, channels, h, w = latents.shape
-    step = MEAN_PROBE * (h * w) ** 0.5  # the norm of a per-element change of MEAN_PROBE over one channel
-
-    def response(direction: torch.Tensor) -> torch.Tensor:  # unit-norm direction per image -> (N, pixels)
-        ahead = decinv_fast.decode(vae, latents + step * direction)
-        back = decinv_fast.decode(vae, latents - step * direction)
-        return ((ahead - back) / (2 * step)).flatten(1).float()
-
-    means = torch.stack([response(torch.zeros_like(latents).index_fill_(1, torch.tensor([c]), (h * w) ** -0.5))
-                         for c in range(channels)], 2)  # (N, pixels, C)
-    gen = torch.Generator().manual_seed(0)
-    typical = []
-    for _ in range(RANDOM_DIRECTIONS):
-        d = torch.randn(latents.shape, generator=gen).to(latents)
-        d = d - d.mean((2, 3), keepdim=True)
-        typical.append(response(d / d.flatten(1).norm(dim=1).view(n, 1, 1, 1)).norm(dim=1))
-    relative = torch.linalg.svdvals(means) / torch.stack(typical).median(0).values[:, None]
-    return relative.median(0).values.tolist()
 
 
 def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dict]:

@@ -227,7 +227,11 @@ def stopping(records: list[dict]) -> list[str]:
                 f"{first['best_any_method_10_db']:.2f} dB). Share of the squared error in the latents' per-channel "
                 f"means: {100 * first['encoder_mean_share']:.0f} % of the encoder-only one"
                 + "".join(f"; {100 * share:.0f} % of what {series} still gains after 10 evaluations"
-                          for series, share in late) + ".", "",
+                          for series, share in late)
+                + ". What the image cannot show: the decoder's first layers respond to the latent channels with "
+                "singular values " + " / ".join(f"{v:.3g}" for v in first["decoder_channel_singular_values"])
+                + "; a latent exact but for the encoder's error along the last of those channel combinations "
+                f"scores {first['null_channel_floor_db']:.2f} dB, a practical floor for every method.", "",
                 "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
                 "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
         for m in rows:

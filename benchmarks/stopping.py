@@ -39,6 +39,11 @@ per-frame, per-channel spatial means (what ``mean_gain`` speeds up); ``mean_shar
 series, the fraction of ``||z_10 - z_last||²`` there (where what the run still gains after 10
 evaluations lies).
 
+What the image cannot show (benchmarks/observability.py): ``null_channel_floor_db`` is the NMSE of a
+latent exact except for the encoder's error along the channel combination the decoder's first layers
+nearly ignore (``decoder_channel_singular_values``: that map's singular values, the last one that
+combination's), a practical floor for every method, the gradient-based reference included.
+
     python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~5 CPU minutes)
     python -m benchmarks.stopping --quick    # 4 crops 32x32, up to 10
 """
@@ -52,6 +57,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, start_run
+from benchmarks.observability import decoder_null_channel, null_channel_floor_db
 from decinv_fast.adapters import as_adapter
 from decinv_fast.options import AUTO, OPTION_DEFAULTS
 from decinv_fast.protocol import make_target
@@ -185,6 +191,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     shape = tuple(target.images.shape)
     encoded = decinv_fast.encode(vae, target.images)
     encoder = float(per_image_db(encoded, target.latents).mean())
+    floor = null_channel_floor_db(vae, encoded, target.latents)
     rows, best_any, best_returned = [], Best(encoder), Best(encoder)
     for label, kw in TRAJECTORY.items():
         run = trajectory(vae, target, encoded, cfg["steps"], kw)
@@ -224,6 +231,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     records = []
     for row in rows:
         row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=mean_share(encoded - target.latents),
+                   null_channel_floor_db=floor, decoder_channel_singular_values=decoder_null_channel(vae)[1],
                    best_any_method_db=best_any.any,
                    best_returned_db=best_returned.any, best_any_method_10_db=best_any.capped,
                    best_returned_10_db=best_returned.capped)

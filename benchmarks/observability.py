@@ -57,11 +57,12 @@ def decoder_null_channel(vae) -> tuple[torch.Tensor, list[float]]:
     return right[-1], values.tolist()
 
 
-def null_channel_floor_db(vae, encoded: torch.Tensor, truth: torch.Tensor) -> float:
-    """Mean per-image NMSE(z) dB of ``truth`` plus the part of ``encoded - truth`` along the decoder's
-    null channel combination (latents ``(N, C, h, w)``): what remains if a method fixed everything the
-    image shows and kept the encoder's guess where it shows nothing."""
-    direction = decoder_null_channel(vae)[0].to(truth)
+def null_channel_floor_db(direction: torch.Tensor, encoded: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean per-image NMSE(z) dB of ``truth`` plus the part of ``encoded - truth`` along the unit
+    channel combination ``direction`` (``(C,)``; latents ``(N, C, h, w)``). With the decoder's null
+    combination (``decoder_null_channel``): what remains if a method fixed everything the image shows
+    and kept the encoder's guess where it shows nothing."""
+    direction = direction.to(truth)
     along = torch.einsum("c,nchw->nhw", direction, (encoded - truth).float())
     floor = truth + direction[None, :, None, None] * along[:, None]
     return float(decinv_fast.nmse_db(floor, truth, per_sample=True).mean())

@@ -191,8 +191,9 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     shape = tuple(target.images.shape)
     encoded = decinv_fast.encode(vae, target.images)
     encoder = float(per_image_db(encoded, target.latents).mean())
-    floor = null_channel_floor_db(vae, encoded, target.latents)
-    channel_values = decoder_null_channel(vae)[1]
+    null_direction, channel_values = decoder_null_channel(vae)
+    floor = null_channel_floor_db(null_direction, encoded, target.latents)
+    encoder_share = mean_share(encoded - target.latents)
     rows, best_any, best_returned = [], Best(encoder), Best(encoder)
     for label, kw in TRAJECTORY.items():
         run = trajectory(vae, target, encoded, cfg["steps"], kw)
@@ -231,7 +232,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
     records = []
     for row in rows:
-        row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=mean_share(encoded - target.latents),
+        row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=encoder_share,
                    null_channel_floor_db=floor, decoder_channel_singular_values=channel_values,
                    best_any_method_db=best_any.any,
                    best_returned_db=best_returned.any, best_any_method_10_db=best_any.capped,

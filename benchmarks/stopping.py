@@ -14,8 +14,11 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
            low-passed, see decinv_fast/filters.py)
   fsm-blur-gain   fsm-blur with ``mean_gain=2`` (each frame's per-channel mean of the step doubled,
            see decinv_fast/accelerated.py) at rho 0.7 (rho 1 with gain 2 oscillates along those means)
-  anderson-pixel-blur-gain   ``auto``'s update: anderson-pixel-blur with ``auto``'s ``mean_gain`` (options.AUTO)
+  anderson-pixel-blur-gain   anderson-pixel-blur with ``auto``'s ``mean_gain`` (options.AUTO)
   anderson-pixel-blur-gain4   the same with ``mean_gain=4``
+  anderson-pixel-blur-gain-clip   ``auto``'s update: anderson-pixel-blur-gain with ``clip_aware``
+           (pixels the 8-bit image holds at +-1 taken as clipped, see decinv_fast/clipping.py)
+  anderson-pixel-blur-gain4-clip   the same with ``mean_gain=4``
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
 
@@ -67,6 +70,8 @@ BENCHMARK = "stopping"
 VAES = {"fixture": None, "fixture_short": harness.ROOT / "benchmarks" / "assets" / "fixture_vae_short"}
 CONFIGS = {"full": dict(crops=8, size=64, steps=30, adam_steps=(5, 10, 20, 30, 50, 100), lbfgs_outer=6),
            "quick": dict(crops=4, size=32, steps=10, adam_steps=(5, 10), lbfgs_outer=1)}
+AUTO_UPDATE = dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
+                   **AUTO["options"])  # auto's update, without its stopping
 TRAJECTORY = {
     "fsm": dict(method="fsm", schedule="constant"),
     "fsm-auto": dict(method="fsm", lr="auto", schedule="constant"),
@@ -78,10 +83,10 @@ TRAJECTORY = {
     "anderson-pixel-blur": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7, residual_blur=1.0,
                                 schedule="constant"),
     "fsm-blur-gain": dict(method="fsm", lr=0.7, residual_blur=1.0, mean_gain=2.0, schedule="constant"),
-    "anderson-pixel-blur-gain": dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
-                                     **AUTO["options"]),  # auto's update, without its stopping
-    "anderson-pixel-blur-gain4": dict(method="anderson", mixing="pixel", safeguard=False, lr=0.7,
-                                      residual_blur=1.0, mean_gain=4.0, schedule="constant"),
+    "anderson-pixel-blur-gain": dict(AUTO_UPDATE, clip_aware=False),
+    "anderson-pixel-blur-gain4": dict(AUTO_UPDATE, clip_aware=False, mean_gain=4.0),
+    "anderson-pixel-blur-gain-clip": AUTO_UPDATE,
+    "anderson-pixel-blur-gain4-clip": dict(AUTO_UPDATE, mean_gain=4.0),
 }
 AUTO_CAP = 10  # the goal's evaluation budget
 

@@ -15,6 +15,7 @@ import torch
 
 from . import reference
 from .adapters import VaeAdapter
+from .clipping import clipped_decoding
 from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
@@ -100,7 +101,8 @@ class GradientFreeIteration:
         self.residual = torch.zeros(pixels.shape, dtype=torch.float32, device=pixels.device) if keeps_residual else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile, residual=keeps_residual,
-                                blur=option(plan.options, "residual_blur"))
+                                blur=option(plan.options, "residual_blur"),
+                                clip_aware=option(plan.options, "clip_aware"))
         if plan.method == "adam":
             self.m = torch.zeros_like(self.z)
             self.v = torch.zeros_like(self.z)
@@ -252,16 +254,19 @@ class GradientBasedIteration:
 
 
 def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, residual: bool = False,
-               blur: float = 0.0):
+               blur: float = 0.0, clip_aware: bool = False):
     """``(y, x) -> (E(D(y)), ||D(y) - x||² per frame in fp32)`` for one chunk, optionally through
     ``torch.compile`` (``True`` = inductor, a string = that ``torch.compile`` backend). With
     ``residual``, the pixel residual ``D(y) - x`` comes back as a third output. With ``blur > 0`` the
-    encoder sees ``x + gaussian_blur(D(y) - x, blur)`` instead of ``D(y)`` (see :mod:`.filters`)."""
+    encoder sees ``x + gaussian_blur(D(y) - x, blur)`` instead of ``D(y)`` (see :mod:`.filters`). With
+    ``clip_aware`` ``D(y)`` is first clipped where ``x`` is (see :mod:`.clipping`)."""
 
     low_pass = ResidualBlur(blur) if blur else None
 
     def encode_decode(y: torch.Tensor, x: torch.Tensor):
         decoded = adapter.decode(y, frames_per_video)
+        if clip_aware:
+            decoded = clipped_decoding(decoded, x)
         diff = torch.sub(decoded, x)
         encoder_input = decoded if low_pass is None else x + low_pass(diff)
         squared = diff.square() if residual else diff.square_()  # the encoder input is made already

@@ -9,16 +9,16 @@ import torch
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas", "residual_blur"}, "fsm": {"rho", "residual_blur", "mean_gain"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain"}, "grad": set(),
-    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain"}, "auto": set(),
+    "adam": {"eps", "betas", "residual_blur", "clip_aware"}, "fsm": {"rho", "residual_blur", "mean_gain", "clip_aware"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": set(),
+    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "clip_aware"}, "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0,
-                   "mean_gain": 1.0}
+                   "mean_gain": 1.0, "clip_aware": False}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -27,8 +27,10 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # evaluated point (which is what guards against a bad mixed step) and stopping a sample after 3
 # steps without improvement. The step's per-channel mean is tripled (accelerated.py): the gain with
 # the best NMSE summed over benchmarks/mean_gain.py (both VAEs, 64/128/256 px crops, both caps).
+# Pixels the image holds at +-1 are taken as clipped by the pipeline that saved it (clipping.py).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
-            options={"memory": 5, "mixing": "pixel", "safeguard": False, "residual_blur": 1.0, "mean_gain": 3.0})
+            options={"memory": 5, "mixing": "pixel", "safeguard": False, "residual_blur": 1.0, "mean_gain": 3.0,
+                     "clip_aware": True})
 
 
 def check_positive(name: str, value) -> None:
@@ -76,8 +78,9 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         check_int("memory (Anderson history m)", options["memory"], 0)
     if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
-    if not isinstance(option(options, "safeguard"), bool):
-        raise ValueError(f"safeguard (Anderson) must be True or False, got {options['safeguard']!r}")
+    for flag in ("safeguard", "clip_aware"):
+        if not isinstance(option(options, flag), bool):
+            raise ValueError(f"{flag} must be True or False, got {options[flag]!r}")
     blur = option(options, "residual_blur")
     if isinstance(blur, bool) or not isinstance(blur, int | float) or not math.isfinite(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")

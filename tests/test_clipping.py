@@ -1,0 +1,106 @@
+"""Option ``clip_aware``: pixels the image holds at +-1 are taken as clipped by the pipeline that saved it."""
+
+import pytest
+import torch
+
+import decinv_fast
+from decinv_fast import reference
+from decinv_fast.adapters import as_adapter
+from decinv_fast.clipping import clipped_decoding
+from decinv_fast.options import AUTO
+from decinv_fast.protocol import make_target
+from decinv_fast.testbed import heldout_crops
+from decinv_fast.visual import quantize
+
+
+def plain_clipped(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The rule written out for images whose clipped pixels are exactly +-1."""
+    out = decoded.clone()
+    top, bottom = images == 1, images == -1
+    out[top] = decoded[top].clamp(max=1)
+    out[bottom] = decoded[bottom].clamp(min=-1)
+    return out
+
+
+@pytest.fixture
+def clipped_32():
+    """Random 8-bit images with about a third of their pixels clipped to +-1."""
+    g = torch.Generator().manual_seed(4)
+    return quantize(((torch.rand(2, 3, 32, 32, generator=g) * 2 - 1) * 1.5).clamp(-1, 1))
+
+
+def test_clipped_decoding_by_hand():
+    x = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.5, 1.3, 0.9995, -1.2])
+    d = torch.tensor([1.2, 0.8, -1.3, -0.7, 0.9, 1.5, 1.1, -1.5])
+    # at +1: at most the image; at -1: at least the image; inside the range and beyond it (an unclipped
+    # float image): as decoded
+    expected = torch.tensor([1.0, 0.8, -1.0, -0.7, 0.9, 1.5, 0.9995, -1.5])
+    kept = d.clone()
+    assert torch.equal(clipped_decoding(d, x), expected) and torch.equal(d, kept)
+    channels_last = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    out = clipped_decoding(channels_last, torch.ones(2, 3, 4, 5))
+    assert out.stride() == channels_last.stride()  # the encoder sees the decoder's layout
+
+
+@pytest.mark.parametrize("method,lr", [("adam", 0.01), ("fsm", 0.5), ("km", 0.7)])
+def test_equals_the_reference_with_a_clipping_decoder(tiny_kl, clipped_32, method, lr):
+    adapter = as_adapter(tiny_kl)
+    x = clipped_32
+    decode = lambda z: plain_clipped(adapter.decode(z, 1), x)  # noqa: E731
+    run = getattr(reference, "fsm" if method == "fsm" else method)
+    kw = dict(lr=lr) if method == "adam" else dict(rho=lr)
+    ref = run(adapter.encode, decode, x, steps=6, schedule="constant", **kw)
+    out = decinv_fast.invert(tiny_kl, x, method=method, steps=6, lr=lr, schedule="constant", clip_aware=True)
+    assert torch.equal(out.latents, ref.latents)
+    plain = decinv_fast.invert(tiny_kl, x, method=method, steps=6, lr=lr, schedule="constant")
+    assert not torch.equal(plain.latents, out.latents)
+
+
+def test_the_pixel_error_and_the_encoder_see_the_clipped_decoding(tiny_kl, clipped_32):
+    adapter = as_adapter(tiny_kl)
+    seen = []
+
+    def encode(pixels):
+        seen.append(pixels.clone())
+        return adapter.encode(pixels)
+
+    decode = lambda z: adapter.decode(z, 1)  # noqa: E731
+    x = clipped_32
+    out = decinv_fast.invert((encode, decode), x, method="anderson", steps=2, clip_aware=True, keep_best=True)
+    shown = plain_clipped(decode(decinv_fast.encode(tiny_kl, x)), x)
+    torch.testing.assert_close(seen[1], shown, rtol=0, atol=1e-6)
+    relative = (shown - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    torch.testing.assert_close(out.pixel_residual_history[0], relative, rtol=1e-5, atol=0)
+
+
+def test_changes_nothing_without_clipped_pixels(tiny_kl, images_32):
+    x = images_32 * 0.9  # no pixel at +-1
+    auto = decinv_fast.invert(tiny_kl, x, method="auto", steps=4)
+    options = dict(AUTO["options"], clip_aware=False)
+    unaware = decinv_fast.invert(tiny_kl, x, method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
+                                 keep_best=AUTO["keep_best"], patience=AUTO["patience"], steps=4, **options)
+    assert torch.equal(auto.latents, unaware.latents)
+
+
+def test_survives_graph_warmup_and_replay(tiny_kl, clipped_32):
+    kw = dict(method="fsm", lr=1.5, steps=4, schedule="constant", keep_best=True, clip_aware=True)
+    eager = decinv_fast.invert(tiny_kl, clipped_32, **kw)
+    graphed = decinv_fast.invert(tiny_kl, clipped_32, cuda_graphs=True, **kw)
+    assert torch.equal(graphed.latents, eager.latents)
+
+
+def test_recovers_saturated_images_on_the_fixture(fixture_vae):
+    """Contrast-boosted held-out crops whose decodings overshoot [-1, 1] (about 14% of the saved
+    pixels are clipped): ``auto``, which is clip-aware, lands far closer to z* than the same run
+    without the option, and no image gets worse."""
+    crops = (heldout_crops(size=64, count=4) * 1.6).clamp(-1, 1)
+    target = make_target(fixture_vae, crops, seed=0)
+    assert float((target.images.abs() == 1).float().mean()) > 0.05
+    aware = decinv_fast.invert(fixture_vae, target.images, method="auto", steps=10, measure_memory=False)
+    options = dict(AUTO["options"], clip_aware=False)
+    unaware = decinv_fast.invert(fixture_vae, target.images, method=AUTO["method"], lr=AUTO["lr"],
+                                 schedule=AUTO["schedule"], keep_best=AUTO["keep_best"],
+                                 patience=AUTO["patience"], steps=10, measure_memory=False, **options)
+    gain = (decinv_fast.nmse_db(unaware.latents, target.latents, per_sample=True)
+            - decinv_fast.nmse_db(aware.latents, target.latents, per_sample=True))
+    assert float(gain.mean()) > 2.0 and float(gain.min()) > -0.1, gain

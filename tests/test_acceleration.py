@@ -256,17 +256,11 @@ def test_residual_blur_makes_its_taps_once():
 
 def test_residual_blur_shows_the_encoder_the_low_passed_residual(tiny_kl, images_32):
     """With ``residual_blur=s`` every encoder call after E(x) gets ``x + blur(D(z) - x)``."""
-    from decinv_fast.adapters import as_adapter
+    from spy import spying_codec
+
     from decinv_fast.filters import gaussian_blur
 
-    adapter = as_adapter(tiny_kl)
-    seen = []
-
-    def encode(pixels):
-        seen.append(pixels.clone())
-        return adapter.encode(pixels)
-
-    decode = lambda z: adapter.decode(z, 1)  # noqa: E731
+    encode, decode, seen = spying_codec(tiny_kl)
     x = images_32
     for method in ("fsm", "anderson", "adam"):
         seen.clear()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from spy import spying_codec
 
 import decinv_fast
 from decinv_fast import reference
@@ -57,14 +58,7 @@ def test_equals_the_reference_with_a_clipping_decoder(tiny_kl, clipped_32, metho
 
 
 def test_the_pixel_error_and_the_encoder_see_the_clipped_decoding(tiny_kl, clipped_32):
-    adapter = as_adapter(tiny_kl)
-    seen = []
-
-    def encode(pixels):
-        seen.append(pixels.clone())
-        return adapter.encode(pixels)
-
-    decode = lambda z: adapter.decode(z, 1)  # noqa: E731
+    encode, decode, seen = spying_codec(tiny_kl)
     x = clipped_32
     out = decinv_fast.invert((encode, decode), x, method="anderson", steps=2, clip_aware=True, keep_best=True)
     shown = plain_clipped(decode(decinv_fast.encode(tiny_kl, x)), x)

@@ -48,7 +48,7 @@ def test_equals_the_reference_with_a_clipping_decoder(tiny_kl, clipped_32, metho
     adapter = as_adapter(tiny_kl)
     x = clipped_32
     decode = lambda z: plain_clipped(adapter.decode(z, 1), x)  # noqa: E731
-    run = getattr(reference, "fsm" if method == "fsm" else method)
+    run = getattr(reference, method)
     kw = dict(lr=lr) if method == "adam" else dict(rho=lr)
     ref = run(adapter.encode, decode, x, steps=6, schedule="constant", **kw)
     out = decinv_fast.invert(tiny_kl, x, method=method, steps=6, lr=lr, schedule="constant", clip_aware=True)

@@ -28,7 +28,7 @@ from benchmarks import harness
 from benchmarks.common import save, start_run
 from benchmarks.observability import mean_direction_response
 from benchmarks.stopping import VAES, load, mean_share, per_image_db
-from decinv_fast.options import AUTO
+from decinv_fast.options import AUTO, auto_kwargs
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 
@@ -39,10 +39,7 @@ CONFIGS = {"full": dict(sizes={64: 8, 128: 4, 256: 4}, caps=(10, 30)),
 
 
 def auto_with_gain(vae, images: torch.Tensor, gain: float, cap: int):
-    options = dict(AUTO["options"], mean_gain=gain)
-    return decinv_fast.invert(vae, images, method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
-                              keep_best=AUTO["keep_best"], patience=AUTO["patience"], steps=cap,
-                              measure_memory=False, **options)
+    return decinv_fast.invert(vae, images, steps=cap, measure_memory=False, **auto_kwargs(mean_gain=gain))
 
 
 def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dict]:

@@ -33,6 +33,13 @@ AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, pati
                      "clip_aware": True})
 
 
+def auto_kwargs(**option_overrides) -> dict:
+    """``invert`` keyword arguments spelling out ``method="auto"`` as the ``anderson`` run it is, with
+    some of its method options replaced (what benchmarks and tests vary against ``auto``)."""
+    return dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"], keep_best=AUTO["keep_best"],
+                patience=AUTO["patience"], **dict(AUTO["options"], **option_overrides))
+
+
 def check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -8,7 +8,7 @@ import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
 from decinv_fast.clipping import clipped_decoding
-from decinv_fast.options import AUTO
+from decinv_fast.options import auto_kwargs
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 from decinv_fast.visual import quantize
@@ -70,9 +70,7 @@ def test_the_pixel_error_and_the_encoder_see_the_clipped_decoding(tiny_kl, clipp
 def test_changes_nothing_without_clipped_pixels(tiny_kl, images_32):
     x = images_32 * 0.9  # no pixel at +-1
     auto = decinv_fast.invert(tiny_kl, x, method="auto", steps=4)
-    options = dict(AUTO["options"], clip_aware=False)
-    unaware = decinv_fast.invert(tiny_kl, x, method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
-                                 keep_best=AUTO["keep_best"], patience=AUTO["patience"], steps=4, **options)
+    unaware = decinv_fast.invert(tiny_kl, x, steps=4, **auto_kwargs(clip_aware=False))
     assert torch.equal(auto.latents, unaware.latents)
 
 
@@ -91,10 +89,8 @@ def test_recovers_saturated_images_on_the_fixture(fixture_vae):
     target = make_target(fixture_vae, crops, seed=0)
     assert float((target.images.abs() == 1).float().mean()) > 0.05
     aware = decinv_fast.invert(fixture_vae, target.images, method="auto", steps=10, measure_memory=False)
-    options = dict(AUTO["options"], clip_aware=False)
-    unaware = decinv_fast.invert(fixture_vae, target.images, method=AUTO["method"], lr=AUTO["lr"],
-                                 schedule=AUTO["schedule"], keep_best=AUTO["keep_best"],
-                                 patience=AUTO["patience"], steps=10, measure_memory=False, **options)
+    unaware = decinv_fast.invert(fixture_vae, target.images, steps=10, measure_memory=False,
+                                 **auto_kwargs(clip_aware=False))
     gain = (decinv_fast.nmse_db(unaware.latents, target.latents, per_sample=True)
             - decinv_fast.nmse_db(aware.latents, target.latents, per_sample=True))
     assert float(gain.mean()) > 2.0 and float(gain.min()) > -0.1, gain

@@ -94,3 +94,18 @@ def test_recovers_saturated_images_on_the_fixture(fixture_vae):
     gain = (decinv_fast.nmse_db(unaware.latents, target.latents, per_sample=True)
             - decinv_fast.nmse_db(aware.latents, target.latents, per_sample=True))
     assert float(gain.mean()) > 2.0 and float(gain.min()) > -0.1, gain
+
+
+@pytest.mark.parametrize("method", ["fsm", "auto"])
+def test_each_chunk_of_frames_is_clipped_by_its_own_frames(tiny_kl, clipped_32, method):
+    """A video whose frames clip different pixels, inverted one frame at a time and whole: the same
+    points, so each chunk's decoding is clipped where its own frames are."""
+    video = torch.cat([clipped_32, clipped_32.flip(-1)])[None]  # (1, 4, 3, 32, 32)
+    kw = dict(method=method, steps=4) if method == "auto" else dict(method=method, steps=4, clip_aware=True)
+    whole = decinv_fast.invert(tiny_kl, video, **kw)
+    for chunk in (1, 3):
+        part = decinv_fast.invert(tiny_kl, video, chunk_frames=chunk, **kw)
+        torch.testing.assert_close(part.latents, whole.latents, rtol=1e-4, atol=1e-5)
+    unaware = decinv_fast.invert(tiny_kl, video, steps=4, **(auto_kwargs(clip_aware=False) if method == "auto"
+                                                              else dict(method=method)))
+    assert (unaware.latents - whole.latents).abs().max() > 1e-3

@@ -109,3 +109,25 @@ def test_each_chunk_of_frames_is_clipped_by_its_own_frames(tiny_kl, clipped_32, 
     unaware = decinv_fast.invert(tiny_kl, video, steps=4, **(auto_kwargs(clip_aware=False) if method == "auto"
                                                               else dict(method=method)))
     assert (unaware.latents - whole.latents).abs().max() > 1e-3
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_only_the_ends_of_the_8bit_range_count_as_clipped_in_half_precision(dtype):
+    levels = quantize(torch.linspace(-1, 1, 256)).to(dtype)  # every 8-bit level, rounded to dtype
+    assert levels.unique().numel() == 256
+    above, below = torch.full_like(levels, 2.0), torch.full_like(levels, -2.0)
+    clipped = (clipped_decoding(above, levels) != above) | (clipped_decoding(below, levels) != below)
+    assert clipped.nonzero().flatten().tolist() == [0, 255]
+
+
+def test_fp16_run_follows_the_fp32_clip_aware_run(fixture_vae):
+    """On contrast-boosted fixture crops (decodings overshoot the clipped pixels) auto in fp16 lands
+    on the fp32 clip-aware points, far closer than on the unaware ones."""
+    target = make_target(fixture_vae, (heldout_crops(size=64, count=2) * 1.6).clamp(-1, 1), seed=0)
+    x, kw = target.images, dict(steps=4, measure_memory=False)
+    half = decinv_fast.invert(fixture_vae, x.half(), method="auto", dtype=torch.float16, **kw).latents.float()
+    aware = decinv_fast.invert(fixture_vae, x, method="auto", **kw).latents
+    unaware = decinv_fast.invert(fixture_vae, x, **kw, **auto_kwargs(clip_aware=False)).latents
+    to_aware = decinv_fast.nmse_db(half, aware)
+    assert to_aware < -45 and to_aware < decinv_fast.nmse_db(half, unaware) - 10

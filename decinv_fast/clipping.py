@@ -22,7 +22,11 @@ def clipped_decoding(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tenso
     """``decoded`` clipped where ``images`` is at ``+1`` (``-1``): values above (below) it become the
     image's (``min(D, x)`` at the top of the range, ``max(D, x)`` at the bottom, ``D`` elsewhere). The
     result keeps ``decoded``'s memory layout, so the encoder convolves the same bits it would for the
-    unclipped decoding; ``decoded`` itself is left as it is (a user's decoder may hand back its own buffer)."""
+    unclipped decoding; ``decoded`` itself is left as it is (a user's decoder may hand back its own buffer).
+    A ``decoded`` that requires grad (``method="grad"``) is clipped differentiably: the pixels a
+    decoding overshoots pass no gradient, the one-sided pixel loss."""
     upper = torch.where((images - 1).abs() <= CLIPPED_TOLERANCE, images, torch.inf)
     lower = torch.where((images + 1).abs() <= CLIPPED_TOLERANCE, images, -torch.inf)
+    if decoded.requires_grad:  # clamp's out= variant has no autograd; no encoder follows, so no layout to keep
+        return torch.clamp(decoded, lower, upper)
     return torch.clamp(decoded, lower, upper, out=torch.empty_like(decoded))

@@ -197,7 +197,8 @@ class GradientFreeIteration:
 
 
 class GradientBasedIteration:
-    """The gradient-based baseline: Adam on ``sum((D(z) - x)^2)`` through the decoder.
+    """The gradient-based baseline: Adam on ``sum((D(z) - x)^2)`` through the decoder (``D(z)``
+    clipped where ``x`` is with ``clip_aware``, see :mod:`.clipping`).
 
     Frames are decoded and back-propagated ``chunk`` at a time; the loss is a sum over frames, so
     accumulating chunk gradients gives the same gradient with activations of one chunk alive.
@@ -220,6 +221,7 @@ class GradientBasedIteration:
         self.pixel_norm = sample_norm(self.x, frames.batch)
         self.residual_norm = self.pixel_norm
         self.fpv = frames.frames_per_video if adapter.temporal else 1
+        self.clip_aware = option(plan.options, "clip_aware")
         self.tracker = make_tracker(plan, self._flat())
 
     def _flat(self) -> torch.Tensor:
@@ -231,7 +233,10 @@ class GradientBasedIteration:
         self.optimizer.zero_grad()
         sq = torch.zeros(self.x.shape[0], dtype=torch.float32, device=self.x.device)
         for s in chunks(self.x.shape[0], self.plan.chunk):
-            diff = self.adapter.decode(self.z[s], self.fpv) - self.x[s]
+            decoded = self.adapter.decode(self.z[s], self.fpv)
+            if self.clip_aware:
+                decoded = clipped_decoding(decoded, self.x[s])
+            diff = decoded - self.x[s]
             diff.square().sum().backward()
             sq[s] = diff.detach().float().square().flatten(1).sum(1)
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)

@@ -10,7 +10,7 @@ METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
     "adam": {"eps", "betas", "residual_blur", "clip_aware"}, "fsm": {"rho", "residual_blur", "mean_gain", "clip_aware"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": set(),
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": {"clip_aware"},
     "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "clip_aware"}, "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"

@@ -43,13 +43,14 @@ def test_clipped_decoding_by_hand():
     assert out.stride() == channels_last.stride()  # the encoder sees the decoder's layout
 
 
-@pytest.mark.parametrize("method,lr", [("adam", 0.01), ("fsm", 0.5), ("km", 0.7)])
+@pytest.mark.parametrize("method,lr", [("adam", 0.01), ("fsm", 0.5), ("km", 0.7), ("grad", 0.05)])
 def test_equals_the_reference_with_a_clipping_decoder(tiny_kl, clipped_32, method, lr):
+    """With grad, the reference back-propagates through the clipping decoder: the one-sided loss."""
     adapter = as_adapter(tiny_kl)
     x = clipped_32
     decode = lambda z: plain_clipped(adapter.decode(z, 1), x)  # noqa: E731
-    run = getattr(reference, method)
-    kw = dict(lr=lr) if method == "adam" else dict(rho=lr)
+    run = reference.REFERENCE_METHODS[method]
+    kw = dict(lr=lr) if method in ("adam", "grad") else dict(rho=lr)
     ref = run(adapter.encode, decode, x, steps=6, schedule="constant", **kw)
     out = decinv_fast.invert(tiny_kl, x, method=method, steps=6, lr=lr, schedule="constant", clip_aware=True)
     assert torch.equal(out.latents, ref.latents)
@@ -96,7 +97,7 @@ def test_recovers_saturated_images_on_the_fixture(fixture_vae):
     assert float(gain.mean()) > 2.0 and float(gain.min()) > -0.1, gain
 
 
-@pytest.mark.parametrize("method", ["fsm", "auto"])
+@pytest.mark.parametrize("method", ["fsm", "auto", "grad"])
 def test_each_chunk_of_frames_is_clipped_by_its_own_frames(tiny_kl, clipped_32, method):
     """A video whose frames clip different pixels, inverted one frame at a time and whole: the same
     points, so each chunk's decoding is clipped where its own frames are."""

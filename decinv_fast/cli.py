@@ -77,11 +77,14 @@ def cmd_invert(args) -> int:
     dtype = DTYPES[args.dtype]
     vae = load_vae(args.vae, dtype, args.device)
     images = read_images(Path(args.input))
+    clip_aware = args.clip_aware or args.method == "auto"  # auto is clip-aware already: no option to pass
+    options = dict(clip_aware=True) if args.clip_aware and args.method != "auto" else {}
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                        progress=_progress(args), chunk_frames=args.chunk_frames)
+                        progress=_progress(args), chunk_frames=args.chunk_frames, **options)
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "dtype": args.dtype, "vae": args.vae,
-            "source": str(args.input), "final_residual": f"{float(result.residuals[-1]):.6g}"}
+            "clip_aware": str(clip_aware), "source": str(args.input),
+            "final_residual": f"{float(result.residuals[-1]):.6g}"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({"latents": latents}, args.out, metadata=meta)
     print(f"wrote {args.out}: latents {tuple(latents.shape)} {latents.dtype}, residual "
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     inv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")
+    inv.add_argument("--clip-aware", action="store_true",
+                     help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
     inv.add_argument("--out", default="latents.safetensors")
     inv.add_argument("--png", default=None, help="also write a panel: input, reconstructions, errors")
     inv.add_argument("--quiet", action="store_true", help="no progress bar")

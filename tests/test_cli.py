@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -75,3 +76,23 @@ def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "decinv_fast", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "invert" in proc.stdout and "demo" in proc.stdout
+
+
+def test_clip_aware_flag(tmp_path):
+    """A photo with a fifth of its pixels at 0 or 255: the flag changes the answer for fsm and is
+    recorded; auto, clip-aware already, gives the same latents with or without it."""
+    boosted = np.clip((bundled_photo()[:32, :32].astype(np.float64) - 128) * 2.5 + 128, 0, 255).astype(np.uint8)
+    assert np.isin(boosted, (0, 255)).mean() > 0.2
+    path = tmp_path / "boosted.png"
+    Image.fromarray(boosted).save(path)
+    runs = {}
+    for method in ("fsm", "auto"):
+        for flag in ([], ["--clip-aware"]):
+            out = tmp_path / f"{method}{len(flag)}.safetensors"
+            args = ["invert", str(path), "--steps", "3", "--method", method, "--out", str(out), "--quiet"]
+            assert main(args + flag) == 0
+            runs[method, bool(flag)] = read_latents(out)
+    assert runs["fsm", False][1]["clip_aware"] == "False" and runs["fsm", True][1]["clip_aware"] == "True"
+    assert (runs["fsm", True][0] - runs["fsm", False][0]).abs().max() > 1e-3
+    assert runs["auto", False][1]["clip_aware"] == "True"
+    assert torch.equal(runs["auto", True][0], runs["auto", False][0])

@@ -62,6 +62,7 @@ from benchmarks import harness
 from benchmarks.common import save, start_run
 from benchmarks.observability import decoder_null_channel, null_channel_floor_db
 from decinv_fast.adapters import as_adapter
+from decinv_fast.clipping import clipped_decoding
 from decinv_fast.options import AUTO, OPTION_DEFAULTS
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
@@ -154,7 +155,8 @@ def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> d
     """A reference, not a candidate: the latent minimising the pixel error ``||D(z) - x||²`` itself,
     by L-BFGS through the decoder's backward pass (what no forward-only method can compute). It shows
     how far the semi-convergent optimum of the gradient-free iteration, whose fixed point the
-    encoder's error biases, is from the least-squares answer."""
+    encoder's error biases, is from the least-squares answer. Clip-aware like ``auto``: ``D(z)`` is
+    clipped where the image is (``decinv_fast.clipping``), so overshooting a clipped pixel costs nothing."""
     adapter = as_adapter(vae)
     z = encoded.clone().requires_grad_(True)  # from E(x), like every series
     opt = torch.optim.LBFGS([z], lr=1, max_iter=20, history_size=20, line_search_fn="strong_wolfe")
@@ -162,7 +164,7 @@ def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> d
 
     def closure():
         opt.zero_grad()
-        loss = (adapter.decode(z, 1) - target.images).square().sum()
+        loss = (clipped_decoding(adapter.decode(z, 1), target.images) - target.images).square().sum()
         loss.backward()
         passes.append(1)
         return loss
@@ -171,7 +173,7 @@ def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> d
     with torch.enable_grad():
         for _ in range(outer):
             opt.step(closure)
-    return dict(series="pixel least squares (L-BFGS, gradient-based reference)", reference=True,
+    return dict(series="clip-aware pixel least squares (L-BFGS, gradient-based reference)", reference=True,
                 evaluations=[len(passes)],
                 nmse_db=[float(per_image_db(z.detach(), target.latents).mean())],
                 seconds=[time.perf_counter() - start])

@@ -160,7 +160,7 @@ def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
     """One VAE's series against ``x_key`` (``"evaluations"`` or ``"seconds"``)."""
     ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
     for m in (m for m in rows if m.get("reference")):
-        ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="pixel least squares (gradient-based)")
+        ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="clip-aware pixel least squares (gradient-based)")
     candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r.get("reference"))
     for i, m in enumerate(candidates):
         ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"],

@@ -5,7 +5,8 @@ direction respond weakly in the fixture VAEs: some per-channel spatial means (``
 and one channel combination at every position, which the decoder's first layers nearly ignore
 (``decoder_null_channel``). Along the latter the image says almost nothing, so what the encoder puts
 there stays: ``null_channel_floor_db`` is the NMSE(z) of a latent that is exact except for the
-encoder's error along that combination, a practical floor for any method.
+encoder's error along that combination, a practical floor for any method; ``null_channel_share`` is
+how much of a latent's squared error lies along it.
 """
 
 from __future__ import annotations
@@ -66,3 +67,12 @@ def null_channel_floor_db(direction: torch.Tensor, encoded: torch.Tensor, truth:
     along = torch.einsum("c,nchw->nhw", direction, (encoded - truth).float())
     floor = truth + direction[None, :, None, None] * along[:, None]
     return float(decinv_fast.nmse_db(floor, truth, per_sample=True).mean())
+
+
+def null_channel_share(direction: torch.Tensor, latents: torch.Tensor, truth: torch.Tensor) -> float:
+    """The fraction of ``||latents - truth||²`` (latents ``(N, C, h, w)``, the whole batch) along the unit
+    channel combination ``direction`` (``(C,)``): with the decoder's null combination, the part of the
+    error the image can hardly show."""
+    error = (latents - truth).float()
+    along = torch.einsum("c,nchw->nhw", direction.to(error), error)
+    return float(along.square().sum() / error.square().sum())

@@ -232,7 +232,9 @@ def stopping(records: list[dict]) -> list[str]:
                 + ". What the image cannot show: the decoder's first layers respond to the latent channels with "
                 "singular values " + " / ".join(f"{v:.3g}" for v in first["decoder_channel_singular_values"])
                 + "; a latent exact but for the encoder's error along the last of those channel combinations "
-                f"scores {first['null_channel_floor_db']:.2f} dB, a practical floor for every method.", "",
+                f"scores {first['null_channel_floor_db']:.2f} dB, a practical floor for every method; "
+                f"{100 * first['encoder_null_share']:.0f} % of the encoder-only squared error lies along it "
+                "(column *error along it* below: the same for what `auto` returns).", "",
                 "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
                 "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
         for m in rows:
@@ -249,14 +251,15 @@ def stopping(records: list[dict]) -> list[str]:
                    + " |" * 7)
         out += ["", "| `method=\"auto\"` | steps cap | evaluations (mean / max) | seconds (CPU) | NMSE dB | "
                 "stopped by | gap to best returned | gap to per-image oracle | gap to best returned, ≤ 10 ev | "
-                "gap to per-image oracle, ≤ 10 ev |",
-                "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                "gap to per-image oracle, ≤ 10 ev | error along it |",
+                "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for m in (m for m in rows if m["series"] == "auto"):
             out.append(f"| auto | {m['cap']} | {m['evaluations'][0]:.1f} / {m['max_evaluations']} | "
                        f"{m['seconds'][0]:.2f} | **{m['nmse_db'][0]:.2f}** | "
                        f"{', '.join(sorted(set(m['stop_reason'])))} | "
                        f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} | "
-                       f"{_f(m.get('gap_to_best_returned_10_db'))} | {_f(m.get('gap_to_best_any_10_db'))} |")
+                       f"{_f(m.get('gap_to_best_returned_10_db'))} | {_f(m.get('gap_to_best_any_10_db'))} | "
+                       f"{100 * m['null_share']:.0f} % |")
         for m in (m for m in rows if m.get("reference")):
             out += ["", f"Reference, not a candidate and in neither best: the {m['series']}, "
                     f"{m['evaluations'][0]} decoder forward+backward passes: **{m['nmse_db'][0]:.2f} dB**. The "

@@ -60,7 +60,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, start_run
-from benchmarks.observability import decoder_null_channel, null_channel_floor_db
+from benchmarks.observability import decoder_null_channel, null_channel_floor_db, null_channel_share
 from decinv_fast.adapters import as_adapter
 from decinv_fast.clipping import clipped_decoding
 from decinv_fast.options import AUTO, OPTION_DEFAULTS
@@ -200,6 +200,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     encoder = float(per_image_db(encoded, target.latents).mean())
     null_direction, channel_values = decoder_null_channel(vae)
     floor = null_channel_floor_db(null_direction, encoded, target.latents)
+    encoder_null_share = null_channel_share(null_direction, encoded, target.latents)
     encoder_share = mean_share(encoded - target.latents)
     rows, best_any, best_returned = [], Best(encoder), Best(encoder)
     for label, kw in TRAJECTORY.items():
@@ -233,7 +234,8 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
         rows.append(dict(series="auto", cap=cap, evaluations=[float(auto.stopped_at.float().mean())],
                          max_evaluations=int(auto.stopped_at.max()),
                          nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
-                         seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason))
+                         seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason,
+                         null_share=null_channel_share(null_direction, auto.latents, target.latents)))
         for best in (best_any, best_returned):
             best.offer(rows[-1]["nmse_db"][0], cap)
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
@@ -241,6 +243,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     for row in rows:
         row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=encoder_share,
                    null_channel_floor_db=floor, decoder_channel_singular_values=channel_values,
+                   encoder_null_share=encoder_null_share,
                    best_any_method_db=best_any.any,
                    best_returned_db=best_returned.any, best_any_method_10_db=best_any.capped,
                    best_returned_10_db=best_returned.capped)

@@ -24,9 +24,12 @@ def clipped_decoding(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tenso
     result keeps ``decoded``'s memory layout, so the encoder convolves the same bits it would for the
     unclipped decoding; ``decoded`` itself is left as it is (a user's decoder may hand back its own buffer).
     A ``decoded`` that requires grad (``method="grad"``) is clipped differentiably: the pixels a
-    decoding overshoots pass no gradient, the one-sided pixel loss."""
+    decoding overshoots pass no gradient, the one-sided pixel loss; autograd keeps a one-byte mask
+    for it, not the decoding and the bounds."""
     upper = torch.where((images - 1).abs() <= CLIPPED_TOLERANCE, images, torch.inf)
     lower = torch.where((images + 1).abs() <= CLIPPED_TOLERANCE, images, -torch.inf)
-    if decoded.requires_grad:  # clamp's out= variant has no autograd; no encoder follows, so no layout to keep
-        return torch.clamp(decoded, lower, upper)
+    if decoded.requires_grad:  # no encoder follows, so no layout to keep
+        with torch.no_grad():
+            overshoot = (decoded > upper) | (decoded < lower)
+        return torch.where(overshoot, images, decoded)
     return torch.clamp(decoded, lower, upper, out=torch.empty_like(decoded))

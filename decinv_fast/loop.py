@@ -237,6 +237,7 @@ class GradientBasedIteration:
             if self.clip_aware:
                 decoded = clipped_decoding(decoded, self.x[s])
             diff = decoded - self.x[s]
+            del decoded  # the backward pass does not need it: one pixel-sized tensor less at the peak
             diff.square().sum().backward()
             sq[s] = diff.detach().float().square().flatten(1).sum(1)
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)

@@ -70,9 +70,9 @@ def null_channel_floor_db(direction: torch.Tensor, encoded: torch.Tensor, truth:
 
 
 def null_channel_share(direction: torch.Tensor, latents: torch.Tensor, truth: torch.Tensor) -> float:
-    """The fraction of ``||latents - truth||²`` (latents ``(N, C, h, w)``, the whole batch) along the unit
-    channel combination ``direction`` (``(C,)``): with the decoder's null combination, the part of the
-    error the image can hardly show."""
+    """Per image, the fraction of ``||latents - truth||²`` (latents ``(N, C, h, w)``) along the unit
+    channel combination ``direction`` (``(C,)``), averaged over the images (as NMSE is averaged, in
+    dB, per image): with the decoder's null combination, the part of the error the image can hardly show."""
     error = (latents - truth).float()
     along = torch.einsum("c,nchw->nhw", direction.to(error), error)
-    return float(along.square().sum() / error.square().sum())
+    return float((along.square().sum((1, 2)) / error.square().sum((1, 2, 3))).mean())

@@ -112,7 +112,6 @@ def test_each_chunk_of_frames_is_clipped_by_its_own_frames(tiny_kl, clipped_32, 
     assert (unaware.latents - whole.latents).abs().max() > 1e-3
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_only_the_ends_of_the_8bit_range_count_as_clipped_in_half_precision(dtype):
     levels = quantize(torch.linspace(-1, 1, 256)).to(dtype)  # every 8-bit level, rounded to dtype

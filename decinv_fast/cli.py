@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .options import METHODS
+from .options import AUTO, METHODS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv"}
@@ -77,8 +77,10 @@ def cmd_invert(args) -> int:
     dtype = DTYPES[args.dtype]
     vae = load_vae(args.vae, dtype, args.device)
     images = read_images(Path(args.input))
-    clip_aware = args.clip_aware or args.method == "auto"  # auto is clip-aware already: no option to pass
-    options = dict(clip_aware=True) if args.clip_aware and args.method != "auto" else {}
+    # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
+    auto = args.method == "auto"
+    clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
+    options = {} if auto else dict(clip_aware=clip_aware)
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
                         progress=_progress(args), chunk_frames=args.chunk_frames, **options)
     latents = result.latents.detach().contiguous().cpu()

@@ -1,5 +1,7 @@
 """Every bad input gets a clear error naming the argument, never a NaN result or a deep stack."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,14 @@ def test_nmse_db_shapes():
         decinv_fast.nmse_db(a, b[:1])
     assert decinv_fast.nmse_db(b + 1.1, a) == pytest.approx(-20.0, abs=1e-4)
     assert decinv_fast.nmse_db(b + 1.1, a, per_sample=True).shape == (2,)
+
+
+def test_nmse_db_zero_truth_is_an_error_not_nan():
+    truth = torch.ones(2, 4)
+    truth[1] = 0  # one sample all zeros: its own NMSE is x/0, the whole batch's is defined
+    with pytest.raises(ValueError, match="truth is all zeros for some sample"):
+        decinv_fast.nmse_db(torch.zeros(2, 4), truth, per_sample=True)
+    with pytest.raises(ValueError, match="truth is all zeros"):
+        decinv_fast.nmse_db(torch.zeros(2, 4), torch.zeros(2, 4))
+    assert decinv_fast.nmse_db(truth + 0.1, truth) == pytest.approx(10 * math.log10(0.08 / 4), abs=1e-4)
+    assert decinv_fast.nmse_db(truth, truth) == float("-inf")  # exact: -inf dB, not an error

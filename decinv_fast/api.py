@@ -260,6 +260,13 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
         raise ValueError("latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor")
     if adapter.device is not None and latents.device != adapter.device:
         raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
+    channels = latents.shape[-3]
+    if adapter.latent_channels is not None and channels != adapter.latent_channels:
+        raise ValueError(f"latents have {channels} channels (dim -3 of shape {tuple(latents.shape)}); "
+                         f"this {adapter.kind} decodes {adapter.latent_channels}")
+    bad = int((~torch.isfinite(latents)).sum())
+    if bad:
+        raise ValueError(f"latents: {bad} value(s) are NaN or infinite")
     squeezed = latents.dim() == 3
     z = latents[None] if squeezed else latents
     if adapter.dtype is not None:

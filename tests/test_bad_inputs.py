@@ -64,6 +64,17 @@ def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
 
 
+@pytest.mark.parametrize("latents,match", [
+    (torch.zeros(1, 3, 4, 4), "latents have 3 channels"),
+    (torch.full((1, 4, 4, 4), float("nan")), "NaN or infinite"),
+    (torch.zeros(3, 3), "tensor"),
+])
+def test_decode_bad_latents(tiny_kl, latents, match):
+    with pytest.raises(ValueError, match=match):
+        decinv_fast.decode(tiny_kl, latents)
+    assert decinv_fast.decode(tiny_kl, torch.zeros(4, 4, 4)).shape == (3, 32, 32)
+
+
 def test_nmse_db_shapes():
     a, b = torch.ones(2, 4), torch.zeros(2, 4)
     with pytest.raises(ValueError, match="shape"):

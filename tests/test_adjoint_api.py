@@ -9,7 +9,7 @@ import torch
 from adjoint_models import MlpEps, gaussian_eps, loglinear_schedule, problem, smooth_loss
 from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
-from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, ei_sample, optimize_noise
+from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, ddim_invert, ei_sample, optimize_noise
 from decinv_fast.memory import cpu_allocator_peak
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -126,3 +126,23 @@ def test_bad_optimize_noise_arguments_are_named(kwargs, error, match):
     z_T, mean = problem()
     with pytest.raises(error, match=match):
         optimize_noise(MlpEps(4), loglinear_schedule(4), z_T, smooth_loss, mean=mean, **kwargs)
+
+
+@pytest.mark.parametrize("loss, match", [
+    (lambda z0: z0.sum() * float("nan"), "the loss is nan at iteration 0"),
+    (lambda z0: (z0 - z0.detach()).abs().sqrt().sum(), "gradient has NaN/inf values at iteration 0"),  # d sqrt at 0
+])
+def test_optimize_noise_non_finite_loss_or_gradient_is_an_error(loss, match):
+    z_T, mean = problem()
+    kept = z_T.clone()
+    with pytest.raises(FloatingPointError, match=match):
+        optimize_noise(MlpEps(4), loglinear_schedule(4), z_T, loss, iterations=3, mean=mean)
+    assert torch.equal(z_T, kept)  # the caller's noise is untouched
+
+
+@pytest.mark.parametrize("run, name", [(adjoint_sample, "z_T"), (ddim_invert, "z_0")])
+def test_non_finite_start_state_is_named(run, name):
+    z = noise()
+    z[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=f"{name}: 1 value"):
+        run(tiny_unet(), Schedule.from_scheduler(sd_scheduler(), 3), z)

@@ -56,6 +56,15 @@ class NoiseOptimization:
     method: str
 
 
+def _check_finite(value: float, variables: list[torch.Tensor], iteration: int) -> None:
+    """A NaN/inf loss or gradient is an error naming the iteration, not a silently NaN ``z_T``."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"optimize_noise: the loss is {value} at iteration {iteration}")
+    if not all(bool(torch.isfinite(v.grad).all()) for v in variables if v.grad is not None):
+        raise FloatingPointError(f"optimize_noise: the gradient has NaN/inf values at iteration {iteration} "
+                                 f"(loss {value:.6g}); try a smaller lr or a loss without singular points")
+
+
 def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -98,7 +107,8 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
             on the shell where Gaussian noise lives.
         callback: ``callback(iteration, loss)`` after every loss evaluation.
 
-    Returns a :class:`NoiseOptimization`; the model's parameters are not changed.
+    Returns a :class:`NoiseOptimization`; the model's parameters are not changed. A NaN/inf loss or
+    gradient raises ``FloatingPointError`` naming the iteration, before the step that would spread it.
     """
     names = _check(method, iterations, lr, optimize, cond)
     if not isinstance(z_T, torch.Tensor) or not z_T.is_floating_point():
@@ -129,9 +139,10 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
         for it in range(iterations):
             optimizer.zero_grad(set_to_none=True)
             value = evaluate()
-            value.backward()
-            optimizer.step()
             losses.append(float(value.detach()))
+            value.backward()
+            _check_finite(losses[-1], variables, it)  # before the step: the iterate stays the last good one
+            optimizer.step()
             if keep_norm and "z_T" in names:
                 with torch.no_grad():
                     flat = z.flatten(1)

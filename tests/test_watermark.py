@@ -23,6 +23,7 @@ from decinv_fast.watermark import (
     roc_auc,
     save_images,
     score_noise,
+    to_uint8,
     tpr_at_fpr,
 )
 
@@ -132,6 +133,13 @@ def test_watermark_bad_inputs():
         inject(noise().long(), key)
     with pytest.raises(ValueError, match="noise_std must be a positive number"):
         noise_statistic(noise(), key, noise_std=0.0)
+    bad = noise()
+    bad[1, 2, 3, 4] = float("nan")
+    for check in (lambda z: inject(z, key), lambda z: noise_statistic(z, key)):
+        with pytest.raises(ValueError, match="noise: 1 value"):
+            check(bad)
+    with pytest.raises(ValueError, match="pixels: 1 value"):  # a uint8 cast would make it an arbitrary byte
+        to_uint8(bad[:, :3])
     with pytest.raises(TypeError, match="key must be a TreeRingKey"):
         detect(None, None, None, "key", None)
     with pytest.raises(ValueError, match="images must be a .* uint8 tensor"):

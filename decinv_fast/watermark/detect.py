@@ -64,6 +64,9 @@ class Detection:
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Decoder output in [-1, 1] -> ``uint8`` in [0, 255], rounded like an 8-bit image file."""
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:  # a cast would turn them into arbitrary bytes
+        raise ValueError(f"pixels: {bad} value(s) are NaN or infinite")
     return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

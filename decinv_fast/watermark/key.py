@@ -70,6 +70,9 @@ class TreeRingKey:
         if latents.dim() != 4 or tuple(latents.shape[1:]) != self.shape:
             raise ValueError(f"{name} must be (B, {', '.join(map(str, self.shape))}) for this key, "
                              f"got shape {tuple(latents.shape)}")
+        bad = int((~torch.isfinite(latents)).sum())
+        if bad:
+            raise ValueError(f"{name}: {bad} value(s) are NaN or infinite")
 
 
 def make_ring_key(shape, *, radius: int | None = None, channel: int | None = None, seed: int = 0) -> TreeRingKey:

@@ -23,6 +23,21 @@ class UsageError(ValueError):
     """Bad input on the command line; shown as one line."""
 
 
+def device_arg(spec: str) -> str:
+    """``--device``: a torch device this machine has (argparse shows the error as one usage line)."""
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{spec}: this machine has no usable CUDA device; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{spec}: this machine has {count} CUDA device(s)")
+    return spec
+
+
 def load_vae(spec: str, dtype: torch.dtype, device: str):
     """``fixture`` or a diffusers VAE folder (or a pipeline folder with a ``vae/`` subfolder)."""
     from .fixture import load_fixture_vae
@@ -130,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--method", default="adam", choices=METHODS)
     inv.add_argument("--lr", type=float, default=None)
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    inv.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")
     inv.add_argument("--clip-aware", action="store_true",
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")

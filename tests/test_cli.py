@@ -73,6 +73,15 @@ def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
     assert err.startswith("decinv: error:") and message in err and "\n" not in err
 
 
+@pytest.mark.parametrize("device,message", [("tpu", "not a torch device"), ("cuda:99", "CUDA device")])
+def test_bad_device_is_a_usage_line_not_a_traceback(tmp_path, photo_png, capsys, device, message):
+    with pytest.raises(SystemExit) as exited:  # argparse's own usage error, before any model loads
+        main(["invert", str(photo_png), "--device", device, "--quiet", "--out", str(tmp_path / "o.st")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --device" in err and message in err
+
+
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "decinv_fast", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "invert" in proc.stdout and "demo" in proc.stdout

@@ -20,6 +20,7 @@ from .api import decode, encode, invert, nmse_db
 from .fixture import load_fixture_vae
 from .inputs import to_frames
 from .memory import PeakMemory
+from .options import check_int
 from .protocol import make_target
 from .visual import convergence_plot, error_image, panel, psnr
 
@@ -86,6 +87,9 @@ def run_case(vae, case: str, pixels: torch.Tensor, steps: int, chunk: int | None
 def run_demo(out_dir: str | Path = "demo_output", *, steps: int = 50, frames: int = 16, frame_size: int = 128,
              chunk_frames: int = 4, progress: bool = True) -> list[Row]:
     """Run the demo, write ``panel.png`` and ``convergence.png`` into ``out_dir``; return the rows."""
+    for name, value in (("steps", steps), ("frames", frames), ("frame_size", frame_size),
+                        ("chunk_frames", chunk_frames)):
+        check_int(name, value, 1)  # before minutes of work, not after the still image's runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

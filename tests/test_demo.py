@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from decinv_fast.demo import METHODS, format_table, run_demo
 
 
@@ -18,3 +20,11 @@ def test_demo_runs_every_method_and_writes_its_figures(tmp_path):
     assert (tmp_path / "panel.png").is_file() and (tmp_path / "convergence.png").is_file()
     table = format_table(rows)
     assert all(name in table for name in methods)
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(frames=0), "frames"), (dict(steps=-1), "steps"),
+                                          (dict(chunk_frames=2.5), "chunk_frames")])
+def test_demo_bad_arguments_are_named_before_any_work(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be an int >= 1"):
+        run_demo(tmp_path / "never", progress=False, **kwargs)
+    assert not (tmp_path / "never").exists()

@@ -18,6 +18,7 @@ on a GPU are not modelled: GPU predictions are unverified until run on a GPU.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .adapters import as_adapter
+from .attention import ATTENTION
 from .memory import available_ram
-from .options import OPTION_DEFAULTS
+from .options import ANDERSON_MIXING, AUTO, DTYPES, OPTION_DEFAULTS, check_int
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -174,7 +176,7 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
-         memory: int = OPTION_DEFAULTS["memory"], mixing: str = OPTION_DEFAULTS["mixing"]) -> MemoryPlan:
+         memory: int | None = None, mixing: str | None = None) -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -182,21 +184,21 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
         device: the device the prediction is for (``"cuda"`` or ``"cpu"``); only labels the plan.
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
-        method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"`` or ``"grad"`` (traced forward and
-            backward).
+        method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"``, ``"auto"`` (planned as the Anderson
+            run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
-        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents).
-        mixing: Anderson's ``"latent"`` or ``"pixel"`` mixing (the latter adds ``m + 2`` fp32 images).
+        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents); default 5.
+        mixing: Anderson's ``"latent"`` (default) or ``"pixel"`` mixing (the latter adds ``m + 2``
+            fp32 images). ``method="auto"`` sets both itself.
     """
-    if method not in PLANNED_METHODS:
-        raise ValueError(f"method must be one of {PLANNED_METHODS}, got {method!r}")
+    run_method, memory, mixing = _planned_method(method, memory, mixing)
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) not in (4, 5) or shape[-3] != 3:
-        raise ValueError(f"shape must be (B, 3, H, W) or (B, F, 3, H, W), got {shape}")
+    shape = _checked_shape(shape, adapter.spatial_factor)
+    _check_arguments(dtype, device, budget_bytes, attention, chunks)
+    method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
     meta = as_adapter(_meta_vae(adapter.module, dtype))
@@ -217,8 +219,57 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             state += (latent_bytes // size) * 4 * (2 * memory + 2)
             if mixing == "pixel":
                 state += frames * 3 * h * w * 4 * (memory + 2)
-    return MemoryPlan(shape, dtype, device, method, weights, frames * 3 * h * w * size, state, transient,
+    return MemoryPlan(shape, dtype, device, method_label, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
+
+
+def _planned_method(method: str, memory: int | None, mixing: str | None) -> tuple[str, int, str]:
+    """The method whose memory is traced, with Anderson's ``memory`` and ``mixing`` filled in."""
+    if method == "auto":
+        if memory is not None or mixing is not None:
+            raise ValueError("method='auto' sets its own Anderson memory and mixing; use method='anderson' to set them")
+        return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"]
+    if method not in PLANNED_METHODS:
+        raise ValueError(f"method must be one of {(*PLANNED_METHODS, 'auto')}, got {method!r}")
+    memory = OPTION_DEFAULTS["memory"] if memory is None else memory
+    mixing = OPTION_DEFAULTS["mixing"] if mixing is None else mixing
+    check_int("memory (Anderson history m)", memory, 0)
+    if mixing not in ANDERSON_MIXING:
+        raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {mixing!r}")
+    return method, memory, mixing
+
+
+def _checked_shape(shape, factor: int) -> tuple[int, ...]:
+    """``shape`` as ints, refused as ``invert`` would refuse images of that shape."""
+    try:  # ints of any kind (torch.Size, NumPy), not floats or bools
+        dims = tuple(operator.index(d) for d in shape if not isinstance(d, bool))
+    except TypeError:
+        dims = ()
+    if len(dims) not in (4, 5) or len(dims) != len(shape) or min(dims) < 1 or dims[-3] != 3:
+        raise ValueError(f"shape must be (B, 3, H, W) or (B, F, 3, H, W) of positive ints, got {shape!r}")
+    h, w = dims[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"shape: height {h} and width {w} must be multiples of {factor} (the VAE's downsampling "
+                         "factor)")
+    return dims
+
+
+def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device ('cuda', 'cpu'), got {device!r}") from None
+    if budget_bytes is not None:
+        check_int("budget_bytes", budget_bytes, 1)
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    if chunks is not None:
+        if isinstance(chunks, int | str) or not list(chunks):
+            raise ValueError(f"chunks must be a non-empty list of chunk sizes, got {chunks!r}")
+        for c in chunks:
+            check_int("chunks[...] (frames per encoder/decoder call)", c, 1)
 
 
 def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):

@@ -7,6 +7,7 @@ from diffusers import AutoencoderKL
 import decinv_fast
 from decinv_fast.fixture import new_fixture_vae
 from decinv_fast.memory import cpu_allocator_peak
+from decinv_fast.options import AUTO
 from decinv_fast.planner import plan
 
 
@@ -82,13 +83,39 @@ def test_math_attention_materialises_the_score_matrix():
     assert math.transient[1] - sdpa.transient[1] >= 48 * 2**20
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="shape"):
-        plan(new_fixture_vae(), (1, 64, 64), dtype=torch.float32)
+@pytest.mark.parametrize("shape, kwargs, match", [
+    ((1, 64, 64), {}, "shape must be"),
+    ((1, 3, 64, 64.0), {}, "shape must be"),
+    ((0, 3, 64, 64), {}, "shape must be"),
+    ((1, 3, 60, 64), {}, "multiples of 8"),
+    ((1, 3, 64, 64), dict(method="adamw"), "method must be one of"),
+    ((1, 3, 64, 64), dict(method="auto", memory=3), "method='auto' sets its own"),
+    ((1, 3, 64, 64), dict(method="anderson", memory=-1), "memory"),
+    ((1, 3, 64, 64), dict(method="anderson", mixing="both"), "mixing"),
+    ((1, 3, 64, 64), dict(dtype=torch.int8), "dtype"),
+    ((1, 3, 64, 64), dict(device="tpu"), "device"),
+    ((1, 3, 64, 64), dict(budget_bytes=-5), "budget_bytes"),
+    ((1, 3, 64, 64), dict(attention="flash"), "attention"),
+    ((1, 3, 64, 64), dict(chunks=[0]), "chunks"),
+    ((1, 3, 64, 64), dict(chunks=4), "chunks"),
+])
+def test_bad_arguments(shape, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan(new_fixture_vae(), shape, **{"dtype": torch.float32, **kwargs})
+
+
+def test_callables_cannot_be_planned():
     with pytest.raises(TypeError, match="diffusers VAE"):
         plan((lambda x: x, lambda z: z), (1, 3, 64, 64), dtype=torch.float32)
-    with pytest.raises(ValueError, match="method"):
-        plan(new_fixture_vae(), (1, 3, 64, 64), dtype=torch.float32, method="adamw")
+
+
+def test_auto_is_planned_as_its_anderson_run():
+    vae, shape = new_fixture_vae(), torch.Size([2, 3, 64, 64])  # a torch.Size shape, as from x.shape
+    auto = plan(vae, shape, dtype=torch.float32, method="auto", chunks=[1, 2])
+    settings = {k: AUTO["options"][k] for k in ("memory", "mixing")}
+    anderson = plan(vae, shape, dtype=torch.float32, method=AUTO["method"], chunks=[1, 2], **settings)
+    assert auto.method == "auto" and auto.per_chunk == anderson.per_chunk
+    assert auto.state_bytes > plan(vae, shape, dtype=torch.float32, method="anderson", chunks=[1]).state_bytes
 
 
 def test_anderson_state_counts_its_fp32_history():

@@ -19,12 +19,13 @@ import torch
 from ..adapters import as_adapter
 from ..api import decode, encode, invert, nmse_db
 from ..inputs import to_frames
+from ..options import METHODS
 from ..result import InversionResult
 from .denoiser import as_denoiser
 from .samplers import bdia_invert_from_z0, check_gamma, ddim_invert
 from .schedule import as_schedule
 
-DECODER_METHODS = ("encoder", "adam", "fsm", "km", "grad")
+DECODER_METHODS = ("encoder", *METHODS)  # "encoder": E(x) alone; the rest: decinv_fast.invert's methods
 DIFFUSION_METHODS = ("bdia", "ddim")
 
 
@@ -35,12 +36,13 @@ class NoiseInversion:
     Attributes:
         z0: ``(B, C, h, w)`` decoder-inverted latent (pipeline latent space, scaled and shifted).
         zT: ``(B, C, h, w)`` estimated initial noise, in the eps model's dtype.
-        method: decoder stage (``"encoder"``, ``"adam"``, ``"fsm"``, ``"km"`` or ``"grad"``).
+        method: decoder stage (``"encoder"`` or a :func:`decinv_fast.invert` method).
         diffusion: diffusion stage (``"bdia"`` or ``"ddim"``); ``gamma`` for BDIA, else ``None``.
         decoder: ``invert``'s full result (``None`` for ``"encoder"``).
-        decoder_residual: ``invert``'s last relative residual, ``||E(D(z0)) - E(x)|| / ||E(x)||``
-            (for ``"grad"``: ``||D(z0) - x|| / ||x||``); ``None`` for ``"encoder"``.
-        pixel_residual: ``||D(z0) - x|| / ||x||`` for every method (one extra decoder pass).
+        decoder_residual: ``invert``'s last recorded relative residual ``||E(D(z)) - E(x)|| / ||E(x)||``
+            (for ``"grad"``: ``||D(z) - x|| / ||x||``) at the point its last update started from, one
+            step before ``z0`` (``"auto"`` may return an earlier point still); ``None`` for ``"encoder"``.
+        pixel_residual: ``||D(z0) - x|| / ||x||`` of ``z0`` itself, for every method (one extra decoder pass).
         z0_nmse_db, zT_nmse_db: ``NMSE`` in dB against ``true_z0`` / ``true_zT`` when given.
         decoder_seconds, diffusion_seconds: wall time of each stage.
         model_calls: eps-model evaluations of the diffusion stage.
@@ -90,7 +92,7 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
             ``num_inference_steps`` of its DDIM spacing).
         images: ``(B, 3, H, W)`` in [-1, 1], uint8 tensors, PIL images or uint8 arrays (no videos).
         method: decoder stage, one of ``"encoder"``, ``"adam"`` (gradient-free, default), ``"fsm"``,
-            ``"km"``, ``"grad"`` (gradient-based baseline).
+            ``"km"``, ``"anderson"``, ``"auto"`` (self-stopping) or ``"grad"`` (gradient-based baseline).
         diffusion: ``"bdia"`` (use the ``gamma`` of generation) or ``"ddim"``.
         gamma: BDIA's gamma, in (0, 1], the one used at generation. The default 0.96 sits in the
             range where the from-``z_0`` inversion is most accurate: ``gamma = 1`` leaves BDIA's

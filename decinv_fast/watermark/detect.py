@@ -110,7 +110,7 @@ def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float 
            noise_std: float | None = None, **invert_options) -> Detection:
     """Invert ``images`` to their initial noise (:func:`decinv_fast.invert_to_noise`) and test for ``key``.
 
-    ``method`` picks the decoder inversion (``"encoder"``, ``"adam"``, ``"fsm"``, ``"km"``, ``"grad"``);
+    ``method`` picks the decoder inversion (``"encoder"`` or a :func:`decinv_fast.invert` method);
     ``invert_options`` go to :func:`decinv_fast.invert` (``steps``, ``lr``, ...).
     """
     if not isinstance(key, TreeRingKey):

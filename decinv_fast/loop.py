@@ -238,7 +238,7 @@ class GradientBasedIteration:
                 decoded = clipped_decoding(decoded, self.x[s])
             diff = decoded - self.x[s]
             del decoded  # the backward pass does not need it: one pixel-sized tensor less at the peak
-            diff.square().sum().backward()
+            diff.square().sum().backward(inputs=[self.z])  # z only: the user's VAE gets no .grad
             sq[s] = diff.detach().float().square().flatten(1).sum(1)
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)
         if self.tracker is not None:  # z_k's pixel error is known now, before the step moves z

@@ -209,7 +209,7 @@ def gradient_based(encode: Codec, decode: Codec, images: torch.Tensor, *, steps:
         x_pred = decode(z)
         loss = (x_pred - images).square().sum()
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward(inputs=[z])  # z only, even if the decoder's weights require grad
         optimizer.step()
         with torch.no_grad():
             _finish(run, z.detach(), x_pred.detach() - images, images, record_iterates)

@@ -1,5 +1,7 @@
 """``invert`` reproduces ``reference.py`` bit for bit on the CPU, for every method."""
 
+import copy
+
 import pytest
 import torch
 
@@ -73,6 +75,19 @@ def test_gradient_based_bit_exact(tiny_kl, images_32, schedule):
     out = decinv_fast.invert(tiny_kl, images_32, method="grad", steps=6, lr=0.01, schedule=schedule)
     assert torch.equal(out.latents, ref.latents)
     assert out.residuals[-1] < out.residuals[0]
+
+
+def test_gradient_based_leaves_a_trainable_vae_untouched(tiny_kl, images_32):
+    """A VAE fresh from ``from_pretrained`` has weights that require grad: the baseline still
+    differentiates ``z`` alone, gives the frozen VAE's answer, and leaves no ``.grad`` behind."""
+    trainable = copy.deepcopy(tiny_kl).requires_grad_(True)
+    for clip_aware in (False, True):
+        out = decinv_fast.invert(trainable, images_32, method="grad", steps=3, clip_aware=clip_aware)
+        expected = decinv_fast.invert(tiny_kl, images_32, method="grad", steps=3, clip_aware=clip_aware)
+        assert torch.equal(out.latents, expected.latents)
+    enc, dec = codec(trainable)
+    reference.gradient_based(enc, dec, images_32, steps=2)
+    assert all(p.requires_grad and p.grad is None for p in trainable.parameters())
 
 
 def test_video_bit_exact(tiny_kl):

@@ -146,3 +146,12 @@ def test_non_finite_start_state_is_named(run, name):
     z[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=f"{name}: 1 value"):
         run(tiny_unet(), Schedule.from_scheduler(sd_scheduler(), 3), z)
+
+
+@pytest.mark.parametrize("method", ["adjoint", "reversible", "autograd"])
+def test_optimize_noise_leaves_trainable_weights_without_grad(method):
+    """A UNet whose weights require grad (as from_pretrained returns it) gets no ``.grad``."""
+    unet = tiny_unet().requires_grad_(True)
+    grid = Schedule.from_scheduler(sd_scheduler(), 3)
+    optimize_noise(unet, grid, noise(), lambda z0: z0.square().mean(), method=method, iterations=1)
+    assert all(p.requires_grad and p.grad is None for p in unet.parameters())

@@ -140,7 +140,7 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
             optimizer.zero_grad(set_to_none=True)
             value = evaluate()
             losses.append(float(value.detach()))
-            value.backward()
+            value.backward(inputs=variables)  # not into the model's weights, even if they require grad
             _check_finite(losses[-1], variables, it)  # before the step: the iterate stays the last good one
             optimizer.step()
             if keep_norm and "z_T" in names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -178,7 +179,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         keep_best=keep_best, patience=patience, **method_options)
     device = frames.pixels.device
     start = time.perf_counter()
-    with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention):
+    # grad needs autograd even when called under torch.inference_mode (e.g. inside a pipeline's __call__)
+    autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
+    with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
         step = GraphedStep(iteration) if cuda_graphs else iteration.run_step

@@ -67,6 +67,17 @@ def test_invert_with_cuda_graphs_flag_on_cpu(tiny_kl, images_32):
         decinv_fast.invert(tiny_kl, images_32, method="grad", steps=1, cuda_graphs=True)
 
 
+@pytest.mark.parametrize("method, options", [("adam", {}), ("auto", {}), ("grad", {"clip_aware": True})])
+def test_inside_inference_mode_and_no_grad(tiny_kl, images_32, method, options):
+    """A pipeline's ``__call__`` runs under ``torch.inference_mode``/``no_grad``; every method gives the
+    same bits there, grad included (it needs autograd for z alone)."""
+    run = lambda x: decinv_fast.invert(tiny_kl, x, method=method, steps=3, **options).latents  # noqa: E731
+    expected = run(images_32)
+    for context in (torch.inference_mode, torch.no_grad):
+        with context():
+            assert torch.equal(run(images_32.clone()), expected)  # images made in the context too
+
+
 def test_attention_backends_set_verified_and_restored(tiny_kl, images_32):
     before = {k: type(p) for k, p in tiny_kl.attn_processors.items()}
     tiny_kl.set_attn_processor(AttnProcessor())  # a user's own choice must survive the call

@@ -155,3 +155,24 @@ def test_optimize_noise_leaves_trainable_weights_without_grad(method):
     grid = Schedule.from_scheduler(sd_scheduler(), 3)
     optimize_noise(unet, grid, noise(), lambda z0: z0.square().mean(), method=method, iterations=1)
     assert all(p.requires_grad and p.grad is None for p in unet.parameters())
+
+
+@pytest.mark.parametrize("method", ["adjoint", "reversible", "autograd"])
+def test_gradient_apis_work_under_inference_mode(method):
+    """Called from code under ``torch.inference_mode`` (noise and embeddings made there too), the
+    gradient APIs give the bits they give outside it."""
+    unet, grid = tiny_cond_unet(), Schedule.from_scheduler(sd_scheduler(), 3)
+    text, _ = text_embeddings(2)
+    loss = lambda z0: z0.square().mean()  # noqa: E731
+
+    def run():
+        kw = dict(encoder_hidden_states=text.clone())
+        opt = optimize_noise(unet, grid, noise(), loss, method=method, iterations=2,
+                             optimize=("z_T", "encoder_hidden_states"), **kw)
+        grads = adjoint_gradients(unet, grid, noise(), loss, grad_cond=("encoder_hidden_states",), **kw)
+        return opt.losses, opt.z_T, grads.z_T, grads.cond["encoder_hidden_states"]
+
+    expected = run()
+    with torch.inference_mode():
+        got = run()
+    assert got[0] == expected[0] and all(torch.equal(a, b) for a, b in zip(got[1:], expected[1:], strict=True))

@@ -8,6 +8,7 @@ vector-Jacobian products at one state, which is the only place the backward pass
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -143,3 +144,17 @@ class Accumulator:
             return
         for total, g in zip(self.sums, grads, strict=True):
             total.add_(g.to(total.dtype), alpha=weight)
+
+
+def needs_autograd(fn):
+    """Run ``fn`` with autograd even when called under ``torch.inference_mode``: inference tensors
+    among its arguments (the noise, the conditioning) become ordinary copies; the rest is unchanged."""
+    def ordinary(value):
+        return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return fn(*map(ordinary, args), **{k: ordinary(v) for k, v in kwargs.items()})
+
+    return wrapper

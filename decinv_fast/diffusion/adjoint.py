@@ -106,7 +106,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._autodiff import Binding, bind, model_parameters
+from ._autodiff import Binding, bind, model_parameters, needs_autograd
 from .adjoint_solver import SCHEMES, solve_adjoint
 from .ei import StepNoise, forward_pass, setup_pass
 from .schedule import Schedule
@@ -222,6 +222,7 @@ class AdjointGradients:
     model_calls: int
 
 
+@needs_autograd
 def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 1, states: str = "recompute",
                       noise=None, grad_cond=(), params=None, scheme: str = "transpose", **cond) -> AdjointGradients:
     """Gradients of ``loss(z0)`` w.r.t. ``z_T``, the conditioning tensors ``grad_cond`` and ``params``.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._autodiff import needs_autograd
 from .adjoint import adjoint_sample
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
@@ -85,6 +86,7 @@ def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     return names
 
 
+@needs_autograd
 def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor], *,
                    method: str = "adjoint", iterations: int = 20, lr: float = 0.05,
                    optimize: str | Sequence[str] = ("z_T",), gamma: float = 0.96, order: int = 1,

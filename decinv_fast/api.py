@@ -17,7 +17,7 @@ from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, encode_frames, make_iteration
 from .memory import PeakMemory
-from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, option, uses_torch_update
+from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, is_int, option, uses_torch_update
 from .result import InversionResult
 
 
@@ -52,7 +52,7 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
         from .planner import auto_chunk
 
         return auto_chunk(adapter, frames, method, option(options, "memory"), option(options, "mixing"))
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+    if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
         raise ValueError(
@@ -72,8 +72,9 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     is the iteration ``invert`` steps (benchmarks time it without ``invert``'s wrapper)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+    if not is_int(steps) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = int(steps)
     if schedule not in reference.SCHEDULES:
         raise ValueError(f"schedule must be one of {reference.SCHEDULES}, got {schedule!r}")
     if dtype is not None and dtype not in DTYPES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -40,13 +41,23 @@ def auto_kwargs(**option_overrides) -> dict:
                 patience=AUTO["patience"], **dict(AUTO["options"], **option_overrides))
 
 
+def is_int(value) -> bool:
+    """An integer of any kind (Python, NumPy, ...), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite real number of any kind (Python, NumPy, ...), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not is_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
@@ -83,13 +94,14 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
     if "memory" in options:
         check_int("memory (Anderson history m)", options["memory"], 0)
+        options["memory"] = int(options["memory"])
     if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
     for flag in ("safeguard", "clip_aware"):
         if not isinstance(option(options, flag), bool):
             raise ValueError(f"{flag} must be True or False, got {options[flag]!r}")
     blur = option(options, "residual_blur")
-    if isinstance(blur, bool) or not isinstance(blur, int | float) or not math.isfinite(blur) or blur < 0:
+    if not is_real(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
     if "residual_blur" in options:
         options["residual_blur"] = float(blur)

@@ -59,6 +59,18 @@ def test_images_on_another_device(tiny_kl):
         decinv_fast.invert(tiny_kl, meta_images, steps=1)
 
 
+def test_numpy_scalars_are_numbers_like_any_other(tiny_kl, images_32):
+    """Steps, step sizes and options computed with NumPy (np.int64, np.float32) run exactly as the
+    Python numbers they hold; bools and floats where an int belongs stay errors."""
+    plain = decinv_fast.invert(tiny_kl, images_32, method="anderson", steps=3, lr=0.5, memory=2, chunk_frames=1)
+    numpy = decinv_fast.invert(tiny_kl, images_32, method="anderson", steps=np.int64(3), lr=np.float32(0.5),
+                               memory=np.int32(2), chunk_frames=np.int64(1))
+    assert torch.equal(plain.latents, numpy.latents) and type(numpy.steps_run) is int
+    for steps in (True, 3.0, np.float64(3)):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            decinv_fast.invert(tiny_kl, images_32, steps=steps)
+
+
 def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
     with pytest.raises(FloatingPointError, match="non-finite"):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)

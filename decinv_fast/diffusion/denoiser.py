@@ -18,9 +18,9 @@ Other tensor conditions whose first dimension is the batch are repeated for the 
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from ..options import is_real
 
 
 def _kind(model) -> str:
@@ -49,8 +49,7 @@ class Denoiser:
                  negative_encoder_hidden_states: torch.Tensor | None = None, **cond):
         self.model = model
         self.kind = _kind(model)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) \
-                or not math.isfinite(guidance_scale):
+        if not is_real(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         self.guidance_scale = float(guidance_scale)
         self.guided = self.guidance_scale != 1.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import is_int, is_real
 from ._autodiff import needs_autograd
 from .adjoint import adjoint_sample
 from .ei import ei_sample
@@ -69,9 +70,9 @@ def _check_finite(value: float, variables: list[torch.Tensor], iteration: int) -
 def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+    if not is_int(iterations) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+    if not is_real(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     names = (optimize,) if isinstance(optimize, str) else tuple(optimize)
     if not names:

@@ -22,12 +22,12 @@ but the error of ``z_1`` is carried to ``z_T`` (and amplified by about ``gamma^{
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from ..options import is_real
 from .denoiser import Denoiser, as_denoiser
 from .schedule import Schedule, as_schedule
 from .steps import bdia_inverse_step, bdia_step, ddim_step
@@ -46,7 +46,7 @@ class BdiaPair(NamedTuple):
 
 def check_gamma(gamma, *, inverse: bool) -> float:
     """``gamma`` in [0, 1] for sampling, in (0, 1] for inversion (it is divided by)."""
-    ok = isinstance(gamma, int | float) and not isinstance(gamma, bool) and math.isfinite(gamma)
+    ok = is_real(gamma)
     low_ok = ok and (gamma > 0 if inverse else gamma >= 0)
     if not (low_ok and gamma <= 1):
         where = "(0, 1] for inversion (it divides every step)" if inverse else "[0, 1]"

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..options import is_int
+
 log = logging.getLogger(__name__)
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -43,9 +45,9 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
       diffusers versions emit an extra ``-1`` for a few ``n`` through a float ``arange``);
     - ``"linspace"``: ``round(linspace(0, T - 1, n))`` reversed.
     """
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+    if not is_int(num_inference_steps) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-    n, big_t = num_inference_steps, int(num_train_timesteps)
+    n, big_t = int(num_inference_steps), int(num_train_timesteps)
     if n > big_t:
         raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={big_t}")
     if spacing == "leading":

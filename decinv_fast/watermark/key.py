@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import is_int
+
 
 def frequency_radius(h: int, w: int) -> torch.Tensor:
     """``(h, w)`` float64 ``|k|`` of every DFT bin, with signed integer frequencies."""
@@ -77,15 +79,16 @@ class TreeRingKey:
 
 def make_ring_key(shape, *, radius: int | None = None, channel: int | None = None, seed: int = 0) -> TreeRingKey:
     """Build a ring key for latents of per-sample ``shape`` ``(C, h, w)`` (see the module docstring)."""
-    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+    if len(shape) != 3 or any(not is_int(s) or s < 1 for s in shape):
         raise ValueError(f"shape must be (C, h, w) of positive ints, got {shape!r}")
     c, h, w = (int(s) for s in shape)
     channel = c - 1 if channel is None else channel
-    if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < c:
+    if not is_int(channel) or not 0 <= channel < c:
         raise ValueError(f"channel must be an int in [0, {c - 1}], got {channel!r}")
     radius = max(1, round(10 * min(h, w) / 64)) if radius is None else radius
-    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius < min(h, w) / 2:
+    if not is_int(radius) or not 1 <= radius < min(h, w) / 2:
         raise ValueError(f"radius must be an int in [1, {(min(h, w) - 1) // 2}] for {h}x{w} latents, got {radius!r}")
+    channel, radius = int(channel), int(radius)
     dist = frequency_radius(h, w)
     mask = dist <= radius
     ring = torch.ceil(dist).clamp(min=1).long()  # ring j holds j-1 < |k| <= j; the zero frequency is in ring 1

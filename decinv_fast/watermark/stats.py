@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from ..options import is_real
 from .key import TreeRingKey, fourier
 
 
@@ -81,8 +82,7 @@ def noise_statistic(noise: torch.Tensor, key: TreeRingKey, *, noise_std: float |
     mean ``|Y - K|`` over the mask, in this module's orthonormal units).
     """
     key.check(noise, "noise")
-    if noise_std is not None and not (isinstance(noise_std, int | float) and math.isfinite(noise_std)
-                                      and noise_std > 0):
+    if noise_std is not None and not (is_real(noise_std) and noise_std > 0):
         raise ValueError(f"noise_std must be a positive number or None (estimate it), got {noise_std!r}")
     spectrum = fourier(noise, key.channel).cpu()
     mask, values = key.mask, key.values

@@ -90,8 +90,8 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         options["auto_rho"] = True
         lr = 1.0
     check_positive("lr (rho)" if method in ("fsm", "km", "anderson") else "lr", lr)
-    if "alpha" in options and not (0 <= options["alpha"] < 1):
-        raise ValueError(f"alpha (KM inertia) must lie in [0, 1), got {options['alpha']!r}")
+    if "alpha" in options and not (is_real(options["alpha"]) and 0 <= options["alpha"] < 1):
+        raise ValueError(f"alpha (KM inertia) must be a number in [0, 1), got {options['alpha']!r}")
     if "memory" in options:
         check_int("memory (Anderson history m)", options["memory"], 0)
         options["memory"] = int(options["memory"])
@@ -111,7 +111,8 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
     if "eps" in options:
         check_positive("eps", options["eps"])
     if "betas" in options:
-        b1, b2 = options["betas"]
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {options['betas']!r}")
+        betas = options["betas"]
+        pair = isinstance(betas, tuple | list) and len(betas) == 2
+        if not (pair and all(is_real(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
     return float(lr), options

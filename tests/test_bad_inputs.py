@@ -39,6 +39,8 @@ def test_bad_images(tiny_kl, images, match):
     (dict(dtype=torch.int8), "dtype"), (dict(tol=0), "tol"), (dict(backend="cudnn"), "backend"),
     (dict(method="km", alpha=1.0), "alpha"), (dict(method="adam", alpha=0.3), "alpha"),
     (dict(method="fsm", lr=1.0, rho=0.5), "rho"), (dict(chunk_frames=0), "chunk_frames"),
+    (dict(method="km", alpha="0.3"), "alpha"), (dict(method="adam", betas=0.9), "betas must be a pair"),
+    (dict(method="adam", betas=("a", "b")), "betas"), (dict(method="adam", betas=(0.9, 0.99, 0.5)), "betas"),
 ])
 def test_bad_arguments(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -88,7 +88,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         if lr is not None or method_options:
             raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
         method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
-        keep_best, patience = True, AUTO["patience"] if patience is None else patience
+        keep_best, patience = AUTO["keep_best"], AUTO["patience"] if patience is None else patience
         method_options = dict(AUTO["options"])
     lr, options = check_options(method, lr, method_options)
     if cuda_graphs and (method == "grad" or uses_torch_update(method, options)):

@@ -64,7 +64,29 @@ def backend_problem(backend: str, tensor: torch.Tensor) -> str | None:
         return f"the compiled extension decinv_fast._C is unavailable: {extension_error()}"
     if tensor.device.type != "cuda":
         return f"the CUDA extension needs CUDA tensors; these are on {tensor.device}"
+    return extension_launch_problem(tensor.device.index or 0)
+
+
+@functools.cache
+def extension_launch_problem(device_index: int) -> str | None:
+    """Whether the extension's kernels run on this GPU: built for other architectures (default
+    ``DECINV_CUDA_ARCHS=80;90``, no PTX), a launch fails with "no kernel image". One launch on a
+    one-element problem per device and process tells; ``auto`` then falls back to Triton."""
+    try:
+        probe_launch(torch.device("cuda", device_index))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"its kernels do not launch on cuda:{device_index} ({first}); rebuild for this GPU with "
+                "DECINV_CUDA_ARCHS (e.g. '86' or '8.9+PTX', see setup.py) or use backend='triton'")
     return None
+
+
+def probe_launch(device: torch.device) -> None:
+    """One fused forward step of the extension on a 1 x 1 problem on ``device`` (raises if it cannot)."""
+    one = lambda dtype=torch.float32: torch.zeros(1, 1, dtype=dtype, device=device)  # noqa: E731
+    torch.ops.decinv_fast.fsm_residual_step(one(), one(), one(), one().view(1), one(), one(torch.int64).view(1), None)
+    if not torch.cuda.is_current_stream_capturing():
+        torch.cuda.synchronize(device)
 
 
 def resolve_backend(op: str, tensor: torch.Tensor, backend: str) -> str:
@@ -93,4 +115,6 @@ def available_backends() -> dict[str, str]:
     cuda = extension_error() or "available"
     if cuda == "available" and not torch.cuda.is_available():
         cuda = "built and loaded, but no CUDA device to run it on"
+    elif cuda == "available":
+        cuda = extension_launch_problem(torch.cuda.current_device()) or "available"
     return {"cuda": cuda, "triton": triton, "torch": "available", "reference": "available"}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 import pytest
@@ -25,8 +26,8 @@ from update_cases import (
     storage_ulp,
 )
 
-from decinv_fast import reference
-from decinv_fast._dispatch import BackendUnavailable
+from decinv_fast import _dispatch, reference
+from decinv_fast._dispatch import BackendUnavailable, resolve_backend
 from decinv_fast._extension import extension_error
 from decinv_fast.ops import _library, adam_residual_step, fsm_residual_step, km_residual_step
 
@@ -157,6 +158,43 @@ def test_cuda_backend_needs_cuda_tensors(method):
                       torch.zeros(1, dtype=torch.int64), 1e-8, "cuda")
     with pytest.raises(NotImplementedError):
         op(method)(*empty_args(method, device="cpu"))
+
+
+@pytest.fixture
+def scripted_probe(monkeypatch):
+    """A loaded extension whose launch probe does what the test says (no GPU needed)."""
+    from decinv_fast import _extension
+
+    monkeypatch.setattr(_extension, "extension_error", lambda: None)
+
+    def script(probe):
+        _dispatch.extension_launch_problem.cache_clear()
+        monkeypatch.setattr(_dispatch, "probe_launch", probe)
+
+    yield script
+    _dispatch.extension_launch_problem.cache_clear()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton to fall back to")
+def test_kernels_built_for_other_gpus_fall_back_to_triton(scripted_probe):
+    """An extension built for other architectures (e.g. sm_80/90 on a Turing or Blackwell card) is
+    found out by one probe launch per device: auto takes Triton, an explicit 'cuda' says why."""
+    with FakeTensorMode():
+        z = torch.empty(2, 7, device="cuda")
+    probes = []
+
+    def no_kernel_image(device):
+        probes.append(device)
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
+
+    scripted_probe(no_kernel_image)
+    assert resolve_backend("adam_residual_step", z, "auto") == "triton"
+    with pytest.raises(BackendUnavailable, match=r"do not launch on cuda:0 \(CUDA error: no kernel image.*\)"
+                                                   r".*DECINV_CUDA_ARCHS"):
+        resolve_backend("fsm_residual_step", z, "cuda")
+    assert probes == [torch.device("cuda", 0)]  # once per device, whatever the op
+    scripted_probe(lambda device: None)  # kernels that launch: the extension is the first choice
+    assert resolve_backend("adam_residual_step", z, "auto") == "cuda"
 
 
 # ---- the kernels on a GPU ----------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Turn whatever the user passed as ``images`` into checked frames in [-1, 1].
 
 Accepted: float tensors in [-1, 1] shaped ``(3, H, W)``, ``(B, 3, H, W)`` or videos
-``(B, F, 3, H, W)``; integer tensors in [0, 255] of the same shapes; a PIL image or a list of
-them; uint8 NumPy arrays ``(H, W, 3)``, ``(F, H, W, 3)`` (one video) or ``(B, F, H, W, 3)``.
+``(B, F, 3, H, W)``; integer tensors in [0, 255] of the same shapes; a PIL image, a list of them (a
+batch of images) or a list of lists of them (a batch of videos: what diffusers video pipelines
+return as ``.frames``); NumPy arrays ``(H, W, 3)``, ``(F, H, W, 3)`` (one video) or
+``(B, F, H, W, 3)``, uint8 in [0, 255] or float in [0, 1] (diffusers' ``output_type="np"``); a list
+of tensors or NumPy arrays of one shape (stacked as a batch).
 Every rejection is a ``ValueError``/``TypeError`` that names the argument and says what to do.
 """
 
@@ -42,10 +45,15 @@ class Frames:
 
 def _from_uint8_hwc(array: np.ndarray) -> torch.Tensor:
     """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1], as diffusers converts PIL."""
+    return _from_unit_hwc(array.astype(np.float32) / 255.0)
+
+
+def _from_unit_hwc(array: np.ndarray) -> torch.Tensor:
+    """float ``(..., H, W, 3)`` in [0, 1] -> float32 ``(..., 3, H, W)`` in [-1, 1] (diffusers' way)."""
     from diffusers.image_processor import VaeImageProcessor  # here: diffusers takes seconds to import
 
     lead = array.shape[:-3]
-    flat = array.reshape((-1,) + array.shape[-3:]).astype(np.float32) / 255.0
+    flat = array.reshape((-1,) + array.shape[-3:]).astype(np.float32, copy=False)
     pixels = VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(flat))
     return pixels.reshape(lead + pixels.shape[1:])
 
@@ -63,16 +71,26 @@ def _from_pil(images) -> tuple[torch.Tensor, bool]:
 
 
 def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
-    if array.dtype != np.uint8:
-        raise TypeError(f"images: NumPy images must be uint8 (H, W, 3) or (F, H, W, 3); got dtype {array.dtype}")
+    if array.dtype != np.uint8 and array.dtype.kind != "f":
+        raise TypeError(f"images: NumPy images must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
     if array.ndim not in (3, 4, 5) or array.shape[-1] != 3:
         raise ValueError(
-            "images: NumPy images must be (H, W, 3), (F, H, W, 3) or (B, F, H, W, 3) uint8; "
+            "images: NumPy images must be (H, W, 3), (F, H, W, 3) or (B, F, H, W, 3); "
             f"got shape {array.shape}"
         )
     if array.size == 0:
         raise ValueError("images: empty array")
-    pixels = _from_uint8_hwc(array)
+    if array.dtype == np.uint8:
+        pixels = _from_uint8_hwc(array)
+    else:
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise ValueError(f"images: {bad} pixel value(s) are NaN or infinite")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"images: float NumPy pixels must lie in [0, 1] (diffusers' output_type='np'), got "
+                             f"range [{lo:.3g}, {hi:.3g}]; for [-1, 1] pixels pass a torch tensor")
+        pixels = _from_unit_hwc(array)
     # (H, W, 3) is one image; (F, H, W, 3) is one video; (B, F, H, W, 3) a batch of videos.
     return (pixels[None], True) if array.ndim in (3, 4) else (pixels, False)
 
@@ -111,6 +129,7 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
     """Validate ``images`` and return them as frames on ``device`` in ``dtype``."""
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
+    images = _stacked(images)
     if isinstance(images, torch.Tensor):
         if device is not None and images.device != device:
             raise ValueError(
@@ -122,10 +141,15 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
         pixels, squeezed = _from_numpy(images)
     elif _is_pil(images):
         pixels, squeezed = _from_pil(images)
+    elif isinstance(images, list | tuple) and all(_is_pil(video) and not _is_pil_image(video) for video in images):
+        videos = [_from_pil(video)[0] for video in images]  # a list of lists of frames: a batch of videos
+        if len({v.shape for v in videos}) != 1:
+            raise ValueError(f"images: the videos differ in frames or size: {sorted({tuple(v.shape) for v in videos})}")
+        pixels, squeezed = torch.stack(videos), False
     else:
         raise TypeError(
-            "images must be a tensor (B, 3, H, W) / (B, F, 3, H, W), a PIL image or list of them, "
-            f"or a uint8 NumPy array; got {type(images).__name__}"
+            "images must be a tensor (B, 3, H, W) / (B, F, 3, H, W), a PIL image, a list of them or a list of "
+            f"lists of them (videos), a NumPy array, or a list of tensors or arrays; got {type(images).__name__}"
         )
     frames = pixels.shape[1] if pixels.dim() == 5 else None
     batch = pixels.shape[0]
@@ -143,6 +167,35 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
         )
     pixels = pixels.to(device=device or pixels.device, dtype=dtype or pixels.dtype).contiguous()
     return Frames(pixels, batch, frames, squeezed)
+
+
+def _stacked(images):
+    """A list of tensors, or of NumPy arrays, as one batch (each item one image or one video)."""
+    if not isinstance(images, list | tuple) or not images:
+        return images
+    if all(isinstance(item, torch.Tensor) for item in images):
+        items = images
+    elif all(isinstance(item, np.ndarray) for item in images):
+        if any(item.ndim not in (3, 4) for item in images):
+            raise ValueError("images: a list of NumPy arrays holds (H, W, 3) images or (F, H, W, 3) videos")
+        items = [_from_numpy(item)[0][0] for item in images]  # each item's batch of one
+    else:
+        return images
+    shapes = {tuple(item.shape) for item in items}
+    if len(shapes) != 1:
+        raise ValueError(f"images: the list's items must have one shape to stack as a batch, got {sorted(shapes)}")
+    devices = {item.device for item in items}
+    if len(devices) != 1:
+        raise ValueError(f"images: the list's tensors are on several devices: {sorted(map(str, devices))}")
+    if items[0].dim() not in (3, 4):
+        raise ValueError(f"images: a list of tensors holds (3, H, W) images or (F, 3, H, W) videos, got {shapes.pop()}")
+    return torch.stack(list(items))
+
+
+def _is_pil_image(item) -> bool:
+    from PIL import Image
+
+    return isinstance(item, Image.Image)
 
 
 def _is_pil(images) -> bool:

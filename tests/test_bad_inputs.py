@@ -22,8 +22,13 @@ import decinv_fast
     (torch.full((1, 3, 32, 32), 255.0), r"\[-1, 1\]"),
     (torch.zeros(0, 3, 32, 32), "empty"),
     ([], "empty"),
-    (np.zeros((32, 32, 3), dtype=np.float32), "uint8"),
+    (np.zeros((32, 32, 3), dtype=np.int16), "uint8 in"),
+    (np.full((32, 32, 3), -0.5, dtype=np.float32), r"float NumPy pixels must lie in \[0, 1\]"),
+    (np.full((32, 32, 3), np.nan, dtype=np.float32), "NaN or infinite"),
     (np.zeros((32, 32, 4), dtype=np.uint8), "NumPy images must be"),
+    ([torch.zeros(3, 32, 32), torch.zeros(3, 16, 16)], "one shape to stack"),
+    ([np.zeros((32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8)], "one shape to stack"),
+    ([torch.zeros(1, 1, 3, 32, 32)], r"\(3, H, W\) images or \(F, 3, H, W\) videos"),
     ("image.png", "images must be"),
 ])
 def test_bad_images(tiny_kl, images, match):

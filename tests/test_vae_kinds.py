@@ -87,6 +87,26 @@ def test_pil_numpy_and_uint8_inputs_agree(tiny_kl):
     assert decinv_fast.invert(tiny_kl, video, steps=2).latents.shape == (5, 4, 4, 4)
 
 
+def test_pipeline_output_forms_agree(tiny_temporal):
+    """What diffusers pipelines hand back: ``.frames`` as lists of lists of PIL frames (one list per
+    video), ``output_type="np"`` floats in [0, 1]; and lists of tensors or arrays. Each is read as the
+    same batch of videos (the temporal decoder sees each video's frames together)."""
+    rng = np.random.default_rng(1)
+    videos = rng.integers(0, 256, size=(2, 3, 32, 32, 3), dtype=np.uint8)
+    tensors = torch.from_numpy(videos).permute(0, 1, 4, 2, 3)  # uint8 (B, F, 3, H, W)
+    expected = decinv_fast.invert(tiny_temporal, videos, steps=2).latents
+    assert expected.shape == (2, 3, 4, 4, 4)
+    forms = {
+        "PIL frames per video": [[Image.fromarray(frame) for frame in video] for video in videos],
+        "np float in [0, 1]": videos.astype(np.float32) / 255,
+        "list of np videos": list(videos),
+        "list of uint8 tensors": list(tensors),
+        "uint8 tensor": tensors,
+    }
+    for name, images in forms.items():
+        assert torch.equal(decinv_fast.invert(tiny_temporal, images, steps=2).latents, expected), name
+
+
 @pytest.mark.parametrize("method", ["adam", "fsm", "km", "grad"])
 def test_batch_equals_one_by_one(tiny_kl, method):
     g = torch.Generator().manual_seed(2)

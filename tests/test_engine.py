@@ -178,3 +178,11 @@ def test_cuda_graphs_on_gpu_equal_eager(tiny_kl, backend):
         torch.testing.assert_close(graphed.latents, eager.latents, rtol=1e-5, atol=1e-6)
     finally:
         tiny_kl.to("cpu")
+
+
+def test_result_repr_is_one_short_line(tiny_kl, images_32):
+    result = decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=0.5, steps=2, measure_memory=False)
+    text = repr(result)
+    assert "\n" not in text and len(text) < 300  # not the dataclass default's full tensors
+    for fact in ("method='fsm'", f"latents {tuple(result.latents.shape)} float32", "steps_run=2", "stopped by steps"):
+        assert fact in text, (fact, text)

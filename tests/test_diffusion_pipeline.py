@@ -63,6 +63,7 @@ def test_per_stage_errors_on_8bit_images(method):
     out = decinv_fast.invert_to_noise(vae.pair, unet, grid, images, method=method, true_z0=z0, true_zT=z_T,
                                       **options)
     summary = out.summary()
+    assert "\n" not in repr(out) and f"method={method!r}" in repr(out) and len(repr(out)) < 400
     assert summary["method"] == method and summary["model_calls"] == 8
     assert out.z0.shape == out.zT.shape == z_T.shape
     assert out.pixel_residual < 0.05  # 8-bit rounding only

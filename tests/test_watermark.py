@@ -114,6 +114,7 @@ def test_detection_separates_watermarked_from_clean(tmp_path):
         assert torch.all(wm.log10_p < -5) and torch.all(clean.log10_p > -3), method
         assert torch.all(wm.flagged(0.01)) and not torch.any(clean.flagged(0.01))
         assert wm.inversion.method == method and wm.zT.shape == (4, 4, 8, 8)
+        assert repr(wm).startswith("Detection(4 images, 4 flagged at p < 0.01") and "\n" not in repr(wm)
     # the same statistics from the recovered noise directly
     again = score_noise(wm.zT, key)
     assert torch.equal(again.score, wm.score)

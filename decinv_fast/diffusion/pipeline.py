@@ -29,7 +29,7 @@ DECODER_METHODS = ("encoder", *METHODS)  # "encoder": E(x) alone; the rest: deci
 DIFFUSION_METHODS = ("bdia", "ddim")
 
 
-@dataclass
+@dataclass(repr=False)
 class NoiseInversion:
     """What :func:`invert_to_noise` found and how well each stage did.
 
@@ -67,6 +67,11 @@ class NoiseInversion:
         keys = ("method", "diffusion", "gamma", "decoder_residual", "pixel_residual", "z0_nmse_db",
                 "zT_nmse_db", "decoder_seconds", "diffusion_seconds", "model_calls")
         return {k: getattr(self, k) for k in keys}
+
+    def __repr__(self) -> str:
+        """One line: the shapes and :meth:`summary` (the default would print every tensor)."""
+        facts = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in self.summary().items())
+        return f"NoiseInversion(z0/zT {tuple(self.z0.shape)}, {facts})"
 
 
 def _check_truth(name: str, truth, estimate: torch.Tensor) -> torch.Tensor | None:

@@ -39,7 +39,7 @@ class Generated:
     z1: torch.Tensor
 
 
-@dataclass
+@dataclass(repr=False)
 class Detection:
     """Per-image detection results (``(B,)`` float64 CPU tensors) and the inversion behind them.
 
@@ -60,6 +60,11 @@ class Detection:
     def flagged(self, alpha: float = 0.01) -> torch.Tensor:
         """``(B,)`` bool: watermark detected at significance ``alpha`` (``p < alpha``)."""
         return self.p_value < alpha
+
+    def __repr__(self) -> str:
+        """One line: how many images, how many flagged at 1 %, the score range."""
+        return (f"Detection({self.score.numel()} images, {int(self.flagged().sum())} flagged at p < 0.01, "
+                f"score {float(self.score.min()):.3g} .. {float(self.score.max()):.3g})")
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:

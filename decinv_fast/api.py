@@ -144,8 +144,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             replay it (gradient-free methods; falls back to eager with a warning if capture fails).
         compile: run the decoder + encoder pass through ``torch.compile`` (``True``: inductor; a
             string: that ``torch.compile`` backend).
-        attention: ``"auto"`` (= ``"sdpa"``), ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE
-            for the call only.
+        attention: ``"auto"`` (the VAE's own processors, with the plain math one replaced by SDPA),
+            ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE for the call only.
         fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` and run the update
             math in fp32 (the stored ``z``, ``m``, ``v`` stay in the latents' dtype). ``None``: on for
             fp16, off for bf16. In fp16 the official code's Adam second moment ``(1 - b2) g**2``

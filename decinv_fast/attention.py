@@ -4,6 +4,9 @@ diffusers VAEs attend over every latent pixel (4096 tokens at 512x512). ``"sdpa"
 ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU, no
 tokens x tokens matrix); ``"xformers"`` uses xformers' memory-efficient kernel (CUDA only);
 ``"math"`` is the plain softmax(QK^T)V reference that materialises the full attention matrix.
+``"auto"`` keeps the VAE's own processors (diffusers' default SDPA one, xformers, or whatever the
+user set) and only replaces the plain math processor by SDPA for the call: a VAE already set up is
+not touched at all, so concurrent calls on it cannot interfere.
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ def _processor(attention: str, device: torch.device):
     return ap.XFormersAttnProcessor()
 
 
+def _materialises(processor) -> bool:
+    """The plain math processor, which builds the whole tokens x tokens matrix."""
+    from diffusers.models import attention_processor as ap
+
+    return type(processor) is ap.AttnProcessor
+
+
 @contextlib.contextmanager
 def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str | None]:
     """Set every attention processor of ``module`` to ``attention`` for the block, verify it took,
     and put the original processors back afterwards (the user's VAE is left as it was).
 
-    Yields the processor class name in use, or ``None`` when the model has no attention layers
-    (AutoencoderTiny, callables).
+    Yields the processor class name in use (names joined by ``+`` when ``"auto"`` keeps several
+    kinds), or ``None`` when the model has no attention layers (AutoencoderTiny, callables).
     """
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
@@ -47,8 +57,11 @@ def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str 
         yield None
         return
     device = next(module.parameters()).device
-    wanted = _processor(attention, device)
     original = dict(module.attn_processors)
+    if attention == "auto" and not any(_materialises(p) for p in original.values()):
+        yield "+".join(sorted({type(p).__name__ for p in original.values()}))
+        return
+    wanted = _processor(attention, device)
     module.set_attn_processor(wanted)
     try:
         active = {type(p) for p in module.attn_processors.values()}

@@ -95,6 +95,28 @@ def test_attention_backends_set_verified_and_restored(tiny_kl, images_32):
     tiny_kl.set_attn_processor({k: cls() for k, cls in before.items()})
 
 
+def test_auto_attention_keeps_the_vaes_own_processors(tiny_kl, images_32):
+    """``"auto"`` touches a VAE already on fused (or custom) processors not at all, and swaps only the
+    plain math processor, which materialises tokens x tokens, for SDPA during the call."""
+
+    class Custom(AttnProcessor2_0):  # e.g. a user's hook around SDPA
+        pass
+
+    before = dict(tiny_kl.attn_processors)
+    try:
+        for installed, during in ((AttnProcessor2_0(), AttnProcessor2_0), (Custom(), Custom),
+                                  (AttnProcessor(), AttnProcessor2_0)):
+            tiny_kl.set_attn_processor(installed)
+            objects = dict(tiny_kl.attn_processors)
+            seen = set()
+            watch = lambda k, z, seen=seen: seen.update(map(type, tiny_kl.attn_processors.values()))  # noqa: E731
+            decinv_fast.invert(tiny_kl, images_32, steps=1, attention="auto", callback=watch)
+            assert seen == {during}
+            assert all(tiny_kl.attn_processors[k] is p for k, p in objects.items())  # the same objects after
+    finally:
+        tiny_kl.set_attn_processor(before)
+
+
 def test_attention_errors(tiny_kl, images_32):
     with pytest.raises(ValueError, match="attention"):
         decinv_fast.invert(tiny_kl, images_32, steps=1, attention="flash3")

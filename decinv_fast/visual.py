@@ -9,15 +9,18 @@ import torch
 from PIL import Image, ImageDraw
 
 
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` in [-1, 1] -> uint8 ``(H, W, 3)`` (rounded, as an 8-bit image file stores it)."""
-    x = ((pixels.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(1, 2, 0).numpy()
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> ``uint8`` in [0, 255] (same shape and device), rounded as an 8-bit image
+    file stores them. NaN/inf pixels are an error: a cast would turn them into arbitrary bytes."""
+    bad = int((~torch.isfinite(pixels)).sum())
+    if bad:
+        raise ValueError(f"pixels: {bad} value(s) are NaN or infinite")
+    return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def quantize(pixels: torch.Tensor) -> torch.Tensor:
     """Round pixels in [-1, 1] to the 256 levels of an 8-bit image, keeping dtype and device."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().div(127.5).sub(1).to(pixels.dtype)
+    return to_uint8(pixels).float().div(127.5).sub(1).to(pixels.dtype)
 
 
 def psnr(estimate: torch.Tensor, truth: torch.Tensor) -> float:
@@ -28,7 +31,7 @@ def psnr(estimate: torch.Tensor, truth: torch.Tensor) -> float:
 
 def panel(columns: dict[str, torch.Tensor], scale: int = 1) -> Image.Image:
     """Side-by-side ``(3, H, W)`` images in [-1, 1], each titled; errors can be passed pre-scaled."""
-    tiles = [Image.fromarray(to_uint8(img)) for img in columns.values()]
+    tiles = [Image.fromarray(to_uint8(img.cpu()).permute(1, 2, 0).numpy()) for img in columns.values()]
     w, h = tiles[0].size
     w, h = w * scale, h * scale
     title = 14

@@ -24,6 +24,7 @@ from ..api import decode
 from ..diffusion.pipeline import NoiseInversion, invert_to_noise
 from ..diffusion.samplers import bdia_sample
 from ..diffusion.schedule import as_schedule
+from ..visual import to_uint8
 from .key import TreeRingKey, inject
 from .stats import noise_statistic
 
@@ -65,14 +66,6 @@ class Detection:
         """One line: how many images, how many flagged at 1 %, the score range."""
         return (f"Detection({self.score.numel()} images, {int(self.flagged().sum())} flagged at p < 0.01, "
                 f"score {float(self.score.min()):.3g} .. {float(self.score.max()):.3g})")
-
-
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """Decoder output in [-1, 1] -> ``uint8`` in [0, 255], rounded like an 8-bit image file."""
-    bad = int((~torch.isfinite(pixels)).sum())
-    if bad:  # a cast would turn them into arbitrary bytes
-        raise ValueError(f"pixels: {bad} value(s) are NaN or infinite")
-    return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 @torch.no_grad()

@@ -175,6 +175,14 @@ def scripted_probe(monkeypatch):
     _dispatch.extension_launch_problem.cache_clear()
 
 
+def test_probe_launch_arguments_pass_the_ops_checks(monkeypatch):
+    """The probe's one-element problem is valid input for the op (its fake implementation mirrors the
+    kernels' checks): a probe that failed on its own arguments would send every GPU to Triton."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)  # no synchronize here
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _dispatch.probe_launch(torch.device("cuda", 0))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton to fall back to")
 def test_kernels_built_for_other_gpus_fall_back_to_triton(scripted_probe):
     """An extension built for other architectures (e.g. sm_80/90 on a Turing or Blackwell card) is

@@ -15,7 +15,7 @@ from .adapters import VaeAdapter, as_adapter
 from .attention import attention_backend
 from .graphs import GraphedStep
 from .inputs import Frames, to_frames
-from .loop import Plan, encode_frames, make_iteration
+from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, is_int, option, uses_torch_update
 from .result import InversionResult
@@ -251,16 +251,22 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
 
 
 @torch.no_grad()
-def encode(vae, images, *, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes)."""
+def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int | str | None = None) -> torch.Tensor:
+    """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes).
+    ``chunk_frames``: frames per encoder call, as for :func:`invert` (``None``: all at once)."""
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    return _shaped(frames, encode_frames(adapter, frames.pixels, frames.pixels.shape[0]))
+    chunk = _chunk_for(adapter, frames, chunk_frames, "fsm", {})
+    return _shaped(frames, encode_frames(adapter, frames.pixels, chunk))
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """``D(z)``: pixels in [-1, 1] (unclamped), ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``."""
+def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> torch.Tensor:
+    """``D(z)``: pixels in [-1, 1] (unclamped), ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
+    ``chunk_frames``: frames per decoder call (``None``: all at once; whole videos for temporal VAEs):
+    a long video's peak is one chunk's decoder activations, not the whole video's."""
+    if chunk_frames is not None and (not is_int(chunk_frames) or chunk_frames < 1):
+        raise ValueError(f"chunk_frames must be a positive int or None (frames per decoder call), got {chunk_frames!r}")
     adapter = as_adapter(vae)
     if not isinstance(latents, torch.Tensor) or latents.dim() not in (3, 4, 5):
         raise ValueError("latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor")
@@ -279,7 +285,11 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
         z = z.to(adapter.dtype)
     frames = z.shape[1] if z.dim() == 5 else 1
     flat = z.flatten(0, 1) if z.dim() == 5 else z
-    pixels = adapter.decode(flat, frames if adapter.temporal else 1)
+    layout = Frames(flat, z.shape[0], frames if z.dim() == 5 else None, squeezed)  # for the chunk checks
+    chunk = _chunk_for(adapter, layout, chunk_frames, "fsm", {})
+    fpv = frames if adapter.temporal else 1
+    parts = [adapter.decode(flat[s], fpv) for s in chunks(flat.shape[0], chunk)]
+    pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
     pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
     return pixels[0] if squeezed else pixels
 

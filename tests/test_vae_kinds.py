@@ -59,6 +59,33 @@ def test_temporal_decoder_video(tiny_temporal):
     assert decinv_fast.decode(tiny_temporal, out.latents).shape == video.shape
 
 
+def test_encode_and_decode_in_chunks(tiny_temporal, tiny_kl):
+    """``encode``/``decode`` of a video a few frames per call give the whole call's answer (the
+    encoder to conv rounding, as in ``invert``); the temporal decoder takes whole videos only."""
+    video = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    for vae, chunk in ((tiny_kl, 2), (tiny_temporal, 3)):
+        latents = decinv_fast.encode(vae, video)
+        pixels = decinv_fast.decode(vae, latents)
+        close = dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(decinv_fast.encode(vae, video, chunk_frames=chunk), latents, **close)
+        torch.testing.assert_close(decinv_fast.decode(vae, latents, chunk_frames=chunk), pixels, **close)
+    sizes = []  # frames per call the decoder and encoder actually see
+    hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+             for m in (tiny_kl.decoder, tiny_kl.encoder)]
+    try:
+        decinv_fast.encode(tiny_kl, video, chunk_frames=4)
+        decinv_fast.decode(tiny_kl, decinv_fast.encode(tiny_kl, video), chunk_frames=4)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert sizes == [4, 2, 6, 4, 2]  # chunked encode; whole encode; chunked decode
+    with pytest.raises(ValueError, match="whole videos"):
+        decinv_fast.decode(tiny_temporal, latents, chunk_frames=2)
+    for bad in (0, "auto", 1.5):
+        with pytest.raises(ValueError, match="chunk_frames must be a positive int or None"):
+            decinv_fast.decode(tiny_kl, latents, chunk_frames=bad)
+
+
 def test_temporal_decoder_rejects_split_videos(tiny_temporal):
     video = torch.zeros(1, 4, 3, 32, 32)
     with pytest.raises(ValueError, match="whole videos"):

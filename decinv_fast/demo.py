@@ -68,7 +68,7 @@ def run_case(vae, case: str, pixels: torch.Tensor, steps: int, chunk: int | None
     target = make_target(vae, pixels, seed=0)
     start = time.perf_counter()
     with PeakMemory(target.images.device) as pm:
-        z_enc = encode(vae, target.images)
+        z_enc = encode(vae, target.images, chunk_frames=chunk)  # as many frames per call as the runs below
     rows = [_score(case, "encoder-only", vae, z_enc, target, None, time.perf_counter() - start, pm.peak_bytes)]
     curves, latents = {}, {"encoder-only": z_enc}
     for name, kw in METHODS:

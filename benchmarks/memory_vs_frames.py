@@ -15,8 +15,8 @@ to keep the full suite within its time budget -- are reported as the planner pre
 ``"predicted": true`` with the reason.
 
 Also recorded: the planner's prediction for the paper's GPU setting -- 16 frames of 512x512 through
-the SD-2.1 VAE in fp16 on ``cuda``, gradient-free chunks 1, 2, 4, 16 (the paper's Adam and
-``method="auto"``, whose Anderson history holds fp32 latents and images) vs gradient-based (a prediction;
+the SD-2.1 VAE in fp16 on ``cuda``, chunks of 1, 2, 4, 8 and 16 frames: gradient-free (the paper's Adam
+and ``method="auto"``, whose Anderson history holds fp32 latents and images) vs gradient-based (a prediction;
 unverified until run on a GPU).
 
     python -m benchmarks.memory_vs_frames            # 128x128 (~6-8 CPU minutes)
@@ -46,7 +46,7 @@ CONFIGS = {
                  time_cap=180),
     "quick": dict(size=64, frames=(1, 2, 4), chunks=(1, 2), measure={1: 4, 2: 2, GRAD: 2}, time_cap=60),
 }
-GPU_CLAIM = dict(shape=(1, 16, 3, 512, 512), chunks=(1, 2, 4, 16))
+GPU_CLAIM = dict(shape=(1, 16, 3, 512, 512), chunks=(1, 2, 4, 8, 16))
 PROCESS_BASELINE = 2**30  # interpreter, torch and the VAE's weights, kept free in the memory cap
 
 
@@ -162,14 +162,14 @@ def gpu_claim(vae) -> list[dict]:
     """Planner predictions for 16 frames of 512x512, SD-2.1 VAE, fp16, on ``cuda`` (absolute peaks)."""
     records = []
     shape = GPU_CLAIM["shape"]
-    runs = [("adam", torch.float16, list(GPU_CLAIM["chunks"])), ("auto", torch.float16, list(GPU_CLAIM["chunks"])),
-            ("grad", torch.float16, [shape[1]]), ("grad", torch.float32, [shape[1]])]
-    names = {"adam": "gradient-free chunk {c}", "auto": "method='auto' chunk {c}",
-             "grad": "gradient-based (all frames)"}
+    chunks = list(GPU_CLAIM["chunks"])
+    runs = [("adam", torch.float16, chunks), ("auto", torch.float16, chunks), ("grad", torch.float16, chunks),
+            ("grad", torch.float32, [shape[1]])]
+    names = {"adam": "gradient-free chunk {c}", "auto": "method='auto' chunk {c}", "grad": "gradient-based chunk {c}"}
     for method, dtype, chunks in runs:
         p = decinv_fast.plan(vae, shape, dtype=dtype, device="cuda", method=method, chunks=chunks)
         for c in chunks:
-            series = names[method].format(c=c)
+            series = names[method].format(c=c) + (" (all frames)" if c == shape[1] else "")
             metrics = dict(series=series, kind="gpu prediction", frames=shape[1], chunk=c, predicted=True,
                            predicted_total_bytes=p.per_chunk[c], predicted_added_bytes=p.added_per_chunk[c],
                            weights_bytes=p.weights_bytes,

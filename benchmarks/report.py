@@ -151,12 +151,22 @@ def memory(records: list[dict]) -> list[str]:
                    f"(spread {100 * m['relative_spread']:.1f}%).")
     if gpu:
         shape = "x".join(map(str, gpu[0]["shape"]))
+        chunks = sorted({r["metrics"]["chunk"] for r in gpu})
+        labels = {"adam": "gradient-free (`method=\"adam\"`)", "auto": "gradient-free (`method=\"auto\"`)",
+                  "grad": "gradient-based (`method=\"grad\"`, chunked backward)"}
         out += ["", f"**Predicted, not measured** (no GPU here): `decinv_fast.plan` for {shape} "
-                "(16 frames of 512x512), SD-2.1 VAE, device `cuda`, whole allocator peak including weights:", "",
-                "| series | dtype | predicted peak GiB |", "|---|---|---:|"]
+                "(16 frames of 512x512), SD-2.1 VAE, device `cuda`, whole allocator peak including weights, GiB, "
+                "per chunk (frames per decoder/encoder call; the last column is all frames at once, what the "
+                "paper's gradient-based baseline does):", "",
+                "| method | dtype | " + " | ".join(f"chunk {c}" for c in chunks) + " |",
+                "|---|---|" + "---:|" * len(chunks)]
+        rows: dict[tuple[str, str], dict[int, float]] = {}
         for r in gpu:
             m = r["metrics"]
-            out.append(f"| {m['series']} | {r['dtype']} | {m['predicted_total_bytes'] / 2**30:.2f} |")
+            rows.setdefault((r["method"], r["dtype"]), {})[m["chunk"]] = m["predicted_total_bytes"]
+        for (method, dtype), cells in rows.items():
+            out.append(f"| {labels.get(method, method)} | {dtype} | "
+                       + " | ".join(f"{cells[c] / 2**30:.2f}" if c in cells else "" for c in chunks) + " |")
     return out
 
 

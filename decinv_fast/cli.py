@@ -23,6 +23,16 @@ class UsageError(ValueError):
     """Bad input on the command line; shown as one line."""
 
 
+def lr_arg(spec: str) -> float | str:
+    """``--lr``: a number, or ``auto`` (the per-sample secant step size of fsm, km and anderson)."""
+    if spec == "auto":
+        return spec
+    try:
+        return float(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {spec!r}") from None
+
+
 def device_arg(spec: str) -> str:
     """``--device``: a torch device this machine has (argparse shows the error as one usage line)."""
     try:
@@ -99,7 +109,8 @@ def cmd_invert(args) -> int:
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
                         progress=_progress(args), chunk_frames=args.chunk_frames, **options)
     latents = result.latents.detach().contiguous().cpu()
-    meta = {"method": args.method, "steps": str(result.steps_run), "dtype": args.dtype, "vae": args.vae,
+    meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
+            "dtype": args.dtype, "vae": args.vae,
             "clip_aware": str(clip_aware), "source": str(args.input),
             "final_residual": f"{float(result.residuals[-1]):.6g}"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=int, default=50)
     inv.add_argument("--method", default="adam", choices=METHODS)
-    inv.add_argument("--lr", type=float, default=None)
+    inv.add_argument("--lr", type=lr_arg, default=None, help="step size; 'auto' for fsm, km, anderson")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")

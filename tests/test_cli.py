@@ -73,6 +73,19 @@ def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
     assert err.startswith("decinv: error:") and message in err and "\n" not in err
 
 
+def test_secant_step_size_from_the_command_line(tmp_path, photo_png, capsys):
+    out = tmp_path / "z.safetensors"
+    assert main(["invert", str(photo_png), "--method", "fsm", "--lr", "auto", "--steps", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    latents, meta = read_latents(out)
+    assert latents.shape[0] == 4 and meta["lr"] == "auto" and meta["method"] == "fsm"
+    with pytest.raises(SystemExit):
+        main(["invert", str(photo_png), "--lr", "fast", "--quiet", "--out", str(out)])
+    assert "not a number or 'auto'" in capsys.readouterr().err
+    assert main(["invert", str(photo_png), "--method", "adam", "--lr", "auto", "--quiet", "--out", str(out)]) == 2
+    assert "lr='auto'" in capsys.readouterr().err  # invert's own error, as one line
+
+
 @pytest.mark.parametrize("device,message", [("tpu", "not a torch device"), ("cuda:99", "CUDA device")])
 def test_bad_device_is_a_usage_line_not_a_traceback(tmp_path, photo_png, capsys, device, message):
     with pytest.raises(SystemExit) as exited:  # argparse's own usage error, before any model loads

@@ -89,7 +89,8 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
         lo, hi = float(array.min()), float(array.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"images: float NumPy pixels must lie in [0, 1] (diffusers' output_type='np'), got "
-                             f"range [{lo:.3g}, {hi:.3g}]; for [-1, 1] pixels pass a torch tensor")
+                             f"range [{lo:.3g}, {hi:.3g}]; divide [0, 255] values by 255, or pass [-1, 1] pixels "
+                             "as a torch tensor")
         pixels = _from_unit_hwc(array)
     # (H, W, 3) is one image; (F, H, W, 3) is one video; (B, F, H, W, 3) a batch of videos.
     return (pixels[None], True) if array.ndim in (3, 4) else (pixels, False)

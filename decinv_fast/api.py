@@ -224,15 +224,26 @@ def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
     return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
 
 
+def _divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
+    """What to try after a run went non-finite: the likeliest cause first."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    config = getattr(iteration.adapter.module, "config", None)
+    upcast = (" (this VAE's config sets force_upcast: diffusers pipelines run it in float32 because its "
+              "half-precision activations overflow)") if half and getattr(config, "force_upcast", False) else ""
+    e_x = getattr(iteration, "e_x", None)
+    if e_x is not None and not bool(torch.isfinite(e_x).all()):
+        return f"the encoder's own output E(x) is already non-finite in {dtype}; use dtype=torch.float32{upcast}"
+    if plan.method == "grad" and dtype != torch.float32:
+        return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
+    return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
+
+
 def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
     history = iteration.history[:steps_run]
     denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
     if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
-        raise FloatingPointError(
-            f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, lr={plan.lr}); "
-            + ("gradient-based inversion underflows in half precision, use dtype=torch.float32"
-               if plan.method == "grad" and latents.dtype != torch.float32 else "try a smaller lr or float32")
-        )
+        raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, "
+                                 f"lr={plan.lr}); {_divergence_hint(iteration, latents.dtype, plan)}")
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
     tracker = iteration.tracker

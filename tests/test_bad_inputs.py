@@ -1,5 +1,6 @@
 """Every bad input gets a clear error naming the argument, never a NaN result or a deep stack."""
 
+import copy
 import math
 
 import numpy as np
@@ -79,8 +80,21 @@ def test_numpy_scalars_are_numbers_like_any_other(tiny_kl, images_32):
 
 
 def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="non-finite.*try a smaller lr$"):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
+
+
+def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_32):
+    """A VAE whose activations overflow in fp16 (why diffusers upcasts VAEs with force_upcast) gets
+    told so, not to lower a step size that never mattered."""
+    assert tiny_kl.config.force_upcast
+    with pytest.raises(FloatingPointError, match="smaller lr, or dtype=torch.float32 .*force_upcast"):
+        decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4, dtype=torch.float16)
+    overflowing = copy.deepcopy(tiny_kl)
+    with torch.no_grad():
+        overflowing.encoder.conv_out.weight.mul_(1e6)  # E(x) beyond fp16's 65504
+    with pytest.raises(FloatingPointError, match=r"encoder's own output E\(x\) is already non-finite"):
+        decinv_fast.invert(overflowing, images_32, steps=2, dtype=torch.float16)
 
 
 @pytest.mark.parametrize("latents,match", [

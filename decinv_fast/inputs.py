@@ -185,9 +185,11 @@ def _stacked(images):
     shapes = {tuple(item.shape) for item in items}
     if len(shapes) != 1:
         raise ValueError(f"images: the list's items must have one shape to stack as a batch, got {sorted(shapes)}")
-    devices = {item.device for item in items}
+    devices, dtypes = {item.device for item in items}, {item.dtype for item in items}
     if len(devices) != 1:
         raise ValueError(f"images: the list's tensors are on several devices: {sorted(map(str, devices))}")
+    if len(dtypes) != 1:  # uint8 [0, 255] and float [-1, 1] items would be stacked on different scales
+        raise ValueError(f"images: the list's tensors have several dtypes: {sorted(map(str, dtypes))}")
     if items[0].dim() not in (3, 4):
         raise ValueError(f"images: a list of tensors holds (3, H, W) images or (F, 3, H, W) videos, got {shapes.pop()}")
     return torch.stack(list(items))

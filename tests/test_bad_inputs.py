@@ -30,6 +30,7 @@ import decinv_fast
     ([torch.zeros(3, 32, 32), torch.zeros(3, 16, 16)], "one shape to stack"),
     ([np.zeros((32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8)], "one shape to stack"),
     ([torch.zeros(1, 1, 3, 32, 32)], r"\(3, H, W\) images or \(F, 3, H, W\) videos"),
+    ([torch.zeros(3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.uint8)], "several dtypes"),
     ("image.png", "images must be"),
 ])
 def test_bad_images(tiny_kl, images, match):

@@ -193,7 +193,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return _result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
+    result = _result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
+    result.method = method  # "auto" stays "auto" (it ran plan.method with options.AUTO)
+    return result
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:

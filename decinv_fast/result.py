@@ -23,7 +23,8 @@ class InversionResult:
         seconds: wall time of the call.
         peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident
             memory the call added (see :mod:`decinv_fast.memory`); ``None`` if not measurable.
-        method, dtype, backend: what ran.
+        method, dtype, backend: the method asked for (``"auto"`` runs ``anderson`` with
+            ``options.AUTO``), the latents' dtype and the update backend.
         pixel_residual_history: ``(steps_run, B)`` relative pixel error ``||D(y_k) - x|| / ||x||`` of
             the point each step evaluated (no ground truth needed; see ``keep_best``).
         returned_step: ``(B,)`` which iterate each sample's latent is: k means ``z_k`` (0 = ``E(x)``);

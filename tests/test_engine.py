@@ -208,3 +208,4 @@ def test_result_repr_is_one_short_line(tiny_kl, images_32):
     assert "\n" not in text and len(text) < 300  # not the dataclass default's full tensors
     for fact in ("method='fsm'", f"latents {tuple(result.latents.shape)} float32", "steps_run=2", "stopped by steps"):
         assert fact in text, (fact, text)
+    assert decinv_fast.invert(tiny_kl, images_32, method="auto", steps=2).method == "auto"  # as asked, like plan

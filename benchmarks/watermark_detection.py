@@ -1,9 +1,10 @@
-"""Tree-ring watermark detection: encoder-only vs gradient-free vs gradient-based decoder inversion.
+"""Tree-ring watermark detection: encoder-only vs gradient-free (the paper's Adam, and ``method="auto"``,
+which stops on its own within the same steps) vs gradient-based decoder inversion.
 
 The analogue of Table 2 of Hong et al. (NeurIPS 2024) on the fixture VAE. ``--samples`` watermarked
 and as many clean images are generated with BDIA-DDIM by a small epsilon UNet (trained here, seeded,
 on fixture latents of the training photographs -- or a seeded random UNet with ``--eps-model random``),
-decoded, saved as 8-bit PNGs and read back; each is then inverted image -> z0 (one of the three
+decoded, saved as 8-bit PNGs and read back; each is then inverted image -> z0 (one of the four
 decoder inversions) -> zT (BDIA inversion from z0) and tested against the ring key. Reported per
 method: ROC AUC, TPR at 1% FPR (empirical; with fewer than 100 clean images that is TPR at zero
 false positives), TPR/FPR at the theoretical p < 0.01, z0/zT NMSE against the known truths, time.
@@ -42,7 +43,8 @@ CONFIGS = {
     "quick": dict(samples=8, size=64, radius=2, diffusion_steps=10, decoder_steps=10, eps_steps=60, crops=128),
 }
 BENCHMARK = "watermark_detection"
-METHODS = (("encoder-only", "encoder"), ("gradient-free", "adam"), ("gradient-based", "grad"))
+METHODS = (("encoder-only", "encoder"), ("gradient-free", "adam"), ("gradient-free auto", "auto"),
+           ("gradient-based", "grad"))
 
 
 def load_vae(seed: int):

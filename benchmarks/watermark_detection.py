@@ -172,12 +172,12 @@ def main(argv=None) -> list[dict]:
     print(f"setup:     {n} watermarked + {n} clean, {cfg['size']}x{cfg['size']} images (latents 4x{latent}x{latent}), "
           f"ring radius {cfg['radius']} in channel 3 ({key.size} bins), BDIA gamma={args.gamma}, "
           f"{cfg['diffusion_steps']} DDIM steps, {cfg['decoder_steps']} decoder-inversion steps")
-    header = f"{'method':<16}{'AUC':>7}{'TPR@1%FPR':>11}{'TPR p<.01':>11}{'FPR p<.01':>11}" \
+    header = f"{'method':<20}{'AUC':>7}{'TPR@1%FPR':>11}{'TPR p<.01':>11}{'FPR p<.01':>11}" \
              f"{'z0 NMSE':>10}{'zT NMSE':>10}{'s/img':>8}"
     print(header)
     for row in rows:
         m = row["metrics"]
-        print(f"{row['method']:<16}{m['auc']:>7.3f}{m['tpr_at_1pct_fpr']:>11.3f}{m['tpr_at_p_below_0_01']:>11.3f}"
+        print(f"{row['method']:<20}{m['auc']:>7.3f}{m['tpr_at_1pct_fpr']:>11.3f}{m['tpr_at_p_below_0_01']:>11.3f}"
               f"{m['fpr_at_p_below_0_01']:>11.3f}{m['z0_nmse_db_median']:>9.2f}d{m['zT_nmse_db_median']:>9.2f}d"
               f"{m['seconds_per_image']:>8.3f}")
     print(f"(TPR@1%FPR: threshold = highest clean score when fewer than 100 clean images; NMSE medians in dB; "

@@ -17,7 +17,18 @@ from .graphs import GraphedStep
 from .inputs import Frames, to_frames
 from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
-from .options import AUTO, DTYPES, METHODS, check_int, check_options, check_positive, is_int, option, uses_torch_update
+from .options import (
+    AUTO,
+    DTYPES,
+    METHODS,
+    check_finite,
+    check_int,
+    check_options,
+    check_positive,
+    is_int,
+    option,
+    uses_torch_update,
+)
 from .result import InversionResult
 
 
@@ -289,9 +300,7 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     if adapter.latent_channels is not None and channels != adapter.latent_channels:
         raise ValueError(f"latents have {channels} channels (dim -3 of shape {tuple(latents.shape)}); "
                          f"this {adapter.kind} decodes {adapter.latent_channels}")
-    bad = int((~torch.isfinite(latents)).sum())
-    if bad:
-        raise ValueError(f"latents: {bad} value(s) are NaN or infinite")
+    check_finite("latents", latents)
     squeezed = latents.dim() == 3
     z = latents[None] if squeezed else latents
     if adapter.dtype is not None:

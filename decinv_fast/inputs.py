@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .options import check_finite
+
 # Decoder outputs overshoot [-1, 1] a little; values beyond this are another convention (e.g. [0, 255]).
 FLOAT_RANGE_LIMIT = 1.5
 
@@ -83,9 +85,7 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
     if array.dtype == np.uint8:
         pixels = _from_uint8_hwc(array)
     else:
-        bad = int((~np.isfinite(array)).sum())
-        if bad:
-            raise ValueError(f"images: {bad} pixel value(s) are NaN or infinite")
+        check_finite("images", array, "pixel value(s)")
         lo, hi = float(array.min()), float(array.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"images: float NumPy pixels must lie in [0, 1] (diffusers' output_type='np'), got "
@@ -112,10 +112,7 @@ def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
             raise ValueError(f"images: integer pixels must lie in [0, 255], got range [{lo}, {hi}]")
         images = images.float() / 255.0 * 2.0 - 1.0
     else:
-        finite = torch.isfinite(images)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"images: {bad} pixel value(s) are NaN or infinite")
+        check_finite("images", images, "pixel value(s)")
         lo, hi = float(images.min()), float(images.max())
         if lo < -FLOAT_RANGE_LIMIT or hi > FLOAT_RANGE_LIMIT:
             raise ValueError(

@@ -51,6 +51,13 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_finite(name: str, values, unit: str = "value(s)") -> None:
+    """A ValueError naming ``name`` if the tensor (or NumPy array) ``values`` holds NaN or inf."""
+    bad = int((~torch.isfinite(torch.as_tensor(values))).sum())
+    if bad:
+        raise ValueError(f"{name}: {bad} {unit} are NaN or infinite")
+
+
 def check_positive(name: str, value) -> None:
     if not is_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

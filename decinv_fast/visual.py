@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .options import check_finite
+
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> ``uint8`` in [0, 255] (same shape and device), rounded as an 8-bit image
     file stores them. NaN/inf pixels are an error: a cast would turn them into arbitrary bytes."""
-    bad = int((~torch.isfinite(pixels)).sum())
-    if bad:
-        raise ValueError(f"pixels: {bad} value(s) are NaN or infinite")
+    check_finite("pixels", pixels)
     return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

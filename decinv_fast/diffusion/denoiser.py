@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..options import is_real
+from ..options import check_finite, is_real
 
 
 def _kind(model) -> str:
@@ -81,9 +81,7 @@ class Denoiser:
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             got = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
             raise TypeError(f"{name} must be a floating-point tensor, got {got}")
-        bad = int((~torch.isfinite(z)).sum())
-        if bad:
-            raise ValueError(f"{name}: {bad} value(s) are NaN or infinite")
+        check_finite(name, z)
         weight = self.parameter
         if weight is not None and z.dtype != weight.dtype:
             raise TypeError(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import is_int
+from ..options import check_finite, is_int
 
 
 def frequency_radius(h: int, w: int) -> torch.Tensor:
@@ -72,9 +72,7 @@ class TreeRingKey:
         if latents.dim() != 4 or tuple(latents.shape[1:]) != self.shape:
             raise ValueError(f"{name} must be (B, {', '.join(map(str, self.shape))}) for this key, "
                              f"got shape {tuple(latents.shape)}")
-        bad = int((~torch.isfinite(latents)).sum())
-        if bad:
-            raise ValueError(f"{name}: {bad} value(s) are NaN or infinite")
+        check_finite(name, latents)
 
 
 def make_ring_key(shape, *, radius: int | None = None, channel: int | None = None, seed: int = 0) -> TreeRingKey:

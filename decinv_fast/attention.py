@@ -20,6 +20,11 @@ from torch import nn
 ATTENTION = ("auto", "sdpa", "xformers", "math")
 
 
+def check_attention(attention: str) -> None:
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+
+
 def _processor(attention: str, device: torch.device):
     from diffusers.models import attention_processor as ap
 
@@ -51,8 +56,7 @@ def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str 
     Yields the processor class name in use (names joined by ``+`` when ``"auto"`` keeps several
     kinds), or ``None`` when the model has no attention layers (AutoencoderTiny, callables).
     """
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    check_attention(attention)
     if module is None or not getattr(module, "attn_processors", None):
         yield None
         return

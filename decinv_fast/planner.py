@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .adapters import as_adapter
-from .attention import ATTENTION
+from .attention import check_attention
 from .memory import available_ram
 from .options import ANDERSON_MIXING, AUTO, DTYPES, OPTION_DEFAULTS, check_int
 
@@ -263,8 +263,7 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
         raise ValueError(f"device must name a torch device ('cuda', 'cpu'), got {device!r}") from None
     if budget_bytes is not None:
         check_int("budget_bytes", budget_bytes, 1)
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    check_attention(attention)
     if chunks is not None:
         if isinstance(chunks, int | str) or not list(chunks):
             raise ValueError(f"chunks must be a non-empty list of chunk sizes, got {chunks!r}")

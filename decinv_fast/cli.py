@@ -110,8 +110,7 @@ def cmd_invert(args) -> int:
                         progress=_progress(args), chunk_frames=args.chunk_frames, **options)
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
-            "dtype": args.dtype, "vae": args.vae,
-            "clip_aware": str(clip_aware), "source": str(args.input),
+            "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
             "final_residual": f"{float(result.residuals[-1]):.6g}"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({"latents": latents}, args.out, metadata=meta)

@@ -62,4 +62,3 @@ class InversionResult:
 def _compact(values: torch.Tensor, shown: int = 8) -> str:
     items = [str(int(v)) for v in values.flatten()[:shown]]
     return "[" + ", ".join(items) + (", ..." if values.numel() > shown else "") + "]"
-

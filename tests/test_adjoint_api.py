@@ -140,6 +140,16 @@ def test_optimize_noise_non_finite_loss_or_gradient_is_an_error(loss, match):
     assert torch.equal(z_T, kept)  # the caller's noise is untouched
 
 
+@pytest.mark.parametrize("loss, match", [
+    (lambda z0: z0.sum() * float("nan"), "adjoint_gradients: the loss is nan"),
+    (lambda z0: (z0 - z0.detach()).abs().sqrt().sum(), "adjoint_gradients: the gradient has NaN/inf"),
+])
+def test_adjoint_gradients_non_finite_loss_or_gradient_is_an_error(loss, match):
+    z_T, mean = problem()
+    with pytest.raises(FloatingPointError, match=match):
+        adjoint_gradients(MlpEps(4), loglinear_schedule(4), z_T, loss, mean=mean)
+
+
 @pytest.mark.parametrize("run, name", [(adjoint_sample, "z_T"), (ddim_invert, "z_0")])
 def test_non_finite_start_state_is_named(run, name):
     z = noise()

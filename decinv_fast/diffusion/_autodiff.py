@@ -9,6 +9,7 @@ vector-Jacobian products at one state, which is the only place the backward pass
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -158,3 +159,12 @@ def needs_autograd(fn):
             return fn(*map(ordinary, args), **{k: ordinary(v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+def check_finite(caller: str, loss: float, grads, where: str, hint: str) -> None:
+    """A NaN/inf loss or gradient is a ``FloatingPointError`` naming ``caller`` and ``where``
+    (e.g. " at iteration 3"), not a silently NaN result; ``grads`` may hold ``None``."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{caller}: the loss is {loss}{where}")
+    if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+        raise FloatingPointError(f"{caller}: the gradient has NaN/inf values{where} (loss {loss:.6g}); {hint}")

@@ -106,7 +106,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._autodiff import Binding, bind, model_parameters, needs_autograd
+from ._autodiff import Binding, bind, check_finite, model_parameters, needs_autograd
 from .adjoint_solver import SCHEMES, solve_adjoint
 from .ei import StepNoise, forward_pass, setup_pass
 from .schedule import Schedule
@@ -231,7 +231,8 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
     with a VAE first (it is differentiated by ordinary autograd). ``grad_cond`` names keywords of
     ``cond`` (e.g. ``("encoder_hidden_states",)``); ``params`` is ``None`` (no parameter gradients)
     or an iterable of tensors requiring grad (e.g. ``unet.parameters()`` after ``requires_grad_()``).
-    The other arguments are those of :func:`adjoint_sample`.
+    The other arguments are those of :func:`adjoint_sample`. A NaN/inf loss or gradient raises
+    ``FloatingPointError``.
     """
     if not callable(loss):
         raise TypeError(f"loss must be a callable loss(z0) -> scalar tensor, got {type(loss).__name__}")
@@ -251,6 +252,7 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"loss must return a scalar tensor, got {shape}")
         grads = torch.autograd.grad(value.reshape(()), inputs, allow_unused=True)
+    check_finite("adjoint_gradients", float(value), grads, "", "the loss or the model has a singular point there")
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
     n_cond = len(leaves)
     return AdjointGradients(value.detach().reshape(()), z0.detach(), grads[0],

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..options import is_int, is_real
-from ._autodiff import needs_autograd
+from ._autodiff import check_finite, needs_autograd
 from .adjoint import adjoint_sample
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
@@ -56,15 +56,6 @@ class NoiseOptimization:
     losses: list
     seconds: float
     method: str
-
-
-def _check_finite(value: float, variables: list[torch.Tensor], iteration: int) -> None:
-    """A NaN/inf loss or gradient is an error naming the iteration, not a silently NaN ``z_T``."""
-    if not math.isfinite(value):
-        raise FloatingPointError(f"optimize_noise: the loss is {value} at iteration {iteration}")
-    if not all(bool(torch.isfinite(v.grad).all()) for v in variables if v.grad is not None):
-        raise FloatingPointError(f"optimize_noise: the gradient has NaN/inf values at iteration {iteration} "
-                                 f"(loss {value:.6g}); try a smaller lr or a loss without singular points")
 
 
 def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
@@ -144,7 +135,9 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
             value = evaluate()
             losses.append(float(value.detach()))
             value.backward(inputs=variables)  # not into the model's weights, even if they require grad
-            _check_finite(losses[-1], variables, it)  # before the step: the iterate stays the last good one
+            # before the step: the iterate stays the last good one
+            check_finite("optimize_noise", losses[-1], [v.grad for v in variables], f" at iteration {it}",
+                         "try a smaller lr or a loss without singular points")
             optimizer.step()
             if keep_norm and "z_T" in names:
                 with torch.no_grad():

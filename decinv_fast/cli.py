@@ -111,7 +111,9 @@ def cmd_invert(args) -> int:
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
             "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
-            "final_residual": f"{float(result.residuals[-1]):.6g}"}
+            "final_residual": f"{float(result.residuals[-1]):.6g}",
+            "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
+            "stop_reason": ",".join(result.stop_reason)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({"latents": latents}, args.out, metadata=meta)
     print(f"wrote {args.out}: latents {tuple(latents.shape)} {latents.dtype}, residual "

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from decinv_fast.cli import main
+from decinv_fast import invert
+from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
 
 
@@ -40,6 +41,10 @@ def test_invert_with_the_self_stopping_method(tmp_path, photo_png):
     latents, meta = read_latents(out)
     assert latents.shape == (4, 4, 4) and meta["method"] == "auto"
     assert 1 <= int(meta["steps"]) <= 4
+    vae = load_vae("fixture", torch.float32, "cpu")
+    direct = invert(vae, np.asarray(Image.open(photo_png)), method="auto", steps=4)
+    assert torch.equal(latents, direct.latents)  # the file records which iterate it holds and why it stopped
+    assert meta["returned_step"] == str(int(direct.returned_step[0])) and meta["stop_reason"] == direct.stop_reason[0]
 
 
 def test_invert_folder_and_gif(tmp_path):

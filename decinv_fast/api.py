@@ -152,7 +152,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             memory planner fits in free memory) or ``None`` (all frames at once). Results do not
             depend on it; peak memory does.
         cuda_graphs: capture one whole step (all chunks + the fused update) in a CUDA graph and
-            replay it (gradient-free methods; falls back to eager with a warning if capture fails).
+            replay it (gradient-free methods; falls back to eager with a warning if capture fails,
+            and on a device without CUDA graphs, where it only costs the warm-up steps).
         compile: run the decoder + encoder pass through ``torch.compile`` (``True``: inductor; a
             string: that ``torch.compile`` backend).
         attention: ``"auto"`` (the VAE's own processors, with the plain math one replaced by SDPA),

@@ -60,6 +60,10 @@ class GraphedStep:
     def __init__(self, iteration, *, capture: Callable | None = None):
         self.iteration = iteration
         device = iteration.z.device
+        if capture is None and device.type != "cuda":
+            warnings.warn(f"cuda_graphs=True on a {device.type} device: there are no CUDA graphs; the step runs "
+                          f"eagerly, after the capture path's {WARMUP_STEPS} warm-up steps (extra time, same result)",
+                          RuntimeWarning, stacklevel=3)
         capture = capture or (_capture_cuda if device.type == "cuda" else (lambda fn, dev: EagerGraph(fn)))
         saved = iteration.snapshot()
         try:

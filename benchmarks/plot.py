@@ -135,19 +135,19 @@ def plot_memory(path) -> bool:
 
 def plot_stopping(path) -> bool:
     """NMSE(z) vs E∘D evaluations (top) and vs wall time (bottom) for every series of ``stopping.json``,
-    one column per VAE."""
+    one column per VAE and crop size."""
     records = harness.load("stopping")
     if not records:
         return False
-    vaes = list(dict.fromkeys(r["metrics"]["vae"] for r in records))
-    fig, axes = plt.subplots(2, len(vaes), figsize=(5.2 * len(vaes), 7.6), squeeze=False)
-    for col, vae in enumerate(vaes):
-        rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
+    cases = list(dict.fromkeys((r["metrics"]["vae"], r["metrics"]["size"]) for r in records))
+    fig, axes = plt.subplots(2, len(cases), figsize=(5.2 * len(cases), 7.6), squeeze=False)
+    for col, (vae, size) in enumerate(cases):
+        rows = [r["metrics"] for r in records if (r["metrics"]["vae"], r["metrics"]["size"]) == (vae, size)]
         for row, (x_key, x_label) in enumerate((("evaluations", "decoder+encoder evaluations"),
                                                  ("seconds", "wall time (s, CPU)"))):
             ax = axes[row][col]
             _stopping_panel(ax, rows, x_key)
-            ax.set(xscale="log", xlabel=x_label, ylabel="mean NMSE(z) [dB]", title=vae)
+            ax.set(xscale="log", xlabel=x_label, ylabel="mean NMSE(z) [dB]", title=f"{vae}, {size}x{size}")
             _plain_ticks(ax.xaxis)
             ax.grid(alpha=0.3)
     fig.suptitle(_device_line(records), fontsize=8)

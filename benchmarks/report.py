@@ -214,10 +214,11 @@ MEAN_SHARE_SERIES = ("anderson-pixel-blur", "anderson-pixel-blur-gain")
 
 
 def stopping(records: list[dict]) -> list[str]:
-    shape = records[0]["shape"]
+    crops = records[0]["shape"][0]
+    sizes = " and of ".join(f"{n}x{n}" for n in dict.fromkeys(r["metrics"]["size"] for r in records))
     marks = (1, 2, 3, 5, 10, 20, 30)
     out = ["### Beyond the paper: accuracy per evaluation and self-stopping", "", _provenance("stopping", records), "",
-           f"{shape[0]} held-out crops of {shape[2]}x{shape[3]}, the paper's protocol, two VAEs of the fixture's "
+           f"{crops} held-out crops of {sizes}, the paper's protocol, two VAEs of the fixture's "
            "architecture (bundled: 6000 training steps plus 1200 with latent cycle consistency; `fixture_short`: "
            "the first run at step 1000). Cells: mean NMSE(z) dB after that many decoder+encoder evaluations. "
            "Gap columns: how far (dB) each ground-truth-free choice of iterate lands from the oracle-best one "
@@ -226,12 +227,13 @@ def stopping(records: list[dict]) -> list[str]:
            "10 ev: the best point of the affine span of the run's first 10 evaluated points, chosen with the "
            "ground truth (the most any mixing or selection of those points can return).", "",
            "![NMSE vs evaluations (top) and CPU wall time (bottom)](benchmarks/results/stopping.png)", ""]
-    for vae in dict.fromkeys(r["metrics"]["vae"] for r in records):
-        rows = [r["metrics"] for r in records if r["metrics"]["vae"] == vae]
+    for vae, size in dict.fromkeys((r["metrics"]["vae"], r["metrics"]["size"]) for r in records):
+        rows = [r["metrics"] for r in records if (r["metrics"]["vae"], r["metrics"]["size"]) == (vae, size)]
         first = rows[0]
         late = [(m["series"], m["mean_share_after_10"]) for m in rows
                 if m["series"] in MEAN_SHARE_SERIES and m["mean_share_after_10"] is not None]
-        out += [f"**{vae}** (encoder-only {first['encoder_only_db']:.2f} dB; best mean NMSE a method run returns: "
+        out += [f"**{vae}, {size}x{size}** (encoder-only {first['encoder_only_db']:.2f} dB; "
+                "best mean NMSE a method run returns: "
                 f"{first['best_returned_db']:.2f} dB, within 10 evaluations {first['best_returned_10_db']:.2f} dB; "
                 "per-image oracle (each image at its own best point along the best series, chosen with the ground "
                 f"truth): {first['best_any_method_db']:.2f} dB, within 10 evaluations "

@@ -25,7 +25,7 @@ BENCHMARKS = (
     "reference_loop",  # ~3
     "accuracy_vs_time",  # ~7
     "memory_vs_frames",  # ~7
-    "stopping",  # ~5 (beyond the paper: Anderson, step size, self-stopping)
+    "stopping",  # ~13 (beyond the paper: Anderson, step size, self-stopping)
     "mean_gain",  # ~8 (auto's gain on the channel means across image sizes)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )

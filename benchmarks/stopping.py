@@ -47,7 +47,10 @@ latent exact except for the encoder's error along the channel combination the de
 nearly ignore (``decoder_channel_singular_values``: that map's singular values, the last one that
 combination's), a practical floor for every method, the gradient-based reference included.
 
-    python -m benchmarks.stopping            # 8 crops 64x64, up to 30 evaluations (~5 CPU minutes)
+Everything is measured at two crop sizes, 64x64 and 128x128 (8x8 and 16x16 latents): which options
+help depends on the size (benchmarks/mean_gain.py), and 64x64 is far smaller than what users invert.
+
+    python -m benchmarks.stopping            # 8 crops of 64x64 and of 128x128, up to 30 evaluations (~13 CPU minutes)
     python -m benchmarks.stopping --quick    # 4 crops 32x32, up to 10
 """
 
@@ -69,8 +72,8 @@ from decinv_fast.testbed import heldout_crops
 
 BENCHMARK = "stopping"
 VAES = {"fixture": None, "fixture_short": harness.ROOT / "benchmarks" / "assets" / "fixture_vae_short"}
-CONFIGS = {"full": dict(crops=8, size=64, steps=30, adam_steps=(5, 10, 20, 30, 50, 100), lbfgs_outer=6),
-           "quick": dict(crops=4, size=32, steps=10, adam_steps=(5, 10), lbfgs_outer=1)}
+CONFIGS = {"full": dict(crops=8, sizes=(64, 128), steps=30, adam_steps=(5, 10, 20, 30, 50, 100), lbfgs_outer=6),
+           "quick": dict(crops=4, sizes=(32,), steps=10, adam_steps=(5, 10), lbfgs_outer=1)}
 AUTO_UPDATE = dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"],
                    **AUTO["options"])  # auto's update, without its stopping
 TRAJECTORY = {
@@ -191,9 +194,9 @@ class Best:
             self.capped = min(self.capped, db)
 
 
-def measure_vae(name: str, cfg: dict) -> list[dict]:
+def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
     vae = load(name)
-    images = heldout_crops(size=cfg["size"], count=cfg["crops"])
+    images = heldout_crops(size=size, count=cfg["crops"])
     target = make_target(vae, images, seed=0)
     shape = tuple(target.images.shape)
     encoded = decinv_fast.encode(vae, target.images)
@@ -241,7 +244,7 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
     records = []
     for row in rows:
-        row.update(vae=name, encoder_only_db=encoder, encoder_mean_share=encoder_share,
+        row.update(vae=name, size=size, encoder_only_db=encoder, encoder_mean_share=encoder_share,
                    null_channel_floor_db=floor, decoder_channel_singular_values=channel_values,
                    encoder_null_share=encoder_null_share,
                    best_any_method_db=best_any.any,
@@ -262,13 +265,15 @@ def measure_vae(name: str, cfg: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     cfg, quick = start_run(CONFIGS, __doc__, argv)
     records = []
-    for name in VAES:
-        records += measure_vae(name, cfg)
-        for r in (r for r in records if r["metrics"]["vae"] == name):
-            m = r["metrics"]
-            gap = m.get("gap_to_oracle_db") or (m.get("gap_to_best_any_db"), m.get("gap_to_best_returned_db"))
-            print(f"{name:14s} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
-                  f"at {m['evaluations'][-1]} evals; gaps {gap}")
+    for size in cfg["sizes"]:
+        for name in VAES:
+            done = measure_vae(name, cfg, size)
+            records += done
+            for r in done:
+                m = r["metrics"]
+                gap = m.get("gap_to_oracle_db") or (m.get("gap_to_best_any_db"), m.get("gap_to_best_returned_db"))
+                print(f"{name:14s} {size:4d} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
+                      f"at {m['evaluations'][-1]} evals; gaps {gap}")
     path = save(BENCHMARK, records, quick)
     print(f"wrote {path}")
 

@@ -11,7 +11,7 @@ the singular values of the decoder's response to unit-norm per-channel-mean late
 differences at ``E(x)``), divided by its median response to unit-norm zero-mean random changes; the
 median over images, strongest first. Values far below 1 mark means the pixels barely constrain.
 ``auto``'s own gain is the one with the best NMSE summed over every cell here (both VAEs, the three
-sizes, both caps): real images have larger latents than stopping.py's 64x64 crops.
+sizes, both caps): real images have larger latents than stopping.py's 64x64 and 128x128 crops.
 
     python -m benchmarks.mean_gain            # 64/128/256 px, 8/4/4 crops (~8 CPU minutes)
     python -m benchmarks.mean_gain --quick    # 32/64 px, 2 crops, cap 10

@@ -252,7 +252,8 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"loss must return a scalar tensor, got {shape}")
         grads = torch.autograd.grad(value.reshape(()), inputs, allow_unused=True)
-    check_finite("adjoint_gradients", float(value.detach()), grads, "", "the loss or the model has a singular point there")
+    check_finite("adjoint_gradients", float(value.detach()), grads, "",
+                 "the loss or the model has a singular point there")
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
     n_cond = len(leaves)
     return AdjointGradients(value.detach().reshape(()), z0.detach(), grads[0],

@@ -156,7 +156,11 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
         raise ValueError("images: empty batch")
     c, h, w = pixels.shape[-3:]
     if channels is not None and c != channels:
-        raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(pixels.shape)})")
+        hint = ""
+        if isinstance(images, torch.Tensor) and pixels.shape[-1] == channels:
+            hint = (f"; tensors are channels-first, (B, {channels}, H, W), and this one looks channels-last: pass "
+                    "images.movedim(-1, -3)")
+        raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(pixels.shape)}){hint}")
     if spatial_factor is not None and (h % spatial_factor or w % spatial_factor):
         raise ValueError(
             f"images: height {h} and width {w} must be multiples of {spatial_factor} (the VAE's "

@@ -16,6 +16,8 @@ import decinv_fast
     (torch.zeros(3, 32), "expected"),
     (torch.zeros(1, 1, 1, 1, 3, 32, 32), "expected"),
     (torch.zeros(1, 4, 32, 32), "channels"),
+    (torch.zeros(1, 32, 32, 3, dtype=torch.uint8), r"looks channels-last: pass images.movedim\(-1, -3\)"),
+    (torch.zeros(32, 32, 3), "looks channels-last"),
     (torch.zeros(1, 3, 30, 32), "multiples of 8"),
     (torch.zeros(1, 3, 32, 36), "multiples of 8"),
     (torch.full((1, 3, 32, 32), 300, dtype=torch.int32), r"\[0, 255\]"),

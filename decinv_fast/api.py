@@ -186,7 +186,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``clip_aware`` (every method; default False; ``auto``: True): pixels the image holds at +-1
             are taken as clipped by the pipeline that saved it, so a decoding beyond them counts as a
             match (the encoder, the pixel error and grad's loss see ``D(z)`` clipped there; see
-            ``decinv_fast.clipping``).
+            ``decinv_fast.clipping``), ``optimizer`` (grad: ``"adam"``, the paper's, or ``"lbfgs"``:
+            per-sample L-BFGS with a backtracking line search over ``memory`` pairs, default 5; ``lr``
+            is then the largest per-element move of a steepest-descent step and ``schedule`` does not
+            apply; it returns the best point it evaluated, see ``decinv_fast.lbfgs``).
     """
     adapter, frames, plan = prepare_run(
         vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,

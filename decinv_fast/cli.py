@@ -100,17 +100,22 @@ def cmd_invert(args) -> int:
     from .visual import error_image, panel
 
     dtype = DTYPES[args.dtype]
+    if args.lbfgs and args.method != "grad":
+        raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
     vae = load_vae(args.vae, dtype, args.device)
     images = read_images(Path(args.input))
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
     clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
     options = {} if auto else dict(clip_aware=clip_aware)
+    if args.lbfgs:
+        options["optimizer"] = "lbfgs"
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
                         progress=_progress(args), chunk_frames=args.chunk_frames, **options)
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
             "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
+            "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),
             "final_residual": f"{float(result.residuals[-1]):.6g}",
             "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}
@@ -161,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")
     inv.add_argument("--clip-aware", action="store_true",
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
+    inv.add_argument("--lbfgs", action="store_true",
+                     help="with --method grad: L-BFGS with a line search instead of the paper's Adam")
     inv.add_argument("--out", default="latents.safetensors")
     inv.add_argument("--png", default=None, help="also write a panel: input, reconstructions, errors")
     inv.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -196,6 +196,23 @@ class GradientFreeIteration:
         return latents.view_as(self.z), returned
 
 
+def pixel_error_backward(adapter: VaeAdapter, z: torch.Tensor, x: torch.Tensor, chunk: int, frames_per_video: int,
+                         clip_aware: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Accumulate ``d/dz sum((D(z) - x)^2)`` into ``z.grad``, ``chunk`` frames per decoder call (the loss
+    is a sum over frames, so the chunks' gradients add up to the whole one); ``D(z)`` clipped where
+    ``x`` is with ``clip_aware``. Returns each frame's squared pixel error in ``dtype``."""
+    sq = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+    for s in chunks(x.shape[0], chunk):
+        decoded = adapter.decode(z[s], frames_per_video)
+        if clip_aware:
+            decoded = clipped_decoding(decoded, x[s])
+        diff = decoded - x[s]
+        del decoded  # the backward pass does not need it: one pixel-sized tensor less at the peak
+        diff.square().sum().backward(inputs=[z])  # z only: the user's VAE gets no .grad
+        sq[s] = diff.detach().to(dtype).square().flatten(1).sum(1)
+    return sq
+
+
 class GradientBasedIteration:
     """The gradient-based baseline: Adam on ``sum((D(z) - x)^2)`` through the decoder (``D(z)``
     clipped where ``x`` is with ``clip_aware``, see :mod:`.clipping`).
@@ -231,15 +248,7 @@ class GradientBasedIteration:
         for group in self.optimizer.param_groups:
             group["lr"] = self.rates[self.k]
         self.optimizer.zero_grad()
-        sq = torch.zeros(self.x.shape[0], dtype=torch.float32, device=self.x.device)
-        for s in chunks(self.x.shape[0], self.plan.chunk):
-            decoded = self.adapter.decode(self.z[s], self.fpv)
-            if self.clip_aware:
-                decoded = clipped_decoding(decoded, self.x[s])
-            diff = decoded - self.x[s]
-            del decoded  # the backward pass does not need it: one pixel-sized tensor less at the peak
-            diff.square().sum().backward(inputs=[self.z])  # z only: the user's VAE gets no .grad
-            sq[s] = diff.detach().float().square().flatten(1).sum(1)
+        sq = pixel_error_backward(self.adapter, self.z, self.x, self.plan.chunk, self.fpv, self.clip_aware)
         self.history[self.k] = sq.view(self.frames.batch, -1).sum(1)
         if self.tracker is not None:  # z_k's pixel error is known now, before the step moves z
             self.tracker.observe(self.step, self._flat(), self.history[self.k],
@@ -289,6 +298,10 @@ def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, 
 
 def make_iteration(adapter: VaeAdapter, frames: Frames, plan: Plan):
     if plan.method == "grad":
+        if option(plan.options, "optimizer") == "lbfgs":
+            from .lbfgs import LbfgsIteration
+
+            return LbfgsIteration(adapter, frames, plan)
         return GradientBasedIteration(adapter, frames, plan)
     with torch.no_grad():
         if uses_torch_update(plan.method, plan.options):

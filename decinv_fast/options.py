@@ -11,15 +11,16 @@ METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
     "adam": {"eps", "betas", "residual_blur", "clip_aware"}, "fsm": {"rho", "residual_blur", "mean_gain", "clip_aware"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": {"clip_aware"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": {"clip_aware", "optimizer", "memory"},
     "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "clip_aware"}, "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
+GRAD_OPTIMIZERS = ("adam", "lbfgs")  # grad's optimizer: the paper's Adam, or L-BFGS (lbfgs.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0,
-                   "mean_gain": 1.0, "clip_aware": False}
+                   "mean_gain": 1.0, "clip_aware": False, "optimizer": "adam"}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -99,8 +100,15 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
     check_positive("lr (rho)" if method in ("fsm", "km", "anderson") else "lr", lr)
     if "alpha" in options and not (is_real(options["alpha"]) and 0 <= options["alpha"] < 1):
         raise ValueError(f"alpha (KM inertia) must be a number in [0, 1), got {options['alpha']!r}")
+    if option(options, "optimizer") not in GRAD_OPTIMIZERS:
+        raise ValueError(f"optimizer (grad) must be one of {GRAD_OPTIMIZERS}, got {options['optimizer']!r}")
     if "memory" in options:
-        check_int("memory (Anderson history m)", options["memory"], 0)
+        lbfgs = method == "grad"
+        if lbfgs and option(options, "optimizer") != "lbfgs":
+            raise ValueError("memory is an option of grad's optimizer='lbfgs' (the number of (s, y) pairs), "
+                             "not of its Adam")
+        check_int("memory (L-BFGS pairs)" if lbfgs else "memory (Anderson history m)", options["memory"],
+                  1 if lbfgs else 0)
         options["memory"] = int(options["memory"])
     if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")

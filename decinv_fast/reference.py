@@ -217,6 +217,80 @@ def gradient_based(encode: Codec, decode: Codec, images: torch.Tensor, *, steps:
     return run
 
 
+LBFGS_ARMIJO = 1e-4  # sufficient decrease: accept a trial when f_try <= f + c1 * t * <g, d>
+
+
+def lbfgs_direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``-H g`` by the L-BFGS two-loop recursion over ``pairs`` ``[(s, y), ...]`` (oldest first), with
+    ``H_0 = (<s, y> / <y, y>) I`` of the newest pair; ``-g`` without pairs."""
+    q = g.clone()
+    alphas = []
+    for s, y in reversed(pairs):
+        alpha = (s * q).sum() / (s * y).sum()
+        q = q - alpha * y
+        alphas.append(alpha)
+    if pairs:
+        s, y = pairs[-1]
+        q = q * ((s * y).sum() / (y * y).sum())
+    for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
+        beta = (y * q).sum() / (s * y).sum()
+        q = q + (alpha - beta) * s
+    return -q
+
+
+def gradient_based_lbfgs(encode: Codec, decode: Codec, images: torch.Tensor, *, steps: int = 50,
+                         lr: float = 0.01, memory: int = 5) -> ReferenceRun:
+    """``min_z sum((D(z) - x)**2)`` by L-BFGS with a backtracking line search, each sample on its own.
+
+    One decoder forward + backward per step, at a trial point ``z + t d`` (the first at ``E(x)``).
+    A trial is accepted when ``f_try <= f + c1 t <g, d>`` (Armijo; the first always is): ``z`` moves
+    there, the pair ``(s, y) = (z_new - z, g_new - g)`` joins the last ``memory`` pairs if
+    ``<s, y> > 0``, and the next trial is ``z + d`` with ``d = -H g`` (:func:`lbfgs_direction`, ``t = 1``).
+    Without pairs, or when ``d`` is not a descent direction, the pairs are dropped and ``d = -g``
+    with ``t = lr / max|g|``: no element moves more than ``lr``. A rejected trial (or a non-finite one)
+    shrinks ``t`` to the minimum of the quadratic through ``f``, ``<g, d>`` and ``f_try``, kept in
+    ``[0.1 t, 0.5 t]`` (``0.1 t`` if non-finite). The latents returned are the accepted points; the
+    residual recorded at each step is the accepted point's ``||D(z) - x|| / ||x||``.
+    """
+    with torch.no_grad():
+        e_x = encode(images)
+    norms = images.flatten(1).to(e_x.dtype).square().sum(1).sqrt()
+    rows, finals = [], []
+    for b in range(images.shape[0]):
+        x = images[b:b + 1]
+        z, f, g, pairs = e_x[b:b + 1].clone(), math.inf, None, []
+        trial, d, t = z, None, 0.0
+        row = []
+        for _ in range(steps):
+            point = trial.detach().requires_grad_(True)
+            loss = (decode(point) - x).square().sum()
+            (g_try,) = torch.autograd.grad(loss, point)
+            f_try, point = float(loss.detach()), point.detach()
+            finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
+            slope = 0.0 if d is None else float((g * d).sum())
+            if finite and f_try <= f + LBFGS_ARMIJO * t * slope:
+                if g is not None and float(((point - z) * (g_try - g)).sum()) > 0:
+                    pairs = (pairs + [(point - z, g_try - g)])[-memory:]
+                z, f, g = point, f_try, g_try
+                d, t = lbfgs_direction(g, pairs), 1.0
+                if not pairs or float((g * d).sum()) >= 0:
+                    pairs, d = [], -g
+                    t = lr / max(float(g.abs().max()), 1e-30)
+            elif finite:
+                curve = f_try - f - slope * t
+                t_min = -slope * t * t / (2 * curve) if curve > 0 else 0.5 * t
+                t = min(max(t_min, 0.1 * t), 0.5 * t)
+            else:
+                t = 0.1 * t
+            trial = z + t * d
+            row.append(math.sqrt(f) / float(norms[b]))
+        rows.append(row)
+        finals.append(z)
+    run = ReferenceRun(torch.cat(finals))
+    run.residuals = [torch.tensor([r[k] for r in rows]) for k in range(steps)]
+    return run
+
+
 REFERENCE_METHODS = {"adam": adam, "fsm": fsm, "km": km, "grad": gradient_based}
 
 

@@ -47,6 +47,21 @@ def test_invert_with_the_self_stopping_method(tmp_path, photo_png):
     assert meta["returned_step"] == str(int(direct.returned_step[0])) and meta["stop_reason"] == direct.stop_reason[0]
 
 
+def test_invert_gradient_based_with_lbfgs(tmp_path, photo_png):
+    out = tmp_path / "z.safetensors"
+    args = ["invert", str(photo_png), "--method", "grad", "--lbfgs", "--steps", "3", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    latents, meta = read_latents(out)
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.asarray(Image.open(photo_png)), method="grad",
+                    optimizer="lbfgs", steps=3)
+    assert torch.equal(latents, direct.latents) and meta["optimizer"] == "lbfgs"
+
+
+def test_lbfgs_flag_needs_the_gradient_based_method(photo_png, capsys):
+    assert main(["invert", str(photo_png), "--lbfgs", "--steps", "1", "--quiet"]) == 2
+    assert "--lbfgs is grad's optimizer" in capsys.readouterr().err
+
+
 def test_invert_folder_and_gif(tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()

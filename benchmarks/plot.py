@@ -161,7 +161,10 @@ def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
     ax.axhline(rows[0]["encoder_only_db"], color="gray", ls=":", label="encoder-only")
     for m in (m for m in rows if m.get("reference")):
         ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="clip-aware pixel least squares (gradient-based)")
-    candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r.get("reference"))
+    for m in (m for m in rows if m.get("gradient_based")):
+        ax.plot(m[x_key], m["nmse_db"], color="tab:olive", ls=":", marker=".", label=f"{m['series']} (gradient-based)")
+    candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r.get("reference")
+                  and not r.get("gradient_based"))
     for i, m in enumerate(candidates):
         ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"],
                 color=plt.cm.tab20(i % 20))  # the default cycle repeats after 10 series

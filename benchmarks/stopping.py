@@ -21,6 +21,8 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   anderson-pixel-blur-gain4-clip   the same with ``mean_gain=4``
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
+  grad-lbfgs   not a candidate: ``method="grad", optimizer="lbfgs", clip_aware=True``, gradient-based
+           (a decoder forward + backward per step, counted on the same axis)
 
 The goal (issue 7): ``auto`` within 0.3 dB of the best NMSE any method reaches, in <= 10
 evaluations. "Best" is reported two ways: ``best_any_method_db``, the per-image oracle: each image at
@@ -182,6 +184,22 @@ def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> d
                 seconds=[time.perf_counter() - start])
 
 
+def lbfgs_series(vae, target, steps: int) -> dict:
+    """Not a candidate and in neither best: ``invert(method="grad", optimizer="lbfgs", clip_aware=True)``,
+    one decoder forward + backward per step (not an E∘D evaluation); NMSE of its accepted point after
+    every step, and the time to the end of that step."""
+    marks = []
+
+    def callback(k: int, latents: torch.Tensor) -> None:
+        marks.append((time.perf_counter() - start, float(per_image_db(latents, target.latents).mean())))
+
+    start = time.perf_counter()
+    decinv_fast.invert(vae, target.images, method="grad", optimizer="lbfgs", clip_aware=True, steps=steps,
+                       callback=callback, measure_memory=False)
+    return dict(series="grad-lbfgs", gradient_based=True, evaluations=list(range(1, steps + 1)),
+                nmse_db=[db for _, db in marks], seconds=[t for t, _ in marks])
+
+
 class Best:
     """The lowest mean NMSE (dB) offered: over every run, and over runs of at most ``AUTO_CAP`` evaluations."""
 
@@ -242,6 +260,7 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
         for best in (best_any, best_returned):
             best.offer(rows[-1]["nmse_db"][0], cap)
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
+    rows.append(lbfgs_series(vae, target, cfg["steps"]))  # gradient-based: not part of either best either
     records = []
     for row in rows:
         row.update(vae=name, size=size, encoder_only_db=encoder, encoder_mean_share=encoder_share,

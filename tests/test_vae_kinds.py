@@ -1,5 +1,7 @@
 """Every accepted VAE kind drops in with the right shapes, and batches equal one-by-one runs."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,17 @@ def test_temporal_decoder_video_with_auto_in_chunks(tiny_temporal):
     assert whole.latents.shape == (2, 3, 4, 4, 4)
     torch.testing.assert_close(chunked.latents, whole.latents, rtol=1e-4, atol=1e-5)
     assert torch.equal(chunked.returned_step, whole.returned_step)
+
+
+def test_lbfgs_on_the_temporal_decoder_works_per_video(tiny_temporal):
+    """grad's L-BFGS on a temporal VAE: one history and one line search per video (its frames decoded
+    together), equal to the reference run on each video as one sample."""
+    g = torch.Generator().manual_seed(5)
+    video = (torch.rand(2, 3, 3, 16, 16, generator=g) * 2 - 1).double()
+    out = decinv_fast.invert(tiny_temporal, video, method="grad", optimizer="lbfgs", steps=4, lr=0.05,
+                             dtype=torch.float64, chunk_frames=3)
+    a = as_adapter(copy.deepcopy(tiny_temporal).double())
+    encode = lambda v: a.encode(v.reshape(-1, 3, 16, 16)).reshape(v.shape[0], -1, 2, 2)  # noqa: E731
+    decode = lambda z: a.decode(z.reshape(-1, 4, 2, 2), 3).reshape(z.shape[0], -1, 16, 16)  # noqa: E731
+    ref = reference.gradient_based_lbfgs(encode, decode, video.reshape(2, 9, 16, 16), steps=4, lr=0.05)
+    torch.testing.assert_close(out.latents.reshape(2, -1), ref.latents.reshape(2, -1), rtol=1e-10, atol=1e-12)

@@ -50,8 +50,9 @@ def _materialises(processor) -> bool:
 
 @contextlib.contextmanager
 def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str | None]:
-    """Set every attention processor of ``module`` to ``attention`` for the block, verify it took,
-    and put the original processors back afterwards (the user's VAE is left as it was).
+    """Set the attention processors of ``module`` for the block (every one to ``attention``; with
+    ``"auto"`` only the plain math ones, to SDPA), verify it took, and put the original processors
+    back afterwards (the user's VAE is left as it was).
 
     Yields the processor class name in use (names joined by ``+`` when ``"auto"`` keeps several
     kinds), or ``None`` when the model has no attention layers (AutoencoderTiny, callables).
@@ -60,18 +61,24 @@ def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str 
     if module is None or not getattr(module, "attn_processors", None):
         yield None
         return
-    device = next(module.parameters()).device
     original = dict(module.attn_processors)
     if attention == "auto" and not any(_materialises(p) for p in original.values()):
-        yield "+".join(sorted({type(p).__name__ for p in original.values()}))
+        yield _names(original.values())
         return
-    wanted = _processor(attention, device)
+    chosen = _processor(attention, next(module.parameters()).device)
+    # "auto" swaps only the plain math processors; an explicit choice sets every one
+    wanted = {name: chosen if attention != "auto" or _materialises(p) else p for name, p in original.items()}
+    expected = _names(wanted.values())  # before set_attn_processor, which empties the dict it is given
     module.set_attn_processor(wanted)
     try:
-        active = {type(p) for p in module.attn_processors.values()}
-        if active != {type(wanted)}:
-            names = sorted(t.__name__ for t in active)
-            raise RuntimeError(f"attention={attention!r}: the VAE kept other processors ({names})")
-        yield type(wanted).__name__
+        active = _names(module.attn_processors.values())
+        if active != expected:
+            raise RuntimeError(f"attention={attention!r}: the VAE kept other processors ({active})")
+        yield active
     finally:
         module.set_attn_processor(original)
+
+
+def _names(processors) -> str:
+    """The processor classes in use, ``+``-joined in sorted order."""
+    return "+".join(sorted({type(p).__name__ for p in processors}))

@@ -10,6 +10,7 @@ import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
 from decinv_fast.api import _frames_for
+from decinv_fast.attention import attention_backend
 from decinv_fast.graphs import EagerGraph, GraphedStep
 from decinv_fast.loop import Plan, make_iteration
 
@@ -114,6 +115,25 @@ def test_auto_attention_keeps_the_vaes_own_processors(tiny_kl, images_32):
             decinv_fast.invert(tiny_kl, images_32, steps=1, attention="auto", callback=watch)
             assert seen == {during}
             assert all(tiny_kl.attn_processors[k] is p for k, p in objects.items())  # the same objects after
+    finally:
+        tiny_kl.set_attn_processor(before)
+
+
+def test_auto_attention_swaps_only_the_math_processors_of_a_mixed_vae(tiny_kl):
+    class Custom(AttnProcessor2_0):
+        pass
+
+    before = dict(tiny_kl.attn_processors)
+    names = sorted(before)
+    assert len(names) >= 2
+    try:
+        mixed = {name: AttnProcessor() if i == 0 else Custom() for i, name in enumerate(names)}
+        tiny_kl.set_attn_processor(mixed)
+        with attention_backend(tiny_kl, "auto") as active:
+            during = {k: type(p) for k, p in tiny_kl.attn_processors.items()}
+        assert during == {name: AttnProcessor2_0 if i == 0 else Custom for i, name in enumerate(names)}
+        assert active == "AttnProcessor2_0+Custom"
+        assert all(tiny_kl.attn_processors[k] is p for k, p in mixed.items())  # put back afterwards
     finally:
         tiny_kl.set_attn_processor(before)
 

@@ -161,7 +161,7 @@ def needs_autograd(fn):
     return wrapper
 
 
-def check_finite(caller: str, loss: float, grads, where: str, hint: str) -> None:
+def check_loss_and_gradients(caller: str, loss: float, grads, where: str, hint: str) -> None:
     """A NaN/inf loss or gradient is a ``FloatingPointError`` naming ``caller`` and ``where``
     (e.g. " at iteration 3"), not a silently NaN result; ``grads`` may hold ``None``."""
     if not math.isfinite(loss):

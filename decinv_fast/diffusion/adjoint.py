@@ -106,7 +106,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._autodiff import Binding, bind, check_finite, model_parameters, needs_autograd
+from ._autodiff import Binding, bind, check_loss_and_gradients, model_parameters, needs_autograd
 from .adjoint_solver import SCHEMES, solve_adjoint
 from .ei import StepNoise, forward_pass, setup_pass
 from .schedule import Schedule
@@ -252,8 +252,8 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"loss must return a scalar tensor, got {shape}")
         grads = torch.autograd.grad(value.reshape(()), inputs, allow_unused=True)
-    check_finite("adjoint_gradients", float(value.detach()), grads, "",
-                 "the loss or the model has a singular point there")
+    check_loss_and_gradients("adjoint_gradients", float(value.detach()), grads, "",
+                             "the loss or the model has a singular point there")
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
     n_cond = len(leaves)
     return AdjointGradients(value.detach().reshape(()), z0.detach(), grads[0],

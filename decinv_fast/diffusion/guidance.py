@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..options import is_int, is_real
-from ._autodiff import check_finite, needs_autograd
+from ._autodiff import check_loss_and_gradients, needs_autograd
 from .adjoint import adjoint_sample
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
@@ -136,8 +136,8 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
             losses.append(float(value.detach()))
             value.backward(inputs=variables)  # not into the model's weights, even if they require grad
             # before the step: the iterate stays the last good one
-            check_finite("optimize_noise", losses[-1], [v.grad for v in variables], f" at iteration {it}",
-                         "try a smaller lr or a loss without singular points")
+            check_loss_and_gradients("optimize_noise", losses[-1], [v.grad for v in variables],
+                                     f" at iteration {it}", "try a smaller lr or a loss without singular points")
             optimizer.step()
             if keep_norm and "z_T" in names:
                 with torch.no_grad():

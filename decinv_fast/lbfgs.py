@@ -57,7 +57,7 @@ class LbfgsIteration:
         batch, device = frames.batch, e_x.device
         self.math = torch.float64 if e_x.dtype == torch.float64 else torch.float32
         flat = e_x.detach().view(batch, -1).to(self.math)
-        memory = max(1, option(plan.options, "memory"))
+        memory = option(plan.options, "memory")  # >= 1: check_options refuses less for grad
         self.z, self.g, self.d = flat.clone(), torch.zeros_like(flat), torch.zeros_like(flat)
         self.f = torch.full((batch,), float("inf"), dtype=self.math, device=device)
         self.t = torch.zeros(batch, dtype=self.math, device=device)

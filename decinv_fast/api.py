@@ -26,7 +26,6 @@ from .options import (
     check_options,
     check_positive,
     is_int,
-    option,
     uses_torch_update,
 )
 from .result import InversionResult
@@ -62,7 +61,7 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, option(options, "memory"), option(options, "mixing"))
+        return auto_chunk(adapter, frames, method, options)
     if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
-from .options import ANDERSON_MIXING, AUTO, DTYPES, OPTION_DEFAULTS, check_int
+from .options import ANDERSON_MIXING, AUTO, DTYPES, GRAD_OPTIMIZERS, OPTION_DEFAULTS, check_int, option
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -176,7 +176,7 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
-         memory: int | None = None, mixing: str | None = None) -> MemoryPlan:
+         memory: int | None = None, mixing: str | None = None, optimizer: str | None = None) -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -188,11 +188,15 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
-        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents); default 5.
+        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents), or the
+            number of L-BFGS pairs for grad's ``optimizer="lbfgs"``; default 5.
         mixing: Anderson's ``"latent"`` (default) or ``"pixel"`` mixing (the latter adds ``m + 2``
             fp32 images). ``method="auto"`` sets both itself.
+        optimizer: grad's ``"adam"`` (default: ``z``, its gradient, Adam's two moments) or ``"lbfgs"``
+            (``z`` and its gradient, then ``2 memory + 4`` fp32 latents: the accepted point, its
+            gradient, the direction, the best point and the pairs; fp64 for fp64 latents).
     """
-    run_method, memory, mixing = _planned_method(method, memory, mixing)
+    run_method, memory, mixing, optimizer = _planned_method(method, memory, mixing, optimizer)
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
@@ -211,7 +215,10 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     transient = {}
     for c in chunks or _candidate_chunks(frames, per_video):
         transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
-    if method == "grad":
+    if method == "grad" and optimizer == "lbfgs":
+        math_size = 8 if dtype == torch.float64 else 4
+        state = latent_bytes * 2 + (latent_bytes // size) * math_size * (2 * memory + 4)
+    elif method == "grad":
         state = latent_bytes * 4  # z, its gradient, Adam's m and v
     else:
         state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
@@ -223,20 +230,27 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
                       budget_bytes)
 
 
-def _planned_method(method: str, memory: int | None, mixing: str | None) -> tuple[str, int, str]:
-    """The method whose memory is traced, with Anderson's ``memory`` and ``mixing`` filled in."""
+def _planned_method(method: str, memory: int | None, mixing: str | None,
+                    optimizer: str | None) -> tuple[str, int, str, str]:
+    """The method whose memory is traced, with its ``memory``, ``mixing`` and ``optimizer`` filled in."""
+    if optimizer is not None and method != "grad":
+        raise ValueError(f"optimizer is an option of method='grad', got method={method!r}")
+    optimizer = OPTION_DEFAULTS["optimizer"] if optimizer is None else optimizer
+    if optimizer not in GRAD_OPTIMIZERS:
+        raise ValueError(f"optimizer (grad) must be one of {GRAD_OPTIMIZERS}, got {optimizer!r}")
     if method == "auto":
         if memory is not None or mixing is not None:
             raise ValueError("method='auto' sets its own Anderson memory and mixing; use method='anderson' to set them")
-        return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"]
+        return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"], optimizer
     if method not in PLANNED_METHODS:
         raise ValueError(f"method must be one of {(*PLANNED_METHODS, 'auto')}, got {method!r}")
     memory = OPTION_DEFAULTS["memory"] if memory is None else memory
     mixing = OPTION_DEFAULTS["mixing"] if mixing is None else mixing
-    check_int("memory (Anderson history m)", memory, 0)
+    lbfgs = optimizer == "lbfgs"
+    check_int("memory (L-BFGS pairs)" if lbfgs else "memory (Anderson history m)", memory, 1 if lbfgs else 0)
     if mixing not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {mixing!r}")
-    return method, memory, mixing
+    return method, memory, mixing, optimizer
 
 
 def _checked_shape(shape, factor: int) -> tuple[int, ...]:
@@ -286,9 +300,10 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str, memory: int, mixing: str) -> int:
+def auto_chunk(adapter, frames, method: str, options: dict) -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
-    CPU: half of the available RAM). At least one video's frames for temporal VAEs."""
+    CPU: half of the available RAM). At least one video's frames for temporal VAEs.
+    ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``)."""
     if adapter.module is None:
         raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
     pixels = frames.pixels
@@ -299,7 +314,8 @@ def auto_chunk(adapter, frames, method: str, memory: int, mixing: str) -> int:
         budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
     else:
         budget = available_ram() // 2
+    grad = {"optimizer": option(options, "optimizer")} if method == "grad" else {}
     result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
-                  memory=memory, mixing=mixing)
+                  memory=option(options, "memory"), mixing=option(options, "mixing"), **grad)
     smallest = min(result.per_chunk)
     return result.chunk or smallest

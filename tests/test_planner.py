@@ -32,6 +32,7 @@ CONFIGS = [
     # the codec's pixel-sized temporaries (residual, its blur) stay below the decoder's peak: not traced
     ("fixture", (2, 3, 128, 128), "anderson", None, {"mixing": "pixel", "residual_blur": 1.0}),
     ("sd", (1, 3, 64, 64), "anderson", None, {"mixing": "pixel", "residual_blur": 1.0}),
+    ("fixture", (2, 3, 64, 64), "grad", None, {"optimizer": "lbfgs"}),
 ]
 
 
@@ -43,8 +44,8 @@ def test_prediction_within_25_percent_of_measured(name, shape, method, chunk, op
     run = dict(steps=1, method=method, **options)
     decinv_fast.invert(vae, x[..., :16, :16], **run)  # load kernels outside the measurement
     _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, chunk_frames=chunk, **run))
-    mixing = {"mixing": options["mixing"]} if "mixing" in options else {}
-    p = plan(vae, shape, dtype=torch.float32, device="cpu", method=method, **mixing)
+    planned = {k: options[k] for k in ("mixing", "optimizer") if k in options}
+    p = plan(vae, shape, dtype=torch.float32, device="cpu", method=method, **planned)
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     predicted = p.added_per_chunk[chunk or frames]
     assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
@@ -92,6 +93,9 @@ def test_math_attention_materialises_the_score_matrix():
     ((1, 3, 64, 64), dict(method="auto", memory=3), "method='auto' sets its own"),
     ((1, 3, 64, 64), dict(method="anderson", memory=-1), "memory"),
     ((1, 3, 64, 64), dict(method="anderson", mixing="both"), "mixing"),
+    ((1, 3, 64, 64), dict(method="adam", optimizer="lbfgs"), "optimizer is an option of method='grad'"),
+    ((1, 3, 64, 64), dict(method="grad", optimizer="sgd"), "optimizer"),
+    ((1, 3, 64, 64), dict(method="grad", optimizer="lbfgs", memory=0), "memory [(]L-BFGS pairs[)]"),
     ((1, 3, 64, 64), dict(dtype=torch.int8), "dtype"),
     ((1, 3, 64, 64), dict(device="tpu"), "device"),
     ((1, 3, 64, 64), dict(budget_bytes=-5), "budget_bytes"),
@@ -127,6 +131,31 @@ def test_anderson_state_counts_its_fp32_history():
     assert anderson.state_bytes - fsm.state_bytes == latent_elements * 4 * (2 * 3 + 2)
     pixel = plan(vae, shape, dtype=torch.float16, method="anderson", chunks=[2], memory=3, mixing="pixel")
     assert pixel.state_bytes - anderson.state_bytes == 2 * 3 * 64 * 64 * 4 * (3 + 2)
+
+
+@pytest.mark.parametrize("dtype, math_size", [(torch.float16, 4), (torch.float64, 8)])
+def test_lbfgs_state_counts_its_pairs(dtype, math_size):
+    vae = new_fixture_vae()
+    shape = (2, 3, 64, 64)
+    adam = plan(vae, shape, dtype=dtype, method="grad", chunks=[2])
+    lbfgs = plan(vae, shape, dtype=dtype, method="grad", optimizer="lbfgs", memory=3, chunks=[2])
+    latent_elements, size = 2 * 4 * 8 * 8, torch.tensor([], dtype=dtype).element_size()
+    assert adam.state_bytes == latent_elements * size * 4  # z, its gradient, Adam's m and v
+    assert lbfgs.state_bytes == latent_elements * (size * 2 + math_size * (2 * 3 + 4))
+    assert lbfgs.transient == adam.transient  # the same decoder forward + backward
+
+
+def test_auto_chunk_plans_the_run_s_optimizer(monkeypatch):
+    import decinv_fast.planner as planner
+
+    seen = []
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: seen.append(k) or plan(*a, **k))
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    a = decinv_fast.invert(vae, x, steps=3, method="grad", optimizer="lbfgs", memory=2, chunk_frames="auto")
+    b = decinv_fast.invert(vae, x, steps=3, method="grad", optimizer="lbfgs", memory=2)
+    assert [(k["method"], k["optimizer"], k["memory"]) for k in seen] == [("grad", "lbfgs", 2)]
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["anderson", "auto"])

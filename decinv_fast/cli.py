@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attention import ATTENTION
 from .options import AUTO, METHODS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -31,6 +32,19 @@ def lr_arg(spec: str) -> float | str:
         return float(spec)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number or 'auto': {spec!r}") from None
+
+
+def chunk_arg(spec: str) -> int | str:
+    """``--chunk-frames``: a positive number of frames, or ``auto`` (the memory planner's choice)."""
+    if spec == "auto":
+        return spec
+    try:
+        chunk = int(spec)
+    except ValueError:
+        chunk = 0
+    if chunk < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number of frames or 'auto': {spec!r}")
+    return chunk
 
 
 def device_arg(spec: str) -> str:
@@ -111,12 +125,18 @@ def cmd_invert(args) -> int:
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                        progress=_progress(args), chunk_frames=args.chunk_frames, **options)
+                        progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
+                        patience=args.patience, keep_best=args.keep_best, attention=args.attention,
+                        cuda_graphs=args.cuda_graphs, compile=args.compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
             "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
             "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),
-            "final_residual": f"{float(result.residuals[-1]):.6g}",
+            "final_residual": f"{float(result.residuals[-1]):.6g}", "tol": str(args.tol),
+            "keep_best": str(AUTO["keep_best"] if auto else args.keep_best),
+            "patience": str(AUTO["patience"] if auto and args.patience is None else args.patience),
+            "chunk_frames": str(args.chunk_frames), "attention": args.attention, "compile": str(args.compile),
+            "cuda_graphs": str(args.cuda_graphs),
             "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--lr", type=lr_arg, default=None, help="step size; 'auto' for fsm, km, anderson")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
-    inv.add_argument("--chunk-frames", type=int, default=None, help="frames per encoder/decoder call")
+    inv.add_argument("--chunk-frames", type=chunk_arg, default=None,
+                     help="frames per encoder/decoder call, or 'auto' (the largest the free memory holds)")
+    stop = inv.add_argument_group(f"stopping (every method; auto stops on its own: keeps its best, patience "
+                                  f"{AUTO['patience']})")
+    stop.add_argument("--keep-best", action="store_true",
+                      help="return each sample's iterate with the lowest pixel error, not the last one")
+    stop.add_argument("--patience", type=int, default=None,
+                      help="stop a sample after this many steps without a lower pixel error")
+    stop.add_argument("--tol", type=float, default=None, help="stop a sample once its relative residual is below TOL")
+    fast = inv.add_argument_group("speed and memory (GPU)")
+    fast.add_argument("--attention", default="auto", choices=ATTENTION,
+                      help="VAE attention for the call (auto: the VAE's own, plain math replaced by SDPA)")
+    fast.add_argument("--cuda-graphs", action="store_true",
+                      help="capture one step as a CUDA graph (adam, fsm, km at a fixed step size)")
+    fast.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                      help="torch.compile the decoder+encoder pass (optionally with this torch.compile backend)")
     inv.add_argument("--clip-aware", action="store_true",
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
     inv.add_argument("--lbfgs", action="store_true",

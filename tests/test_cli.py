@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -138,3 +139,58 @@ def test_clip_aware_flag(tmp_path):
     assert (runs["fsm", True][0] - runs["fsm", False][0]).abs().max() > 1e-3
     assert runs["auto", False][1]["clip_aware"] == "True"
     assert torch.equal(runs["auto", True][0], runs["auto", False][0])
+
+
+def test_stopping_options_reach_invert_and_the_metadata(tmp_path, photo_png):
+    out = tmp_path / "z.safetensors"
+    args = ["invert", str(photo_png), "--method", "fsm", "--steps", "12", "--keep-best", "--patience", "2",
+            "--tol", "1e-9", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    latents, meta = read_latents(out)
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.asarray(Image.open(photo_png)), method="fsm",
+                    steps=12, keep_best=True, patience=2, tol=1e-9)
+    assert torch.equal(latents, direct.latents)
+    assert direct.stop_reason == ["patience"]  # the run stops itself: the options were taken
+    assert (meta["keep_best"], meta["patience"], meta["tol"]) == ("True", "2", "1e-09")
+    assert meta["steps"] == str(direct.steps_run) and meta["stop_reason"] == "patience"
+
+
+def test_auto_records_its_own_stopping(tmp_path, photo_png):
+    out = tmp_path / "z.safetensors"
+    assert main(["invert", str(photo_png), "--method", "auto", "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    meta = read_latents(out)[1]
+    assert (meta["keep_best"], meta["patience"], meta["tol"]) == ("True", "3", "None")
+
+
+def test_speed_options_reach_invert(tmp_path, monkeypatch):
+    """--chunk-frames auto plans the chunk; --attention, --compile BACKEND and --cuda-graphs are passed
+    on (aot_eager traces without generating code; CUDA graphs on a CPU warn and run eagerly)."""
+    clip = pan_clip(bundled_photo(), 3, 32)
+    gif = tmp_path / "clip.gif"
+    Image.fromarray(clip[0]).save(gif, save_all=True, append_images=[Image.fromarray(f) for f in clip[1:]])
+    base = tmp_path / "base.safetensors"
+    assert main(["invert", str(gif), "--steps", "2", "--out", str(base), "--quiet"]) == 0
+    runs = {"chunk": ["--chunk-frames", "auto"], "attention": ["--attention", "math"],
+            "compile": ["--compile", "aot_eager"]}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.safetensors"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dynamo's notes on the CPU
+            assert main(["invert", str(gif), "--steps", "2", "--out", str(out), "--quiet", *extra]) == 0
+        torch.testing.assert_close(read_latents(out)[0], read_latents(base)[0], rtol=1e-4, atol=1e-5)
+    assert read_latents(tmp_path / "chunk.safetensors")[1]["chunk_frames"] == "auto"
+    assert read_latents(tmp_path / "compile.safetensors")[1]["compile"] == "aot_eager"
+    assert read_latents(tmp_path / "attention.safetensors")[1]["attention"] == "math"
+    out = tmp_path / "graphs.safetensors"
+    with pytest.warns(RuntimeWarning, match="no CUDA graphs"):
+        assert main(["invert", str(gif), "--steps", "2", "--out", str(out), "--quiet", "--cuda-graphs"]) == 0
+    assert torch.equal(read_latents(out)[0], read_latents(base)[0])
+    assert read_latents(out)[1]["cuda_graphs"] == "True"
+
+
+@pytest.mark.parametrize("spec", ["0", "two", "-1"])
+def test_bad_chunk_frames_is_a_usage_line(tmp_path, photo_png, capsys, spec):
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", str(photo_png), "--chunk-frames", spec, "--quiet", "--out", str(tmp_path / "o.st")])
+    assert exited.value.code == 2
+    assert "not a positive number of frames or 'auto'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +27,7 @@ from .options import (
     check_options,
     check_positive,
     is_int,
+    option,
     uses_torch_update,
 )
 from .result import InversionResult
@@ -254,6 +256,28 @@ def _divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
     return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
 
 
+GREW, GREW_FLOOR = 1.5, 0.01  # a last relative residual above 1.5x the first and 1 % is a diverging run
+
+
+def _warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
+    """Warn when samples end with a relative residual ``GREW`` times their first one and above
+    ``GREW_FLOOR``: a finite divergence (too large a step; with ``mean_gain``, rho times the gain too
+    large), whose last iterate is returned since ``keep_best`` is off. (Starting at an exact answer,
+    Adam's fixed-size steps move away a little: 2e-7 -> 4e-4 is not a divergence.)"""
+    grew = (per_step[-1] > GREW * per_step[0]) & (per_step[-1] > GREW_FLOOR)
+    if not bool(grew.any()):
+        return
+    worst = int((per_step[-1] / per_step[0].clamp_min(1e-30)).argmax())
+    gain = option(plan.options, "mean_gain")
+    cause = (f"rho x mean_gain = {plan.lr} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
+             else f"lr={plan.lr} is likely too large for this VAE")
+    warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.method!r}): "
+                  f"the relative residual ended above {GREW}x where it started and above {GREW_FLOOR} (sample {worst}: "
+                  f"{float(per_step[0, worst]):.3g} -> {float(per_step[-1, worst]):.3g}); the last iterate is "
+                  f"returned. {cause}; or pass keep_best=True to return each sample's best iterate",
+                  RuntimeWarning, stacklevel=4)
+
+
 def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
     history = iteration.history[:steps_run]
     denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
@@ -262,6 +286,8 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
                                  f"lr={plan.lr}); {_divergence_hint(iteration, latents.dtype, plan)}")
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
+    if not plan.keep_best:
+        _warn_if_residual_grew(per_step, plan)
     tracker = iteration.tracker
     if tracker is None:
         returned = torch.full((frames.batch,), steps_run, dtype=torch.int64)

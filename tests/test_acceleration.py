@@ -1,5 +1,7 @@
 """Beyond the paper: Anderson acceleration, automatic step size, best-iterate tracking, early stop."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -281,3 +283,20 @@ def test_residual_blur_zero_is_the_plain_iteration(tiny_kl, images_32):
     assert torch.equal(plain.latents, zero.latents)
     blurred = decinv_fast.invert(tiny_kl, images_32, method="fsm", steps=3, residual_blur=1.0)
     assert not torch.equal(plain.latents, blurred.latents)
+
+
+@pytest.mark.parametrize("kw,cause", [
+    (dict(lr=1.5), "lr=1.5 is likely too large"),  # |1 - 1.5 * 1.8| > 1 on A's top eigenvalue
+    (dict(lr=1.0, mean_gain=4.0), "rho x mean_gain = 1.0 x 4.0"),  # the channel means move 4x too far
+])
+def test_a_diverging_run_warns_and_keep_best_returns_the_best(kw, cause):
+    codec, x = linear_codec(), images()
+    run = dict(method="fsm", steps=25, schedule="constant", **kw)
+    with pytest.warns(RuntimeWarning, match=rf"diverged for 2 of 2 sample\(s\).*{cause}.*keep_best=True"):
+        last = decinv_fast.invert(codec, x, **run)
+    assert (last.per_sample_residual > 1.5 * last.residual_history[0]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keep_best returns the best point: nothing to warn about
+        best = decinv_fast.invert(codec, x, keep_best=True, **run)
+        decinv_fast.invert(codec, x, method="fsm", steps=25, schedule="constant", lr=0.9)  # converges: silent
+    assert decinv_fast.nmse_db(best.latents, x) < decinv_fast.nmse_db(last.latents, x) - 20

@@ -64,7 +64,7 @@ class LbfgsIteration:
         self.s = torch.zeros(memory, *flat.shape, dtype=self.math, device=device)
         self.y = torch.zeros_like(self.s)
         self.inv_sy = torch.zeros(memory, batch, dtype=self.math, device=device)
-        self.step = torch.zeros(1, dtype=torch.int64)
+        self.step = torch.zeros(1, dtype=torch.int64, device=device)
         self.k = 0
         self.history = torch.zeros(plan.steps, batch, dtype=torch.float32, device=device)
         self.pixel_history = self.history  # the residual of this method *is* the pixel error

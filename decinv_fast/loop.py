@@ -230,7 +230,7 @@ class GradientBasedIteration:
         self.optimizer = torch.optim.Adam([self.z], lr=plan.lr)
         self.rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
         self.k = 0
-        self.step = torch.zeros(1, dtype=torch.int64)
+        self.step = torch.zeros(1, dtype=torch.int64, device=self.z.device)
         device = self.z.device
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)

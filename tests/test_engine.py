@@ -1,5 +1,6 @@
 """The engine's run modes: graph-replayed static step, attention backends, fp32 master, compile."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
-from decinv_fast.api import _frames_for
+from decinv_fast.api import _frames_for, prepare_run
 from decinv_fast.attention import attention_backend
 from decinv_fast.graphs import EagerGraph, GraphedStep
 from decinv_fast.loop import Plan, make_iteration
@@ -230,3 +231,16 @@ def test_result_repr_is_one_short_line(tiny_kl, images_32):
     for fact in ("method='fsm'", f"latents {tuple(result.latents.shape)} float32", "steps_run=2", "stopped by steps"):
         assert fact in text, (fact, text)
     assert decinv_fast.invert(tiny_kl, images_32, method="auto", steps=2).method == "auto"  # as asked, like plan
+
+
+@pytest.mark.parametrize("kw", [dict(method="grad", keep_best=True), dict(method="grad", optimizer="lbfgs"),
+                                dict(method="fsm", patience=2), dict(method="auto")])
+def test_step_counter_lives_on_the_latents_device(kw):
+    """The tracker indexes its device buffers with the step counter: a counter left on the CPU fails
+    on a GPU. The ``meta`` device stands in for one (same device check, no GPU needed)."""
+    codec = (lambda x: x[:, :, ::2, ::2] * 1.0, lambda z: z.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    adapter, frames, plan = prepare_run(codec, torch.zeros(2, 3, 8, 8), steps=3, **kw)
+    iteration = make_iteration(adapter, dataclasses.replace(frames, pixels=frames.pixels.to("meta")), plan)
+    assert iteration.step.device.type == "meta"
+    points = torch.zeros(2, 3 * 4 * 4, device="meta")
+    iteration.tracker.observe(iteration.step, points, torch.zeros(2, device="meta"), torch.zeros(2, device="meta"))

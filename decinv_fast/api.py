@@ -228,6 +228,8 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
             if not sync:
                 continue
             rel = iteration.history[k].sqrt() / denom
+            if tracker is not None:  # a sample that stopped before step k no longer counts
+                rel = torch.where(_ran(tracker.stop_step, k), rel, torch.zeros_like(rel))
             bar.set_postfix(residual=f"{float(rel.max()):.3e}")
             bar.update(1)
             if not bool(torch.isfinite(rel).all()):
@@ -235,6 +237,21 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
             if tracker is not None and tracker.needs_sync and not bool(tracker.active.any()):
                 return k + 1
     return plan.steps
+
+
+def _ran(stop_step: torch.Tensor, k) -> torch.Tensor:
+    """Whether each sample was still running at step ``k`` (an int, or a column of them):
+    ``stop_step`` is -1 while it runs, else the number of steps after which it stopped."""
+    return (stop_step < 0) | (k < stop_step)
+
+
+def _until_stopped(history: torch.Tensor, stop_step: torch.Tensor) -> torch.Tensor:
+    """``(steps, B)`` per-step values with each stopped sample's later entries replaced by its value
+    at the last step it ran: the batch goes on evaluating it, but a run on it alone ends there."""
+    steps = history.shape[0]
+    last = torch.where(stop_step < 0, steps, stop_step).clamp(1, steps) - 1
+    rows = torch.minimum(torch.arange(steps, device=history.device)[:, None], last.to(history.device)[None])
+    return history.gather(0, rows)
 
 
 def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
@@ -279,7 +296,10 @@ def _warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
 
 
 def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
-    history = iteration.history[:steps_run]
+    history, pixel_history = iteration.history[:steps_run], iteration.pixel_history[:steps_run]
+    tracker = iteration.tracker
+    if tracker is not None:
+        history, pixel_history = (_until_stopped(h, tracker.stop_step) for h in (history, pixel_history))
     denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
     if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
         raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, "
@@ -288,7 +308,6 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
     if not plan.keep_best:
         _warn_if_residual_grew(per_step, plan)
-    tracker = iteration.tracker
     if tracker is None:
         returned = torch.full((frames.batch,), steps_run, dtype=torch.int64)
         stopped, reasons = returned.clone(), ["steps"] * frames.batch
@@ -298,7 +317,7 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
         latents=_shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
         residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
         method=plan.method, dtype=latents.dtype, backend=plan.backend,
-        pixel_residual_history=(iteration.pixel_history[:steps_run].sqrt() / pixel_denom).cpu(),
+        pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
     )
 

@@ -53,8 +53,11 @@ def encode_frames(adapter: VaeAdapter, pixels: torch.Tensor, chunk: int) -> torc
 
 
 def sample_norm(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """Per-sample ``||t||`` in fp32 of a frame-major buffer holding ``batch`` samples."""
-    return t.float().reshape(batch, -1).square().sum(1).sqrt()
+    """Per-sample ``||t||`` in fp32 of a frame-major buffer holding ``batch`` samples: the denominator
+    of relative errors, so 1 where ``t`` is all zero (a uniform mid-grey image: the error is then
+    absolute instead of infinite)."""
+    norm = t.float().reshape(batch, -1).square().sum(1).sqrt()
+    return torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 def make_tracker(plan: Plan, y: torch.Tensor) -> Tracker | None:

@@ -17,8 +17,11 @@ class InversionResult:
         residuals: ``(steps_run,)`` relative residual of the whole batch at each step,
             ``||E(D(z_k)) - E(x)|| / ||E(x)||`` (for ``method="grad"``: ``||D(z_k) - x|| / ||x||``,
             the quantity it minimises). Entry k belongs to the point the k-th update was computed at.
-        per_sample_residual: ``(B,)`` the last step's relative residual of each sample.
-        residual_history: ``(steps_run, B)`` every step's relative residual of each sample.
+        per_sample_residual: ``(B,)`` the last step's relative residual of each sample (of a sample
+            that stopped early: at the last step it ran, as a run on it alone reports).
+        residual_history: ``(steps_run, B)`` every step's relative residual of each sample; after a
+            sample stopped, its last value repeats. Relative errors are absolute where the denominator
+            is zero (an all-zero image).
         steps_run: steps taken (fewer than asked when ``tol`` stopped the run).
         seconds: wall time of the call.
         peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident

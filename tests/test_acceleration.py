@@ -300,3 +300,22 @@ def test_a_diverging_run_warns_and_keep_best_returns_the_best(kw, cause):
         best = decinv_fast.invert(codec, x, keep_best=True, **run)
         decinv_fast.invert(codec, x, method="fsm", steps=25, schedule="constant", lr=0.9)  # converges: silent
     assert decinv_fast.nmse_db(best.latents, x) < decinv_fast.nmse_db(last.latents, x) - 20
+
+
+def test_a_stopped_sample_is_reported_as_a_run_on_it_alone():
+    """Sample A stops by patience after 3 steps; the batch goes on evaluating it and it later blows up.
+    That must neither raise for the batch nor leak into A's residuals, which end where A's own run does."""
+    codec = (lambda x: x.clone(), lambda z: z ** 3)  # elementwise: the samples are independent
+    a, b = torch.full((1, 3, 4, 4), 1.4), torch.full((1, 3, 4, 4), 0.001)
+    run = dict(method="fsm", lr=1.5, schedule="constant", steps=20, patience=2, keep_best=True)
+    alone = [decinv_fast.invert(codec, x, **run) for x in (a, b)]
+    batch = decinv_fast.invert(codec, torch.cat([a, b]), **run)
+    assert batch.stop_reason == ["patience", "steps"] and batch.stopped_at.tolist() == [3, 20]
+    for i, solo in enumerate(alone):
+        torch.testing.assert_close(batch.latents[i:i + 1], solo.latents)
+        ran = int(solo.stopped_at[0])
+        for got, want in [(batch.residual_history, solo.residual_history),
+                          (batch.pixel_residual_history, solo.pixel_residual_history)]:
+            torch.testing.assert_close(got[:ran, i], want[:, 0])
+            assert (got[ran:, i] == want[-1, 0]).all()  # the last value repeats after the stop
+        torch.testing.assert_close(batch.per_sample_residual[i], solo.per_sample_residual[0])

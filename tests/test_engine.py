@@ -244,3 +244,13 @@ def test_step_counter_lives_on_the_latents_device(kw):
     assert iteration.step.device.type == "meta"
     points = torch.zeros(2, 3 * 4 * 4, device="meta")
     iteration.tracker.observe(iteration.step, points, torch.zeros(2, device="meta"), torch.zeros(2, device="meta"))
+
+
+@pytest.mark.parametrize("kw", [dict(method="fsm"), dict(method="grad", patience=5), dict(method="grad", progress=True),
+                                dict(method="grad", optimizer="lbfgs")])
+def test_an_all_zero_image_has_finite_errors(tiny_kl, kw):
+    """A uniform mid-grey image is x = 0: its errors are absolute (not inf), and grad runs every step."""
+    result = decinv_fast.invert(tiny_kl, torch.zeros(1, 3, 32, 32), steps=4, **kw)
+    assert result.steps_run == 4
+    assert torch.isfinite(result.pixel_residual_history).all() and torch.isfinite(result.residual_history).all()
+    assert torch.isfinite(result.per_sample_residual).all() and torch.isfinite(result.residuals).all()

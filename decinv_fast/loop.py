@@ -47,9 +47,10 @@ def chunks(total: int, size: int) -> Iterator[slice]:
 
 
 def encode_frames(adapter: VaeAdapter, pixels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``E(x)`` of every frame, ``chunk`` frames per encoder call."""
+    """``E(x)`` of every frame, ``chunk`` frames per encoder call, in a buffer of its own: an encoder
+    that returns a reused output buffer (a CUDA-graphed callable) would overwrite a kept reference."""
     parts = [adapter.encode(pixels[s]) for s in chunks(pixels.shape[0], chunk)]
-    return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
+    return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].clone(memory_format=torch.contiguous_format)
 
 
 def sample_norm(t: torch.Tensor, batch: int) -> torch.Tensor:

@@ -192,13 +192,16 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             is then the largest per-element move of a steepest-descent step and ``schedule`` does not
             apply; it returns the best point it evaluated, see ``decinv_fast.lbfgs``).
     """
-    adapter, frames, plan = prepare_run(
-        vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,
-        chunk_frames=chunk_frames, cuda_graphs=cuda_graphs, compile=compile, fp32_master=fp32_master,
-        keep_best=keep_best, patience=patience, **method_options)
+    # grad needs autograd even when called under torch.inference_mode (e.g. inside a pipeline's __call__),
+    # also for the VAE copy and the pixels prepare_run makes (inference tensors cannot be saved for backward)
+    autograd = torch.inference_mode(False) if method == "grad" else contextlib.nullcontext()
+    with autograd:
+        adapter, frames, plan = prepare_run(
+            vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,
+            chunk_frames=chunk_frames, cuda_graphs=cuda_graphs, compile=compile, fp32_master=fp32_master,
+            keep_best=keep_best, patience=patience, **method_options)
     device = frames.pixels.device
     start = time.perf_counter()
-    # grad needs autograd even when called under torch.inference_mode (e.g. inside a pipeline's __call__)
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
         iteration = make_iteration(adapter, frames, plan)

@@ -70,7 +70,11 @@ def test_invert_with_cuda_graphs_flag_on_cpu(tiny_kl, images_32):
         decinv_fast.invert(tiny_kl, images_32, method="grad", steps=1, cuda_graphs=True)
 
 
-@pytest.mark.parametrize("method, options", [("adam", {}), ("auto", {}), ("grad", {"clip_aware": True})])
+@pytest.mark.parametrize("method, options", [
+    ("adam", {}), ("auto", {}), ("grad", {"clip_aware": True}),
+    # a dtype other than the VAE's: the copy of the VAE is made for autograd, not as inference tensors
+    ("grad", {"dtype": torch.float64}), ("grad", {"optimizer": "lbfgs", "dtype": torch.float64}),
+])
 def test_inside_inference_mode_and_no_grad(tiny_kl, images_32, method, options):
     """A pipeline's ``__call__`` runs under ``torch.inference_mode``/``no_grad``; every method gives the
     same bits there, grad included (it needs autograd for z alone)."""

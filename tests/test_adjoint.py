@@ -174,3 +174,20 @@ def test_adjoint_sample_is_a_drop_in_autograd_function():
     with torch.no_grad():
         assert torch.equal(adjoint_sample(gaussian_eps, grid, z_T, mean=mean), ei_sample(gaussian_eps, grid, z_T,
                                                                                           mean=mean))
+
+
+def test_cached_states_survive_a_retained_graph():
+    """``states="cache"``: a second backward through a graph kept with ``retain_graph=True`` uses the same cached
+    states (the same gradient as the first, == autograd); once the graph is freed, a third backward refuses."""
+    z_T, mean = problem()
+    model = MlpEps(4)
+    grid = loglinear_schedule(10)
+    z, m = z_T.clone().requires_grad_(True), mean.clone().requires_grad_(True)
+    want = torch.autograd.grad(smooth_loss(ei_sample(model, grid, z, order=2, mean=m)), [z, m])
+    value = smooth_loss(adjoint_sample(model, grid, z, order=2, states="cache", mean=m))
+    first = torch.autograd.grad(value, [z, m], retain_graph=True)
+    second = torch.autograd.grad(value, [z, m])
+    for a, b, c in zip(first, second, want, strict=True):
+        assert torch.equal(a, b) and rel(a, c) < 1e-12
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(value, [z, m])

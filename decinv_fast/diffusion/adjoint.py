@@ -139,19 +139,22 @@ class _AdjointSample(torch.autograd.Function):
 
         z0 = forward_pass(spec.binding.denoiser(), spec.grid, z_T, spec.order, spec.noise,
                           keep if cache is not None else None)
-        ctx.spec, ctx.cache = spec, cache
-        ctx.save_for_backward(z_T, z0, *inputs[:len(spec.binding.grad_names)])
+        # The cached states go through save_for_backward, not onto ctx: autograd frees them with the graph
+        # (after a backward without retain_graph) and keeps them for a second backward through a kept graph.
+        n_cond = len(spec.binding.grad_names)
+        ctx.spec, ctx.n_cond, ctx.cache_keys = spec, n_cond, None if cache is None else sorted(cache)
+        ctx.save_for_backward(z_T, z0, *inputs[:n_cond], *(cache[i] for i in ctx.cache_keys or ()))
         return z0
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z0: torch.Tensor):
         spec = ctx.spec
-        z_T, z0, *cond_values = ctx.saved_tensors
+        z_T, z0, *rest = ctx.saved_tensors
+        cond_values, states = rest[:ctx.n_cond], rest[ctx.n_cond:]
+        cache = None if ctx.cache_keys is None else dict(zip(ctx.cache_keys, states, strict=True))
         grad_zT, grad_cond, grad_params = solve_adjoint(spec.binding, spec.grid, spec.order, spec.noise, z_T, z0,
-                                                        grad_z0, cond_values, spec.params, ctx.cache,
-                                                        spec.scheme)
-        ctx.cache = None
+                                                        grad_z0, cond_values, spec.params, cache, spec.scheme)
         return (None, grad_zT, *grad_cond, *grad_params)
 
 

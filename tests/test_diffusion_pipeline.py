@@ -9,7 +9,7 @@ import torch
 from diffusion_models import LinearPatchVae, noise, sd_scheduler, tiny_unet
 
 import decinv_fast
-from decinv_fast.diffusion import Schedule, bdia_invert_from_z0, bdia_sample, ddim_invert
+from decinv_fast.diffusion import Denoiser, Schedule, bdia_invert_from_z0, bdia_sample, ddim_invert
 from decinv_fast.fixture import fixture_dir, new_fixture_vae
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
@@ -50,6 +50,19 @@ def test_encoder_stage_exact_isolates_the_diffusion_stage():
                                        true_z0=z0, true_zT=z_T)
     assert torch.allclose(ddim.zT, ddim_invert(unet, grid, z0), rtol=0, atol=1e-9)
     assert ddim.gamma is None and out.gamma == 0.96 and out.model_calls == ddim.model_calls == 8
+
+
+def test_model_calls_count_this_inversion_only():
+    """A reused Denoiser keeps counting over its life; each inversion reports only its own eps-model calls."""
+    vae, unet = LinearPatchVae(gain=0.01), tiny_unet(torch.float64)
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    denoiser = Denoiser(unet)
+    z0, _ = bdia_sample(denoiser, grid, noise(dtype=torch.float64), gamma=0.96)
+    images = vae.decode(z0)
+    for diffusion in ("bdia", "bdia", "ddim"):
+        out = decinv_fast.invert_to_noise(vae.pair, denoiser, grid, images, method="encoder", diffusion=diffusion)
+        assert out.model_calls == 4, diffusion
+    assert denoiser.calls == 4 * 4
 
 
 @pytest.mark.parametrize("method", ["encoder", "adam", "grad", "auto"])

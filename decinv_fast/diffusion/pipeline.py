@@ -145,6 +145,7 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
 
     weight = denoiser.parameter
     z0_model = z0.to(weight.device, weight.dtype) if weight is not None else z0
+    calls_before = denoiser.calls  # a Denoiser passed in counts for its whole life: report this inversion's calls
     start = time.perf_counter()
     if diffusion == "bdia":
         zT = bdia_invert_from_z0(denoiser, grid, z0_model, gamma=gamma)
@@ -159,6 +160,6 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         decoder_residual=decoder_residual, pixel_residual=pixel_residual,
         z0_nmse_db=None if true_z0 is None else nmse_db(z0.double(), true_z0.to(z0.device, torch.float64)),
         zT_nmse_db=None if true_zT is None else nmse_db(zT.double(), true_zT.to(zT.device, torch.float64)),
-        decoder_seconds=decoder_seconds, diffusion_seconds=diffusion_seconds, model_calls=denoiser.calls,
+        decoder_seconds=decoder_seconds, diffusion_seconds=diffusion_seconds, model_calls=denoiser.calls - calls_before,
     )
 

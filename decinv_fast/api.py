@@ -132,7 +132,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1], uint8 tensor,
             PIL image(s), a list of lists of PIL frames (videos, as pipelines return ``.frames``),
-            NumPy ``(H, W, 3)`` / ``(F, H, W, 3)`` / ``(B, F, H, W, 3)`` uint8 or float in [0, 1]
+            NumPy ``(H, W, 3)`` / ``(B, H, W, 3)`` / ``(B, F, H, W, 3)`` uint8 or float in [0, 1]
             (``output_type="np"``), or a list of tensors / arrays of one shape (see ``inputs.py``).
         method: ``"adam"`` (the paper's practical method), ``"fsm"`` (forward step), ``"km"``
             (inertial Krasnoselskii-Mann, option ``alpha``), ``"grad"`` (gradient-based baseline),

@@ -83,7 +83,7 @@ def load_vae(spec: str, dtype: torch.dtype, device: str):
 
 
 def read_images(path: Path):
-    """An image file -> ``(H, W, 3)``; a folder of images -> list of PIL; a video file -> ``(F, H, W, 3)``."""
+    """An image file -> ``(H, W, 3)``; a folder of images -> list of PIL; a video file -> ``(1, F, H, W, 3)``."""
     from PIL import Image
 
     if path.is_dir():
@@ -103,7 +103,7 @@ def read_images(path: Path):
             frames = load_video(str(path))
         except (ImportError, AttributeError) as exc:
             raise UsageError(f"{path}: reading {suffix} needs imageio with ffmpeg ({exc})") from exc
-        return np.stack([np.asarray(f.convert("RGB")) for f in frames])
+        return np.stack([np.asarray(f.convert("RGB")) for f in frames])[None]  # a batch of one video
     raise UsageError(f"{path}: unknown file type {suffix!r}")
 
 
@@ -129,6 +129,8 @@ def cmd_invert(args) -> int:
                         patience=args.patience, keep_best=args.keep_best, attention=args.attention,
                         cuda_graphs=args.cuda_graphs, compile=args.compile, **options)
     latents = result.latents.detach().contiguous().cpu()
+    if isinstance(images, np.ndarray) and images.ndim == 5:  # a video file: its (F, C, h, w) latents
+        latents = latents[0]
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
             "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
             "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),

@@ -3,9 +3,11 @@
 Accepted: float tensors in [-1, 1] shaped ``(3, H, W)``, ``(B, 3, H, W)`` or videos
 ``(B, F, 3, H, W)``; integer tensors in [0, 255] of the same shapes; a PIL image, a list of them (a
 batch of images) or a list of lists of them (a batch of videos: what diffusers video pipelines
-return as ``.frames``); NumPy arrays ``(H, W, 3)``, ``(F, H, W, 3)`` (one video) or
-``(B, F, H, W, 3)``, uint8 in [0, 255] or float in [0, 1] (diffusers' ``output_type="np"``); a list
-of tensors or NumPy arrays of one shape (stacked as a batch).
+return as ``.frames``); NumPy arrays ``(H, W, 3)`` (one image), ``(B, H, W, 3)`` (a batch of images:
+an image pipeline's ``output_type="np"``) or ``(B, F, H, W, 3)`` (a batch of videos: a video
+pipeline's), uint8 in [0, 255] or float in [0, 1]; a list of tensors or NumPy arrays of one shape
+(stacked as a batch; each item one image, or one video: ``(F, 3, H, W)`` / ``(F, H, W, 3)``).
+NumPy arrays read as tensors do, channels last: one video is ``video[None]``, a batch of one.
 Every rejection is a ``ValueError``/``TypeError`` that names the argument and says what to do.
 """
 
@@ -55,7 +57,8 @@ def _from_unit_hwc(array: np.ndarray) -> torch.Tensor:
     from diffusers.image_processor import VaeImageProcessor  # here: diffusers takes seconds to import
 
     lead = array.shape[:-3]
-    flat = array.reshape((-1,) + array.shape[-3:]).astype(np.float32, copy=False)
+    # contiguous: torch.from_numpy refuses the negative strides of a flipped view
+    flat = np.ascontiguousarray(array.reshape((-1,) + array.shape[-3:]), dtype=np.float32)
     pixels = VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(flat))
     return pixels.reshape(lead + pixels.shape[1:])
 
@@ -77,7 +80,7 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
         raise TypeError(f"images: NumPy images must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
     if array.ndim not in (3, 4, 5) or array.shape[-1] != 3:
         raise ValueError(
-            "images: NumPy images must be (H, W, 3), (F, H, W, 3) or (B, F, H, W, 3); "
+            "images: NumPy images must be (H, W, 3), (B, H, W, 3) images or (B, F, H, W, 3) videos; "
             f"got shape {array.shape}"
         )
     if array.size == 0:
@@ -92,8 +95,8 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
                              f"range [{lo:.3g}, {hi:.3g}]; divide [0, 255] values by 255, or pass [-1, 1] pixels "
                              "as a torch tensor")
         pixels = _from_unit_hwc(array)
-    # (H, W, 3) is one image; (F, H, W, 3) is one video; (B, F, H, W, 3) a batch of videos.
-    return (pixels[None], True) if array.ndim in (3, 4) else (pixels, False)
+    # (H, W, 3) is one image; (B, H, W, 3) a batch of images; (B, F, H, W, 3) a batch of videos.
+    return (pixels[None], True) if array.ndim == 3 else (pixels, False)
 
 
 def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -180,7 +183,8 @@ def _stacked(images):
     elif all(isinstance(item, np.ndarray) for item in images):
         if any(item.ndim not in (3, 4) for item in images):
             raise ValueError("images: a list of NumPy arrays holds (H, W, 3) images or (F, H, W, 3) videos")
-        items = [_from_numpy(item)[0][0] for item in images]  # each item's batch of one
+        # an (H, W, 3) image comes back as a batch of one; an (F, H, W, 3) video as its F frames
+        items = [_from_numpy(item)[0][0] if item.ndim == 3 else _from_numpy(item)[0] for item in images]
     else:
         return images
     shapes = {tuple(item.shape) for item in items}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
@@ -54,7 +55,10 @@ def is_real(value) -> bool:
 
 def check_finite(name: str, values, unit: str = "value(s)") -> None:
     """A ValueError naming ``name`` if the tensor (or NumPy array) ``values`` holds NaN or inf."""
-    bad = int((~torch.isfinite(torch.as_tensor(values))).sum())
+    if isinstance(values, torch.Tensor):
+        bad = int((~torch.isfinite(values)).sum())
+    else:  # NumPy's own test: a flipped view's negative strides are no torch tensor
+        bad = int((~np.isfinite(np.asarray(values))).sum())
     if bad:
         raise ValueError(f"{name}: {bad} {unit} are NaN or infinite")
 

@@ -112,8 +112,31 @@ def test_pil_numpy_and_uint8_inputs_agree(tiny_kl):
     assert torch.equal(from_np, from_pil)
     torch.testing.assert_close(from_list[1], from_np)
     torch.testing.assert_close(from_u8[0], from_np)
-    video = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
-    assert decinv_fast.invert(tiny_kl, video, steps=2).latents.shape == (5, 4, 4, 4)
+    batch = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)  # an image pipeline's output_type="np"
+    assert decinv_fast.invert(tiny_kl, batch, steps=2).latents.shape == (5, 4, 4, 4)
+    assert decinv_fast.invert(tiny_kl, batch[None], steps=2).latents.shape == (1, 5, 4, 4, 4)  # one video
+
+
+def test_numpy_batch_of_images_is_per_image(tiny_kl):
+    """(B, H, W, 3), as an image pipeline returns with output_type="np", is B images: each stops and
+    mixes on its own (auto), as when inverted one by one; not one video of B frames."""
+    rng = np.random.default_rng(3)
+    batch = rng.random((3, 32, 32, 3), dtype=np.float32)
+    together = decinv_fast.invert(tiny_kl, batch, method="auto", steps=6)
+    assert together.latents.shape == (3, 4, 4, 4) and len(together.stop_reason) == 3
+    for i in range(3):
+        alone = decinv_fast.invert(tiny_kl, batch[i], method="auto", steps=6)
+        torch.testing.assert_close(together.latents[i], alone.latents, rtol=1e-4, atol=1e-5)
+        assert together.returned_step[i] == alone.returned_step[0]
+
+
+def test_flipped_numpy_views_are_read(tiny_kl):
+    """Flipped or channel-reversed NumPy views have negative strides, which torch.from_numpy refuses."""
+    rng = np.random.default_rng(4)
+    for image in (rng.random((32, 32, 3), dtype=np.float32), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)):
+        for view in (image[::-1], image[:, ::-1], image[..., ::-1]):
+            expected = decinv_fast.encode(tiny_kl, np.ascontiguousarray(view))
+            assert torch.equal(decinv_fast.encode(tiny_kl, view), expected)
 
 
 def test_pipeline_output_forms_agree(tiny_temporal):

@@ -7,7 +7,15 @@ import torch
 from diffusion_models import LinearPatchVae, noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
 import decinv_fast
-from decinv_fast.diffusion import Schedule, bdia_invert, bdia_invert_from_z0, bdia_sample, ddim_sample
+from decinv_fast.diffusion import (
+    Schedule,
+    adjoint_sample,
+    bdia_invert,
+    bdia_invert_from_z0,
+    bdia_sample,
+    ddim_sample,
+    ei_sample,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +87,20 @@ def test_mismatched_pair_and_latents(unet, grid):
         ddim_sample(unet, grid, z.double())
     with pytest.raises(TypeError, match="z0 must be a floating-point tensor"):
         bdia_invert(unet, grid, z.long(), z.long(), gamma=1.0)
+
+
+def test_non_finite_pair_or_step_noise_is_refused(unet, grid):
+    """NaN in ``z1`` of a BDIA pair, inf in one step of the SDE noise (tensor or list): a ValueError naming it."""
+    z0, z1 = noise(), noise()
+    z1[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"z1: 1 value\(s\) are NaN or infinite"):
+        bdia_invert(unet, grid, z0, z1, gamma=0.96)
+    xi = torch.randn(grid.num_steps, *z0.shape)
+    xi[1, 0, 0, 0, 0] = float("inf")
+    for sample in (ei_sample, adjoint_sample):
+        for steps_noise in (xi, list(xi)):
+            with pytest.raises(ValueError, match=r"noise\[1\]: 1 value\(s\) are NaN or infinite"):
+                sample(unet, grid, z0, noise=steps_noise)
 
 
 def test_conditioning_errors(grid):

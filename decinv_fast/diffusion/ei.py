@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..options import check_finite
 from .denoiser import Denoiser
 from .samplers import prepare
 from .schedule import Schedule
@@ -146,6 +147,7 @@ class StepNoise:
             if not isinstance(xi, torch.Tensor) or not xi.is_floating_point() or xi.shape != like.shape:
                 got = tuple(xi.shape) if isinstance(xi, torch.Tensor) else type(xi).__name__
                 raise ValueError(f"noise[{k}] must be a floating tensor shaped like z {tuple(like.shape)}, got {got}")
+            check_finite(f"noise[{k}]", xi)
         self.seed, self.items = None, items
 
     def __call__(self, k: int) -> torch.Tensor:

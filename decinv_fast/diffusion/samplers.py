@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..options import is_real
+from ..options import check_finite, is_real
 from .denoiser import Denoiser, as_denoiser
 from .schedule import Schedule, as_schedule
 from .steps import bdia_inverse_step, bdia_step, ddim_step
@@ -71,6 +71,7 @@ def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
         raise ValueError(f"z1 {tuple(z1.shape)} and z0 {tuple(z0.shape)} must have the same shape")
     if z1.dtype != z0.dtype or z1.device != z0.device:
         raise TypeError(f"z1 ({z1.dtype}, {z1.device}) and z0 ({z0.dtype}, {z0.device}) must match in dtype/device")
+    check_finite("z1", z1)
 
 
 @torch.no_grad()

@@ -145,3 +145,24 @@ def test_watermark_bad_inputs():
         detect(None, None, None, "key", None)
     with pytest.raises(ValueError, match="images must be a .* uint8 tensor"):
         save_images(torch.zeros(1, 3, 8, 8), "/tmp/unused")
+
+
+def test_save_images_checks_the_layout_before_making_the_folder(tmp_path):
+    """Channels-last or one-channel uint8 images: a ValueError naming ``images``, and no folder left behind."""
+    folder = tmp_path / "out"
+    for shape in ((2, 8, 8, 3), (2, 1, 8, 8)):
+        with pytest.raises(ValueError, match=rf"images must be a \(B, 3, H, W\) uint8 tensor.*{shape[1]}, {shape[2]}"):
+            save_images(torch.zeros(shape, dtype=torch.uint8), folder)
+        assert not folder.exists()
+    assert len(save_images(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), folder)) == 2
+
+
+@pytest.mark.parametrize("options, name", [
+    (dict(seed=1.5), "seed"), (dict(seed="a"), "seed"), (dict(seed=True), "seed"), (dict(seed=2**64), "seed"),
+    (dict(channel=1.0), "channel"), (dict(radius=2.0), "radius"), (dict(shape=None), "shape"),
+    (dict(shape=(4, 8, 8.0)), "shape"),
+])
+def test_make_ring_key_names_a_bad_argument(options, name):
+    options = {"shape": (4, 8, 8), **options}
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        make_ring_key(options.pop("shape"), **options)

@@ -84,8 +84,9 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "image")
     """Write ``(B, 3, H, W)`` uint8 images as lossless PNGs ``<prefix>_<i>.png``; returns the paths."""
     from PIL import Image
 
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError("images must be a (B, 3, H, W) uint8 tensor (see to_uint8)")
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, 3, H, W) uint8 tensor (see to_uint8; channels first), got {got}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pictures = [Image.fromarray(array) for array in images.permute(0, 2, 3, 1).cpu().numpy()]

@@ -77,7 +77,8 @@ class TreeRingKey:
 
 def make_ring_key(shape, *, radius: int | None = None, channel: int | None = None, seed: int = 0) -> TreeRingKey:
     """Build a ring key for latents of per-sample ``shape`` ``(C, h, w)`` (see the module docstring)."""
-    if len(shape) != 3 or any(not is_int(s) or s < 1 for s in shape):
+    sequence = isinstance(shape, (tuple, list, torch.Size))
+    if not sequence or len(shape) != 3 or any(not is_int(s) or s < 1 for s in shape):
         raise ValueError(f"shape must be (C, h, w) of positive ints, got {shape!r}")
     c, h, w = (int(s) for s in shape)
     channel = c - 1 if channel is None else channel
@@ -86,7 +87,9 @@ def make_ring_key(shape, *, radius: int | None = None, channel: int | None = Non
     radius = max(1, round(10 * min(h, w) / 64)) if radius is None else radius
     if not is_int(radius) or not 1 <= radius < min(h, w) / 2:
         raise ValueError(f"radius must be an int in [1, {(min(h, w) - 1) // 2}] for {h}x{w} latents, got {radius!r}")
-    channel, radius = int(channel), int(radius)
+    if not is_int(seed) or not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [-2**63, 2**64 - 1] (a torch.Generator seed), got {seed!r}")
+    channel, radius, seed = int(channel), int(radius), int(seed)
     dist = frequency_radius(h, w)
     mask = dist <= radius
     ring = torch.ceil(dist).clamp(min=1).long()  # ring j holds j-1 < |k| <= j; the zero frequency is in ring 1

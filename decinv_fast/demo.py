@@ -90,11 +90,15 @@ def run_demo(out_dir: str | Path = "demo_output", *, steps: int = 50, frames: in
     for name, value in (("steps", steps), ("frames", frames), ("frame_size", frame_size),
                         ("chunk_frames", chunk_frames)):
         check_int(name, value, 1)  # before minutes of work, not after the still image's runs
+    photo = bundled_photo()
+    largest = min(photo.shape[:2]) // 8 * 8  # the pan's square crops must fit in the photo's height
+    if frame_size % 8 or frame_size > largest:
+        raise ValueError(f"frame_size must be a multiple of 8 (the VAE's downsampling factor) in [8, {largest}] "
+                         f"(the pan's crops of the bundled {photo.shape[0]}x{photo.shape[1]} photo), got {frame_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     vae = load_fixture_vae()
-    photo = bundled_photo()
     image = to_frames(photo[:, 64:320], device=None, dtype=torch.float32, spatial_factor=8, channels=3).pixels
     rows, curves, latents, target = run_case(vae, "image 256x256", image, steps, None, progress)
     x = target.images[0]

@@ -28,3 +28,19 @@ def test_demo_bad_arguments_are_named_before_any_work(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be an int >= 1"):
         run_demo(tmp_path / "never", progress=False, **kwargs)
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("frame_size", [100, 4, 264])
+def test_demo_frame_size_is_checked_before_any_work(tmp_path, monkeypatch, frame_size):
+    """Not a multiple of 8, or larger than the bundled photo's height allows for the pan: refused up front,
+    naming frame_size and its range, before the fixture VAE is loaded or any inversion runs."""
+    import decinv_fast.demo as demo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before frame_size was checked")
+
+    monkeypatch.setattr(demo, "load_fixture_vae", no_work)
+    monkeypatch.setattr(demo, "run_case", no_work)
+    with pytest.raises(ValueError, match=rf"^frame_size must be a multiple of 8 .* in \[8, 256\] .*got {frame_size}$"):
+        run_demo(tmp_path / "never", steps=1, frames=2, frame_size=frame_size, progress=False)
+    assert not (tmp_path / "never").exists()

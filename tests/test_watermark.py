@@ -17,6 +17,7 @@ from decinv_fast.watermark import (
     frequency_radius,
     generate,
     inject,
+    log_ncf_cdf,
     log_ncx2_cdf,
     make_ring_key,
     noise_statistic,
@@ -26,6 +27,8 @@ from decinv_fast.watermark import (
     to_uint8,
     tpr_at_fpr,
 )
+from decinv_fast.watermark.key import fourier
+from decinv_fast.watermark.stats import _log_beta_inc
 
 
 def test_ring_key_layout():
@@ -71,9 +74,99 @@ def test_ncx2_cdf_matches_scipy():
     assert log_ncx2_cdf(0.0, 3, 1.0) == -math.inf
 
 
+def _mp_mixture(lam, central, mpmath):
+    """``log sum_j Pois(j; lam) central(j)`` in 40-digit arithmetic (the reference for the deep tails)."""
+    lam = mpmath.mpf(lam)
+    top = int(lam + 20 * (lam + 1) ** 0.5 + 60)
+    terms = (mpmath.exp(-lam) * lam**j / mpmath.factorial(j) * central(j) for j in range(top))
+    return float(mpmath.log(mpmath.fsum(terms)))
+
+
+def test_ncx2_cdf_far_tail_with_a_large_noncentrality():
+    """In a far lower tail the mixture's small-index terms dominate even when nc/2 is hundreds."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    for x, df, nc in [(1e-2, 317, 1000.0), (1e-6, 317, 300.0), (50.0, 100, 600.0)]:
+        ref = _mp_mixture(nc / 2, lambda j, df=df, x=x: mpmath.gammainc(df / 2 + j, 0, x / 2, regularized=True), mpmath)
+        assert log_ncx2_cdf(x, df, nc) == pytest.approx(ref, rel=1e-10)
+
+
+def test_incomplete_beta_matches_scipy_and_mpmath():
+    special = pytest.importorskip("scipy.special")
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    for a in (0.5, 1.0, 14.5, 300.0):
+        for b in (0.5, 17.5, 113.5):
+            for x in (1e-12, 1e-3, 0.2, 0.5, 0.8, 0.999):
+                got = _log_beta_inc(a, b, x, 1 - x)
+                ref = math.log(special.betainc(a, b, x)) if special.betainc(a, b, x) > 1e-300 else None
+                deep = float(mpmath.log(mpmath.betainc(a, b, 0, x, regularized=True)))
+                assert got == pytest.approx(deep, rel=1e-11, abs=1e-13)
+                if ref is not None:
+                    assert got == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert _log_beta_inc(2.0, 3.0, 0.0, 1.0) == -math.inf and _log_beta_inc(2.0, 3.0, 1.0, 0.0) == 0.0
+
+
+def test_ncf_cdf_matches_scipy_and_the_deep_tail():
+    """Against scipy.stats.ncf where it is finite, and 40-digit mpmath where scipy underflows (p << 1e-300)."""
+    stats = pytest.importorskip("scipy.stats")
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    grid = [(f, d1, d2, nc) for f in (1e-8, 1e-3, 0.05, 0.3, 1.0, 2.5, 20.0)
+            for d1, d2, nc in ((29, 35, 88.5), (29, 35, 2.8), (13, 51, 0.0), (29, 227, 30.0), (5, 5, 1.0))]
+    for f, d1, d2, nc in grid:
+        ref = stats.ncf.logcdf(f, d1, d2, nc) if nc > 0 else stats.f.logcdf(f, d1, d2)
+        assert log_ncf_cdf(f, d1, d2, nc) == pytest.approx(ref, rel=1e-9, abs=1e-12), (f, d1, d2, nc)
+    for f, d1, d2, nc in [(1e-12, 317, 3779, 900.0), (1e-30, 29, 35, 88.5)]:
+        t = mpmath.mpf(d1) * f / (d1 * f + d2)
+        central = lambda j, d1=d1, d2=d2, t=t: mpmath.betainc(d1 / 2 + j, d2 / 2, 0, t, regularized=True)  # noqa: E731
+        ref = _mp_mixture(nc / 2, central, mpmath)
+        got = log_ncf_cdf(f, d1, d2, nc)
+        assert got < -700 and got == pytest.approx(ref, rel=1e-10)
+    assert log_ncf_cdf(0.0, 3, 4, 1.0) == -math.inf
+    with pytest.raises(ValueError, match="need df1 > 0"):
+        log_ncf_cdf(1.0, 3, 0, 1.0)
+
+
+def _rates(log_p: torch.Tensor, levels=(0.01, 0.05)) -> list[tuple[float, float, float]]:
+    """(level, observed rate of p < level, its binomial sd) for each level."""
+    n = log_p.numel()
+    return [(lv, float((log_p < math.log(lv)).double().mean()), math.sqrt(lv * (1 - lv) / n)) for lv in levels]
+
+
+def test_f_law_of_the_ratio_is_exact_on_8x8():
+    """Clean N(0, 1) noise, 8x8, radius 3 (29 keyed bins, 35 unkeyed): the ratio of the keyed and unkeyed mean
+    squares follows F'(|M|, h w - |M|, ||K||^2 / sigma^2) -- the rates of p < 0.01 and p < 0.05 under that law are
+    nominal within 4 binomial sd (so df1, df2 and the noncentrality are right)."""
+    key = make_ring_key((1, 8, 8), radius=3, seed=0)
+    clean = noise((12000, 1, 8, 8), torch.float64, seed=3)
+    spectrum = fourier(clean, 0)
+    keyed = (spectrum[:, key.mask] - key.values[key.mask]).abs().square().sum(1)
+    unkeyed = spectrum[:, ~key.mask].abs().square().sum(1)
+    df1, df2, nc = key.size, 64 - key.size, float(key.values[key.mask].square().sum())  # sigma = 1
+    assert (df1, df2) == (29, 35) and nc > 80
+    log_p = torch.tensor([log_ncf_cdf(float(a) / df1 / (float(b) / df2), df1, df2, nc)
+                          for a, b in zip(keyed, unkeyed, strict=True)])
+    for level, rate, sd in _rates(log_p):
+        assert abs(rate - level) < 4 * sd, (level, rate)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_estimated_scale_does_not_inflate_false_positives_on_8x8(seed):
+    """With the noise scale estimated from 35 unkeyed bins (8x8, radius 3), plugging it into the chi-square law
+    flagged 2.4 % of clean noise at p < 0.01; the F law (noncentrality at the estimated scale) stays at or below
+    nominal, for a weak key (nc 2.8, seed 1) and a strong one (nc 88.5, seed 0)."""
+    key = make_ring_key((1, 8, 8), radius=3, seed=seed)
+    clean = noise((12000, 1, 8, 8), torch.float64, seed=4)
+    out = noise_statistic(clean, key)
+    assert torch.all(out["df_scale"] == 35) and torch.all(out["df"] == 29)
+    for level, rate, sd in _rates(out["log10_p"] * math.log(10)):
+        assert rate < level + 4 * sd, (level, rate)
+
+
 def test_null_p_values_are_uniform():
-    """Clean white noise: the lower-tail p-value is uniform (the derivation's claim), with the scale
-    estimated from the unkeyed bins or given."""
+    """Clean white noise: the lower-tail p-value is uniform with the scale given (ncx2 law, exact) and, for a
+    weak key, with it estimated from the unkeyed bins (F law at the estimated noncentrality)."""
     key = make_ring_key((4, 16, 16), radius=3, seed=1)
     clean = noise((1000, 4, 16, 16), torch.float64, seed=2) * 1.7
     for noise_std in (None, 1.7):
@@ -82,6 +175,22 @@ def test_null_p_values_are_uniform():
             assert abs(float((p < level).double().mean()) - level) < 3 * math.sqrt(level * (1 - level) / 1000) + 0.005
     score = noise_statistic(clean, key, noise_std=1.7)["score"]  # standardised under the exact null
     assert abs(float(score.mean())) < 0.1 and abs(float(score.std()) - 1) < 0.1
+
+
+def test_score_uses_the_moments_of_the_law_of_the_p_value():
+    """score = (E0[S] - S) / sd0[S]: ncx2 moments given the scale; df1 times the noncentral F moments (scipy)
+    when it is estimated."""
+    stats = pytest.importorskip("scipy.stats")
+    key = make_ring_key((4, 16, 16), radius=3, seed=1)
+    sample = noise((3, 4, 16, 16), torch.float64, seed=5)
+    est, given = noise_statistic(sample, key), noise_statistic(sample, key, noise_std=1.0)
+    assert torch.all(given["df_scale"] == math.inf)
+    for out in (est, given):
+        for s, nc, d2, score in zip(out["distance"], out["nc"], out["df_scale"], out["score"], strict=True):
+            law = stats.ncx2(29, float(nc)) if math.isinf(d2) else stats.ncf(29, float(d2), float(nc))
+            scale = 1 if math.isinf(d2) else 29
+            mean, var = (float(v) * scale ** k for k, v in ((1, law.mean()), (2, law.var())))
+            assert float(score) == pytest.approx((mean - float(s)) / math.sqrt(var), rel=1e-12)
 
 
 def test_roc_summaries():

@@ -8,10 +8,10 @@ BDIA-DDIM and saved as 8 bits, and detection inverts image -> ``z_0`` (decoder i
 from .detect import Detection, Generated, detect, generate, save_images, score_noise, to_uint8
 from .key import TreeRingKey, frequency_radius, inject, make_ring_key
 from .metrics import roc_auc, tpr_at_fpr
-from .stats import log_ncx2_cdf, noise_statistic
+from .stats import log_ncf_cdf, log_ncx2_cdf, noise_statistic
 
 __all__ = [
     "TreeRingKey", "make_ring_key", "inject", "frequency_radius",
-    "log_ncx2_cdf", "noise_statistic", "roc_auc", "tpr_at_fpr",
+    "log_ncf_cdf", "log_ncx2_cdf", "noise_statistic", "roc_auc", "tpr_at_fpr",
     "Generated", "Detection", "generate", "detect", "score_noise", "save_images", "to_uint8",
 ]

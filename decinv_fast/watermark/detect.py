@@ -45,7 +45,8 @@ class Detection:
     """Per-image detection results (``(B,)`` float64 CPU tensors) and the inversion behind them.
 
     ``score``: standardised statistic, higher = watermarked (use it for ROC curves);
-    ``p_value``/``log10_p``: lower-tail p-value of the null "no key" (small = watermarked);
+    ``p_value``/``log10_p``: lower-tail p-value of the null "no key" (small = watermarked; the noncentral
+    chi-square law given ``noise_std``, the noncentral F law when the scale is estimated, see :mod:`.stats`);
     ``distance``: the statistic ``S``; ``sigma``: the noise scale used; ``l1``: mean ``|Y - K|``.
     """
 

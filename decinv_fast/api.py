@@ -7,6 +7,7 @@ import copy
 import time
 import warnings
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -48,6 +49,25 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
         diffusers_logging.set_verbosity(level)
 
 
+def _check_flags(**flags) -> None:
+    """Each on/off argument is a bool or None (a string such as "no" would silently mean on)."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool | np.bool_):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_compile(compile) -> None:
+    """``compile``: a bool, or the name of a ``torch.compile`` backend."""
+    if isinstance(compile, str):
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if compile not in backends:
+            raise ValueError(f"compile must be True, False or a torch.compile backend {backends}, got {compile!r}")
+    elif not isinstance(compile, bool | np.bool_):
+        raise TypeError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+
+
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
     channels = None
     if adapter.module is not None:
@@ -75,9 +95,9 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
 
 
 def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
-                schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
+                schedule: str | None = None, dtype: torch.dtype | None = None, tol: float | None = None,
                 backend: str = "auto", chunk_frames: int | str | None = None, cuda_graphs: bool = False,
-                compile: bool | str = False, fp32_master: bool | None = None, keep_best: bool = False,
+                compile: bool | str = False, fp32_master: bool | None = None, keep_best: bool | None = None,
                 patience: int | None = None, **method_options) -> tuple[VaeAdapter, Frames, Plan]:
     """Validate :func:`invert`'s arguments (clear errors naming each) and lay the run out: the adapter
     to run with, the frames and the :class:`~decinv_fast.loop.Plan`. ``make_iteration(*prepare_run(...))``
@@ -87,8 +107,10 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if not is_int(steps) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     steps = int(steps)
-    if schedule not in reference.SCHEDULES:
-        raise ValueError(f"schedule must be one of {reference.SCHEDULES}, got {schedule!r}")
+    if schedule is not None and schedule not in reference.SCHEDULES:
+        raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")
+    _check_flags(keep_best=keep_best, fp32_master=fp32_master, cuda_graphs=cuda_graphs)
+    _check_compile(compile)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
     if tol is not None:
@@ -99,9 +121,13 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if method == "auto":
         if lr is not None or method_options:
             raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
+        if schedule not in (None, AUTO["schedule"]) or keep_best not in (None, AUTO["keep_best"]):
+            raise ValueError(f"method='auto' runs schedule={AUTO['schedule']!r} and keep_best={AUTO['keep_best']}; "
+                             "use method='anderson' to choose them")
         method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
         keep_best, patience = AUTO["keep_best"], AUTO["patience"] if patience is None else patience
         method_options = dict(AUTO["options"])
+    schedule = "paper" if schedule is None else schedule
     lr, options = check_options(method, lr, method_options)
     if cuda_graphs and (method == "grad" or uses_torch_update(method, options)):
         raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size (and mean_gain 1)")
@@ -112,15 +138,15 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     chunk = _chunk_for(adapter, frames, chunk_frames, method, options)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
-                keep_best=bool(keep_best), tol=tol, patience=patience)
+                keep_best=bool(keep_best), tol=tol, patience=patience)  # None: off
     return adapter, frames, plan
 
 
 def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
-           schedule: str = "paper", dtype: torch.dtype | None = None, tol: float | None = None,
+           schedule: str | None = None, dtype: torch.dtype | None = None, tol: float | None = None,
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
            cuda_graphs: bool = False, compile: bool | str = False, attention: str = "auto",
-           fp32_master: bool | None = None, keep_best: bool = False, patience: int | None = None,
+           fp32_master: bool | None = None, keep_best: bool | None = None, patience: int | None = None,
            measure_memory: bool = True, callback=None, **method_options) -> InversionResult:
     """Find the latent ``z`` whose decoding reproduces ``images``, by gradient-free decoder inversion.
 
@@ -141,7 +167,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``).
         lr: step size (``rho`` for fsm/km/anderson); defaults 0.01 (adam, grad) and 1.0 (fsm, km,
             anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size.
-        schedule: ``"paper"`` (warmup 1/10, cosine 7/10, flat 2/10, over at most 100 steps),
+        schedule: ``"paper"`` (warmup 1/10, cosine 7/10, flat 2/10, over at most 100 steps; the
+            default, ``None``, for every method but ``"auto"``, which runs its own ``"constant"``),
             ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).
         dtype: compute dtype; default the VAE's. A VAE in another dtype is copied, never changed.
         tol: stop each sample once its relative latent residual falls below ``tol`` (returning the
@@ -167,7 +194,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             encoder-only after 10 steps, see benchmarks/accuracy_vs_time.py); ``False`` reproduces that
             official fp16 code bit for bit. bf16 has fp32's range and does not underflow.
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
-            ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent).
+            ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent). Default
+            (``None``): off, but on for ``"auto"``, which always returns its best.
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.
         measure_memory: report ``peak_bytes``. Free on a GPU; on the CPU it runs the PyTorch profiler
             to read the allocator's events, which costs ~10% per step on small inputs: pass False when
@@ -192,6 +220,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             is then the largest per-element move of a steepest-descent step and ``schedule`` does not
             apply; it returns the best point it evaluated, see ``decinv_fast.lbfgs``).
     """
+    _check_flags(progress=progress, measure_memory=measure_memory)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(step, latents) or None, got {callback!r}")
     # grad needs autograd even when called under torch.inference_mode (e.g. inside a pipeline's __call__),
     # also for the VAE copy and the pixels prepare_run makes (inference tensors cannot be saved for backward)
     autograd = torch.inference_mode(False) if method == "grad" else contextlib.nullcontext()

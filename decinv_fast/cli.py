@@ -126,7 +126,7 @@ def cmd_invert(args) -> int:
         options["optimizer"] = "lbfgs"
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
                         progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
-                        patience=args.patience, keep_best=args.keep_best, attention=args.attention,
+                        patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
                         cuda_graphs=args.cuda_graphs, compile=args.compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     if isinstance(images, np.ndarray) and images.ndim == 5:  # a video file: its (F, C, h, w) latents

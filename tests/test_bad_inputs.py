@@ -50,10 +50,24 @@ def test_bad_images(tiny_kl, images, match):
     (dict(method="fsm", lr=1.0, rho=0.5), "rho"), (dict(chunk_frames=0), "chunk_frames"),
     (dict(method="km", alpha="0.3"), "alpha"), (dict(method="adam", betas=0.9), "betas must be a pair"),
     (dict(method="adam", betas=("a", "b")), "betas"), (dict(method="adam", betas=(0.9, 0.99, 0.5)), "betas"),
+    # on/off flags given as strings would silently mean "on"
+    (dict(keep_best="no"), "keep_best must be True or False"), (dict(fp32_master="no"), "fp32_master"),
+    (dict(cuda_graphs="yes"), "cuda_graphs"), (dict(progress="no"), "progress"),
+    (dict(measure_memory="x"), "measure_memory"), (dict(callback=5), "callback must be callable"),
+    (dict(compile="nope"), "torch.compile backend"), (dict(compile=2), "compile"),
+    # auto runs its own schedule and keeps its best: asking otherwise is refused, not ignored
+    (dict(method="auto", schedule="cosine"), "method='auto' runs schedule='constant'"),
+    (dict(method="auto", keep_best=False), "keep_best=True"),
 ])
 def test_bad_arguments(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         decinv_fast.invert(tiny_kl, images_32, **kwargs)
+
+
+def test_auto_accepts_what_it_runs(tiny_kl, images_32):
+    plain = decinv_fast.invert(tiny_kl, images_32, method="auto", steps=3)
+    same = decinv_fast.invert(tiny_kl, images_32, method="auto", steps=3, schedule="constant", keep_best=True)
+    assert torch.equal(plain.latents, same.latents)
 
 
 def test_not_a_vae(images_32):

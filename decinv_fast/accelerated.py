@@ -47,7 +47,10 @@ def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class AcceleratedIteration(GradientFreeIteration):
     """``anderson`` (option ``memory``) and ``fsm``/``km`` with ``lr="auto"`` or ``mean_gain``: torch updates."""
 
-    uses_master = False  # the update runs in fp32 from the stored latents; no master copy to keep
+    # The update runs in fp32; with half-precision latents and ``fp32_master`` (default on for fp16) it
+    # reads and writes a fp32 master copy of the evaluation point ``y``, as the fused updates do, so
+    # steps smaller than the latents' rounding are not lost. Anderson's history is fp32 anyway.
+    uses_master = True
 
     def __init__(self, adapter, frames, plan):
         super().__init__(adapter, frames, plan)
@@ -68,6 +71,14 @@ class AcceleratedIteration(GradientFreeIteration):
         else:
             self.mixer = None
 
+    def _set_point(self, y: torch.Tensor) -> None:
+        """The next evaluation point ``y`` (fp32 ``(B, n)``): into the master copy, if any, and into
+        ``self.y`` when it is its own buffer (KM; for fsm and anderson ``y`` is ``z``, set by the caller)."""
+        if self.master is not None:
+            self.per_sample(self.master).copy_(y)
+        if self.y is not self.z:
+            self.per_sample(self.y).copy_(y)
+
     def keeps_pixel_residual(self, plan) -> bool:
         return plan.method == "anderson" and option(plan.options, "mixing") == "pixel"
 
@@ -78,7 +89,7 @@ class AcceleratedIteration(GradientFreeIteration):
         self.sq_norm.copy_(g.square().sum(1))
         if self.gain != 1.0:
             g = p(gain_on_mean(t, self.gain))
-        y = p(self.y).float()
+        y = p(self.y).float() if self.master is None else p(self.master)
         if self.auto and self.k == 0:
             self.first = (y.clone(), g.clone())
         elif self.auto and self.k == 1:
@@ -89,12 +100,15 @@ class AcceleratedIteration(GradientFreeIteration):
             pixel = self.pixel_history[self.k]
             residual = None if self.residual is None else self.residual.view(self.frames.batch, -1)
             nxt = self.mixer.step(y, -rho[:, None] * g, pixel, residual)
+            self._set_point(nxt)
             p(self.z).copy_(nxt)
         else:
             z_new = y - rho[:, None] * g
             if self.plan.method == "km":
                 alpha = option(self.plan.options, "alpha")
-                p(self.y).copy_(z_new + alpha * (z_new - p(self.z).float()))
+                self._set_point(z_new + alpha * (z_new - p(self.z).float()))
+            else:
+                self._set_point(z_new)
             p(self.z).copy_(z_new)
         self.history.index_copy_(0, self.step, self.sq_norm.view(1, -1))
         self.step.add_(1)

@@ -186,8 +186,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             string: that ``torch.compile`` backend).
         attention: ``"auto"`` (the VAE's own processors, with the plain math one replaced by SDPA),
             ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE for the call only.
-        fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` and run the update
-            math in fp32 (the stored ``z``, ``m``, ``v`` stay in the latents' dtype). ``None``: on for
+        fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` (of the evaluation point
+            for km, anderson and auto too) and run the update math in fp32 (the stored ``z``, ``m``,
+            ``v`` stay in the latents' dtype). ``None``: on for
             fp16, off for bf16. In fp16 the official code's Adam second moment ``(1 - b2) g**2``
             flushes to zero for residual entries below about 5.5e-3, which then step by
             ``lr * g / eps`` (up to 55x ``lr``; on the fixture VAE the official fp16 run is worse than

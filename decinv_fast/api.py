@@ -274,9 +274,9 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     return plan.steps
 
 
-def _ran(stop_step: torch.Tensor, k) -> torch.Tensor:
-    """Whether each sample was still running at step ``k`` (an int, or a column of them):
-    ``stop_step`` is -1 while it runs, else the number of steps after which it stopped."""
+def _ran(stop_step: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether each sample was still running at step ``k``: ``stop_step`` is -1 while it runs, else
+    the number of steps after which it stopped."""
     return (stop_step < 0) | (k < stop_step)
 
 
@@ -321,8 +321,10 @@ def _warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
         return
     worst = int((per_step[-1] / per_step[0].clamp_min(1e-30)).argmax())
     gain = option(plan.options, "mean_gain")
-    cause = (f"rho x mean_gain = {plan.lr} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
-             else f"lr={plan.lr} is likely too large for this VAE")
+    secant = bool(plan.options.get("auto_rho"))
+    rho = "the secant step (lr='auto')" if secant else str(plan.lr)
+    cause = (f"rho x mean_gain = {rho} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
+             else f"{'the secant step' if secant else f'lr={plan.lr}'} is likely too large for this VAE")
     warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.method!r}): "
                   f"the relative residual ended above {GREW}x where it started and above {GREW_FLOOR} (sample {worst}: "
                   f"{float(per_step[0, worst]):.3g} -> {float(per_step[-1, worst]):.3g}); the last iterate is "

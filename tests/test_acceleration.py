@@ -336,3 +336,16 @@ def test_torch_updates_keep_a_fp32_master_in_fp16(fixture_vae, kw):
     assert kept.latents.dtype == torch.float16
     error_kept = decinv_fast.nmse_db(kept.latents.float(), exact)
     assert error_kept < decinv_fast.nmse_db(rounded.latents.float(), exact) - 2  # measured: 8-10 dB, anderson 2.9
+
+
+def test_divergence_warning_names_the_secant_step():
+    """With lr="auto" the step is each sample's secant one, not the base lr: the warning says so."""
+    from decinv_fast.api import _warn_if_residual_grew
+    from decinv_fast.loop import Plan
+
+    plan = Plan("fsm", 3, 1.0, "constant", {"auto_rho": True, "mean_gain": 3.0}, "torch", 1)
+    with pytest.warns(RuntimeWarning, match=r"rho x mean_gain = the secant step \(lr='auto'\) x 3.0"):
+        _warn_if_residual_grew(torch.tensor([[0.05, 0.05], [0.04, 0.2], [0.03, 0.5]]), plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ends below 1.5x its start, or below the 1 % floor: no warning
+        _warn_if_residual_grew(torch.tensor([[0.05, 0.001], [0.07, 0.005]]), plan)

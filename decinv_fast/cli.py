@@ -124,10 +124,11 @@ def cmd_invert(args) -> int:
     options = {} if auto else dict(clip_aware=clip_aware)
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
+    compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
     result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
                         progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
                         patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
-                        cuda_graphs=args.cuda_graphs, compile=args.compile, **options)
+                        cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     if isinstance(images, np.ndarray) and images.ndim == 5:  # a video file: its (F, C, h, w) latents
         latents = latents[0]
@@ -137,7 +138,7 @@ def cmd_invert(args) -> int:
             "final_residual": f"{float(result.residuals[-1]):.6g}", "tol": str(args.tol),
             "keep_best": str(AUTO["keep_best"] if auto else args.keep_best),
             "patience": str(AUTO["patience"] if auto and args.patience is None else args.patience),
-            "chunk_frames": str(args.chunk_frames), "attention": args.attention, "compile": str(args.compile),
+            "chunk_frames": str(args.chunk_frames), "attention": args.attention, "compile": str(compile),
             "cuda_graphs": str(args.cuda_graphs),
             "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}
@@ -199,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="VAE attention for the call (auto: the VAE's own, plain math replaced by SDPA)")
     fast.add_argument("--cuda-graphs", action="store_true",
                       help="capture one step as a CUDA graph (adam, fsm, km at a fixed step size)")
-    fast.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
-                      help="torch.compile the decoder+encoder pass (optionally with this torch.compile backend)")
+    fast.add_argument("--compile", action="store_true", help="torch.compile the decoder+encoder pass (inductor)")
+    fast.add_argument("--compile-backend", default=None, metavar="NAME",
+                      help="torch.compile it with this backend instead (implies --compile)")
     inv.add_argument("--clip-aware", action="store_true",
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
     inv.add_argument("--lbfgs", action="store_true",

@@ -163,7 +163,7 @@ def test_auto_records_its_own_stopping(tmp_path, photo_png):
 
 
 def test_speed_options_reach_invert(tmp_path, monkeypatch):
-    """--chunk-frames auto plans the chunk; --attention, --compile BACKEND and --cuda-graphs are passed
+    """--chunk-frames auto plans the chunk; --attention, --compile-backend and --cuda-graphs are passed
     on (aot_eager traces without generating code; CUDA graphs on a CPU warn and run eagerly)."""
     clip = pan_clip(bundled_photo(), 3, 32)
     gif = tmp_path / "clip.gif"
@@ -171,7 +171,7 @@ def test_speed_options_reach_invert(tmp_path, monkeypatch):
     base = tmp_path / "base.safetensors"
     assert main(["invert", str(gif), "--steps", "2", "--out", str(base), "--quiet"]) == 0
     runs = {"chunk": ["--chunk-frames", "auto"], "attention": ["--attention", "math"],
-            "compile": ["--compile", "aot_eager"]}
+            "compile": ["--compile-backend", "aot_eager"]}
     for name, extra in runs.items():
         out = tmp_path / f"{name}.safetensors"
         with warnings.catch_warnings():

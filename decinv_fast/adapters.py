@@ -1,9 +1,12 @@
 """One encode/decode interface over every kind of VAE that ``invert`` accepts.
 
-Latent conventions follow diffusers pipelines exactly::
+Latent conventions follow diffusers pipelines exactly (:class:`LatentSpace`)::
 
     E(x) = (vae.encode(x).latent_dist.mode() - shift_factor) * scaling_factor
     D(z) = vae.decode(z / scaling_factor + shift_factor).sample
+
+or, for a config with per-channel ``latents_mean`` and ``latents_std`` (SDXL-family pipelines),
+``E(x) = (mode - latents_mean) * scaling_factor / latents_std`` and its inverse.
 
 An adapter works on *frames*: ``encode`` maps ``(N, 3, H, W)`` pixels in [-1, 1] to ``(N, C, h, w)``
 latents and ``decode`` maps them back. Videos are flattened to frames by the caller; a temporal
@@ -58,45 +61,80 @@ class VaeAdapter:
         return next(self.module.parameters()).dtype
 
 
-def _factors(config) -> tuple[float, float]:
-    scaling = getattr(config, "scaling_factor", None)
-    shift = getattr(config, "shift_factor", None)
-    return (1.0 if scaling is None else float(scaling)), (0.0 if shift is None else float(shift))
+@dataclass(frozen=True)
+class LatentSpace:
+    """The pipeline's latent space of a VAE: ``(raw - shift_factor) * scaling_factor``, or, when the
+    config sets per-channel ``latents_mean`` and ``latents_std`` (SDXL-family pipelines use them, e.g.
+    Playground v2.5), ``(raw - latents_mean) * scaling_factor / latents_std`` as those pipelines do."""
 
+    scaling: float = 1.0
+    shift: float = 0.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
-def _scaled(raw: torch.Tensor, scaling: float, shift: float) -> torch.Tensor:
-    # contiguous: encoder outputs can come back channels-last, and the decoder's arithmetic (hence
-    # every later bit) depends on the input layout; one canonical layout keeps runs reproducible.
-    return ((raw - shift) * scaling if shift else raw * scaling).contiguous()
+    @classmethod
+    def of(cls, config) -> LatentSpace:
+        scaling = getattr(config, "scaling_factor", None)
+        shift = getattr(config, "shift_factor", None)
+        space = cls(1.0 if scaling is None else float(scaling), 0.0 if shift is None else float(shift))
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:  # the pipelines apply them only as a pair
+            return space
+        channels = getattr(config, "latent_channels", len(mean))
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(f"the VAE's config: latents_mean and latents_std must hold {channels} values (std > 0), "
+                             f"got {list(mean)} and {list(std)}")
+        if space.shift:
+            raise ValueError("the VAE's config sets both shift_factor and latents_mean/latents_std; diffusers "
+                             "pipelines use one or the other, so its latent space is ambiguous")
+        return cls(space.scaling, 0.0, tuple(map(float, mean)), tuple(map(float, std)))
 
+    def to_latent(self, raw: torch.Tensor) -> torch.Tensor:
+        """Latents ``(N, C, ...)`` in the pipeline's space from the encoder's raw ones."""
+        if self.mean is not None:
+            mean, std = self._per_channel(raw)
+            z = (raw - mean) * self.scaling / std
+        else:
+            z = (raw - self.shift) * self.scaling if self.shift else raw * self.scaling
+        # contiguous: encoder outputs can come back channels-last, and the decoder's arithmetic (hence
+        # every later bit) depends on the input layout; one canonical layout keeps runs reproducible.
+        return z.contiguous()
 
-def _unscaled(z: torch.Tensor, scaling: float, shift: float) -> torch.Tensor:
-    return z / scaling + shift if shift else z / scaling
+    def to_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """What the decoder takes, from pipeline-space latents."""
+        if self.mean is not None:
+            mean, std = self._per_channel(z)
+            return z * std / self.scaling + mean
+        return z / self.scaling + self.shift if self.shift else z / self.scaling
+
+    def _per_channel(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, len(self.mean)) + (1,) * (t.dim() - 2)
+        return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(shape) for v in (self.mean, self.std))
 
 
 def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
-    scaling, shift = _factors(vae.config)
+    space = LatentSpace.of(vae.config)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return _scaled(vae.encode(x).latent_dist.mode(), scaling, shift)
+        return space.to_latent(vae.encode(x).latent_dist.mode())
 
     def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
         if temporal:
-            return vae.decode(_unscaled(z, scaling, shift), num_frames=frames_per_video).sample
-        return vae.decode(_unscaled(z, scaling, shift)).sample
+            return vae.decode(space.to_raw(z), num_frames=frames_per_video).sample
+        return vae.decode(space.to_raw(z)).sample
 
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return VaeAdapter(kind, encode, decode, factor, vae.config.latent_channels, vae, temporal)
 
 
 def _tiny_adapter(vae) -> VaeAdapter:
-    scaling, shift = _factors(vae.config)
+    space = LatentSpace.of(vae.config)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return _scaled(vae.encode(x).latents, scaling, shift)
+        return space.to_latent(vae.encode(x).latents)
 
     def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
-        return vae.decode(_unscaled(z, scaling, shift)).sample
+        return vae.decode(space.to_raw(z)).sample
 
     factor = vae.config.upsampling_scaling_factor ** (len(vae.config.encoder_block_out_channels) - 1)
     return VaeAdapter("AutoencoderTiny", encode, decode, factor, vae.config.latent_channels, vae)

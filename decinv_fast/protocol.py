@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import _factors, _scaled, as_adapter
+from .adapters import LatentSpace, as_adapter
 from .api import decode
 from .visual import quantize
 
@@ -33,10 +33,13 @@ def make_target(vae, images: torch.Tensor, *, seed: int = 0) -> Target:
     frames = images.flatten(0, 1) if images.dim() == 5 else images
     frames = frames.to(adapter.device, adapter.dtype)
     gen = torch.Generator(device=frames.device).manual_seed(seed)
-    dist = dist_of(frames).latent_dist
+    output = dist_of(frames)
+    if not hasattr(output, "latent_dist"):  # AutoencoderTiny's encoder returns latents, no distribution
+        raise TypeError(f"make_target needs a diffusers VAE with a latent distribution; {adapter.kind} has none")
+    dist = output.latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen, device=frames.device, dtype=dist.mean.dtype)
     raw = dist.mean + dist.std * noise
-    z_star = _scaled(raw, *_factors(adapter.module.config))
+    z_star = LatentSpace.of(adapter.module.config).to_latent(raw)
     if images.dim() == 5:
         z_star = z_star.reshape(images.shape[:2] + z_star.shape[1:])
     # contiguous: decoders can hand back channels-last pixels, which convolve to different bits

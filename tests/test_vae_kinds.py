@@ -11,6 +11,7 @@ from PIL import Image
 import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
+from decinv_fast.protocol import make_target
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,36 @@ def test_autoencoder_kl_matches_pipeline_convention(tiny_kl, images_32):
     assert out.latents.shape == (2, 4, 4, 4)
 
 
+def test_latents_mean_and_std_as_sdxl_pipelines_use_them(images_32):
+    """A config with per-channel latents_mean/latents_std (SDXL-family, e.g. Playground v2.5): the
+    pipeline's latents are (mode - mean) * scaling / std, and its decoder input z * std / scaling + mean."""
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    mean, std = [0.1, -0.2, 0.3, 0.4], [2.0, 0.5, 1.0, 4.0]
+    vae = AutoencoderKL(**tiny_kl_config(scaling_factor=0.5, latents_mean=mean, latents_std=std)).eval()
+    vae.requires_grad_(False)
+    m, s = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1)
+    z = decinv_fast.encode(vae, images_32)
+    torch.testing.assert_close(z, (vae.encode(images_32).latent_dist.mode() - m) * 0.5 / s)
+    torch.testing.assert_close(decinv_fast.decode(vae, z), vae.decode(z * s / 0.5 + m).sample)
+    out = decinv_fast.invert(vae, images_32[:1, None].expand(1, 2, 3, 32, 32), method="auto", steps=3)  # a video
+    assert out.latents.shape == (1, 2, 4, 4, 4) and bool(torch.isfinite(out.latents).all())
+    for bad, match in [(dict(shift_factor=0.1), "both shift_factor and latents_mean"),
+                       (dict(latents_std=[1.0, 1.0]), "must hold 4 values")]:
+        config = tiny_kl_config(scaling_factor=0.5, latents_mean=mean, latents_std=std)
+        with pytest.raises(ValueError, match=match):
+            decinv_fast.encode(AutoencoderKL(**{**config, **bad}).eval(), images_32)
+
+
 def test_autoencoder_tiny(tiny_taesd, images_32):
     out = decinv_fast.invert(tiny_taesd, images_32, steps=3)
     assert out.latents.shape == (2, 4, 4, 4)
     torch.testing.assert_close(decinv_fast.encode(tiny_taesd, images_32), tiny_taesd.encode(images_32).latents)
     assert decinv_fast.decode(tiny_taesd, out.latents).shape == images_32.shape
+    with pytest.raises(TypeError, match="latent distribution; AutoencoderTiny has none"):
+        make_target(tiny_taesd, images_32)  # the paper's protocol samples z* from the encoder's distribution
 
 
 def test_temporal_decoder_video(tiny_temporal):

@@ -76,14 +76,15 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
                      spatial_factor=adapter.spatial_factor, channels=channels)
 
 
-def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, options: dict) -> int:
+def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, options: dict,
+               attention: str = "auto") -> int:
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, options)
+        return auto_chunk(adapter, frames, method, options, attention)
     if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
@@ -98,7 +99,8 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
                 schedule: str | None = None, dtype: torch.dtype | None = None, tol: float | None = None,
                 backend: str = "auto", chunk_frames: int | str | None = None, cuda_graphs: bool = False,
                 compile: bool | str = False, fp32_master: bool | None = None, keep_best: bool | None = None,
-                patience: int | None = None, **method_options) -> tuple[VaeAdapter, Frames, Plan]:
+                patience: int | None = None, attention: str = "auto",
+                **method_options) -> tuple[VaeAdapter, Frames, Plan]:
     """Validate :func:`invert`'s arguments (clear errors naming each) and lay the run out: the adapter
     to run with, the frames and the :class:`~decinv_fast.loop.Plan`. ``make_iteration(*prepare_run(...))``
     is the iteration ``invert`` steps (benchmarks time it without ``invert``'s wrapper)."""
@@ -135,7 +137,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    chunk = _chunk_for(adapter, frames, chunk_frames, method, options)
+    chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
                 keep_best=bool(keep_best), tol=tol, patience=patience)  # None: off
@@ -231,7 +233,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         adapter, frames, plan = prepare_run(
             vae, images, method=method, steps=steps, lr=lr, schedule=schedule, dtype=dtype, tol=tol, backend=backend,
             chunk_frames=chunk_frames, cuda_graphs=cuda_graphs, compile=compile, fp32_master=fp32_master,
-            keep_best=keep_best, patience=patience, **method_options)
+            keep_best=keep_best, patience=patience, attention=attention, **method_options)
     device = frames.pixels.device
     start = time.perf_counter()
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()

@@ -213,6 +213,11 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     latent_bytes = frames * latent[0] * latent[1] * latent[2] * size
     weights = sum(p.numel() for p in adapter.module.parameters()) * size
     transient = {}
+    for c in chunks or ():
+        if c > frames or c % per_video:
+            raise ValueError(f"chunks: {c} frames per call is not possible for {frames} frame(s)"
+                             + (f" in videos of {per_video}" if per_video > 1 else "") + "; a chunk holds at most all "
+                             "frames" + (", in whole videos" if per_video > 1 else ""))
     for c in chunks or _candidate_chunks(frames, per_video):
         transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
     if method == "grad" and optimizer == "lbfgs":
@@ -232,7 +237,8 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
 
 def _planned_method(method: str, memory: int | None, mixing: str | None,
                     optimizer: str | None) -> tuple[str, int, str, str]:
-    """The method whose memory is traced, with its ``memory``, ``mixing`` and ``optimizer`` filled in."""
+    """The method whose memory is traced, with its ``memory``, ``mixing`` and ``optimizer`` filled in;
+    an option the method does not take is refused, as ``invert`` refuses it."""
     if optimizer is not None and method != "grad":
         raise ValueError(f"optimizer is an option of method='grad', got method={method!r}")
     optimizer = OPTION_DEFAULTS["optimizer"] if optimizer is None else optimizer
@@ -244,9 +250,14 @@ def _planned_method(method: str, memory: int | None, mixing: str | None,
         return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"], optimizer
     if method not in PLANNED_METHODS:
         raise ValueError(f"method must be one of {(*PLANNED_METHODS, 'auto')}, got {method!r}")
+    lbfgs = method == "grad" and optimizer == "lbfgs"
+    if memory is not None and method != "anderson" and not lbfgs:
+        raise ValueError(f"memory is an option of method='anderson' and of grad's optimizer='lbfgs', not of "
+                         f"method={method!r}" + (" with Adam" if method == "grad" else ""))
+    if mixing is not None and method != "anderson":
+        raise ValueError(f"mixing is an option of method='anderson', not of method={method!r}")
     memory = OPTION_DEFAULTS["memory"] if memory is None else memory
     mixing = OPTION_DEFAULTS["mixing"] if mixing is None else mixing
-    lbfgs = optimizer == "lbfgs"
     check_int("memory (L-BFGS pairs)" if lbfgs else "memory (Anderson history m)", memory, 1 if lbfgs else 0)
     if mixing not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {mixing!r}")
@@ -300,10 +311,11 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str, options: dict) -> int:
+def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto") -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
     CPU: half of the available RAM). At least one video's frames for temporal VAEs.
-    ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``)."""
+    ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``) and ``attention``
+    its attention backend (``"math"`` builds the tokens x tokens matrix)."""
     if adapter.module is None:
         raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
     pixels = frames.pixels
@@ -314,8 +326,14 @@ def auto_chunk(adapter, frames, method: str, options: dict) -> int:
         budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
     else:
         budget = available_ram() // 2
-    grad = {"optimizer": option(options, "optimizer")} if method == "grad" else {}
+    own = {}  # the options plan() takes for this method, as the run has them
+    if method == "anderson":
+        own = {"memory": option(options, "memory"), "mixing": option(options, "mixing")}
+    elif method == "grad":
+        own = {"optimizer": option(options, "optimizer")}
+        if own["optimizer"] == "lbfgs":
+            own["memory"] = option(options, "memory")
     result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
-                  memory=option(options, "memory"), mixing=option(options, "mixing"), **grad)
+                  attention=attention, **own)
     smallest = min(result.per_chunk)
     return result.chunk or smallest

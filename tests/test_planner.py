@@ -96,6 +96,11 @@ def test_math_attention_materialises_the_score_matrix():
     ((1, 3, 64, 64), dict(method="adam", optimizer="lbfgs"), "optimizer is an option of method='grad'"),
     ((1, 3, 64, 64), dict(method="grad", optimizer="sgd"), "optimizer"),
     ((1, 3, 64, 64), dict(method="grad", optimizer="lbfgs", memory=0), "memory [(]L-BFGS pairs[)]"),
+    # options the method does not take are refused, as invert refuses them
+    ((1, 3, 64, 64), dict(method="grad", memory=3), "memory is an option of method='anderson' and of grad's"),
+    ((1, 3, 64, 64), dict(method="fsm", memory=3), "memory is an option"),
+    ((1, 3, 64, 64), dict(method="adam", mixing="pixel"), "mixing is an option of method='anderson'"),
+    ((2, 3, 64, 64), dict(chunks=[4]), "chunks: 4 frames per call is not possible for 2 frame"),
     ((1, 3, 64, 64), dict(dtype=torch.int8), "dtype"),
     ((1, 3, 64, 64), dict(device="tpu"), "device"),
     ((1, 3, 64, 64), dict(budget_bytes=-5), "budget_bytes"),
@@ -143,6 +148,22 @@ def test_lbfgs_state_counts_its_pairs(dtype, math_size):
     assert adam.state_bytes == latent_elements * size * 4  # z, its gradient, Adam's m and v
     assert lbfgs.state_bytes == latent_elements * (size * 2 + math_size * (2 * 3 + 4))
     assert lbfgs.transient == adam.transient  # the same decoder forward + backward
+
+
+def test_auto_chunk_plans_the_run_s_attention(monkeypatch):
+    """attention="math" builds the tokens x tokens matrix: the chunk is planned with it."""
+    import decinv_fast.planner as planner
+
+    seen = []
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: seen.append(k) or plan(*a, **k))
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    for attention in ("math", "sdpa"):
+        decinv_fast.invert(vae, x, steps=1, chunk_frames="auto", attention=attention)
+    assert [k["attention"] for k in seen] == ["math", "sdpa"]
+    math = plan(vae, (1, 3, 1024, 1024), dtype=torch.float32, attention="math", chunks=[1])
+    fused = plan(vae, (1, 3, 1024, 1024), dtype=torch.float32, chunks=[1])
+    assert math.transient[1] > 2 * fused.transient[1]  # 16384 tokens: the scores dominate the peak
 
 
 def test_auto_chunk_plans_the_run_s_optimizer(monkeypatch):

@@ -195,7 +195,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             flushes to zero for residual entries below about 5.5e-3, which then step by
             ``lr * g / eps`` (up to 55x ``lr``; on the fixture VAE the official fp16 run is worse than
             encoder-only after 10 steps, see benchmarks/accuracy_vs_time.py); ``False`` reproduces that
-            official fp16 code bit for bit. bf16 has fp32's range and does not underflow.
+            official fp16 code bit for bit with the torch backend (the CPU's). The fused GPU kernels
+            compute in fp32 and round only what they store, so they do not underflow either way.
+            bf16 has fp32's range and does not underflow.
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent). Default
             (``None``): off, but on for ``"auto"``, which always returns its best.

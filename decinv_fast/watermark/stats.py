@@ -112,15 +112,16 @@ def _log_beta_inc(a: float, b: float, x: float, y: float) -> float:
 _LN2 = math.log(2.0)
 
 
-def _log_poisson_mixture(lam: float, log_top: float, log_gap) -> float:
+def _log_poisson_mixture(lam: float, log_cdf, log_gap) -> float:
     """``log sum_j Pois(j; lam) C_j`` for CDFs ``C_j`` that fall with ``j`` by ``C_j = C_{j+1} + exp(log_gap(j))``.
 
     Summed from ``j = 0`` (in a far lower tail the small ``j`` dominate, however large ``lam`` is) up to
-    ``hi = lam + 12 sqrt(lam) + 30``, past which the Poisson mass is negligible; ``log_top = log C_hi`` and the
-    recurrence runs downwards, adding positive terms only, so tiny values keep their relative accuracy.
+    ``hi = lam + 12 sqrt(lam) + 30``, past which the Poisson mass is negligible; ``log_cdf(j) = log C_j`` is
+    asked for ``C_hi`` only, and the recurrence runs downwards from it, adding positive terms only, so tiny
+    values keep their relative accuracy.
     """
     hi = int(lam + 12 * math.sqrt(lam) + 30) + 1
-    log_c, logs = log_top, []
+    log_c, logs = log_cdf(hi), []
     for j in range(hi, -1, -1):
         if j < hi:
             gap = log_gap(j)
@@ -148,8 +149,8 @@ def log_ncx2_cdf(x: float, df: float, nc: float) -> float:
     a, u, lam = df / 2, x / 2, nc / 2
     if lam == 0:
         return _log_gamma_p(a, u)
-    top = _log_gamma_p(a + int(lam + 12 * math.sqrt(lam) + 30) + 1, u)
-    return _log_poisson_mixture(lam, top, lambda j: (a + j) * math.log(u) - u - math.lgamma(a + j + 1))
+    return _log_poisson_mixture(lam, lambda j: _log_gamma_p(a + j, u),
+                                lambda j: (a + j) * math.log(u) - u - math.lgamma(a + j + 1))
 
 
 def log_ncf_cdf(f: float, df1: float, df2: float, nc: float) -> float:
@@ -169,13 +170,12 @@ def log_ncf_cdf(f: float, df1: float, df2: float, nc: float) -> float:
     t, u = df1 * f / (df1 * f + df2), df2 / (df1 * f + df2)
     if lam == 0:
         return _log_beta_inc(a, b, t, u)
-    top = _log_beta_inc(a + int(lam + 12 * math.sqrt(lam) + 30) + 1, b, t, u)
     log_t, log_u = math.log(t), math.log(u) if u > 0 else -math.inf
 
     def gap(j: int) -> float:
         return ((a + j) * log_t + b * log_u + math.lgamma(a + j + b) - math.lgamma(a + j + 1) - math.lgamma(b))
 
-    return _log_poisson_mixture(lam, top, gap)
+    return _log_poisson_mixture(lam, lambda j: _log_beta_inc(a + j, b, t, u), gap)
 
 
 def _score_moments(df: float, df_scale: float, nc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

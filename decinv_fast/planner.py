@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
-from .options import ANDERSON_MIXING, AUTO, DTYPES, GRAD_OPTIMIZERS, OPTION_DEFAULTS, check_int, option
+from .options import AUTO, DTYPES, OPTION_DEFAULTS, check_int, check_options, option
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -238,30 +238,23 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
 def _planned_method(method: str, memory: int | None, mixing: str | None,
                     optimizer: str | None) -> tuple[str, int, str, str]:
     """The method whose memory is traced, with its ``memory``, ``mixing`` and ``optimizer`` filled in;
-    an option the method does not take is refused, as ``invert`` refuses it."""
+    an option the method does not take is refused, and the values are checked as ``invert`` checks them."""
     if optimizer is not None and method != "grad":
         raise ValueError(f"optimizer is an option of method='grad', got method={method!r}")
-    optimizer = OPTION_DEFAULTS["optimizer"] if optimizer is None else optimizer
-    if optimizer not in GRAD_OPTIMIZERS:
-        raise ValueError(f"optimizer (grad) must be one of {GRAD_OPTIMIZERS}, got {optimizer!r}")
     if method == "auto":
         if memory is not None or mixing is not None:
             raise ValueError("method='auto' sets its own Anderson memory and mixing; use method='anderson' to set them")
-        return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"], optimizer
+        return AUTO["method"], AUTO["options"]["memory"], AUTO["options"]["mixing"], OPTION_DEFAULTS["optimizer"]
     if method not in PLANNED_METHODS:
         raise ValueError(f"method must be one of {(*PLANNED_METHODS, 'auto')}, got {method!r}")
-    lbfgs = method == "grad" and optimizer == "lbfgs"
-    if memory is not None and method != "anderson" and not lbfgs:
+    if memory is not None and method != "anderson" and not (method == "grad" and optimizer == "lbfgs"):
         raise ValueError(f"memory is an option of method='anderson' and of grad's optimizer='lbfgs', not of "
                          f"method={method!r}" + (" with Adam" if method == "grad" else ""))
     if mixing is not None and method != "anderson":
         raise ValueError(f"mixing is an option of method='anderson', not of method={method!r}")
-    memory = OPTION_DEFAULTS["memory"] if memory is None else memory
-    mixing = OPTION_DEFAULTS["mixing"] if mixing is None else mixing
-    check_int("memory (L-BFGS pairs)" if lbfgs else "memory (Anderson history m)", memory, 1 if lbfgs else 0)
-    if mixing not in ANDERSON_MIXING:
-        raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {mixing!r}")
-    return method, memory, mixing, optimizer
+    given = {k: v for k, v in (("memory", memory), ("mixing", mixing), ("optimizer", optimizer)) if v is not None}
+    _, options = check_options(method, None, given)
+    return method, option(options, "memory"), option(options, "mixing"), option(options, "optimizer")
 
 
 def _checked_shape(shape, factor: int) -> tuple[int, ...]:

@@ -7,7 +7,6 @@ import copy
 import time
 import warnings
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +23,7 @@ from .options import (
     DTYPES,
     METHODS,
     check_finite,
+    check_flag,
     check_int,
     check_options,
     check_positive,
@@ -50,10 +50,10 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
 
 
 def _check_flags(**flags) -> None:
-    """Each on/off argument is a bool or None (a string such as "no" would silently mean on)."""
+    """Each on/off argument is a bool, or None where that means the default."""
     for name, value in flags.items():
-        if value is not None and not isinstance(value, bool | np.bool_):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+        if value is not None:
+            check_flag(name, value)
 
 
 def _check_compile(compile) -> None:
@@ -64,8 +64,8 @@ def _check_compile(compile) -> None:
         backends = torch._dynamo.list_backends(exclude_tags=())
         if compile not in backends:
             raise ValueError(f"compile must be True, False or a torch.compile backend {backends}, got {compile!r}")
-    elif not isinstance(compile, bool | np.bool_):
-        raise TypeError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+    elif not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:

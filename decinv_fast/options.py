@@ -63,6 +63,12 @@ def check_finite(name: str, values, unit: str = "value(s)") -> None:
         raise ValueError(f"{name}: {bad} {unit} are NaN or infinite")
 
 
+def check_flag(name: str, value) -> None:
+    """An on/off argument must be a bool: a string such as "no" would silently mean on."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_positive(name: str, value) -> None:
     if not is_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -117,8 +123,7 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
     if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
     for flag in ("safeguard", "clip_aware"):
-        if not isinstance(option(options, flag), bool):
-            raise ValueError(f"{flag} must be True or False, got {options[flag]!r}")
+        check_flag(flag, option(options, flag))
     blur = option(options, "residual_blur")
     if not is_real(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")

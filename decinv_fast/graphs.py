@@ -32,9 +32,13 @@ class EagerGraph:
 
 
 def _capture_cuda(fn: Callable[[], None], device: torch.device):
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    """Capture on a stream of ``device`` itself: ``torch.cuda.graph``'s default stream belongs to whichever
+    device was current at the process's first capture, and kernels on the latents' own device would
+    then miss the capture (a graph that replays nothing)."""
+    with torch.cuda.device(device):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+            fn()
     return graph
 
 

@@ -46,6 +46,45 @@ def test_replayed_static_step_equals_reference(tiny_kl, images_32, method, lr):
     assert int(it.step) == steps
 
 
+def test_cuda_capture_runs_on_a_stream_of_the_latents_device(monkeypatch):
+    """Capture makes the latents' device current and captures on a stream of that device, not on
+    torch's process-wide capture stream (whose device is whichever was current at the first capture).
+    CUDA's graph objects are replaced by recorders: the wiring is checked, not a real capture."""
+    from decinv_fast import graphs
+
+    events = []
+
+    class Device:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            events.append(("current", self.device))
+
+        def __exit__(self, *exc):
+            events.append(("restored", self.device))
+
+    class Capture:
+        def __init__(self, graph, stream=None):
+            self.stream = stream
+
+        def __enter__(self):
+            events.append(("capture on", self.stream))
+
+        def __exit__(self, *exc):
+            events.append(("capture end", None))
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    device = torch.device("cuda", 1)
+    graph = graphs._capture_cuda(lambda: events.append(("step", None)), device)
+    assert graph == "graph"
+    assert events == [("current", device), ("capture on", f"stream of {device}"), ("step", None),
+                      ("capture end", None), ("restored", device)]
+
+
 def test_failed_capture_falls_back_with_warning(tiny_kl, images_32):
     it = _iteration(tiny_kl, images_32, steps=4)
 

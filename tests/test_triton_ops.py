@@ -311,6 +311,26 @@ def test_cuda_graph_replay_follows_the_schedule():
     torch.testing.assert_close(sq.cpu(), eager["sq_norm"][-1], rtol=NORM_RTOL, atol=0)
 
 
+def test_launch_makes_the_latents_device_current():
+    """Triton launches on the current device's stream, so a launch for latents on another GPU must
+    make their device current first (checked on the guard; the launch itself needs two GPUs)."""
+    guard = _triton.on_device(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(_triton.on_device(torch.device("cpu")), torch.cuda.device)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.skipif(triton_interpreting(), reason="runs the compiled kernels: run with TRITON_INTERPRET=0")
+@pytest.mark.parametrize("op", OPS)
+def test_triton_on_a_gpu_that_is_not_current(op):
+    data = make_data((2, 4 * 32 * 32), steps=STEPS)
+    expected = run_op(op, "torch", data, torch.float32, False)
+    with torch.cuda.device(0):
+        got = run_op(op, "triton", data, torch.float32, False, device="cuda:1")
+    torch.testing.assert_close(got["z"].cpu(), expected["z"], **TOLERANCE[torch.float32])
+
+
 COMPILE_FOR_GPU = """
 import sys
 import triton

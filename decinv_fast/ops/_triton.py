@@ -24,6 +24,8 @@ Triton itself is imported lazily, the first time a kernel is launched.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 INTERPRET_BLOCK = 65536
@@ -69,6 +71,12 @@ def km(edz, e_x, y, z, sq_norm, table, step, master, alpha) -> None:
     _launch(km_residual_step_kernel, z, sq_norm, master, (edz, e_x, y, z), (table, step), (float(alpha),))
 
 
+def on_device(device: torch.device):
+    """``device`` made current for a launch on a CUDA device (the latents need not be on the current
+    one); nothing elsewhere."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _launch(kernel, z: torch.Tensor, sq_norm: torch.Tensor, master: torch.Tensor | None,
             latents: tuple, step_args: tuple, scalars: tuple) -> None:
     """Launch ``kernel(*latents, master, partials, table, step, n, n_blocks, *scalars)`` on the grid
@@ -86,9 +94,10 @@ def _launch(kernel, z: torch.Tensor, sq_norm: torch.Tensor, master: torch.Tensor
     # one block per sample: the kernel writes the norms directly
     direct = n_blocks == 1 and sq_norm.is_contiguous()
     partials = sq_norm if direct else torch.empty((batch, n_blocks), dtype=torch.float32, device=z.device)
-    kernel[(n_blocks, batch)](
-        *latents, master if master is not None else z, partials, *step_args, n, n_blocks, *scalars,
-        HAS_MASTER=master is not None, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
-    )
+    with on_device(z.device):  # Triton launches on the current device and its current stream
+        kernel[(n_blocks, batch)](
+            *latents, master if master is not None else z, partials, *step_args, n, n_blocks, *scalars,
+            HAS_MASTER=master is not None, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
+        )
     if not direct:
         torch.sum(partials, dim=1, out=sq_norm)

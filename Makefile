@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # torch 2.14.1 is the CUDA 13.0 build; it also runs on the CPU. Override for another build.
 TORCH_SPEC ?= torch==2.14.1
 export CUDA_HOME ?= $(shell sh scripts/cuda_home.sh)
+# the venv's ninja (torch looks for it on PATH) builds the extension in parallel (MAX_JOBS), cached
+BUILD := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet --no-build-isolation
 
 .PHONY: demo test lint bench fixture clean
 
@@ -12,13 +14,13 @@ export CUDA_HOME ?= $(shell sh scripts/cuda_home.sh)
 # build the CUDA extension decinv_fast._C (when nvcc is found; objects are cached in build/).
 $(VENV)/.runtime: pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel ninja
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[demo]"
+	$(BUILD) -e ".[demo]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,triton,demo]"
+	$(BUILD) -e ".[dev,triton,demo]"
 	touch $@
 
 demo: $(VENV)/.runtime
@@ -41,4 +43,4 @@ fixture: $(VENV)/.dev
 	$(PY) scripts/evaluate_fixture_vae.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_output
+	rm -rf $(VENV) build *.egg-info demo_output decinv_fast/_C*.so

@@ -72,7 +72,7 @@ class LbfgsIteration:
         self.residual_norm = self.pixel_norm
         self.fpv = frames.frames_per_video if adapter.temporal else 1
         self.clip_aware = option(plan.options, "clip_aware")
-        self.tracker = Tracker(flat, keep_best=True, tol=plan.tol, patience=plan.patience)
+        self.tracker = Tracker(flat, keep_best=True, tol=plan.tol, patience=plan.patience, error_dtype=self.math)
 
     def run_step(self) -> None:
         batch = self.frames.batch
@@ -91,7 +91,7 @@ class LbfgsIteration:
         self.f = torch.where(accept, f_try, self.f)
         self._next_trial(accept, finite, f_try, slope)
         self.history[self.k] = self.f.float()
-        self.tracker.observe(self.step, self.z, self.f.float(), self.f.float().sqrt() / self.residual_norm)
+        self.tracker.observe(self.step, self.z, self.f, self.f.sqrt() / self.residual_norm)
         self.k += 1
         self.step += 1
 

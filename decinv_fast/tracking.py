@@ -22,11 +22,14 @@ REASONS = ("steps", "tol", "patience")
 class Tracker:
     """Device-side state of best iterates and stops for a batch of ``B`` samples."""
 
-    def __init__(self, y: torch.Tensor, *, keep_best: bool, tol: float | None, patience: int | None):
+    def __init__(self, y: torch.Tensor, *, keep_best: bool, tol: float | None, patience: int | None,
+                 error_dtype: torch.dtype = torch.float32):
+        """``error_dtype``: of the criterion, as the caller computes it (float64 for L-BFGS in fp64,
+        whose objective keeps improving below fp32's resolution)."""
         batch = y.shape[0]
         device = y.device
         self.keep_best, self.tol, self.patience = keep_best, tol, patience
-        self.best_error = torch.full((batch,), float("inf"), device=device)
+        self.best_error = torch.full((batch,), float("inf"), dtype=error_dtype, device=device)
         self.best_step = torch.zeros(batch, dtype=torch.int64, device=device)
         self.stale = torch.zeros(batch, dtype=torch.int64, device=device)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)

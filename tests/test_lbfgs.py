@@ -40,6 +40,26 @@ def test_matches_the_reference_in_float64(tiny_kl, images_32):
     torch.testing.assert_close(out.residual_history, torch.stack(ref.residuals).float(), rtol=1e-6, atol=0)
 
 
+def test_float64_keeps_improvements_below_fp32_resolution():
+    """With ``x`` outside the range of a rank-deficient ``D``, the objective levels off at a positive
+    value and late float64 improvements are smaller than fp32's resolution of it: the best point must
+    still be judged in float64, as the reference does, not the first point fp32 cannot tell apart."""
+    g = torch.Generator().manual_seed(0)
+    n = 3 * 8 * 8
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    spectrum = torch.linspace(0.1, 1.0, n, dtype=torch.float64)
+    spectrum[: n // 4] = 0.0
+    a = (q * spectrum) @ q.T
+    encode, decode = (lambda x: x.clone()), (lambda z: (z.flatten(1) @ a.to(z.dtype)).view_as(z))
+    x = images(1)
+    ref = reference.gradient_based_lbfgs(encode, decode, x, steps=60, lr=0.1)
+    out = decinv_fast.invert((encode, decode), x, steps=60, lr=0.1, **LBFGS)
+    assert int(out.returned_step[0]) > 30
+    torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=1e-7)
+    stopped = decinv_fast.invert((encode, decode), x, steps=60, lr=0.1, patience=3, **LBFGS)
+    assert int(stopped.stopped_at[0]) > 25
+
+
 def test_batch_equals_one_by_one(tiny_kl, images_32):
     kw = dict(steps=8, lr=0.05, dtype=torch.float64, **LBFGS)
     batch = decinv_fast.invert(tiny_kl, images_32.double(), **kw)

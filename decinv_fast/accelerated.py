@@ -1,7 +1,7 @@
 """Beyond the paper: Anderson acceleration and automatic step sizes for the fixed-point iteration.
 
 These run their update with plain torch ops (per-sample step sizes and least-squares mixing do not
-fit the fused kernels' per-step table), in fp32 whatever the latents' dtype; the decoder and
+fit the fused kernels' per-step table), in fp32 (fp64 for fp64 latents); the decoder and
 encoder passes are shared with the fused path (``GradientFreeIteration.evaluate``).
 
 Automatic step size (``lr="auto"``, for ``fsm``, ``km`` and ``anderson``): the first step uses
@@ -47,7 +47,7 @@ def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class AcceleratedIteration(GradientFreeIteration):
     """``anderson`` (option ``memory``) and ``fsm``/``km`` with ``lr="auto"`` or ``mean_gain``: torch updates."""
 
-    # The update runs in fp32; with half-precision latents and ``fp32_master`` (default on for fp16) it
+    # The update runs in fp32 (fp64 for fp64 latents); with half-precision latents and ``fp32_master`` (default on for fp16) it
     # reads and writes a fp32 master copy of the evaluation point ``y``, as the fused updates do, so
     # steps smaller than the latents' rounding are not lost. Anderson's history is fp32 anyway.
     uses_master = True
@@ -56,6 +56,7 @@ class AcceleratedIteration(GradientFreeIteration):
         super().__init__(adapter, frames, plan)
         batch = frames.batch
         self.k = 0
+        self.math = torch.float64 if self.z.dtype == torch.float64 else torch.float32
         self.auto = bool(plan.options.get("auto_rho", False))
         self.scale = torch.ones(batch, device=self.z.device)  # per-sample factor on the table's rho
         self.first = None  # (y_0, T(y_0)) for the secant step size
@@ -72,7 +73,7 @@ class AcceleratedIteration(GradientFreeIteration):
             self.mixer = None
 
     def _set_point(self, y: torch.Tensor) -> None:
-        """The next evaluation point ``y`` (fp32 ``(B, n)``): into the master copy, if any, and into
+        """The next evaluation point ``y`` (``(B, n)`` in the update's dtype): into the master copy, if any, and into
         ``self.y`` when it is its own buffer (KM; for fsm and anderson ``y`` is ``z``, set by the caller)."""
         if self.master is not None:
             self.per_sample(self.master).copy_(y)
@@ -84,12 +85,12 @@ class AcceleratedIteration(GradientFreeIteration):
 
     def update(self) -> None:
         p = self.per_sample
-        t = self.edz.float() - self.e_x.float()
+        t = self.edz.to(self.math) - self.e_x.to(self.math)
         g = p(t)
         self.sq_norm.copy_(g.square().sum(1))
         if self.gain != 1.0:
             g = p(gain_on_mean(t, self.gain))
-        y = p(self.y).float() if self.master is None else p(self.master)
+        y = p(self.y).to(self.math) if self.master is None else p(self.master)
         if self.auto and self.k == 0:
             self.first = (y.clone(), g.clone())
         elif self.auto and self.k == 1:
@@ -106,7 +107,7 @@ class AcceleratedIteration(GradientFreeIteration):
             z_new = y - rho[:, None] * g
             if self.plan.method == "km":
                 alpha = option(self.plan.options, "alpha")
-                self._set_point(z_new + alpha * (z_new - p(self.z).float()))
+                self._set_point(z_new + alpha * (z_new - p(self.z).to(self.math)))
             else:
                 self._set_point(z_new)
             p(self.z).copy_(z_new)

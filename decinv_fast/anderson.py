@@ -3,21 +3,24 @@
 With ``g_k = G(y_k) - y_k = -rho_k * T(y_k)`` and the last ``m`` differences
 ``dY_i = y_{i+1} - y_i``, ``dG_i = g_{i+1} - g_i`` (type-II Anderson mixing, full relaxation)::
 
-    gamma   = argmin ||g_k - dG gamma||² + lam ||gamma||²     (lam = reg * trace(dG^T dG) / m)
+    gamma   = argmin ||g_k - dG gamma||² + lam ||gamma||²     (lam = reg * trace(dG dG^T) / m)
     y_{k+1} = y_k + g_k - (dY + dG) gamma
 
-solved per sample as a small ``m x m`` system in fp32 (batched, no Python loop over samples).
+solved per sample as a small ``m x m`` system in fp32 (fp64 for fp64 latents; batched, no Python loop
+over samples).
 ``m = 0`` is exactly the forward step method. Safeguard: a mixed step whose point decodes to a
 *larger* pixel error ``||D(y) - x||`` than the last accepted point is rejected; that sample takes the
 plain step ``y_acc + g_acc`` from the accepted point instead and forgets its history. Plain steps are
-always accepted (``safeguard=False``: every step is). Memory: ``2m + 2`` fp32 latents per sample.
+always accepted (``safeguard=False``: every step is). Memory: ``2m + 2`` fp32 latents per sample
+(fp64 for fp64 latents).
 
 ``mixing="pixel"`` chooses ``gamma`` by the *pixel* residual instead: with ``r_k = D(y_k) - x`` and
-``dR_i = r_{i+1} - r_i``, ``gamma = argmin ||r_k - dR gamma||² + lam ||gamma||²``, the point of the
+``dR_i = r_{i+1} - r_i``, ``gamma = argmin ||r_k - dR gamma||² + lam ||gamma||²`` (``lam`` from
+``trace(dR dR^T)``), the point of the
 history's affine span whose linearised decoding is closest to ``x``. The latent criterion drives the
 iteration to the fixed point of ``E(D(z)) = E(x)``, which the encoder's error biases (the
 iteration is semi-convergent); the pixel criterion is the objective the stopping rule watches
-(compared in benchmarks/stopping.py). Memory: ``m + 2`` fp32 pixel
+(compared in benchmarks/stopping.py). Memory: ``m + 2`` fp32 (fp64) pixel
 buffers per sample (history, last accepted residual, current residual) on top of the latent ones.
 """
 
@@ -40,18 +43,20 @@ class AndersonMixer:
         check_int("memory (Anderson history m)", memory, 0)
         batch, n = y.shape
         device = y.device
+        # the mixing math: fp32, or fp64 for fp64 latents
+        self.dtype = dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         self.m, self.reg, self.safeguard = memory, reg, safeguard
         self.pixel_mixing = pixels is not None
         if self.pixel_mixing:  # the residual history the mixing weights are fitted to
-            self.dr = torch.zeros(batch, memory, pixels, device=device)
-            self.acc_r = torch.zeros(batch, pixels, device=device)
-        self.dy = torch.zeros(batch, memory, n, device=device)
-        self.dg = torch.zeros(batch, memory, n, device=device)
+            self.dr = torch.zeros(batch, memory, pixels, dtype=dtype, device=device)
+            self.acc_r = torch.zeros(batch, pixels, dtype=dtype, device=device)
+        self.dy = torch.zeros(batch, memory, n, dtype=dtype, device=device)
+        self.dg = torch.zeros(batch, memory, n, dtype=dtype, device=device)
         self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=device)
         self.slot = 0
         self.started = False  # is there an accepted point to difference against
-        self.acc_y = y.float().clone()  # the last accepted point, its g and its pixel error
-        self.acc_g = torch.zeros(batch, n, device=device)
+        self.acc_y = y.to(dtype, copy=True)  # the last accepted point, its g and its pixel error
+        self.acc_g = torch.zeros(batch, n, dtype=dtype, device=device)
         self.acc_error = torch.full((batch,), float("inf"), device=device)
         self.plain = torch.ones(batch, dtype=torch.bool, device=device)  # was the last step a plain one
         self.rejected = torch.zeros(batch, dtype=torch.int64, device=device)  # count, for diagnostics
@@ -59,10 +64,13 @@ class AndersonMixer:
     def step(self, y: torch.Tensor, g: torch.Tensor, pixel_error: torch.Tensor,
              residual: torch.Tensor | None = None) -> torch.Tensor:
         """Given the evaluated point ``y``, its ``g = -rho T(y)`` (fp32) and pixel error², return the
-        next point (fp32 ``(B, n)``). ``residual``: ``D(y) - x`` as fp32 ``(B, pixels)``, for pixel mixing."""
-        y = y.float()
+        next point (``(B, n)`` in the mixing dtype). ``residual``: ``D(y) - x`` as ``(B, pixels)``, for
+        pixel mixing."""
+        y, g = y.to(self.dtype), g.to(self.dtype)
         if self.pixel_mixing and residual is None:
             raise ValueError("pixel mixing needs the pixel residual D(y) - x")
+        if self.pixel_mixing:
+            residual = residual.to(self.dtype)
         reject = ~self.plain & (pixel_error > self.acc_error) & self.safeguard
         accept = ~reject
         self.rejected += reject.long()
@@ -93,12 +101,12 @@ class AndersonMixer:
         """The Anderson point for every sample, and whether any history was used."""
         if self.m == 0:
             return y + g, torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-        mask = self.valid.float()  # (B, m); stale slots are masked out of the system, not zeroed
+        mask = self.valid.to(self.dtype)  # (B, m); stale slots are masked out of the system, not zeroed
         fit, target = (self.dr, residual) if self.pixel_mixing else (self.dg, g)
         gram = torch.bmm(fit, fit.transpose(1, 2)) * (mask[:, :, None] * mask[:, None, :])  # (B, m, m)
         rhs = torch.bmm(fit, target[:, :, None])[..., 0] * mask
         scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
-        eye = torch.eye(self.m, device=y.device)
+        eye = torch.eye(self.m, dtype=self.dtype, device=y.device)
         # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there
         system = gram + (self.reg * scale)[:, None, None] * eye + torch.diag_embed(1 - mask)
         gamma, _ = torch.linalg.solve_ex(system, rhs)

@@ -101,8 +101,9 @@ class GradientFreeIteration:
         wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
         self.master = self.y.float() if wanted and low and self.uses_master else None
         keeps_residual = self.keeps_pixel_residual(plan)
-        # D(y) - x in fp32, for methods that mix by it (the codec then returns it)
-        self.residual = torch.zeros(pixels.shape, dtype=torch.float32, device=pixels.device) if keeps_residual else None
+        # D(y) - x in fp32 (fp64 for fp64 pixels), for methods that mix by it (the codec then returns it)
+        math = torch.float64 if pixels.dtype == torch.float64 else torch.float32
+        self.residual = torch.zeros(pixels.shape, dtype=math, device=pixels.device) if keeps_residual else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile, residual=keeps_residual,
                                 blur=option(plan.options, "residual_blur"),

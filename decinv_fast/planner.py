@@ -188,10 +188,10 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).
         attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
-        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents), or the
-            number of L-BFGS pairs for grad's ``optimizer="lbfgs"``; default 5.
+        memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents, fp64 for
+            fp64 latents), or the number of L-BFGS pairs for grad's ``optimizer="lbfgs"``; default 5.
         mixing: Anderson's ``"latent"`` (default) or ``"pixel"`` mixing (the latter adds ``m + 2``
-            fp32 images). ``method="auto"`` sets both itself.
+            fp32 images, fp64 for fp64). ``method="auto"`` sets both itself.
         optimizer: grad's ``"adam"`` (default: ``z``, its gradient, Adam's two moments) or ``"lbfgs"``
             (``z`` and its gradient, then ``2 memory + 4`` fp32 latents: the accepted point, its
             gradient, the direction, the best point and the pairs; fp64 for fp64 latents).
@@ -220,17 +220,17 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
                              "frames" + (", in whole videos" if per_video > 1 else ""))
     for c in chunks or _candidate_chunks(frames, per_video):
         transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
+    math_size = 8 if dtype == torch.float64 else 4  # the update math of anderson and L-BFGS
     if method == "grad" and optimizer == "lbfgs":
-        math_size = 8 if dtype == torch.float64 else 4
         state = latent_bytes * 2 + (latent_bytes // size) * math_size * (2 * memory + 4)
     elif method == "grad":
         state = latent_bytes * 4  # z, its gradient, Adam's m and v
     else:
         state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
         if method == "anderson":
-            state += (latent_bytes // size) * 4 * (2 * memory + 2)
+            state += (latent_bytes // size) * math_size * (2 * memory + 2)
             if mixing == "pixel":
-                state += frames * 3 * h * w * 4 * (memory + 2)
+                state += frames * 3 * h * w * math_size * (memory + 2)
     return MemoryPlan(shape, dtype, device, method_label, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
 

@@ -15,8 +15,7 @@ def linear_codec(seed=0, n=3 * 8 * 8, low=0.2, high=1.8):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     a = (q * torch.linspace(low, high, n, dtype=torch.float64)) @ q.T
-    a = a.float()
-    encode = lambda x: (x.flatten(1) @ a).view_as(x)  # noqa: E731  (A is symmetric)
+    encode = lambda x: (x.flatten(1) @ a.to(x.dtype)).view_as(x)  # noqa: E731  (A is symmetric)
     return encode, (lambda z: z)
 
 
@@ -34,6 +33,20 @@ def test_anderson_with_no_memory_is_the_forward_step(tiny_kl, images_32):
     fsm = decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=0.7, steps=6, schedule="constant")
     aa0 = decinv_fast.invert(tiny_kl, images_32, method="anderson", lr=0.7, memory=0, steps=6, schedule="constant")
     assert torch.equal(aa0.latents, fsm.latents)
+
+
+@pytest.mark.parametrize("kw", [dict(method="anderson", memory=0), dict(method="anderson", memory=0, mixing="pixel"),
+                                dict(method="fsm", mean_gain=1 + 1e-12)], ids=["anderson", "pixel", "gain"])
+def test_torch_updates_compute_in_float64_for_float64_latents(kw):
+    """The torch-update path (anderson with m = 0, or the gain path with a gain of 1 in all but name)
+    is the fused forward step in float64 too: same points to fp64 rounding, converging as far."""
+    codec, x = linear_codec(low=0.5, high=1.5), images().double()
+    run = dict(steps=80, lr=1.0, schedule="constant")
+    fsm = decinv_fast.invert(codec, x, method="fsm", **run)
+    other = decinv_fast.invert(codec, x, **kw, **run)
+    assert other.latents.dtype == torch.float64 and float(fsm.residuals[-1]) < 1e-14
+    torch.testing.assert_close(other.latents, fsm.latents, rtol=0, atol=1e-13)
+    assert float(other.residuals[-1]) < 1e-14
 
 
 def test_pixel_mixing_with_no_memory_is_the_forward_step(tiny_kl, images_32):

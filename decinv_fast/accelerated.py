@@ -47,9 +47,10 @@ def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class AcceleratedIteration(GradientFreeIteration):
     """``anderson`` (option ``memory``) and ``fsm``/``km`` with ``lr="auto"`` or ``mean_gain``: torch updates."""
 
-    # The update runs in fp32 (fp64 for fp64 latents); with half-precision latents and ``fp32_master`` (default on for fp16) it
-    # reads and writes a fp32 master copy of the evaluation point ``y``, as the fused updates do, so
-    # steps smaller than the latents' rounding are not lost. Anderson's history is fp32 anyway.
+    # The update runs in fp32 (fp64 for fp64 latents); with half-precision latents and ``fp32_master``
+    # (default on for fp16) it reads and writes a fp32 master copy of the evaluation point ``y``, as the
+    # fused updates do, so steps smaller than the latents' rounding are not lost. Anderson's history
+    # is fp32 (or fp64) anyway.
     uses_master = True
 
     def __init__(self, adapter, frames, plan):

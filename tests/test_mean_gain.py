@@ -20,7 +20,8 @@ def test_mean_gain_one_is_the_plain_iteration(tiny_kl, images_32, method, dtype)
     """A gain of 1 changes nothing, and so does the torch update a gain sends fsm and km through:
     a gain of 1 + 1e-12 (rounded away in fp32) gives the fused kernels' points bit for bit, fp16's
     fp32 master included, so the gain's path differs from the plain one only by its gain."""
-    kw = dict(method=method, lr=0.7, steps=5, schedule="paper", dtype=dtype, **({"alpha": 0.3} if method == "km" else {}))
+    kw = dict(method=method, lr=0.7, steps=5, schedule="paper", dtype=dtype)
+    kw.update({"alpha": 0.3} if method == "km" else {})
     plain = decinv_fast.invert(tiny_kl, images_32, **kw)
     for gain in (1.0, 1.0 + 1e-12):
         assert torch.equal(decinv_fast.invert(tiny_kl, images_32, mean_gain=gain, **kw).latents, plain.latents)

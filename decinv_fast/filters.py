@@ -27,7 +27,7 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, edges reflected
-    (replicated where the image is smaller than the kernel's radius)."""
+    (replicated, on both axes, when the image's smaller side is not larger than the kernel's radius)."""
     return _separable(images, gaussian_kernel(sigma, images.dtype, images.device))
 
 

@@ -7,7 +7,8 @@ own history, step length and acceptances, held in ``(B, ...)`` tensors and updat
 ``torch.where``, so a sample's result equals a run on it alone.
 
 State per sample (fp32, fp64 for fp64 latents): the accepted point, its gradient and direction,
-and ``memory`` pairs ``(s, y)``: ``2 * memory + 4`` latents beside Adam's two.
+the best point, and ``memory`` pairs ``(s, y)``: ``2 * memory + 4`` latents, beside the trial point and
+its gradient in the latents' dtype.
 """
 
 from __future__ import annotations

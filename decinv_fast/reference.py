@@ -250,11 +250,13 @@ def gradient_based_lbfgs(encode: Codec, decode: Codec, images: torch.Tensor, *, 
     with ``t = lr / max|g|``: no element moves more than ``lr``. A rejected trial (or a non-finite one)
     shrinks ``t`` to the minimum of the quadratic through ``f``, ``<g, d>`` and ``f_try``, kept in
     ``[0.1 t, 0.5 t]`` (``0.1 t`` if non-finite). The latents returned are the accepted points; the
-    residual recorded at each step is the accepted point's ``||D(z) - x|| / ||x||``.
+    residual recorded at each step is the accepted point's ``||D(z) - x|| / ||x||`` (``||D(z) - x||``
+    for an all-zero image).
     """
     with torch.no_grad():
         e_x = encode(images)
     norms = images.flatten(1).to(e_x.dtype).square().sum(1).sqrt()
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))  # all-zero image: absolute errors
     rows, finals = [], []
     for b in range(images.shape[0]):
         x = images[b:b + 1]
@@ -282,7 +284,7 @@ def gradient_based_lbfgs(encode: Codec, decode: Codec, images: torch.Tensor, *, 
                 t = min(max(t_min, 0.1 * t), 0.5 * t)
             else:
                 t = 0.1 * t
-            trial = z + t * d
+            trial = z if d is None else z + t * d  # no accepted point yet (E(x) not finite): stay
             row.append(math.sqrt(f) / float(norms[b]))
         rows.append(row)
         finals.append(z)

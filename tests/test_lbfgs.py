@@ -60,6 +60,23 @@ def test_float64_keeps_improvements_below_fp32_resolution():
     assert int(stopped.stopped_at[0]) > 25
 
 
+def test_reference_and_engine_on_degenerate_images():
+    """An all-zero image (uniform mid-grey) has absolute pixel errors in both; a decoder that is not
+    finite even at ``E(x)`` gives inf residuals in the reference and an error in the engine."""
+    encode = lambda x: x.clone()  # noqa: E731
+    zero = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    decode = lambda z: z * 0.5 + 0.01  # noqa: E731
+    ref = reference.gradient_based_lbfgs(encode, decode, zero, steps=3)
+    out = decinv_fast.invert((encode, decode), zero, steps=3, **LBFGS)
+    assert float(ref.residuals[0][0]) == pytest.approx(0.01 * 48 ** 0.5)
+    torch.testing.assert_close(out.residual_history[:, 0], torch.stack(ref.residuals)[:, 0].float())
+    broken = lambda z: z * float("inf")  # noqa: E731
+    assert all(float(r[0]) == float("inf") for r in reference.gradient_based_lbfgs(encode, broken, zero + 0.3,
+                                                                                     steps=3).residuals)
+    with pytest.raises(FloatingPointError):
+        decinv_fast.invert((encode, broken), zero + 0.3, steps=3, **LBFGS)
+
+
 def test_batch_equals_one_by_one(tiny_kl, images_32):
     kw = dict(steps=8, lr=0.05, dtype=torch.float64, **LBFGS)
     batch = decinv_fast.invert(tiny_kl, images_32.double(), **kw)

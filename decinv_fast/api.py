@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._dispatch import check_backend_name
+from ._dispatch import check_backend_name, resolve_backend
 from .adapters import VaeAdapter, as_adapter
 from .attention import attention_backend
 from .graphs import GraphedStep
@@ -131,8 +131,19 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         method_options = dict(AUTO["options"])
     schedule = "paper" if schedule is None else schedule
     lr, options = check_options(method, lr, method_options)
-    if cuda_graphs and (method == "grad" or uses_torch_update(method, options)):
+    torch_update = method == "grad" or uses_torch_update(method, options)
+    if cuda_graphs and torch_update:
         raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size (and mean_gain 1)")
+    if backend not in ("auto", "torch") and torch_update:
+        raise ValueError(f"backend={backend!r} picks the fused update kernels of adam, fsm and km at a fixed step "
+                         f"size (and mean_gain 1); method={method!r} with these options updates with torch ops: "
+                         "use backend='auto' or 'torch'")
+    if compile and method == "grad":
+        raise ValueError("compile works with the gradient-free methods; method='grad' runs the decoder eagerly "
+                         "under autograd")
+    if fp32_master and method == "grad":
+        raise ValueError("fp32_master=True is an option of the gradient-free methods; method='grad' keeps no "
+                         "master copy (its optimizer state is in the latents' dtype, fp32 for L-BFGS)")
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
@@ -173,11 +184,14 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             default, ``None``, for every method but ``"auto"``, which runs its own ``"constant"``),
             ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).
         dtype: compute dtype; default the VAE's. A VAE in another dtype is copied, never changed.
-        tol: stop each sample once its relative latent residual falls below ``tol`` (returning the
-            point that reached it); the run ends when every sample has stopped (a host sync per step).
+        tol: stop each sample once its relative latent residual (for ``"grad"``: its relative pixel
+            error) falls below ``tol``, returning the point that reached it (with ``keep_best``: its best
+            point so far); the run ends when every sample has stopped (a host sync per step).
         progress: show a tqdm bar with the residual (one host sync per step).
         backend: update-kernel backend, ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or
             ``"reference"`` (``"auto"``: on a GPU the CUDA extension, else Triton, else torch; torch on the CPU).
+            The fused kernels serve adam, fsm and km at a fixed step size; the other runs (grad,
+            anderson, auto, ``lr="auto"``, ``mean_gain``) update with torch ops and take ``"auto"``/``"torch"``.
         chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
             memory planner fits in free memory) or ``None`` (all frames at once). Results do not
             depend on it; peak memory does.
@@ -185,12 +199,12 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             replay it (gradient-free methods; falls back to eager with a warning if capture fails,
             and on a device without CUDA graphs, where it only costs the warm-up steps).
         compile: run the decoder + encoder pass through ``torch.compile`` (``True``: inductor; a
-            string: that ``torch.compile`` backend).
+            string: that ``torch.compile`` backend); gradient-free methods.
         attention: ``"auto"`` (the VAE's own processors, with the plain math one replaced by SDPA),
             ``"sdpa"``, ``"xformers"`` or ``"math"``; set on the VAE for the call only.
-        fp32_master: with fp16/bf16 latents, keep a fp32 master copy of ``z`` (of the evaluation point
-            for km, anderson and auto too) and run the update math in fp32 (the stored ``z``, ``m``,
-            ``v`` stay in the latents' dtype). ``None``: on for
+        fp32_master: (gradient-free methods) with fp16/bf16 latents, keep a fp32 master copy of ``z``
+            (of the evaluation point for km, anderson and auto) and run the update math in fp32 (the
+            stored ``z``, ``m``, ``v`` stay in the latents' dtype). ``None``: on for
             fp16, off for bf16. In fp16 the official code's Adam second moment ``(1 - b2) g**2``
             flushes to zero for residual entries below about 5.5e-3, which then step by
             ``lr * g / eps`` (up to 55x ``lr``; on the fixture VAE the official fp16 run is worse than
@@ -357,10 +371,18 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
     return InversionResult(
         latents=_shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
         residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
-        method=plan.method, dtype=latents.dtype, backend=plan.backend,
+        method=plan.method, dtype=latents.dtype, backend=_update_backend(iteration, plan),
         pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
     )
+
+
+def _update_backend(iteration, plan: Plan) -> str:
+    """The backend that ran the update: the one ``plan.backend`` resolves to for the fused ops,
+    ``"torch"`` for the methods that update with torch ops."""
+    if plan.method == "grad" or uses_torch_update(plan.method, plan.options):
+        return "torch"
+    return resolve_backend(f"{plan.method}_residual_step", iteration.per_sample(iteration.z), plan.backend)
 
 
 @torch.no_grad()

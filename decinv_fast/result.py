@@ -27,10 +27,14 @@ class InversionResult:
         peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident
             memory the call added (see :mod:`decinv_fast.memory`); ``None`` if not measurable.
         method, dtype, backend: the method asked for (``"auto"`` runs ``anderson`` with
-            ``options.AUTO``), the latents' dtype and the update backend.
+            ``options.AUTO``), the latents' dtype and the backend that ran the update (``"cuda"``,
+            ``"triton"``, ``"torch"`` or ``"reference"``; ``"torch"`` for the methods that update with
+            torch ops).
         pixel_residual_history: ``(steps_run, B)`` relative pixel error ``||D(y_k) - x|| / ||x||`` of
-            the point each step evaluated (no ground truth needed; see ``keep_best``).
-        returned_step: ``(B,)`` which iterate each sample's latent is: k means ``z_k`` (0 = ``E(x)``);
+            the point each step evaluated (no ground truth needed; see ``keep_best``). For grad's
+            L-BFGS: of the last accepted point (a rejected trial leaves it unchanged).
+        returned_step: ``(B,)`` which iterate each sample's latent is: k means the point step k
+            evaluated, ``z_k`` (``y_k = z_k + alpha (z_k - z_{k-1})`` for km; 0 = ``E(x)``);
             ``steps_run`` is the last update's result.
         stopped_at: ``(B,)`` the number of steps after which each sample stopped.
         stop_reason: per sample, ``"steps"`` (ran them all), ``"tol"`` or ``"patience"``.

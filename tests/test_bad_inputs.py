@@ -58,10 +58,27 @@ def test_bad_images(tiny_kl, images, match):
     # auto runs its own schedule and keeps its best: asking otherwise is refused, not ignored
     (dict(method="auto", schedule="cosine"), "method='auto' runs schedule='constant'"),
     (dict(method="auto", keep_best=False), "keep_best=True"),
+    # options a method does not use are refused, not ignored
+    (dict(method="anderson", backend="triton"), "backend='triton' picks the fused update kernels"),
+    (dict(method="auto", backend="cuda"), "backend='cuda'"), (dict(method="grad", backend="reference"), "backend"),
+    (dict(method="fsm", lr="auto", backend="triton"), "backend"), (dict(method="km", mean_gain=2.0, backend="cuda"),
+                                                                   "backend"),
+    (dict(method="grad", compile=True), "compile works with the gradient-free methods"),
+    (dict(method="grad", optimizer="lbfgs", compile="aot_eager"), "compile"),
+    (dict(method="grad", fp32_master=True), "fp32_master=True"),
 ])
 def test_bad_arguments(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         decinv_fast.invert(tiny_kl, images_32, **kwargs)
+
+
+@pytest.mark.parametrize("kw,backend", [
+    (dict(method="adam"), "torch"), (dict(method="fsm", lr=0.5, backend="reference"), "reference"),
+    (dict(method="auto"), "torch"), (dict(method="anderson", backend="torch"), "torch"), (dict(method="grad"), "torch"),
+])
+def test_result_names_the_backend_that_ran(tiny_kl, images_32, kw, backend):
+    """``backend="auto"`` on the CPU runs torch; the result says so, not "auto"."""
+    assert decinv_fast.invert(tiny_kl, images_32, steps=2, measure_memory=False, **kw).backend == backend
 
 
 def test_auto_accepts_what_it_runs(tiny_kl, images_32):

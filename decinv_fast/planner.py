@@ -153,8 +153,10 @@ class MemoryPlan:
 def _meta_vae(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     with torch.device("meta"):
         meta = type(module).from_config(module.config)
-    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy
-    return torch.nn.Module.to(meta, dtype).eval().requires_grad_(False)
+    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy;
+    # device too: some layers make their parameters on the CPU whatever the default device
+    # (AutoencoderKLTemporalDecoder's time mixer)
+    return torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
 
 
 def _trace(run, attention: str, device: str) -> int:

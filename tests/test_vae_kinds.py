@@ -87,6 +87,16 @@ def test_temporal_decoder_video(tiny_temporal):
     assert decinv_fast.decode(tiny_temporal, out.latents).shape == video.shape
 
 
+def test_temporal_decoder_plans_whole_videos(tiny_temporal):
+    """The planner traces a temporal VAE (its time mixer's parameter is made on the CPU even under
+    the meta device) and ``chunk_frames="auto"`` picks whole videos, with the unchunked result."""
+    plan = decinv_fast.plan(tiny_temporal, (2, 3, 3, 32, 32))
+    assert sorted(plan.per_chunk) == [3, 6]
+    video = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    auto = decinv_fast.invert(tiny_temporal, video, steps=2, chunk_frames="auto")
+    assert torch.equal(auto.latents, decinv_fast.invert(tiny_temporal, video, steps=2).latents)
+
+
 def test_encode_and_decode_in_chunks(tiny_temporal, tiny_kl):
     """``encode``/``decode`` of a video a few frames per call give the whole call's answer (the
     encoder to conv rounding, as in ``invert``); the temporal decoder takes whole videos only."""

@@ -141,7 +141,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int =
 
 
 def save(benchmark: str, records: list[dict], quick: bool):
-    """Tag every record with the run mode (``"quick"`` smoke run or ``"full"``) and save them."""
+    """Tag every record with the run mode (``"quick"`` smoke run or ``"full"``) and save them: a full
+    run to ``results/<benchmark>.json`` (what the plots and the README report read), a smoke run to
+    ``results/<benchmark>_quick.json``, so that checking the code never replaces measured results."""
     for r in records:
         r["metrics"]["mode"] = "quick" if quick else "full"
-    return harness.save(benchmark, records)
+    return harness.save(benchmark + ("_quick" if quick else ""), records)

@@ -27,7 +27,7 @@ import logging
 import torch
 
 from benchmarks import harness
-from benchmarks.common import sd_ddim_scheduler
+from benchmarks.common import save, sd_ddim_scheduler
 from benchmarks.plot import plot_gradient_memory
 from decinv_fast.diffusion import (
     Schedule,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     records = measure(CONFIGS[mode], mode)
-    path = harness.save(BENCHMARK, records)
+    path = save(BENCHMARK, records, args.quick)
     plot_gradient_memory()
     for r in records:
         m = r["metrics"]

@@ -3,7 +3,8 @@
 Each benchmark runs in its own process (``python -m benchmarks.<name>``), so one's memory and thread
 state cannot leak into another's measurements; a failing benchmark is reported and the rest still run.
 The full run is sized for about 30 minutes on 2 CPU cores; ``--quick`` is a smoke run
-of a few minutes whose numbers only check the code.
+of a few minutes whose numbers only check the code: it saves ``results/<name>_quick.json``, so the
+plots and the README report keep reading the full runs' results.
 
     python -m benchmarks.run_all            # make bench
     python -m benchmarks.run_all --quick

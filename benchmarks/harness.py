@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:  # not a git checkout (e.g. an unpacked sdist)
+            return "unknown"
         # results written by an earlier benchmark of the same run do not make the code dirty
         status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"]
         dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -38,6 +38,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def grid_crops(image: np.ndarray, size: int, count: int) -> list[np.ndarray]:
     """``count`` crops of ``size``² spread evenly over the photograph (deterministic)."""
     h, w = image.shape[:2]
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"size: crops of {size}x{size} do not fit in a {h}x{w} photograph (at most {min(h, w)})")
     cols = max(1, int(np.ceil(np.sqrt(count * w / h))))
     rows = int(np.ceil(count / cols))
     ys = np.linspace(0, h - size, rows).round().astype(int)

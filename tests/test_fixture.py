@@ -52,3 +52,9 @@ def test_half_precision_runs_finish_without_nan(fixture_vae, target, dtype):
     result = decinv_fast.invert(fixture_vae, target.images[:2, :, :32, :32], steps=5, dtype=dtype)
     assert result.latents.dtype == dtype
     assert torch.isfinite(result.latents.float()).all() and torch.isfinite(result.residuals).all()
+
+
+@pytest.mark.parametrize("size", [0, 4096])
+def test_heldout_crops_larger_than_a_photograph_are_refused(size):
+    with pytest.raises(ValueError, match="size: crops of"):
+        heldout_crops(size, 2)

@@ -356,9 +356,13 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
     if tracker is not None:
         history, pixel_history = (_until_stopped(h, tracker.stop_step) for h in (history, pixel_history))
     denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
-    if not bool(torch.isfinite(history).all()) or not bool(torch.isfinite(latents).all()):
-        raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} (method={plan.method!r}, "
-                                 f"lr={plan.lr}); {_divergence_hint(iteration, latents.dtype, plan)}")
+    finite = torch.isfinite(history).all(0) & torch.isfinite(latents.reshape(frames.batch, -1)).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[:, 0].tolist()
+        which = f"sample(s) {bad} of {frames.batch}" + ("; the others stayed finite" if len(bad) < frames.batch else "")
+        hint = _divergence_hint(iteration, latents.dtype, plan)
+        raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
+                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}")
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
     if not plan.keep_best:

@@ -118,6 +118,15 @@ def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
 
 
+def test_divergence_names_the_samples_that_diverged():
+    """One sample of three blows up (an elementwise codec keeps them independent): the error says
+    which, so the others can be run again without it."""
+    codec = (lambda x: x.clone(), lambda z: z ** 3)
+    x = torch.cat([torch.full((1, 3, 4, 4), v) for v in (0.01, 1.4, 0.02)])
+    with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 3; the others stayed finite"):
+        decinv_fast.invert(codec, x, method="fsm", lr=1.5, schedule="constant", steps=20)
+
+
 def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_32):
     """A VAE whose activations overflow in fp16 (why diffusers upcasts VAEs with force_upcast) gets
     told so, not to lower a step size that never mattered."""

@@ -48,11 +48,14 @@ def chunk_arg(spec: str) -> int | str:
 
 
 def device_arg(spec: str) -> str:
-    """``--device``: a torch device this machine has (argparse shows the error as one usage line)."""
+    """``--device``: ``cpu``, or ``cuda`` / ``cuda:N`` of a CUDA device this machine has (argparse shows
+    the error as one usage line). Other torch devices (meta, mps, ...) are not ones decinv runs on."""
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (e.g. cpu, cuda, cuda:1)") from None
+        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (use cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{spec}: decinv runs on cpu or cuda (cuda:N), not on {device.type}")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -78,7 +81,8 @@ def load_vae(spec: str, dtype: torch.dtype, device: str):
         raise UsageError(f"--vae {spec}: class {name!r} is not one of {VAE_CLASSES}")
     import diffusers
 
-    vae = getattr(diffusers, name).from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    vae = getattr(diffusers, name).from_pretrained(path, torch_dtype=dtype, local_files_only=True,
+                                              low_cpu_mem_usage=False)  # no notice to install accelerate
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -185,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--method", default="adam", choices=METHODS)
     inv.add_argument("--lr", type=lr_arg, default=None, help="step size; 'auto' for fsm, km, anderson")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cpu, cuda or cuda:N")
     inv.add_argument("--chunk-frames", type=chunk_arg, default=None,
                      help="frames per encoder/decoder call, or 'auto' (the largest the free memory holds)")
     stop = inv.add_argument_group(f"stopping (every method; auto stops on its own: keeps its best, patience "

@@ -1,5 +1,7 @@
 """The ``decinv`` command line: images, folders, videos, outputs and one-line errors."""
 
+import importlib.util
+import logging
 import subprocess
 import sys
 import warnings
@@ -107,7 +109,8 @@ def test_secant_step_size_from_the_command_line(tmp_path, photo_png, capsys):
     assert "lr='auto'" in capsys.readouterr().err  # invert's own error, as one line
 
 
-@pytest.mark.parametrize("device,message", [("tpu", "not a torch device"), ("cuda:99", "CUDA device")])
+@pytest.mark.parametrize("device,message", [("tpu", "not a torch device"), ("cuda:99", "CUDA device"),
+                                            ("meta", "runs on cpu or cuda"), ("mps", "runs on cpu or cuda")])
 def test_bad_device_is_a_usage_line_not_a_traceback(tmp_path, photo_png, capsys, device, message):
     with pytest.raises(SystemExit) as exited:  # argparse's own usage error, before any model loads
         main(["invert", str(photo_png), "--device", device, "--quiet", "--out", str(tmp_path / "o.st")])
@@ -194,3 +197,18 @@ def test_bad_chunk_frames_is_a_usage_line(tmp_path, photo_png, capsys, spec):
         main(["invert", str(photo_png), "--chunk-frames", spec, "--quiet", "--out", str(tmp_path / "o.st")])
     assert exited.value.code == 2
     assert "not a positive number of frames or 'auto'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is not None, reason="the notice needs accelerate absent")
+def test_a_vae_folder_loads_without_the_accelerate_notice(tmp_path):
+    load_vae("fixture", torch.float32, "cpu").save_pretrained(tmp_path / "vae")
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        load_vae(str(tmp_path / "vae"), torch.float32, "cpu")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "accelerate" in m]

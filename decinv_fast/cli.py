@@ -7,21 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .attention import ATTENTION
+from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder")
-
-
-class UsageError(ValueError):
-    """Bad input on the command line; shown as one line."""
 
 
 def lr_arg(spec: str) -> float | str:
@@ -86,42 +81,17 @@ def load_vae(spec: str, dtype: torch.dtype, device: str):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def read_images(path: Path):
-    """An image file -> ``(H, W, 3)``; a folder of images -> list of PIL; a video file -> ``(1, F, H, W, 3)``."""
-    from PIL import Image
-
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [Image.open(p).convert("RGB") for p in files]
-    if not path.exists():
-        raise UsageError(f"{path}: no such file or folder")
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return np.asarray(Image.open(path).convert("RGB"))
-    if suffix in VIDEO_SUFFIXES:
-        from diffusers.utils import load_video
-
-        try:
-            frames = load_video(str(path))
-        except (ImportError, AttributeError) as exc:
-            raise UsageError(f"{path}: reading {suffix} needs imageio with ffmpeg ({exc})") from exc
-        return np.stack([np.asarray(f.convert("RGB")) for f in frames])[None]  # a batch of one video
-    raise UsageError(f"{path}: unknown file type {suffix!r}")
-
-
 def cmd_invert(args) -> int:
     from safetensors.torch import save_file
 
     from . import api
-    from .visual import error_image, panel
 
     dtype = DTYPES[args.dtype]
     if args.lbfgs and args.method != "grad":
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
+    check_outputs(args.out, args.png)  # before the input is read and the VAE loaded
+    images, _ = read_input(Path(args.input))
     vae = load_vae(args.vae, dtype, args.device)
-    images = read_images(Path(args.input))
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
     clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
@@ -134,7 +104,7 @@ def cmd_invert(args) -> int:
                         patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
                         cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
-    if isinstance(images, np.ndarray) and images.ndim == 5:  # a video file: its (F, C, h, w) latents
+    if images.ndim == 5:  # a video file: its (F, C, h, w) latents
         latents = latents[0]
     meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
             "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
@@ -146,23 +116,32 @@ def cmd_invert(args) -> int:
             "cuda_graphs": str(args.cuda_graphs),
             "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents}, args.out, metadata=meta)
+    try:
+        save_file({"latents": latents}, args.out, metadata=meta)
+    except (OSError, SafetensorError) as exc:
+        raise UsageError(f"--out {args.out}: cannot write it ({exc})") from exc
     print(f"wrote {args.out}: latents {tuple(latents.shape)} {latents.dtype}, residual "
           f"{float(result.residuals[0]):.4g} -> {float(result.residuals[-1]):.4g} in {result.seconds:.1f} s")
     if args.png:
-        from .inputs import to_frames
-
-        frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
-        first = frames.pixels[:1]
-        z_enc = api.encode(vae, first)
-        z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
-        enc_rec, inv_rec = api.decode(vae, z_enc)[0], api.decode(vae, z_inv)[0]
-        panel({"input": first[0], "encoder decoded": enc_rec, "inverted decoded": inv_rec,
-               "error x10 (encoder)": error_image(enc_rec, first[0]),
-               "error x10 (inverted)": error_image(inv_rec, first[0])}).save(args.png)
-        print(f"wrote {args.png}")
+        _write_panel(args.png, vae, images, result, dtype)
     return 0
+
+
+def _write_panel(png: str, vae, images, result, dtype) -> None:
+    """The ``--png`` panel of the first image (or frame): input, reconstructions and their errors."""
+    from . import api
+    from .inputs import to_frames
+    from .visual import error_image, panel
+
+    frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
+    first = frames.pixels[:1]
+    z_enc = api.encode(vae, first)
+    z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
+    enc_rec, inv_rec = api.decode(vae, z_enc)[0], api.decode(vae, z_inv)[0]
+    panel({"input": first[0], "encoder decoded": enc_rec, "inverted decoded": inv_rec,
+           "error x10 (encoder)": error_image(enc_rec, first[0]),
+           "error x10 (inverted)": error_image(inv_rec, first[0])}).save(png)
+    print(f"wrote {png}")
 
 
 def _progress(args) -> bool:
@@ -183,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decinv", description="Gradient-free decoder inversion for latent diffusion")
     sub = p.add_subparsers(dest="command", required=True)
     inv = sub.add_parser("invert", help="invert an image, a folder of images or a video")
-    inv.add_argument("input", help="image file, folder of images, or video file")
+    inv.add_argument("input", help="image file, folder of images (a batch, in natural order of the names: 2.png "
+                     "before 10.png), or video (GIF, animated WebP; .mp4 etc. with the video extra)")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=int, default=50)
     inv.add_argument("--method", default="adam", choices=METHODS)
@@ -231,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, BackendUnavailable, OSError) as exc:
+    except (ValueError, TypeError, FloatingPointError, BackendUnavailable, OSError, SafetensorError) as exc:
         print(f"decinv: error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,14 +5,17 @@ import logging
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import tomllib
 import torch
-from PIL import Image
-from safetensors import safe_open
+from PIL import Image, ImageOps
+from safetensors import SafetensorError, safe_open
 
-from decinv_fast import invert
+from decinv_fast import cli, invert
 from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
 
@@ -197,6 +200,107 @@ def test_bad_chunk_frames_is_a_usage_line(tmp_path, photo_png, capsys, spec):
         main(["invert", str(photo_png), "--chunk-frames", spec, "--quiet", "--out", str(tmp_path / "o.st")])
     assert exited.value.code == 2
     assert "not a positive number of frames or 'auto'" in capsys.readouterr().err
+
+
+def _run(path, out, *extra):
+    assert main(["invert", str(path), "--steps", "1", "--out", str(out), "--quiet", *extra]) == 0
+    return read_latents(out)
+
+
+def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
+    """A 16-bit grayscale PNG (PIL mode I;16) and a mode-I TIFF give the latents of the same picture in
+    8 bits (value * 257 / 65535 = value / 255), alone and in a folder; convert("RGB") made them white."""
+    gray = np.asarray(Image.fromarray(bundled_photo()[:32, :32]).convert("L"))
+    Image.fromarray(gray).save(tmp_path / "gray8.png")
+    wide = gray.astype(np.uint16) * 257
+    Image.fromarray(wide).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "gray32.tif")
+    assert Image.open(tmp_path / "gray32.tif").mode == "I"
+    reference = _run(tmp_path / "gray8.png", tmp_path / "8.st")[0]
+    for name in ("gray16.png", "gray32.tif"):
+        torch.testing.assert_close(_run(tmp_path / name, tmp_path / f"{name}.st")[0], reference, rtol=1e-5, atol=1e-5)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "gray16.png").rename(folder / "a.png")
+    Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")  # an 8-bit RGB image beside it
+    batch = _run(folder, tmp_path / "folder.st")[0]
+    torch.testing.assert_close(batch[0], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_out_of_range_integer_image_is_one_line(tmp_path, capsys):
+    Image.fromarray(np.full((32, 32), 70000, np.int32)).save(tmp_path / "big.tif")
+    assert main(["invert", str(tmp_path / "big.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    assert "only 8- and 16-bit" in capsys.readouterr().err
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = Image.fromarray(bundled_photo()[:32, :48])  # 48 wide, 32 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees: 32 wide, 48 high
+    stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    latents, _ = _run(tmp_path / "rotated.jpg", tmp_path / "z.st")
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "rotated.jpg")).convert("RGB"))
+    assert shown.shape == (48, 32, 3) and latents.shape == (4, 6, 4)
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), shown, steps=1)
+    assert torch.equal(latents, direct.latents)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "rotated.jpg").rename(folder / "rotated.jpg")
+    assert torch.equal(_run(folder, tmp_path / "f.st")[0][0], direct.latents)
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, photo_png, capsys, monkeypatch):
+    def no_vae(*args):
+        raise AssertionError("the VAE was loaded before the output paths were checked")
+
+    monkeypatch.setattr(cli, "load_vae", no_vae)
+    (tmp_path / "a_file").write_text("")
+    bad = [["--out", str(tmp_path)], ["--out", str(tmp_path / "a_file" / "z.st")],
+           ["--png", str(tmp_path / "panel.xyz")], ["--png", str(tmp_path)]]
+    for extra in bad:
+        args = ["invert", str(photo_png), "--quiet", "--out", str(tmp_path / "z.st"), *extra]
+        assert main(args) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("decinv: error: --") and "\n" not in err, err
+
+
+def test_panel_in_a_new_folder_and_write_errors(tmp_path, photo_png, capsys, monkeypatch):
+    panel, out = tmp_path / "new" / "deeper" / "panel.png", tmp_path / "other" / "z.st"
+    _run(photo_png, out, "--png", str(panel))
+    assert Image.open(panel).size[0] == 5 * 32
+    too_long = str(tmp_path / ("z" * 300 + ".safetensors"))
+    assert main(["invert", str(photo_png), "--quiet", "--out", too_long]) == 2
+    assert "not a usable file name" in capsys.readouterr().err
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # a failure only the write finds
+    assert main(["invert", str(photo_png), "--steps", "1", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: --out {out}: cannot write") and "\n" not in err
+
+
+def test_gif_and_animated_webp_in_any_case(tmp_path):
+    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
+    clip[0].save(tmp_path / "clip.GIF", save_all=True, append_images=clip[1:])
+    clip[0].save(tmp_path / "clip.WebP", save_all=True, append_images=clip[1:], lossless=True)
+    for name in ("clip.GIF", "clip.WebP"):
+        assert _run(tmp_path / name, tmp_path / f"{name}.st")[0].shape == (3, 4, 4, 4)
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack([np.asarray(f) for f in clip])[None], steps=1)
+    assert torch.equal(read_latents(tmp_path / "clip.WebP.st")[0], direct.latents[0])  # lossless: the frames
+
+
+def test_video_without_a_reader_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as when the video extra is not installed
+    (tmp_path / "clip.MP4").write_bytes(b"\0" * 64)
+    assert main(["invert", str(tmp_path / "clip.MP4"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'decinv-fast[video]'" in err and "\n" not in err
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["video"] == ["imageio", "imageio-ffmpeg"] and "imageio" not in extras["dev"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is not None, reason="the notice needs accelerate absent")

@@ -1,0 +1,151 @@
+"""The command line's files: reading an image, a folder of images or a video, and checking the output
+paths before a run. Every problem is a :class:`UsageError` (shown by ``decinv`` as one line)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is a .webp file with more than one frame)
+VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}  # read with imageio + ffmpeg
+VIDEO_EXTRA = "pip install 'decinv-fast[video]'"
+SIXTEEN_BIT = 65535
+
+
+class UsageError(ValueError):
+    """Bad input on the command line; shown as one line."""
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort key of a folder's files: runs of digits compare as numbers (``2.png`` before ``10.png``),
+    the rest case-insensitively; ties (``01.png``, ``1.png``) by the name itself."""
+    parts = re.split(r"(\d+)", path.name)  # text, number, text, ...: the same kinds at the same places
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], path.name
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit grayscale.
+
+    The EXIF orientation is applied (as diffusers' ``load_image`` does). 16-bit grayscale (PIL modes
+    ``I;16*``, and ``I``, which PIL also uses for 16-bit files) is read as ``value / 65535`` in each
+    channel; ``convert("RGB")`` would clip it at 255, nearly all white. An ``I`` image with values
+    outside [0, 65535] is refused. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.float32)
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0 or hi > SIXTEEN_BIT:
+            raise UsageError(f"{path}: integer image (PIL mode {image.mode}) with values in [{lo:.0f}, {hi:.0f}]; "
+                             f"only 8- and 16-bit ones ([0, {SIXTEEN_BIT}]) are read")
+        return np.repeat(values[..., None] / SIXTEEN_BIT, 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
+def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A folder's images, in natural order of their names -> ``(B, H, W, 3)`` and the names in batch
+    order. One 16-bit image makes the whole batch float in [0, 1]."""
+    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=natural_key)
+    if not files:
+        raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = [read_image(p) for p in files]
+    shapes = {im.shape[:2] for im in images}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(files, images, strict=True))
+        raise UsageError(f"{path}: the images of a folder (a batch) must have one size; got {sizes}")
+    if any(im.dtype != np.uint8 for im in images):
+        images = [im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images]
+    return np.stack(images), [p.name for p in files]
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """Every frame of a GIF (or animated WebP), each converted to RGB -> ``(1, F, H, W, 3)`` uint8."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as image:
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
+    return np.stack(frames)[None]  # a batch of one video
+
+
+def read_video(path: Path) -> np.ndarray:
+    """A video file -> ``(1, F, H, W, 3)`` uint8, with diffusers' ``load_video`` (imageio + ffmpeg,
+    the ``video`` extra)."""
+    try:
+        import imageio  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"{path}: reading {path.suffix} video needs imageio and imageio-ffmpeg ({exc.name} is "
+                         f"missing): {VIDEO_EXTRA}") from exc
+    from diffusers.utils import load_video
+
+    try:
+        frames = load_video(str(path))
+    except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: cannot read it as a video ({first})") from exc
+    if not frames:
+        raise UsageError(f"{path}: the video has no frames")
+    return np.stack([np.asarray(f.convert("RGB")) for f in frames])[None]
+
+
+def _frame_count(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return getattr(image, "n_frames", 1)
+
+
+def read_input(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """``decinv invert``'s input -> ``(images, file names)``: an image file ``(H, W, 3)``, a folder
+    ``(B, H, W, 3)`` with its file names in batch order, a video (GIF, animated WebP, a video file)
+    ``(1, F, H, W, 3)``; file names only for a folder. Suffixes in any case."""
+    if path.is_dir():
+        return read_folder(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in FRAME_SUFFIXES or (suffix == ".webp" and _frame_count(path) > 1):
+        return read_frames(path), None
+    if suffix in IMAGE_SUFFIXES:
+        return read_image(path), None
+    if suffix in VIDEO_SUFFIXES:
+        return read_video(path), None
+    known = sorted(IMAGE_SUFFIXES | FRAME_SUFFIXES | VIDEO_SUFFIXES)
+    raise UsageError(f"{path}: unknown file type {suffix!r} (known: {', '.join(known)})")
+
+
+def check_output(flag: str, name: str) -> None:
+    """``--out``/``--png`` before the run: a file name (not a folder) in a folder that exists or can be
+    made (it is made now) and can be written to."""
+    path = Path(name)
+    try:
+        folder = path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise UsageError(f"{flag} {name}: not a usable file name ({exc.strerror or exc})") from exc
+    if folder:
+        raise UsageError(f"{flag} {name}: is a folder; give a file name in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {name}: cannot make its folder {path.parent} ({exc})") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag} {name}: folder {path.parent} is not writable")
+
+
+def check_outputs(out: str, png: str | None) -> None:
+    """Both output paths, and that PIL can write ``--png``'s image type (from its suffix)."""
+    check_output("--out", out)
+    if png is not None:
+        from PIL import Image
+
+        check_output("--png", png)
+        suffix = Path(png).suffix.lower()
+        if Image.registered_extensions().get(suffix) not in Image.SAVE:
+            raise UsageError(f"--png {png}: PIL cannot write image type {suffix or '(no suffix)'!r}; use e.g. .png")

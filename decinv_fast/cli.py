@@ -90,7 +90,7 @@ def cmd_invert(args) -> int:
     if args.lbfgs and args.method != "grad":
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
     check_outputs(args.out, args.png)  # before the input is read and the VAE loaded
-    images, _ = read_input(Path(args.input))
+    images, files = read_input(Path(args.input))
     vae = load_vae(args.vae, dtype, args.device)
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
@@ -99,23 +99,19 @@ def cmd_invert(args) -> int:
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
-    result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                        progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
-                        patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
-                        cuda_graphs=args.cuda_graphs, compile=compile, **options)
+    kwargs = dict(method=args.method, steps=args.steps, lr=args.lr, dtype=dtype, tol=args.tol, patience=args.patience,
+                  keep_best=args.keep_best or None, attention=args.attention, cuda_graphs=args.cuda_graphs,
+                  compile=compile, **options)
+    # the plan holds the step size and chunk the run uses (the method's default lr, the planner's chunk);
+    # invert then runs that chunk, so the file records what ran
+    plan = api.prepare_run(vae, images, chunk_frames=args.chunk_frames, **kwargs)[2]
+    result = api.invert(vae, images, progress=_progress(args), chunk_frames=plan.chunk, **kwargs)
     latents = result.latents.detach().contiguous().cpu()
-    if images.ndim == 5:  # a video file: its (F, C, h, w) latents
+    video = images.ndim == 5
+    if video:  # a video file: its (F, C, h, w) latents
         latents = latents[0]
-    meta = {"method": args.method, "steps": str(result.steps_run), "lr": "default" if args.lr is None else str(args.lr),
-            "dtype": args.dtype, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
-            "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),
-            "final_residual": f"{float(result.residuals[-1]):.6g}", "tol": str(args.tol),
-            "keep_best": str(AUTO["keep_best"] if auto else args.keep_best),
-            "patience": str(AUTO["patience"] if auto and args.patience is None else args.patience),
-            "chunk_frames": str(args.chunk_frames), "attention": args.attention, "compile": str(compile),
-            "cuda_graphs": str(args.cuda_graphs),
-            "returned_step": ",".join(str(k) for k in result.returned_step.tolist()),  # one per sample
-            "stop_reason": ",".join(result.stop_reason)}
+    meta = _metadata(args, result, plan, clip_aware=clip_aware, compile=compile, files=files,
+                     layout="frames,C,h,w" if video else "batch,C,h,w" if files is not None else "C,h,w")
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
     except (OSError, SafetensorError) as exc:
@@ -125,6 +121,28 @@ def cmd_invert(args) -> int:
     if args.png:
         _write_panel(args.png, vae, images, result, dtype)
     return 0
+
+
+def _metadata(args, result, plan, *, clip_aware: bool, compile, files: list[str] | None, layout: str) -> dict:
+    """The ``.safetensors`` metadata (strings): what was asked and what ran (see the README)."""
+    history, returned = result.residual_history, result.returned_step.tolist()
+    # the returned iterate's residual where a step evaluated it (keep_best, auto, tol); "-" where it is
+    # the last update's result, which no step evaluated
+    at_returned = [f"{float(history[k, i]):.6g}" if k < result.steps_run else "-" for i, k in enumerate(returned)]
+    meta = {"method": args.method, "steps": str(result.steps_run), "max_steps": str(args.steps),
+            "lr": "auto" if plan.options.get("auto_rho") else str(plan.lr),
+            "dtype": str(result.dtype).removeprefix("torch."), "device": str(result.latents.device),
+            "backend": result.backend, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
+            "layout": layout, "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),
+            "last_step_residual": f"{float(result.residuals[-1]):.6g}", "returned_residual": ",".join(at_returned),
+            "tol": str(args.tol), "keep_best": str(plan.keep_best), "patience": str(plan.patience),
+            "chunk_frames": str(args.chunk_frames), "chunk": str(plan.chunk), "attention": args.attention,
+            "compile": str(compile), "cuda_graphs": str(args.cuda_graphs),
+            "returned_step": ",".join(str(k) for k in returned),  # one per sample
+            "stop_reason": ",".join(result.stop_reason)}
+    if files is not None:
+        meta["files"] = json.dumps(files)  # a folder: its file names in batch order
+    return meta
 
 
 def _write_panel(png: str, vae, images, result, dtype) -> None:

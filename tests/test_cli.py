@@ -1,6 +1,7 @@
 """The ``decinv`` command line: images, folders, videos, outputs and one-line errors."""
 
 import importlib.util
+import json
 import logging
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from decinv_fast import cli, invert
 from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
+from decinv_fast.options import AUTO, DEFAULT_LR
 
 
 @pytest.fixture
@@ -287,7 +289,8 @@ def test_gif_and_animated_webp_in_any_case(tmp_path):
     clip[0].save(tmp_path / "clip.GIF", save_all=True, append_images=clip[1:])
     clip[0].save(tmp_path / "clip.WebP", save_all=True, append_images=clip[1:], lossless=True)
     for name in ("clip.GIF", "clip.WebP"):
-        assert _run(tmp_path / name, tmp_path / f"{name}.st")[0].shape == (3, 4, 4, 4)
+        latents, meta = _run(tmp_path / name, tmp_path / f"{name}.st")
+        assert latents.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
     direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack([np.asarray(f) for f in clip])[None], steps=1)
     assert torch.equal(read_latents(tmp_path / "clip.WebP.st")[0], direct.latents[0])  # lossless: the frames
 
@@ -301,6 +304,33 @@ def test_video_without_a_reader_names_the_extra(tmp_path, capsys, monkeypatch):
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert extras["video"] == ["imageio", "imageio-ffmpeg"] and "imageio" not in extras["dev"]
+
+
+def test_metadata_records_what_ran(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    clip = pan_clip(bundled_photo(), 3, 32)
+    for name, frame in zip(("10.png", "2.png", "1.png"), clip, strict=True):
+        Image.fromarray(frame).save(folder / name)
+    out = tmp_path / "z.st"
+    args = ["--method", "fsm", "--keep-best", "--steps", "4", "--chunk-frames", "auto", "--dtype", "fp32"]
+    assert main(["invert", str(folder), "--out", str(out), "--quiet", *args]) == 0
+    latents, meta = read_latents(out)
+    assert json.loads(meta["files"]) == ["1.png", "2.png", "10.png"]  # natural order, the batch's
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), clip[::-1].copy(), method="fsm", steps=4,
+                    keep_best=True)
+    assert torch.equal(latents, direct.latents)
+    assert meta["layout"] == "batch,C,h,w" and meta["dtype"] == "float32" and meta["device"] == "cpu"
+    assert (meta["lr"], meta["max_steps"], meta["steps"]) == (str(DEFAULT_LR["fsm"]), "4", "4")
+    assert meta["chunk_frames"] == "auto" and 1 <= int(meta["chunk"]) <= 3 and meta["backend"] == direct.backend
+    returned = direct.returned_step.tolist()
+    assert all(k < 4 for k in returned)  # keep_best: evaluated points, whose residual is known
+    expected = [f"{float(direct.residual_history[k, i]):.6g}" for i, k in enumerate(returned)]
+    assert meta["returned_residual"] == ",".join(expected)
+    assert meta["last_step_residual"] == f"{float(direct.residuals[-1]):.6g}"
+    meta = _run(folder / "1.png", tmp_path / "one.st", "--method", "auto", "--dtype", "bf16")[1]
+    assert (meta["layout"], meta["dtype"], meta["lr"]) == ("C,h,w", "bfloat16", str(AUTO["lr"]))
+    assert meta["returned_residual"] != "-"  # auto returns its best evaluated point
 
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is not None, reason="the notice needs accelerate absent")

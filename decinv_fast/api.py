@@ -378,6 +378,8 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
         method=plan.method, dtype=latents.dtype, backend=_update_backend(iteration, plan),
         pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
+        lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk, keep_best=plan.keep_best,
+        patience=plan.patience,
     )
 
 

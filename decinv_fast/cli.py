@@ -102,15 +102,12 @@ def cmd_invert(args) -> int:
     kwargs = dict(method=args.method, steps=args.steps, lr=args.lr, dtype=dtype, tol=args.tol, patience=args.patience,
                   keep_best=args.keep_best or None, attention=args.attention, cuda_graphs=args.cuda_graphs,
                   compile=compile, **options)
-    # the plan holds the step size and chunk the run uses (the method's default lr, the planner's chunk);
-    # invert then runs that chunk, so the file records what ran
-    plan = api.prepare_run(vae, images, chunk_frames=args.chunk_frames, **kwargs)[2]
-    result = api.invert(vae, images, progress=_progress(args), chunk_frames=plan.chunk, **kwargs)
+    result = api.invert(vae, images, progress=_progress(args), chunk_frames=args.chunk_frames, **kwargs)
     latents = result.latents.detach().contiguous().cpu()
     video = images.ndim == 5
     if video:  # a video file: its (F, C, h, w) latents
         latents = latents[0]
-    meta = _metadata(args, result, plan, clip_aware=clip_aware, compile=compile, files=files,
+    meta = _metadata(args, result, clip_aware=clip_aware, compile=compile, files=files,
                      layout="frames,C,h,w" if video else "batch,C,h,w" if files is not None else "C,h,w")
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
@@ -123,20 +120,20 @@ def cmd_invert(args) -> int:
     return 0
 
 
-def _metadata(args, result, plan, *, clip_aware: bool, compile, files: list[str] | None, layout: str) -> dict:
+def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | None, layout: str) -> dict:
     """The ``.safetensors`` metadata (strings): what was asked and what ran (see the README)."""
     history, returned = result.residual_history, result.returned_step.tolist()
     # the returned iterate's residual where a step evaluated it (keep_best, auto, tol); "-" where it is
     # the last update's result, which no step evaluated
     at_returned = [f"{float(history[k, i]):.6g}" if k < result.steps_run else "-" for i, k in enumerate(returned)]
     meta = {"method": args.method, "steps": str(result.steps_run), "max_steps": str(args.steps),
-            "lr": "auto" if plan.options.get("auto_rho") else str(plan.lr),
+            "lr": str(result.lr),
             "dtype": str(result.dtype).removeprefix("torch."), "device": str(result.latents.device),
             "backend": result.backend, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
             "layout": layout, "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),
             "last_step_residual": f"{float(result.residuals[-1]):.6g}", "returned_residual": ",".join(at_returned),
-            "tol": str(args.tol), "keep_best": str(plan.keep_best), "patience": str(plan.patience),
-            "chunk_frames": str(args.chunk_frames), "chunk": str(plan.chunk), "attention": args.attention,
+            "tol": str(args.tol), "keep_best": str(result.keep_best), "patience": str(result.patience),
+            "chunk_frames": str(args.chunk_frames), "chunk": str(result.chunk_frames), "attention": args.attention,
             "compile": str(compile), "cuda_graphs": str(args.cuda_graphs),
             "returned_step": ",".join(str(k) for k in returned),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}

@@ -38,6 +38,10 @@ class InversionResult:
             ``steps_run`` is the last update's result.
         stopped_at: ``(B,)`` the number of steps after which each sample stopped.
         stop_reason: per sample, ``"steps"`` (ran them all), ``"tol"`` or ``"patience"``.
+        lr, chunk_frames, keep_best, patience: what the run used where the call left it to the
+            method or the planner: the step size (the method's default when not given; ``"auto"``: the
+            per-sample secant step), the frames per encoder/decoder call (``chunk_frames="auto"``: the
+            planner's choice), whether each sample returned its best iterate, and the patience.
     """
 
     latents: torch.Tensor
@@ -54,6 +58,10 @@ class InversionResult:
     returned_step: torch.Tensor
     stopped_at: torch.Tensor
     stop_reason: list[str]
+    lr: float | str | None = None
+    chunk_frames: int | None = None
+    keep_best: bool = False
+    patience: int | None = None
 
     def __repr__(self) -> str:
         """One line of what happened (the dataclass default would print every tensor in full)."""

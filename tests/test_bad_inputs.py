@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import decinv_fast
+from decinv_fast.options import AUTO
 
 
 @pytest.mark.parametrize("images,match", [
@@ -72,13 +73,21 @@ def test_bad_arguments(tiny_kl, images_32, kwargs, match):
         decinv_fast.invert(tiny_kl, images_32, **kwargs)
 
 
-@pytest.mark.parametrize("kw,backend", [
-    (dict(method="adam"), "torch"), (dict(method="fsm", lr=0.5, backend="reference"), "reference"),
-    (dict(method="auto"), "torch"), (dict(method="anderson", backend="torch"), "torch"), (dict(method="grad"), "torch"),
+@pytest.mark.parametrize("kw,ran", [
+    (dict(method="adam"), ("torch", 0.01, False, None)),
+    (dict(method="fsm", lr=0.5, backend="reference", patience=3), ("reference", 0.5, False, 3)),
+    (dict(method="auto"), ("torch", AUTO["lr"], True, AUTO["patience"])),
+    (dict(method="km", lr="auto"), ("torch", "auto", False, None)),
+    (dict(method="anderson", backend="torch", keep_best=True), ("torch", 1.0, True, None)),
+    (dict(method="grad"), ("torch", 0.01, False, None)),
 ])
-def test_result_names_the_backend_that_ran(tiny_kl, images_32, kw, backend):
-    """``backend="auto"`` on the CPU runs torch; the result says so, not "auto"."""
-    assert decinv_fast.invert(tiny_kl, images_32, steps=2, measure_memory=False, **kw).backend == backend
+def test_result_says_what_ran(tiny_kl, images_32, kw, ran):
+    """What the call left to the method: ``backend="auto"`` on the CPU runs torch (the result says so,
+    not "auto"), the default step size, keep_best and patience; and the planner's chunk."""
+    out = decinv_fast.invert(tiny_kl, images_32, steps=2, measure_memory=False, chunk_frames="auto", **kw)
+    assert (out.backend, out.lr, out.keep_best, out.patience) == ran
+    assert out.chunk_frames == images_32.shape[0]  # the planner fits the whole tiny batch in the CPU's memory
+    assert decinv_fast.invert(tiny_kl, images_32, steps=1, measure_memory=False, chunk_frames=1, **kw).chunk_frames == 1
 
 
 def test_auto_accepts_what_it_runs(tiny_kl, images_32):

@@ -118,6 +118,38 @@ def test_safeguard_rejects_a_mixed_step_that_raises_the_pixel_error():
             assert not torch.equal(nxt, y1 + g1) and int(mixer.rejected) == 0
 
 
+def test_safeguard_rejects_only_a_strictly_larger_pixel_error():
+    """A mixed point that decodes exactly as well as the accepted one is kept (no strict increase)."""
+    from decinv_fast.anderson import AndersonMixer
+
+    y0, y1, y2 = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    g0, g1, g2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]])
+    mixer = AndersonMixer(y0, memory=2, safeguard=True)
+    mixer.step(y0, g0, torch.tensor([4.0]))
+    mixer.step(y1, g1, torch.tensor([2.0]))
+    nxt = mixer.step(y2, g2, torch.tensor([2.0]))  # the mixed point: as good as the accepted one
+    assert not torch.equal(nxt, y1 + g1) and int(mixer.rejected) == 0
+
+
+def test_keep_best_returns_the_first_of_equal_minima():
+    """A decoder that ignores ``z`` gives every step the same pixel error: the best is the first point."""
+    codec = (lambda x: x.clone(), lambda z: torch.zeros_like(z) + 0.25)
+    out = decinv_fast.invert(codec, images(), method="fsm", lr=0.5, steps=4, schedule="constant", keep_best=True)
+    assert out.returned_step.tolist() == [0, 0]
+    torch.testing.assert_close(out.latents, images())
+
+
+def test_tol_stops_strictly_below_it():
+    """Identity encoder, decoder ``z + 0.5`` on an image of ones: the first relative residual is exactly
+    0.5. ``tol=0.5`` is not reached (the rule is "below tol"); a hair above it stops after one step."""
+    codec = (lambda x: x.clone(), lambda z: z + 0.5)
+    x = torch.ones(1, 1, 4, 4)
+    run = dict(method="fsm", lr=1e-3, steps=1, schedule="constant")
+    assert decinv_fast.invert(codec, x, tol=0.5, **run).stop_reason == ["steps"]
+    hair = decinv_fast.invert(codec, x, tol=0.5000001, **run)
+    assert hair.stop_reason == ["tol"] and hair.stopped_at.tolist() == [1]
+
+
 @pytest.mark.parametrize("mixing", ["latent", "pixel"])
 def test_anderson_converges_much_faster_on_a_linear_map(mixing):
     """Spectrum of E∘D in [0.05, 1.95]: the forward step contracts by 0.95 a step (~250 steps to

@@ -220,6 +220,34 @@ def test_fp32_master_keeps_updates_bf16_would_lose(method):
     torch.testing.assert_close(run(True), torch.full((2, 33), 0.9), atol=2**-8, rtol=0)
 
 
+def test_km_master_extrapolates_by_alpha():
+    """KM's fp32 master is the next evaluation point ``z_new + alpha (z_new - z_k)``, with ``z_k`` the
+    stored (fp16) iterate; written out step by step in fp32 for alpha = 0.3."""
+    from decinv_fast.ops import km_residual_step
+
+    g = torch.Generator().manual_seed(0)
+    e_x = torch.randn(2, 40, generator=g).half()
+    z, y = e_x.clone(), e_x.clone()
+    master, expected_y, expected_z = y.float(), y.float(), z.clone()
+    table, sq, alpha = torch.full((4, 1), 0.7), torch.zeros(2), 0.3
+    for k in range(4):
+        edz = (torch.randn(2, 40, generator=g) * 0.1).half() + e_x
+        km_residual_step(edz, e_x, y, z, sq, table, torch.tensor([k]), alpha=alpha, master=master, backend="torch")
+        z_new = expected_y - 0.7 * (edz.float() - e_x.float())
+        expected_y = z_new + alpha * (z_new - expected_z.float())
+        expected_z = z_new.half()
+        torch.testing.assert_close(master, expected_y, rtol=0, atol=1e-6)
+        assert torch.equal(z, expected_z) and torch.equal(y, expected_y.half())
+
+
+def test_bf16_runs_keep_no_master_by_default(tiny_kl, images_32):
+    """``fp32_master=None`` is on for fp16 only: bf16 has fp32's range (no Adam underflow)."""
+    run = dict(steps=3, dtype=torch.bfloat16, measure_memory=False)
+    default = decinv_fast.invert(tiny_kl, images_32, **run).latents
+    assert torch.equal(default, decinv_fast.invert(tiny_kl, images_32, fp32_master=False, **run).latents)
+    assert not torch.equal(default, decinv_fast.invert(tiny_kl, images_32, fp32_master=True, **run).latents)
+
+
 def test_fp16_default_avoids_the_official_second_moment_underflow():
     # E(D(z)) = z + c: every residual entry is c = 3e-3, so (1 - b2) c**2 = 9e-9 flushes to zero in
     # fp16 and the official update steps by lr * c / eps = 30 lr instead of about lr

@@ -69,9 +69,10 @@ def test_gradient_based_needs_more_memory():
 def test_budget_picks_largest_fitting_chunk():
     vae = new_fixture_vae()
     full = plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, device="cuda")
-    budget = full.per_chunk[4] + 1
+    budget = full.per_chunk[4]  # a prediction equal to the budget fits
     chosen = plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, device="cuda", budget_bytes=budget)
     assert chosen.chunk == 4
+    assert plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, device="cuda", budget_bytes=budget - 1).chunk == 2
     assert plan(vae, (1, 8, 3, 64, 64), dtype=torch.float32, budget_bytes=1).chunk is None
 
 
@@ -127,15 +128,17 @@ def test_auto_is_planned_as_its_anderson_run():
     assert auto.state_bytes > plan(vae, shape, dtype=torch.float32, method="anderson", chunks=[1]).state_bytes
 
 
-def test_anderson_state_counts_its_fp32_history():
+@pytest.mark.parametrize("dtype, math_size", [(torch.float16, 4), (torch.float64, 8)])
+def test_anderson_state_counts_its_history(dtype, math_size):
+    """Anderson's history is fp32, fp64 for fp64 latents (its mixing math)."""
     vae = new_fixture_vae()
     shape = (2, 3, 64, 64)
-    fsm = plan(vae, shape, dtype=torch.float16, method="fsm", chunks=[2])
-    anderson = plan(vae, shape, dtype=torch.float16, method="anderson", chunks=[2], memory=3)
+    fsm = plan(vae, shape, dtype=dtype, method="fsm", chunks=[2])
+    anderson = plan(vae, shape, dtype=dtype, method="anderson", chunks=[2], memory=3)
     latent_elements = 2 * 4 * 8 * 8
-    assert anderson.state_bytes - fsm.state_bytes == latent_elements * 4 * (2 * 3 + 2)
-    pixel = plan(vae, shape, dtype=torch.float16, method="anderson", chunks=[2], memory=3, mixing="pixel")
-    assert pixel.state_bytes - anderson.state_bytes == 2 * 3 * 64 * 64 * 4 * (3 + 2)
+    assert anderson.state_bytes - fsm.state_bytes == latent_elements * math_size * (2 * 3 + 2)
+    pixel = plan(vae, shape, dtype=dtype, method="anderson", chunks=[2], memory=3, mixing="pixel")
+    assert pixel.state_bytes - anderson.state_bytes == 2 * 3 * 64 * 64 * math_size * (3 + 2)
 
 
 @pytest.mark.parametrize("dtype, math_size", [(torch.float16, 4), (torch.float64, 8)])

@@ -99,3 +99,15 @@ def test_video_bit_exact(tiny_kl):
     assert out.latents.shape == (2, 3, 4, 2, 2)
     assert torch.equal(out.latents.flatten(0, 1), ref.latents)
     assert out.per_sample_residual.shape == (2,)
+
+
+def test_adam_eps_is_the_official_code_s():
+    """1e-8 in fp32 (and fp64), 1e-4 in half precision; and the engine's fp32 Adam uses it: with a
+    constant residual ``c = 1e-7`` the first step moves ``lr * c / (c + eps)``, 0.91 lr (0.09 lr with 1e-6)."""
+    assert reference.adam_eps(torch.float32) == reference.adam_eps(torch.float64) == 1e-8
+    assert reference.adam_eps(torch.float16) == reference.adam_eps(torch.bfloat16) == 1e-4
+    c, lr = 1e-7, 0.01
+    x = torch.zeros(1, 1, 4, 4)
+    out = decinv_fast.invert((lambda p: p.clone(), lambda z: z + c), x, method="adam", lr=lr, steps=1,
+                             schedule="constant")
+    torch.testing.assert_close(out.latents, torch.full_like(x, -lr * c / (c + 1e-8)), rtol=1e-5, atol=0)

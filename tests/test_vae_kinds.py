@@ -65,6 +65,20 @@ def test_latents_mean_and_std_as_sdxl_pipelines_use_them(images_32):
             decinv_fast.encode(AutoencoderKL(**{**config, **bad}).eval(), images_32)
 
 
+def test_autoencoder_tiny_latents_follow_the_pipeline_convention(images_32):
+    """A TAESD with a scaling and shift (as SD3/FLUX-style ones have): latents are
+    ``(latents - shift) * scaling`` and decoding undoes it, as for AutoencoderKL."""
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+        scaling_factor=0.5, shift_factor=0.1,
+    ).eval().requires_grad_(False)
+    z = decinv_fast.encode(vae, images_32)
+    torch.testing.assert_close(z, (vae.encode(images_32).latents - 0.1) * 0.5)
+    torch.testing.assert_close(decinv_fast.decode(vae, z), vae.decode(z / 0.5 + 0.1).sample)
+
+
 def test_autoencoder_tiny(tiny_taesd, images_32):
     out = decinv_fast.invert(tiny_taesd, images_32, steps=3)
     assert out.latents.shape == (2, 4, 4, 4)

@@ -169,7 +169,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     Args:
         vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder`` or an
             ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
-        images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1], uint8 tensor,
+        images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (a pipeline's
+            ``output_type="pt"`` is [0, 1]: pass ``images * 2 - 1``; a tensor wholly in [0, 1] warns), uint8 tensor,
             PIL image(s), a list of lists of PIL frames (videos, as pipelines return ``.frames``),
             NumPy ``(H, W, 3)`` / ``(B, H, W, 3)`` / ``(B, F, H, W, 3)`` uint8 or float in [0, 1]
             (``output_type="np"``), or a list of tensors / arrays of one shape (see ``inputs.py``).

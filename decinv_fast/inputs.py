@@ -13,6 +13,9 @@ Every rejection is a ``ValueError``/``TypeError`` that names the argument and sa
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +125,38 @@ def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
                 f"images: float pixels must lie in [-1, 1], got range [{lo:.3g}, {hi:.3g}]; "
                 "for [0, 1] images pass images * 2 - 1, for [0, 255] pass images / 127.5 - 1"
             )
+        if lo >= 0 and hi <= 1:  # a bright [-1, 1] image can do this too, hence a warning, not an error
+            warnings.warn("images: every float pixel lies in [0, 1], but float tensors are read as [-1, 1] (the "
+                          "VAE's range); if these are [0, 1] images, e.g. a pipeline's output_type='pt', pass "
+                          "images * 2 - 1", UserWarning, stacklevel=_caller_level())
     return (images[None], True) if images.dim() == 3 else (images, False)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this package (and torch's ``no_grad`` decorator),
+    seen from the function calling this: a warning points at the user's line whichever public
+    function they called."""
+    import torch.utils._contextlib as decorators
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    ours = lambda name: name.startswith(package) or name == os.path.abspath(decorators.__file__)  # noqa: E731
+    frame, level = sys._getframe(1), 1
+    while frame is not None and ours(os.path.abspath(frame.f_code.co_filename)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_channels(images, c: int, channels: int | None) -> None:
+    """``c`` (dim -3) must be the VAE's input channels, if known."""
+    if channels is None or c == channels:
+        return
+    hint = ""
+    if isinstance(images, torch.Tensor) and images.shape[-1] == channels:
+        hint = (f"; tensors are channels-first, (B, {channels}, H, W), and this one looks channels-last: pass "
+                "images.movedim(-1, -3)")
+    elif isinstance(images, torch.Tensor) and c == 4:
+        hint = "; 4 channels look like latents (output_type='latent'): invert takes images"
+    raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(images.shape)}){hint}")
 
 
 def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
@@ -137,6 +171,8 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
                 f"images are on {images.device} but the VAE is on {device}; move one of them "
                 f"(e.g. images.to('{device}'))"
             )
+        if images.dim() in (3, 4, 5):
+            _check_channels(images, images.shape[-3], channels)  # before the range: latents are not pixels
         pixels, squeezed = _from_tensor(images)
     elif isinstance(images, np.ndarray):
         pixels, squeezed = _from_numpy(images)
@@ -158,12 +194,7 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
     if pixels.shape[0] == 0:
         raise ValueError("images: empty batch")
     c, h, w = pixels.shape[-3:]
-    if channels is not None and c != channels:
-        hint = ""
-        if isinstance(images, torch.Tensor) and pixels.shape[-1] == channels:
-            hint = (f"; tensors are channels-first, (B, {channels}, H, W), and this one looks channels-last: pass "
-                    "images.movedim(-1, -3)")
-        raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(pixels.shape)}){hint}")
+    _check_channels(images, c, channels)
     if spatial_factor is not None and (h % spatial_factor or w % spatial_factor):
         raise ValueError(
             f"images: height {h} and width {w} must be multiples of {spatial_factor} (the VAE's "

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from decinv_fast.options import AUTO
     (torch.zeros(3, 32), "expected"),
     (torch.zeros(1, 1, 1, 1, 3, 32, 32), "expected"),
     (torch.zeros(1, 4, 32, 32), "channels"),
+    (torch.full((1, 4, 4, 4), 7.0), "4 channels look like latents"),  # before the pixel range's complaint
     (torch.zeros(1, 32, 32, 3, dtype=torch.uint8), r"looks channels-last: pass images.movedim\(-1, -3\)"),
     (torch.zeros(32, 32, 3), "looks channels-last"),
     (torch.zeros(1, 3, 30, 32), "multiples of 8"),
@@ -40,6 +42,19 @@ def test_bad_images(tiny_kl, images, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
         decinv_fast.invert(tiny_kl, images, steps=1)
     assert "images" in str(info.value)
+
+
+def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
+    """Float tensors are [-1, 1]; a pipeline's output_type='pt' is [0, 1]: a tensor wholly inside
+    [0, 1] gets a warning (at the caller's line, through invert and through no_grad-decorated encode)."""
+    unit = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for call in (lambda: decinv_fast.invert(tiny_kl, unit, steps=1), lambda: decinv_fast.encode(tiny_kl, unit)):
+        with pytest.warns(UserWarning, match="output_type='pt'") as seen:
+            call()
+        assert {w.filename for w in seen if "output_type" in str(w.message)} == {__file__}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decinv_fast.encode(tiny_kl, unit * 2 - 1)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -147,6 +147,22 @@ def _callable_adapter(pair) -> VaeAdapter:
     return VaeAdapter("callables", encode_fn, lambda z, frames: decode_fn(z), None, None)
 
 
+def upcast_hint(adapter: VaeAdapter, dtype: torch.dtype) -> str:
+    """Why a half-precision run of this VAE may overflow, when its config says so (else empty)."""
+    config = getattr(adapter.module, "config", None)
+    if dtype in (torch.float16, torch.bfloat16) and getattr(config, "force_upcast", False):
+        return (" (this VAE's config sets force_upcast: diffusers pipelines run it in float32 because its "
+                "half-precision activations overflow)")
+    return ""
+
+
+def check_output_finite(what: str, adapter: VaeAdapter, out: torch.Tensor) -> None:
+    """A non-finite encoder or decoder output is an error naming the likely cause, not NaN returned."""
+    if not bool(torch.isfinite(out).all()):
+        advice = "use dtype=torch.float32" if out.dtype in (torch.float16, torch.bfloat16) else "check the inputs"
+        raise FloatingPointError(f"the {what} is non-finite in {out.dtype}; {advice}{upcast_hint(adapter, out.dtype)}")
+
+
 def as_adapter(vae) -> VaeAdapter:
     """Wrap ``vae`` in a :class:`VaeAdapter`, or raise a ``TypeError`` naming the accepted kinds."""
     if isinstance(vae, VaeAdapter):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from . import reference
 from ._dispatch import check_backend_name, resolve_backend
-from .adapters import VaeAdapter, as_adapter
+from .adapters import VaeAdapter, as_adapter, check_output_finite, upcast_hint
 from .attention import attention_backend
 from .graphs import GraphedStep
 from .inputs import Frames, to_frames
@@ -316,12 +316,7 @@ def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
 def _divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
     """What to try after a run went non-finite: the likeliest cause first."""
     half = dtype in (torch.float16, torch.bfloat16)
-    config = getattr(iteration.adapter.module, "config", None)
-    upcast = (" (this VAE's config sets force_upcast: diffusers pipelines run it in float32 because its "
-              "half-precision activations overflow)") if half and getattr(config, "force_upcast", False) else ""
-    e_x = getattr(iteration, "e_x", None)
-    if e_x is not None and not bool(torch.isfinite(e_x).all()):
-        return f"the encoder's own output E(x) is already non-finite in {dtype}; use dtype=torch.float32{upcast}"
+    upcast = upcast_hint(iteration.adapter, dtype)
     if plan.method == "grad" and dtype != torch.float32:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
     return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
@@ -430,6 +425,7 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     fpv = frames if adapter.temporal else 1
     parts = [adapter.decode(flat[s], fpv) for s in chunks(flat.shape[0], chunk)]
     pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
+    check_output_finite("decoder's output", adapter, pixels)
     pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
     return pixels[0] if squeezed else pixels
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from .adapters import VaeAdapter
+from .adapters import VaeAdapter, check_output_finite
 from .clipping import clipped_decoding
 from .filters import ResidualBlur
 from .inputs import Frames
@@ -50,7 +50,9 @@ def encode_frames(adapter: VaeAdapter, pixels: torch.Tensor, chunk: int) -> torc
     """``E(x)`` of every frame, ``chunk`` frames per encoder call, in a buffer of its own: an encoder
     that returns a reused output buffer (a CUDA-graphed callable) would overwrite a kept reference."""
     parts = [adapter.encode(pixels[s]) for s in chunks(pixels.shape[0], chunk)]
-    return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].clone(memory_format=torch.contiguous_format)
+    e_x = torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].clone(memory_format=torch.contiguous_format)
+    check_output_finite("encoder's own output E(x)", adapter, e_x)  # before any step is spent on it
+    return e_x
 
 
 def sample_norm(t: torch.Tensor, batch: int) -> torch.Tensor:

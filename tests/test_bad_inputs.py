@@ -160,8 +160,19 @@ def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_3
     overflowing = copy.deepcopy(tiny_kl)
     with torch.no_grad():
         overflowing.encoder.conv_out.weight.mul_(1e6)  # E(x) beyond fp16's 65504
-    with pytest.raises(FloatingPointError, match=r"encoder's own output E\(x\) is already non-finite"):
-        decinv_fast.invert(overflowing, images_32, steps=2, dtype=torch.float16)
+    steps_taken = []
+    overflow = r"encoder's own output E\(x\) is non-finite in torch.float16; use dtype=torch.float32 .*force_upcast"
+    with pytest.raises(FloatingPointError, match=overflow):  # at once, before any step
+        decinv_fast.invert(overflowing, images_32, steps=2, dtype=torch.float16,
+                           callback=lambda k, z: steps_taken.append(k))
+    assert steps_taken == []
+    with pytest.raises(FloatingPointError, match=overflow):
+        decinv_fast.encode(overflowing, images_32, dtype=torch.float16)
+    loud = copy.deepcopy(tiny_kl).half()
+    with torch.no_grad():
+        loud.decoder.conv_out.weight.mul_(1e6)
+    with pytest.raises(FloatingPointError, match="decoder's output is non-finite in torch.float16.*force_upcast"):
+        decinv_fast.decode(loud, torch.ones(1, 4, 4, 4, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("latents,match", [

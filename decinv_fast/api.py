@@ -257,7 +257,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
-        step = GraphedStep(iteration) if cuda_graphs else iteration.run_step
+        with torch.no_grad():  # the capture's warm-up steps, as every step, without autograd (cuda_graphs: not grad)
+            step = GraphedStep(iteration) if cuda_graphs else iteration.run_step
         steps_run = _run(iteration, step, plan, progress, watch)
         latents, returned = iteration.finish(steps_run)
         if device.type == "cuda":

@@ -1,5 +1,6 @@
 """The engine's run modes: graph-replayed static step, attention backends, fp32 master, compile."""
 
+import copy
 import dataclasses
 import warnings
 
@@ -83,6 +84,17 @@ def test_cuda_capture_runs_on_a_stream_of_the_latents_device(monkeypatch):
     assert graph == "graph"
     assert events == [("current", device), ("capture on", f"stream of {device}"), ("step", None),
                       ("capture end", None), ("restored", device)]
+
+
+def test_capture_of_a_vae_that_requires_grad(tiny_kl, images_32):
+    """A VAE as ``from_pretrained`` gives it (parameters requiring grad), called outside ``no_grad``:
+    the capture's warm-up must not run under autograd (it failed, and the run fell back to eager)."""
+    vae = copy.deepcopy(tiny_kl).requires_grad_(True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        graphed = decinv_fast.invert(vae, images_32, steps=3, cuda_graphs=True)
+    assert not [w for w in seen if "capture failed" in str(w.message)]
+    assert torch.equal(graphed.latents, decinv_fast.invert(tiny_kl, images_32, steps=3).latents)
 
 
 def test_failed_capture_falls_back_with_warning(tiny_kl, images_32):

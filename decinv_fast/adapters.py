@@ -15,11 +15,14 @@ VAE's decoder is told how many consecutive frames form one video (``frames_per_v
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .options import caller_stacklevel
 
 VAE_KINDS = (
     "a diffusers AutoencoderKL, AutoencoderTiny or AutoencoderKLTemporalDecoder, or an (encode_fn, decode_fn) pair"
@@ -157,8 +160,9 @@ def upcast_hint(adapter: VaeAdapter, dtype: torch.dtype) -> str:
 
 
 def check_output_finite(what: str, adapter: VaeAdapter, out: torch.Tensor) -> None:
-    """A non-finite encoder or decoder output is an error naming the likely cause, not NaN returned."""
-    if not bool(torch.isfinite(out).all()):
+    """A non-finite encoder or decoder output is an error naming the likely cause, not NaN returned
+    (``meta`` tensors, which have no values, pass)."""
+    if out.device.type != "meta" and not bool(torch.isfinite(out).all()):
         advice = "use dtype=torch.float32" if out.dtype in (torch.float16, torch.bfloat16) else "check the inputs"
         raise FloatingPointError(f"the {what} is non-finite in {out.dtype}; {advice}{upcast_hint(adapter, out.dtype)}")
 
@@ -169,7 +173,14 @@ def as_adapter(vae) -> VaeAdapter:
         return vae
     if isinstance(vae, tuple | list) and len(vae) == 2:
         return _callable_adapter(vae)
+    if isinstance(vae, nn.Module) and isinstance(getattr(vae, "_orig_mod", None), nn.Module):  # torch.compile(vae)
+        warnings.warn("vae is a torch.compile'd module: that compiles its forward(), which invert does not "
+                      "call (it calls encode and decode); using the VAE itself. Pass compile=True to compile "
+                      "invert's encoder + decoder pass", UserWarning, stacklevel=caller_stacklevel())
+        vae = vae._orig_mod
     name = type(vae).__name__
+    if hasattr(vae, "vae") and hasattr(vae, "components"):  # a DiffusionPipeline
+        raise TypeError(f"vae must be {VAE_KINDS}; got the pipeline {name}: pass its VAE, pipe.vae")
     try:
         from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny
     except ImportError:  # pragma: no cover - diffusers is a hard dependency

@@ -22,6 +22,7 @@ from .options import (
     AUTO,
     DTYPES,
     METHODS,
+    caller_stacklevel,
     check_finite,
     check_flag,
     check_int,
@@ -72,8 +73,13 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
     channels = None
     if adapter.module is not None:
         channels = getattr(adapter.module.config, "in_channels", None)
-    return to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
-                     spatial_factor=adapter.spatial_factor, channels=channels)
+    frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
+                       spatial_factor=adapter.spatial_factor, channels=channels)
+    if adapter.temporal and frames.frames is None and frames.batch > 1:
+        warnings.warn(f"images: {frames.batch} images without a frame axis, so {adapter.kind} decodes each on its "
+                      "own, as a 1-frame video; one video's frames are decoded together only as (1, F, 3, H, W) "
+                      "or [frames] (a list of lists of PIL frames)", UserWarning, stacklevel=caller_stacklevel())
+    return frames
 
 
 def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, options: dict,

@@ -13,15 +13,13 @@ Every rejection is a ``ValueError``/``TypeError`` that names the argument and sa
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .options import check_finite
+from .options import caller_stacklevel, check_finite
 
 # Decoder outputs overshoot [-1, 1] a little; values beyond this are another convention (e.g. [0, 255]).
 FLOAT_RANGE_LIMIT = 1.5
@@ -128,22 +126,8 @@ def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if lo >= 0 and hi <= 1:  # a bright [-1, 1] image can do this too, hence a warning, not an error
             warnings.warn("images: every float pixel lies in [0, 1], but float tensors are read as [-1, 1] (the "
                           "VAE's range); if these are [0, 1] images, e.g. a pipeline's output_type='pt', pass "
-                          "images * 2 - 1", UserWarning, stacklevel=_caller_level())
+                          "images * 2 - 1", UserWarning, stacklevel=caller_stacklevel())
     return (images[None], True) if images.dim() == 3 else (images, False)
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside this package (and torch's ``no_grad`` decorator),
-    seen from the function calling this: a warning points at the user's line whichever public
-    function they called."""
-    import torch.utils._contextlib as decorators
-
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    ours = lambda name: name.startswith(package) or name == os.path.abspath(decorators.__file__)  # noqa: E731
-    frame, level = sys._getframe(1), 1
-    while frame is not None and ours(os.path.abspath(frame.f_code.co_filename)):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _check_channels(images, c: int, channels: int | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 
 import numpy as np
 import torch
@@ -140,3 +142,17 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         if not (pair and all(is_real(b) and 0 <= b < 1 for b in betas)):
             raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
     return float(lr), options
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package (and torch's ``no_grad`` decorator),
+    seen from the function calling this: a warning points at the user's line whichever public
+    function they called."""
+    import torch.utils._contextlib as decorators
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    ours = lambda name: name.startswith(package) or name == os.path.abspath(decorators.__file__)  # noqa: E731
+    frame, level = sys._getframe(1), 1
+    while frame is not None and ours(os.path.abspath(frame.f_code.co_filename)):
+        frame, level = frame.f_back, level + 1
+    return level

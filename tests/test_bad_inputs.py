@@ -119,6 +119,24 @@ def test_not_a_vae(images_32):
         decinv_fast.invert((1, 2), images_32, steps=1)
 
 
+def test_a_pipeline_or_a_compiled_vae(tiny_kl, images_32):
+    """A pipeline is refused with the hint to pass its VAE; torch.compile(vae) (which compiles a
+    forward() that invert never calls) is unwrapped with a warning at the caller's line."""
+    from diffusers import DiffusionPipeline
+
+    class Pipeline(DiffusionPipeline):
+        def __init__(self, vae):
+            super().__init__()
+            self.register_modules(vae=vae)
+
+    with pytest.raises(TypeError, match="got the pipeline Pipeline: pass its VAE, pipe.vae"):
+        decinv_fast.invert(Pipeline(tiny_kl), images_32, steps=1)
+    with pytest.warns(UserWarning, match="compile=True") as seen:
+        compiled = decinv_fast.invert(torch.compile(tiny_kl), images_32, steps=2)
+    assert seen[0].filename == __file__
+    assert torch.equal(compiled.latents, decinv_fast.invert(tiny_kl, images_32, steps=2).latents)
+
+
 def test_images_on_another_device(tiny_kl):
     meta_images = torch.zeros(1, 3, 32, 32, device="meta")
     with pytest.raises(ValueError, match="images are on meta but the VAE is on cpu"):

@@ -1,6 +1,7 @@
 """Every accepted VAE kind drops in with the right shapes, and batches equal one-by-one runs."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -99,6 +100,19 @@ def test_temporal_decoder_video(tiny_temporal):
     ref = reference.adam(a.encode, lambda z: a.decode(z, 3), video.flatten(0, 1), steps=3)
     assert torch.equal(out.latents.flatten(0, 1), ref.latents)
     assert decinv_fast.decode(tiny_temporal, out.latents).shape == video.shape
+
+
+def test_temporal_decoder_warns_about_images_without_a_frame_axis(tiny_temporal):
+    """Frames passed as a batch of images are decoded one by one: a temporal VAE warns, and points at
+    the video layout; a single image and a video do not warn."""
+    frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.warns(UserWarning, match=r"3 images without a frame axis.*\(1, F, 3, H, W\)") as seen:
+        decinv_fast.encode(tiny_temporal, frames)
+    assert seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decinv_fast.encode(tiny_temporal, frames[None])
+        decinv_fast.encode(tiny_temporal, frames[:1])
 
 
 def test_temporal_decoder_plans_whole_videos(tiny_temporal):

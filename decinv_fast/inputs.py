@@ -123,7 +123,9 @@ def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
                 f"images: float pixels must lie in [-1, 1], got range [{lo:.3g}, {hi:.3g}]; "
                 "for [0, 1] images pass images * 2 - 1, for [0, 255] pass images / 127.5 - 1"
             )
-        if lo >= 0 and hi <= 1:  # a bright [-1, 1] image can do this too, hence a warning, not an error
+        # a bright [-1, 1] image can do this too, hence a warning, not an error; a uniform one (e.g. mid-grey,
+        # all zero) is left alone
+        if 0 <= lo < hi <= 1:
             warnings.warn("images: every float pixel lies in [0, 1], but float tensors are read as [-1, 1] (the "
                           "VAE's range); if these are [0, 1] images, e.g. a pipeline's output_type='pt', pass "
                           "images * 2 - 1", UserWarning, stacklevel=caller_stacklevel())

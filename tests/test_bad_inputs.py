@@ -55,6 +55,7 @@ def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         decinv_fast.encode(tiny_kl, unit * 2 - 1)
+        decinv_fast.encode(tiny_kl, torch.zeros(1, 3, 32, 32))  # uniform mid-grey: a valid [-1, 1] image
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -143,6 +143,7 @@ def plot_stopping(path) -> bool:
     fig, axes = plt.subplots(2, len(cases), figsize=(5.2 * len(cases), 7.6), squeeze=False)
     for col, (vae, size) in enumerate(cases):
         rows = [r["metrics"] for r in records if (r["metrics"]["vae"], r["metrics"]["size"]) == (vae, size)]
+        rows = [m for m in rows if not m.get("out_of_sample")]  # other crops: a table line, not a curve
         for row, (x_key, x_label) in enumerate((("evaluations", "decoder+encoder evaluations"),
                                                  ("seconds", "wall time (s, CPU)"))):
             ax = axes[row][col]

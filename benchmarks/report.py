@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 from benchmarks import harness
+from benchmarks.report_format import cell, mib, provenance
+from benchmarks.report_stopping import stopping
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README = harness.ROOT / "README.md"
@@ -27,31 +29,12 @@ INTRO = (
 )
 
 
-def _provenance(benchmark: str, records: list[dict]) -> str:
-    r = records[0]
-    dates = sorted(x["timestamp"][:10] for x in records)
-    quick = any(x["metrics"].get("mode") == "quick" for x in records)
-    line = (f"Command: `python -m benchmarks.{benchmark}` · machine: {r['device']} · torch {r['torch']} · "
-            f"git {r['git_sha']} · {dates[-1]}")
-    if quick:
-        line += " · **smoke run (`--quick`): these numbers only check the code**"
-    return line
-
-
-def _f(value, spec: str = ".2f", none: str = "–") -> str:
-    return none if value is None else format(value, spec)
-
-
-def _mib(nbytes) -> str:
-    return _f(None if nbytes is None else nbytes / 2**20, ".1f")
-
-
 def accuracy(records: list[dict]) -> list[str]:
     points = [r for r in records if "series" in r["metrics"]]
     ratios = [r["metrics"] for r in records if r["method"] == "time ratio"]
     steps = sorted({r["metrics"]["steps"] for r in points if r["metrics"]["steps"] > 0})
     shape = points[0]["shape"]
-    out = ["### Accuracy vs time and memory (the paper's Figure 3, our version)", "", _provenance("accuracy_vs_time",
+    out = ["### Accuracy vs time and memory (the paper's Figure 3, our version)", "", provenance("accuracy_vs_time",
            records), "",
            f"Fixture VAE, {shape[0]} held-out photograph crops of {shape[2]}x{shape[3]}, the paper's protocol "
            "(z* → x = D(z*) rounded to 8 bits → invert x). Cells: mean NMSE(z) in dB / seconds to the end of that step "
@@ -69,7 +52,7 @@ def accuracy(records: list[dict]) -> list[str]:
         else:
             cells = [f"{by_steps[n]['nmse_db']:.2f} / {by_steps[n]['seconds']:.2f} s" if n in by_steps else "–"
                      for n in steps]
-        out.append(f"| {name} | {rows[0]['dtype']} | {_mib(peak)} | " + " | ".join(cells) + " |")
+        out.append(f"| {name} | {rows[0]['dtype']} | {mib(peak)} | " + " | ".join(cells) + " |")
     if ratios:
         out += ["", "Time ratio gradient-based / gradient-free to reach the same NMSE (CPU; "
                 + ratios[0]["how"] + ")", "",
@@ -81,15 +64,15 @@ def accuracy(records: list[dict]) -> list[str]:
             g, c = m["grad_best"], m["common_best"]
             # a series that never beats the encoder has the start as "the best both reach": no ratio to give
             common = "– (no gain over the encoder)" if c["target_nmse_db"] >= start else \
-                f"{_f(c['ratio'])}{'x' if c['ratio'] else ''}"
+                f"{cell(c['ratio'])}{'x' if c['ratio'] else ''}"
             out.append(f"| {m['gradient_based']} | {m['gradient_free']} | {g['target_nmse_db']:.2f} dB | "
-                       f"{_f(g['ratio'], '.2f', 'not reached')}{'x' if g['ratio'] else ''} | "
+                       f"{cell(g['ratio'], '.2f', 'not reached')}{'x' if g['ratio'] else ''} | "
                        f"{c['target_nmse_db']:.2f} dB | {common} |")
     return out
 
 
 def reference(records: list[dict]) -> list[str]:
-    out = ["### The official loop side by side with `invert`", "", _provenance("reference_loop", records), "",
+    out = ["### The official loop side by side with `invert`", "", provenance("reference_loop", records), "",
            records[0]["metrics"]["note"] + ". Best of the interleaved repeats, CPU.", ""]
     for vae in dict.fromkeys(r["metrics"]["vae"] for r in records):
         rows = [r for r in records if r["metrics"]["vae"] == vae]
@@ -109,7 +92,7 @@ def reference(records: list[dict]) -> list[str]:
                 continue
             share = v.get("share_of_official_invert_gap")
             out.append(f"| {r['method']} | {v['seconds']:.2f} | {v['speedup_vs_official']:.2f}x | "
-                       f"{_f(None if share is None else 100 * share, '.0f')}{'%' if share is not None else ''} | "
+                       f"{cell(None if share is None else 100 * share, '.0f')}{'%' if share is not None else ''} | "
                        f"{v['max_abs_diff_vs_invert']:.3g} |")
         out.append("")
     return out
@@ -123,7 +106,7 @@ def memory(records: list[dict]) -> list[str]:
     frames = sorted({m["frames"] for m in grid})
     series = list(dict.fromkeys(m["series"] for m in grid))
     size = grid[0]["size"]
-    out = ["### Peak memory vs frames", "", _provenance("memory_vs_frames", records), "",
+    out = ["### Peak memory vs frames", "", provenance("memory_vs_frames", records), "",
            f"SD-2.1 VAE layout with random weights, {size}x{size} frames, fp32, one step per configuration in a fresh "
            "process; CPU allocator peak of the call (MiB, weights and input excluded). Measured values show the "
            "planner's prediction in brackets; `*` = not measured, planner prediction.", "",
@@ -137,9 +120,9 @@ def memory(records: list[dict]) -> list[str]:
             if m is None:
                 cells.append("")
             elif m["predicted"]:
-                cells.append(f"{_mib(m['peak_bytes'])}*")
+                cells.append(f"{mib(m['peak_bytes'])}*")
             else:
-                cells.append(f"{_mib(m['peak_bytes'])} ({_mib(m['predicted_added_bytes'])})")
+                cells.append(f"{mib(m['peak_bytes'])} ({mib(m['predicted_added_bytes'])})")
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     if ratios:
         chunks = sorted({m["chunk"] for m in ratios})
@@ -150,8 +133,8 @@ def memory(records: list[dict]) -> list[str]:
             out.append(f"| {f} | " + " | ".join(f"{row[c]['ratio']:.3f}{'*' if row[c]['predicted'] else ''}"
                                                  if c in row else "" for c in chunks) + " |")
     for m in flat:
-        out.append(f"\nGradient-free chunk {m['chunk']}: measured peak {_mib(m['min_bytes'])}–"
-                   f"{_mib(m['max_bytes'])} MiB over {m['frames_measured']} frames "
+        out.append(f"\nGradient-free chunk {m['chunk']}: measured peak {mib(m['min_bytes'])}–"
+                   f"{mib(m['max_bytes'])} MiB over {m['frames_measured']} frames "
                    f"(spread {100 * m['relative_spread']:.1f}%).")
     if gpu:
         shape = "x".join(map(str, gpu[0]["shape"]))
@@ -175,7 +158,7 @@ def memory(records: list[dict]) -> list[str]:
 
 
 def overhead(records: list[dict]) -> list[str]:
-    out = ["### Per-iteration overhead", "", _provenance("overhead", records), "",
+    out = ["### Per-iteration overhead", "", provenance("overhead", records), "",
            "One engine step (`GradientFreeIteration.run_step`) / the bare decoder+encoder forward on the same input "
            f"(goal ≤ {records[0]['metrics']['goal']}), interleaved, best of N, CPU. Cross-check: marginal time per "
            "step of whole calls (`invert`, which on the CPU profiles allocations for `peak_bytes`, and the engine "
@@ -186,13 +169,13 @@ def overhead(records: list[dict]) -> list[str]:
         m = r["metrics"]
         out.append(f"| {m['vae']} | {'x'.join(map(str, r['shape']))} | {m['bare_seconds'] * 1e3:.1f} | "
                    f"{m['run_step_seconds'] * 1e3:.1f} | {m['ratio_run_step_over_bare']:.3f} | "
-                   f"{m['ratio_codec_over_bare']:.3f} | {_f(m.get('ratio_invert_marginal_over_bare'), '.3f')} | "
-                   f"{_f(m.get('ratio_engine_marginal_over_bare'), '.3f')} |")
+                   f"{m['ratio_codec_over_bare']:.3f} | {cell(m.get('ratio_invert_marginal_over_bare'), '.3f')} | "
+                   f"{cell(m.get('ratio_engine_marginal_over_bare'), '.3f')} |")
     return out
 
 
 def kernels(records: list[dict]) -> list[str]:
-    out = ["### Update kernels", "", _provenance("kernels", records), "",
+    out = ["### Update kernels", "", provenance("kernels", records), "",
            "One gradient-free Adam step, fp32. Bytes per element are analytic (each op reads each distinct input "
            "once and writes each output once, counted from the ops dispatched); time from pytest-benchmark on the "
            "CPU (`triton.testing.do_bench` on a GPU). On the CPU, *fused* is the CUDA kernels' element math "
@@ -207,112 +190,13 @@ def kernels(records: list[dict]) -> list[str]:
     return out
 
 
-def _goal(auto: dict, gap: str) -> str:
-    """Issue 7's goal for ``method="auto"``: within 0.3 dB of the best (``gap``: which best), in <= 10 evaluations."""
-    met = auto[gap] <= 0.3 and auto["max_evaluations"] <= 10
-    return "met" if met else "not met"
-
-
-# where what a run still gains after 10 evaluations sits, without and with mean_gain
-MEAN_SHARE_SERIES = ("anderson-pixel-blur", "anderson-pixel-blur-gain")
-
-
-def stopping(records: list[dict]) -> list[str]:
-    crops = records[0]["shape"][0]
-    sizes = " and of ".join(f"{n}x{n}" for n in dict.fromkeys(r["metrics"]["size"] for r in records))
-    marks = (1, 2, 3, 5, 10, 20, 30)
-    out = ["### Beyond the paper: accuracy per evaluation and self-stopping", "", _provenance("stopping", records), "",
-           f"{crops} held-out crops of {sizes}, the paper's protocol, two VAEs of the fixture's "
-           "architecture (bundled: 6000 training steps plus 1200 with latent cycle consistency; `fixture_short`: "
-           "the first run at step 1000). Cells: mean NMSE(z) dB after that many decoder+encoder evaluations. "
-           "Gap columns: how far (dB) each ground-truth-free choice of iterate lands from the oracle-best one "
-           "along the run (pixel = lowest ||D(y_k) - x||, residual = lowest latent residual, "
-           "last = the final iterate); keep_best, 10 ev: what `keep_best=True, steps=10` returns; span oracle, "
-           "10 ev: the best point of the affine span of the run's first 10 evaluated points, chosen with the "
-           "ground truth (the most a mixing or selection of those points can return; a method also sees their "
-           "residuals, which span more). Oracle best: each image at its best point along the run, evaluated or "
-           "returned.", "",
-           "![NMSE vs evaluations (top) and CPU wall time (bottom)](benchmarks/results/stopping.png)", ""]
-    for vae, size in dict.fromkeys((r["metrics"]["vae"], r["metrics"]["size"]) for r in records):
-        rows = [r["metrics"] for r in records if (r["metrics"]["vae"], r["metrics"]["size"]) == (vae, size)]
-        first = rows[0]
-        late = [(m["series"], m["mean_share_after_10"]) for m in rows
-                if m["series"] in MEAN_SHARE_SERIES and m["mean_share_after_10"] is not None]
-        out += [f"**{vae}, {size}x{size}** (encoder-only {first['encoder_only_db']:.2f} dB; "
-                "best mean NMSE a method run returns: "
-                f"{first['best_returned_db']:.2f} dB, within 10 evaluations {first['best_returned_10_db']:.2f} dB; "
-                "per-image oracle (each image at its own best point along the best series, chosen with the ground "
-                f"truth): {first['best_any_method_db']:.2f} dB, within 10 evaluations "
-                f"{first['best_any_method_10_db']:.2f} dB). Share of the squared error in the latents' per-channel "
-                f"means: {100 * first['encoder_mean_share']:.0f} % of the encoder-only one"
-                + "".join(f"; {100 * share:.0f} % of what {series} still gains after 10 evaluations"
-                          for series, share in late)
-                + ". What the image cannot show: the decoder's first layers respond to the latent channels with "
-                "singular values " + " / ".join(f"{v:.3g}" for v in first["decoder_channel_singular_values"])
-                + "; a latent exact but for the encoder's error along the last of those channel combinations "
-                f"scores {first['null_channel_floor_db']:.2f} dB, a practical floor for every method; "
-                f"{100 * first['encoder_null_share']:.0f} % of the encoder-only squared error lies along it "
-                "(column *error along it* below: the same for what `auto` returns).", "",
-                "| series | " + " | ".join(f"{n} ev" for n in marks) + " | keep_best, 10 ev | span oracle, 10 ev "
-                "| oracle best | gap pixel | gap residual | gap last |", "|---|" + "---:|" * (len(marks) + 6)]
-        for m in rows:
-            if m["series"] in ("adam", "auto") or m.get("reference") or m.get("gradient_based") or \
-                    m.get("out_of_sample"):
-                continue
-            cells = [_f(m["nmse_db"][n - 1]) if n <= len(m["nmse_db"]) else "–" for n in marks]
-            g = m["gap_to_oracle_db"]
-            kept = _f(m["keep_best_db"][9]) if len(m["keep_best_db"]) >= 10 else "–"
-            out.append(f"| {m['series']} | " + " | ".join(cells) + f" | {kept} | {m['span_oracle_10_db']:.2f} | "
-                       f"{m['oracle_best_db']:.2f} | "
-                       f"{g['pixel']:.2f} | {g['residual']:.2f} | {g['last']:.2f} |")
-        adam = {m["evaluations"][0]: m["nmse_db"][0] for m in rows if m["series"] == "adam"}
-        out.append("| adam (paper; one run per count) | " + " | ".join(_f(adam.get(n)) for n in marks)
-                   + " |" * 7)
-        out += ["", "| `method=\"auto\"` | steps cap | evaluations (mean / max) | seconds (CPU) | NMSE dB | "
-                "stopped by | gap to best returned | gap to per-image oracle | gap to best returned, ≤ 10 ev | "
-                "gap to per-image oracle, ≤ 10 ev | error along it |",
-                "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
-        for m in (m for m in rows if m["series"] == "auto"):
-            out.append(f"| auto | {m['cap']} | {m['evaluations'][0]:.1f} / {m['max_evaluations']} | "
-                       f"{m['seconds'][0]:.2f} | **{m['nmse_db'][0]:.2f}** | "
-                       f"{', '.join(sorted(set(m['stop_reason'])))} | "
-                       f"{m['gap_to_best_returned_db']:.2f} | {m['gap_to_best_any_db']:.2f} | "
-                       f"{_f(m.get('gap_to_best_returned_10_db'))} | {_f(m.get('gap_to_best_any_10_db'))} | "
-                       f"{100 * m['null_share']:.0f} % |")
-        other = {m["series"]: m for m in rows if m.get("out_of_sample")}
-        if other:
-            a, p = other["auto, other crops"], other["adam, other crops"]
-            out += ["", f"Out of sample (`auto`'s options were chosen on the crops above): on {crops} other crops "
-                    f"with another draw of z*, `auto` capped at 10 returns **{a['nmse_db'][0]:.2f} dB** after "
-                    f"{a['evaluations'][0]:.1f} evaluations on average, the paper's Adam after 10 "
-                    f"{p['nmse_db'][0]:.2f} dB (encoder-only {a['encoder_only_db']:.2f} dB)."]
-        for m in (m for m in rows if m.get("reference")):
-            out += ["", f"Reference, not a candidate and in neither best: the {m['series']}, "
-                    f"{m['evaluations'][0]} decoder forward+backward passes: **{m['nmse_db'][0]:.2f} dB**. The "
-                    "gradient-free iteration's fixed point solves E(D(z)) = E(x), which the encoder's error "
-                    "biases; this is the answer the pixel error itself points to."]
-        for m in (m for m in rows if m.get("gradient_based")):
-            out += ["", f"Gradient-based, not a candidate and in neither best: `{m['series']}` (`method=\"grad\", "
-                    "optimizer=\"lbfgs\", clip_aware=True`), one decoder forward + backward per step: "
-                    + ", ".join(f"{_f(m['nmse_db'][n - 1])} dB after {n}" for n in marks if n <= len(m["nmse_db"]))
-                    + f" steps ({m['seconds'][-1]:.2f} s for all {len(m['nmse_db'])}, CPU)."]
-        capped = next(m for m in rows if m["series"] == "auto" and m["cap"] <= 10)
-        out += ["", "Issue 7's goal, auto within 0.3 dB of the best in at most 10 evaluations: "
-                f"**{_goal(capped, 'gap_to_best_returned_db')}** against the best a method returns, "
-                f"**{_goal(capped, 'gap_to_best_any_db')}** against the per-image oracle. Against the bests "
-                "within its own budget (runs of at most 10 evaluations): "
-                f"**{_goal(capped, 'gap_to_best_returned_10_db')}** against the best returned, "
-                f"**{_goal(capped, 'gap_to_best_any_10_db')}** against the per-image oracle.", ""]
-    return out
-
-
 def mean_gain(records: list[dict]) -> list[str]:
     rows = [r["metrics"] for r in records]
     gains = sorted({m["mean_gain"] for m in rows})
     caps = sorted({m["cap"] for m in rows})
     cols = [(cap, gain) for cap in caps for gain in gains]
     out = ["### Beyond the paper: the gain on the channel means across image sizes", "",
-           _provenance("mean_gain", records), "",
+           provenance("mean_gain", records), "",
            f"`method=\"auto\"` with its `mean_gain` replaced (auto's own: {rows[0]['auto_gain']:g}), every other "
            "option as auto's, stopping on its own within the cap; the paper's protocol, mean NMSE(z) dB; "
            "per row, the best cell at each cap in bold. "
@@ -345,7 +229,7 @@ def mean_gain(records: list[dict]) -> list[str]:
 def gradient_memory(records: list[dict]) -> list[str]:
     steps = sorted({r["metrics"]["steps"] for r in records})
     shape = records[0]["shape"]
-    out = ["### Gradients through sampling: memory and time vs steps", "", _provenance("gradient_memory", records), "",
+    out = ["### Gradients through sampling: memory and time vs steps", "", provenance("gradient_memory", records), "",
            f"Gradient of a loss on x0 w.r.t. zT and the conditioning through an N-step sampler, small conditional "
            f"UNet, latents {'x'.join(map(str, shape))}, fp32. Cells: CPU allocator peak MiB / seconds.", "",
            "![gradient memory vs steps](benchmarks/results/gradient_memory.png)", "",
@@ -353,7 +237,7 @@ def gradient_memory(records: list[dict]) -> list[str]:
     for method in dict.fromkeys(r["method"] for r in records):
         by = {r["metrics"]["steps"]: r["metrics"] for r in records if r["method"] == method}
         out.append(f"| {method} | " + " | ".join(
-            f"{_mib(by[n]['peak_bytes'])} / {by[n]['seconds']:.2f} s" if n in by else "–" for n in steps) + " |")
+            f"{mib(by[n]['peak_bytes'])} / {by[n]['seconds']:.2f} s" if n in by else "–" for n in steps) + " |")
     return out
 
 
@@ -361,7 +245,7 @@ def watermark(records: list[dict]) -> list[str]:
     cfg = records[0].get("config", {})
     decoder_steps = max(r.get("config", {}).get("decoder_steps", 0) for r in records)  # 0 for encoder-only
     out = ["### Tree-ring watermark detection (the paper's Table 2 analogue)", "",
-           _provenance("watermark_detection", records), "",
+           provenance("watermark_detection", records), "",
            f"{cfg.get('samples')} watermarked + {cfg.get('samples')} clean images of "
            f"{cfg.get('size')}x{cfg.get('size')}, "
            f"BDIA generation (gamma {cfg.get('gamma')}, {cfg.get('diffusion_steps')} steps), saved as 8-bit PNG, "

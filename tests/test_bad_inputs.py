@@ -138,6 +138,13 @@ def test_a_pipeline_or_a_compiled_vae(tiny_kl, images_32):
     assert torch.equal(compiled.latents, decinv_fast.invert(tiny_kl, images_32, steps=2).latents)
 
 
+def test_a_vae_without_weights(tiny_kl, images_32):
+    with torch.device("meta"):
+        empty = type(tiny_kl).from_config(tiny_kl.config)
+    with pytest.raises(ValueError, match="meta device: its weights were never loaded"):
+        decinv_fast.invert(empty, images_32, steps=1)
+
+
 def test_images_on_another_device(tiny_kl):
     meta_images = torch.zeros(1, 3, 32, 32, device="meta")
     with pytest.raises(ValueError, match="images are on meta but the VAE is on cpu"):

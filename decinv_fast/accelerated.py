@@ -25,7 +25,7 @@ import torch
 
 from .anderson import AndersonMixer
 from .loop import GradientFreeIteration
-from .options import option
+from .options import math_dtype, option
 
 RHO_MIN, RHO_MAX = 0.05, 4.0
 
@@ -57,7 +57,7 @@ class AcceleratedIteration(GradientFreeIteration):
         super().__init__(adapter, frames, plan)
         batch = frames.batch
         self.k = 0
-        self.math = torch.float64 if self.z.dtype == torch.float64 else torch.float32
+        self.math = math_dtype(self.z.dtype)
         self.auto = bool(plan.options.get("auto_rho", False))
         self.scale = torch.ones(batch, device=self.z.device)  # per-sample factor on the table's rho
         self.first = None  # (y_0, T(y_0)) for the secant step size

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .options import check_int
+from .options import check_int, math_dtype
 
 
 class AndersonMixer:
@@ -43,8 +43,7 @@ class AndersonMixer:
         check_int("memory (Anderson history m)", memory, 0)
         batch, n = y.shape
         device = y.device
-        # the mixing math: fp32, or fp64 for fp64 latents
-        self.dtype = dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+        self.dtype = dtype = math_dtype(y.dtype)  # the mixing math: fp32, or fp64 for fp64 latents
         self.m, self.reg, self.safeguard = memory, reg, safeguard
         self.pixel_mixing = pixels is not None
         if self.pixel_mixing:  # the residual history the mixing weights are fitted to

@@ -18,7 +18,7 @@ import torch
 from .adapters import VaeAdapter
 from .inputs import Frames
 from .loop import Plan, encode_frames, pixel_error_backward, sample_norm
-from .options import option
+from .options import math_dtype, option
 from .reference import LBFGS_ARMIJO
 from .tracking import Tracker
 
@@ -56,7 +56,7 @@ class LbfgsIteration:
             e_x = encode_frames(adapter, self.x, plan.chunk)
         self.trial = e_x.clone().requires_grad_(True)
         batch, device = frames.batch, e_x.device
-        self.math = torch.float64 if e_x.dtype == torch.float64 else torch.float32
+        self.math = math_dtype(e_x.dtype)
         flat = e_x.detach().view(batch, -1).to(self.math)
         memory = option(plan.options, "memory")  # >= 1: check_options refuses less for grad
         self.z, self.g, self.d = flat.clone(), torch.zeros_like(flat), torch.zeros_like(flat)

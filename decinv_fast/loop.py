@@ -19,7 +19,7 @@ from .clipping import clipped_decoding
 from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
-from .options import option, uses_torch_update
+from .options import math_dtype, option, uses_torch_update
 from .tracking import Tracker
 
 
@@ -104,8 +104,8 @@ class GradientFreeIteration:
         self.master = self.y.float() if wanted and low and self.uses_master else None
         keeps_residual = self.keeps_pixel_residual(plan)
         # D(y) - x in fp32 (fp64 for fp64 pixels), for methods that mix by it (the codec then returns it)
-        math = torch.float64 if pixels.dtype == torch.float64 else torch.float32
-        self.residual = torch.zeros(pixels.shape, dtype=math, device=pixels.device) if keeps_residual else None
+        self.residual = torch.zeros(pixels.shape, dtype=math_dtype(pixels.dtype), device=pixels.device) \
+            if keeps_residual else None
         fpv = frames.frames_per_video if adapter.temporal else 1
         self.codec = make_codec(adapter, fpv, plan.compile, residual=keeps_residual,
                                 blur=option(plan.options, "residual_blur"),

@@ -55,6 +55,12 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the torch-side update math runs in for latents of ``dtype`` (Anderson, the secant step,
+    the gain, L-BFGS, the pixel residual they keep): fp32, or fp64 for fp64 latents."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_finite(name: str, values, unit: str = "value(s)") -> None:
     """A ValueError naming ``name`` if the tensor (or NumPy array) ``values`` holds NaN or inf."""
     if isinstance(values, torch.Tensor):

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
-from .options import AUTO, DTYPES, OPTION_DEFAULTS, check_int, check_options, option
+from .options import AUTO, DTYPES, OPTION_DEFAULTS, check_int, check_options, math_dtype, option
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -222,7 +222,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
                              "frames" + (", in whole videos" if per_video > 1 else ""))
     for c in chunks or _candidate_chunks(frames, per_video):
         transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
-    math_size = 8 if dtype == torch.float64 else 4  # the update math of anderson and L-BFGS
+    math_size = math_dtype(dtype).itemsize  # the update math of anderson and L-BFGS
     if method == "grad" and optimizer == "lbfgs":
         state = latent_bytes * 2 + (latent_bytes // size) * math_size * (2 * memory + 4)
     elif method == "grad":

@@ -137,7 +137,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         method_options = dict(AUTO["options"])
     schedule = "paper" if schedule is None else schedule
     lr, options = check_options(method, lr, method_options)
-    torch_update = method == "grad" or uses_torch_update(method, options)
+    torch_update = not _fused_update(method, options)
     if cuda_graphs and torch_update:
         raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size (and mean_gain 1)")
     if backend not in ("auto", "torch") and torch_update:
@@ -386,10 +386,16 @@ def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, pe
     )
 
 
+def _fused_update(method: str, options: dict) -> bool:
+    """Whether the run's update is a fused op (adam, fsm, km at a fixed step size, gain 1), whose
+    backend ``backend`` picks; grad and the torch-update methods update with torch ops."""
+    return method != "grad" and not uses_torch_update(method, options)
+
+
 def _update_backend(iteration, plan: Plan) -> str:
     """The backend that ran the update: the one ``plan.backend`` resolves to for the fused ops,
     ``"torch"`` for the methods that update with torch ops."""
-    if plan.method == "grad" or uses_torch_update(plan.method, plan.options):
+    if not _fused_update(plan.method, plan.options):
         return "torch"
     return resolve_backend(f"{plan.method}_residual_step", iteration.per_sample(iteration.z), plan.backend)
 

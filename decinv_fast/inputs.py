@@ -148,13 +148,13 @@ def _check_channels(images, c: int, channels: int | None) -> None:
 def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
               spatial_factor: int | None, channels: int | None) -> Frames:
     """Validate ``images`` and return them as frames on ``device`` in ``dtype``."""
+    if device is not None and device.type == "meta":  # whatever the images' kind
+        raise ValueError("the VAE is on the meta device: its weights were never loaded (load them, or move it "
+                         "with .to_empty() and load a state dict)")
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
     images = _stacked(images)
     if isinstance(images, torch.Tensor):
-        if device is not None and device.type == "meta":
-            raise ValueError("the VAE is on the meta device: its weights were never loaded (load them, or move it "
-                             "with .to_empty() and load a state dict)")
         if device is not None and images.device != device:
             raise ValueError(
                 f"images are on {images.device} but the VAE is on {device}; move one of them "

@@ -141,8 +141,9 @@ def test_a_pipeline_or_a_compiled_vae(tiny_kl, images_32):
 def test_a_vae_without_weights(tiny_kl, images_32):
     with torch.device("meta"):
         empty = type(tiny_kl).from_config(tiny_kl.config)
-    with pytest.raises(ValueError, match="meta device: its weights were never loaded"):
-        decinv_fast.invert(empty, images_32, steps=1)
+    for images in (images_32, np.zeros((32, 32, 3), np.uint8)):  # a tensor, or any other kind of images
+        with pytest.raises(ValueError, match="meta device: its weights were never loaded"):
+            decinv_fast.invert(empty, images, steps=1)
 
 
 def test_images_on_another_device(tiny_kl):

@@ -46,10 +46,16 @@ class VaeAdapter:
     temporal: bool = False
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encode_fn(pixels)
+        return self._in_dtype_of(pixels, self.encode_fn(pixels))
 
     def decode(self, latents: torch.Tensor, frames_per_video: int = 1) -> torch.Tensor:
-        return self.decode_fn(latents, frames_per_video)
+        return self._in_dtype_of(latents, self.decode_fn(latents, frames_per_video))
+
+    def _in_dtype_of(self, given: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """A module's output in its input's dtype: under ``torch.autocast`` the VAE computes in the
+        autocast dtype, but the iteration state (and the latents returned) stay in the run's dtype
+        (a no-op otherwise). A callable pair's outputs are its own business and are left alone."""
+        return out if self.module is None else out.to(given.dtype)
 
     @property
     def device(self) -> torch.device | None:

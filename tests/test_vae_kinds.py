@@ -276,3 +276,18 @@ def test_lbfgs_on_the_temporal_decoder_works_per_video(tiny_temporal):
     decode = lambda z: a.decode(z.reshape(-1, 4, 2, 2), 3).reshape(z.shape[0], -1, 16, 16)  # noqa: E731
     ref = reference.gradient_based_lbfgs(encode, decode, video.reshape(2, 9, 16, 16), steps=4, lr=0.05)
     torch.testing.assert_close(out.latents.reshape(2, -1), ref.latents.reshape(2, -1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["adam", "anderson", "grad"])
+def test_autocast_runs_the_vae_in_half_but_keeps_the_latents_dtype(tiny_kl, images_32, method):
+    """Under ``torch.autocast`` (a common wrapper around a whole pipeline) the VAE computes in the
+    autocast dtype, as the user asked, while the iteration and the latents stay in the run's dtype."""
+    plain = decinv_fast.invert(tiny_kl, images_32, method=method, steps=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = decinv_fast.invert(tiny_kl, images_32, method=method, steps=2)
+        encoded = decinv_fast.encode(tiny_kl, images_32)
+        decoded = decinv_fast.decode(tiny_kl, plain.latents)
+    assert autocast.latents.dtype == autocast.dtype == torch.float32
+    assert encoded.dtype == decoded.dtype == torch.float32
+    assert not torch.equal(autocast.latents, plain.latents)  # the VAE did run in bfloat16
+    torch.testing.assert_close(autocast.latents, plain.latents, atol=0.1, rtol=0)

@@ -26,7 +26,6 @@ weights and input excluded; the iteration's buffers and one step's transients do
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -36,7 +35,7 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import load_vae, resolved_backend, save
+from benchmarks.common import arg_parser, load_vae, resolved_backend, save
 from decinv_fast.memory import cpu_allocator_peak
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
@@ -190,8 +189,7 @@ def warm_up(vaes: dict, target) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer, smaller crops and steps")
+    parser = arg_parser(__doc__, quick="smoke run: fewer, smaller crops and steps")
     parser.add_argument("--steps", type=int, nargs="+", help="step counts (default: the config's)")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS["quick" if args.quick else "full"])

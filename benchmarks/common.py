@@ -30,12 +30,20 @@ VAE_LABELS = {
 }
 
 
+def arg_parser(doc: str, quick: str | None = None) -> argparse.ArgumentParser:
+    """The command line every benchmark script starts from: ``doc``'s first line (the module docstring)
+    as its description and, when ``quick`` is given, the ``--quick`` smoke-run flag with ``quick`` as its
+    help. Each script adds only its own flags."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
 def start_run(configs: dict, doc: str, argv: list[str] | None) -> tuple[dict, bool]:
     """A benchmark's start: parse ``--quick``, silence the libraries, use 2 threads. Returns the
     config (``configs["quick"]`` or ``configs["full"]``) and whether it is the quick one."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: its numbers only check the code")
-    quick = parser.parse_args(argv).quick
+    quick = arg_parser(doc, "smoke run: its numbers only check the code").parse_args(argv).quick
     quiet()
     torch.set_num_threads(2)
     return configs["quick" if quick else "full"], quick

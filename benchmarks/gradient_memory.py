@@ -20,14 +20,13 @@ from autograd through the same sampler (DDIM for AdjointDEIS-1, 2M for -2M, BDIA
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 
 import torch
 
 from benchmarks import harness
-from benchmarks.common import save, sd_ddim_scheduler
+from benchmarks.common import arg_parser, save, sd_ddim_scheduler
 from benchmarks.plot import plot_gradient_memory
 from decinv_fast.diffusion import (
     Schedule,
@@ -134,8 +133,7 @@ def measure(cfg: dict, mode: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: N = 10, 20, 40 on 8x8 latents")
+    parser = arg_parser(__doc__, quick="smoke run: N = 10, 20, 40 on 8x8 latents")
     parser.add_argument("--plot", action="store_true", help="only redraw the plot from the saved JSON")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny model)")
     args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ when one is available, from ``triton.testing.do_bench``. Results: ``benchmarks/r
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks import harness
-from benchmarks.common import quiet, save
+from benchmarks.common import arg_parser, quiet, save
 
 BENCHMARK = "kernels"
 LATENTS = ((1, 4, 64, 64), (16, 4, 64, 64))
@@ -236,8 +235,7 @@ def gpu_records() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing rounds")
+    parser = arg_parser(__doc__, quick="shorter timing rounds")
     args = parser.parse_args(argv)
     records = cpu_records(args.quick)
     if torch.cuda.is_available():

@@ -25,7 +25,6 @@ unverified until run on a GPU).
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -35,7 +34,7 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, random_images, save, sd21_vae
+from benchmarks.common import VAE_LABELS, arg_parser, random_images, save, sd21_vae
 from decinv_fast.memory import available_ram, cpu_allocator_peak
 
 BENCHMARK = "memory_vs_frames"
@@ -184,8 +183,7 @@ def gpu_claim(vae) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64x64 frames, up to 4 frames")
+    parser = arg_parser(__doc__, quick="smoke run: 64x64 frames, up to 4 frames")
     parser.add_argument("--one", help="(internal) run one configuration given as JSON and print one JSON line")
     args = parser.parse_args(argv)
     if args.one:

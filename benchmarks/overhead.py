@@ -17,14 +17,22 @@ PyTorch profiler for the whole call to report ``peak_bytes``; the difference sho
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, engine_iteration, interleaved, load_vae, protocol_inputs, run_engine, save
+from benchmarks.common import (
+    VAE_LABELS,
+    arg_parser,
+    engine_iteration,
+    interleaved,
+    load_vae,
+    protocol_inputs,
+    run_engine,
+    save,
+)
 
 BENCHMARK = "overhead"
 GOAL = 1.03
@@ -100,8 +108,7 @@ def measure(cfg: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 32x32 inputs, few repeats")
+    parser = arg_parser(__doc__, quick="smoke run: 32x32 inputs, few repeats")
     args = parser.parse_args(argv)
     records = []
     for cfg in CONFIGS["quick" if args.quick else "full"]:

@@ -24,7 +24,6 @@ Timings are interleaved (variant A B C ... repeated) and the best of the repeats
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import VAE_LABELS, interleaved, load_vae, protocol_inputs, run_engine, save
+from benchmarks.common import VAE_LABELS, arg_parser, interleaved, load_vae, protocol_inputs, run_engine, save
 from decinv_fast.loop import Plan, step_table
 from decinv_fast.ops import adam_residual_step
 
@@ -197,8 +196,7 @@ def compare(cfg: dict, vae) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 32x32 images, 2-3 steps")
+    parser = arg_parser(__doc__, quick="smoke run: 32x32 images, 2-3 steps")
     args = parser.parse_args(argv)
     records = []
     for cfg in CONFIGS["quick" if args.quick else "full"]:

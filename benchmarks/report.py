@@ -11,10 +11,10 @@ predictions are marked as such.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from benchmarks import harness
+from benchmarks.common import arg_parser
 from benchmarks.report_format import cell, mib, provenance
 from benchmarks.report_stopping import stopping
 
@@ -298,7 +298,7 @@ def write(readme: Path = README) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--print", action="store_true", help="print the section instead of writing README.md")
     args = parser.parse_args(argv)
     if args.print:

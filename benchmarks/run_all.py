@@ -12,12 +12,12 @@ plots and the README report keep reading the full runs' results.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 
 from benchmarks import harness
+from benchmarks.common import arg_parser
 
 # cheap and independent first; expected full-run minutes on 2 idle cores in the comments
 BENCHMARKS = (
@@ -42,8 +42,7 @@ def run(module: str, args: list[str]) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run of every benchmark (a few minutes)")
+    parser = arg_parser(__doc__, quick="smoke run of every benchmark (a few minutes)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks (then plot, report)")
     args = parser.parse_args(argv)
     extra = ["--quick"] if args.quick else []

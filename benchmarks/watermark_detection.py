@@ -15,7 +15,6 @@ false positives), TPR/FPR at the theoretical p < 0.01, z0/zT NMSE against the kn
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from PIL import Image
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import sd_ddim_scheduler
+from benchmarks.common import arg_parser, sd_ddim_scheduler
 from benchmarks.watermark_eps_model import random_eps_model, train_eps_model
 from decinv_fast.diffusion import Schedule
 from decinv_fast.fixture import fixture_dir, new_fixture_vae
@@ -104,8 +103,8 @@ def summarise(wm: dict, clean: dict, n_images: int) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description="Tree-ring watermark detection benchmark (Table 2 analogue)")
-    parser.add_argument("--quick", action="store_true", help="8 + 8 small images, short training (~1 minute)")
+    parser = arg_parser("Tree-ring watermark detection benchmark (Table 2 analogue)",
+                        quick="8 + 8 small images, short training (~1 minute)")
     parser.add_argument("--samples", type=int, default=None, help="watermarked images (and as many clean ones)")
     parser.add_argument("--eps-model", choices=("trained", "random"), default="trained")
     parser.add_argument("--gamma", type=float, default=0.96, help="BDIA gamma for generation and inversion")

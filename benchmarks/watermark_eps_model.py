@@ -12,7 +12,6 @@ when no training is wanted.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -20,7 +19,7 @@ import time
 import torch
 
 import decinv_fast
-from benchmarks.common import sd_ddim_scheduler
+from benchmarks.common import arg_parser, sd_ddim_scheduler
 from decinv_fast.testbed import RandomCrops
 
 log = logging.getLogger("watermark_eps_model")
@@ -96,7 +95,7 @@ def train_eps_model(vae, scheduler, *, image_size: int, steps: int, seed: int = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arg_parser(__doc__)
     parser.add_argument("--size", type=int, default=128, help="image crop size (latents are size/8)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)

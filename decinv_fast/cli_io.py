@@ -28,21 +28,51 @@ def natural_key(path: Path) -> tuple:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit grayscale.
+    """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit and float images.
 
-    The EXIF orientation is applied (as diffusers' ``load_image`` does). 16-bit grayscale (PIL modes
-    ``I;16*``, and ``I``, which PIL also uses for 16-bit files) is read as ``value / 65535`` in each
-    channel; ``convert("RGB")`` would clip it at 255, nearly all white. An ``I`` image with values
-    outside [0, 65535] is refused. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
+    The EXIF orientation is applied (as diffusers' ``load_image`` does). Grayscale that ``convert("RGB")``
+    would clip at 255 (nearly all white) is read at its own depth, the same value in each channel:
+    16-bit (PIL modes ``I;16*``, and ``I``, which PIL also uses for 16-bit files and 32-bit TIFFs) as
+    ``value / 65535``, float (mode ``F``, e.g. a 32-bit float TIFF) as it is, in [0, 1]. Values outside
+    those ranges, NaN or infinity, and signed 16-bit TIFFs (no [0, 65535] reading) are refused, naming
+    the file. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
+        signed = _signed_sixteen(opened)
         image = ImageOps.exif_transpose(opened)
-    if image.mode.startswith("I;16") or image.mode == "I":
+    if signed:
+        raise UsageError(f"{path}: signed 16-bit image; decinv reads unsigned 16-bit ones (value / {SIXTEEN_BIT}): "
+                         "convert it to unsigned 16 bits or to float in [0, 1]")
+    return _pixels(image, path)
+
+
+def _signed_sixteen(image) -> bool:
+    """A TIFF of signed 16-bit samples (PIL opens it as mode ``I``, values in [-32768, 32767])."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return False
+    bits, kind = np.atleast_1d(tags.get(258, 0)), np.atleast_1d(tags.get(339, 1))  # BitsPerSample, SampleFormat
+    return bool((bits == 16).all() and (kind == 2).all())  # SampleFormat 2: signed integer
+
+
+def _pixels(image, path: Path) -> np.ndarray:
+    """A PIL image (or one frame) -> ``(H, W, 3)`` uint8, or float32 in [0, 1] (see :func:`read_image`)."""
+    mode = image.mode
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise UsageError(f"{path}: float image (PIL mode F) with NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0 or hi > 1:
+            raise UsageError(f"{path}: float image (PIL mode F) with values in [{lo:.4g}, {hi:.4g}]; float images "
+                             "are read as [0, 1] (rescale it, e.g. divide [0, 255] values by 255)")
+        return np.repeat(values[..., None], 3, axis=-1)
+    if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image).astype(np.float32)
         lo, hi = float(values.min()), float(values.max())
         if lo < 0 or hi > SIXTEEN_BIT:
-            raise UsageError(f"{path}: integer image (PIL mode {image.mode}) with values in [{lo:.0f}, {hi:.0f}]; "
+            raise UsageError(f"{path}: integer image (PIL mode {mode}) with values in [{lo:.0f}, {hi:.0f}]; "
                              f"only 8- and 16-bit ones ([0, {SIXTEEN_BIT}]) are read")
         return np.repeat(values[..., None] / SIXTEEN_BIT, 3, axis=-1)
     return np.asarray(image.convert("RGB"))
@@ -50,7 +80,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, 3)`` and the names in batch
-    order. One 16-bit image makes the whole batch float in [0, 1]."""
+    order. One 16-bit or float image makes the whole batch float in [0, 1]."""
     files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=natural_key)
     if not files:

@@ -230,6 +230,47 @@ def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
     torch.testing.assert_close(batch[0], reference, rtol=1e-5, atol=1e-5)
 
 
+def test_float_and_big_endian_images_are_read_at_their_depth(tmp_path):
+    """A float TIFF (PIL mode F) in [0, 1] and a big-endian 16-bit TIFF (I;16B) give the latents of the same
+    picture in 8 bits, alone and in a folder; convert("RGB") clipped F to 0 and 1 (nearly black)."""
+    gray = np.asarray(Image.fromarray(bundled_photo()[:32, :32]).convert("L"))
+    Image.fromarray(gray).save(tmp_path / "gray8.png")
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    Image.fromarray((gray.astype(np.uint16) * 257).astype(">u2")).save(tmp_path / "big.tif")
+    assert Image.open(tmp_path / "big.tif").mode == "I;16B"
+    reference = _run(tmp_path / "gray8.png", tmp_path / "8.st")[0]
+    for name in ("float.tif", "big.tif"):
+        torch.testing.assert_close(_run(tmp_path / name, tmp_path / f"{name}.st")[0], reference, rtol=1e-5, atol=1e-5)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "float.tif").rename(folder / "a.tif")
+    Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")
+    torch.testing.assert_close(_run(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("values,message", [
+    (np.full((32, 32), 200.0, np.float32), "values in [200, 200]; float images are read as [0, 1]"),
+    (np.linspace(-0.5, 0.5, 32 * 32, dtype=np.float32).reshape(32, 32), "values in [-0.5, 0.5]"),
+    (np.where(np.eye(32, dtype=bool), np.nan, 0.5).astype(np.float32), "NaN or infinite"),
+])
+def test_float_image_out_of_range_is_one_line_naming_the_file(tmp_path, capsys, values, message):
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    assert main(["invert", str(tmp_path / "float.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {tmp_path / 'float.tif'}: float image") and message in err, err
+    assert "\n" not in err
+
+
+def test_signed_sixteen_bit_tiff_is_refused(tmp_path, capsys):
+    """PIL opens a signed 16-bit TIFF as mode I; its values (at most 32767) were read as value / 65535."""
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "signed.tif", np.full((32, 32), 30000, np.int16))
+    assert Image.open(tmp_path / "signed.tif").mode == "I"
+    assert main(["invert", str(tmp_path / "signed.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {tmp_path / 'signed.tif'}: signed 16-bit image") and "\n" not in err
+
 def test_out_of_range_integer_image_is_one_line(tmp_path, capsys):
     Image.fromarray(np.full((32, 32), 70000, np.int32)).save(tmp_path / "big.tif")
     assert main(["invert", str(tmp_path / "big.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2

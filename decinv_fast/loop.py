@@ -70,17 +70,18 @@ def make_tracker(plan: Plan, y: torch.Tensor) -> Tracker | None:
     return Tracker(y, keep_best=plan.keep_best, tol=plan.tol, patience=plan.patience)
 
 
-def step_table(plan: Plan, device: torch.device) -> torch.Tensor:
+def step_table(plan: Plan, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Per-step values the update reads on the device: ``(lr_k, 1-b1^(k+1), 1-b2^(k+1))`` for Adam,
-    ``(rho_k,)`` otherwise. Computed in double on the host, stored as fp32 (as the kernels see the
-    reference's Python floats)."""
+    ``(rho_k,)`` otherwise. Computed in double on the host, stored in the update math's dtype for
+    latents of ``dtype``: fp32 (as the kernels see the reference's Python floats), fp64 for fp64
+    latents (the torch backend then matches the reference's double arithmetic)."""
     rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
     if plan.method == "adam":
         b1, b2 = plan.options.get("betas", reference.ADAM_BETAS)
         rows = [(lr_k, 1 - b1 ** (k + 1), 1 - b2 ** (k + 1)) for k, lr_k in enumerate(rates)]
     else:
         rows = [(r,) for r in rates]
-    return torch.tensor(rows, dtype=torch.float32, device=device)
+    return torch.tensor(rows, dtype=math_dtype(dtype), device=device)
 
 
 class GradientFreeIteration:
@@ -116,7 +117,7 @@ class GradientFreeIteration:
             self.eps = plan.options.get("eps", reference.adam_eps(self.z.dtype))
             self.betas = plan.options.get("betas", reference.ADAM_BETAS)
         device = self.z.device
-        self.table = step_table(plan, device)
+        self.table = step_table(plan, device, self.z.dtype)
         self.step = torch.zeros(1, dtype=torch.int64, device=device)
         self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
         self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)

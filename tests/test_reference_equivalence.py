@@ -17,7 +17,7 @@ def codec(vae, frames_per_video=1):
     return a.encode, (lambda z: a.decode(z, frames_per_video))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("method,options", [
     ("adam", {}), ("adam", {"schedule": "constant"}), ("fsm", {"lr": 0.5}), ("km", {"lr": 0.7, "alpha": 0.3}),
 ])

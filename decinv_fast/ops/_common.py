@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..options import math_dtype
+
 LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -28,8 +30,10 @@ def check_step_inputs(name: str, ref: torch.Tensor, sq_norm: torch.Tensor, table
     """Shapes of the per-sample norm output, the per-step table, the step counter and the master copy."""
     if sq_norm.dtype != torch.float32 or sq_norm.shape != ref.shape[:1] or sq_norm.device != ref.device:
         raise ValueError(f"{name}: sq_norm must be float32 of shape ({ref.shape[0]},) on {ref.device}")
-    if table.dtype != torch.float32 or table.dim() != 2 or table.shape[1] != columns or table.device != ref.device:
-        raise ValueError(f"{name}: table must be float32 (steps, {columns}) on {ref.device}")
+    table_dtype = math_dtype(ref.dtype)
+    if table.dtype != table_dtype or table.dim() != 2 or table.shape[1] != columns or table.device != ref.device:
+        raise ValueError(f"{name}: table must be {str(table_dtype)[6:]} (steps, {columns}) on {ref.device} "
+                         f"for {str(ref.dtype)[6:]} latents")
     if not table.is_contiguous():
         raise ValueError(f"{name}: table must be contiguous")
     if step.dtype != torch.int64 or step.numel() != 1 or step.device != ref.device:

@@ -9,8 +9,9 @@ their results in place::
     decinv_fast::fsm_residual_step(edz, e_x, z!, sq_norm!, table, step, master!?)
     decinv_fast::km_residual_step(edz, e_x, y!, z!, sq_norm!, table, step, master!?, alpha)
 
-Shapes: latents ``(B, n)`` contiguous in one dtype (fp32/fp16/bf16); ``sq_norm`` fp32 ``(B,)``;
-``table`` fp32 ``(steps, 3)`` for Adam and ``(steps, 1)`` otherwise; ``step`` int64 with one
+Shapes: latents ``(B, n)`` contiguous in one dtype (fp32/fp16/bf16, fp64 on the torch backend);
+``sq_norm`` fp32 ``(B,)``; ``table`` fp32 (fp64 for fp64 latents) ``(steps, 3)`` for Adam and
+``(steps, 1)`` otherwise; ``step`` int64 with one
 element; ``master`` optional fp32 ``(B, n)``. The math is in each launcher's docstring
 (``ops/*_residual_step.py``). Importing this module twice defines nothing twice.
 """

@@ -17,7 +17,7 @@ def adam_residual_step(edz: torch.Tensor, e_x: torch.Tensor, z: torch.Tensor, m:
     """One gradient-free Adam step, in place on ``z``, ``m``, ``v``, ``sq_norm`` (and ``master``).
 
     Shapes: latents ``(B, n)`` contiguous, one dtype (fp32/fp16/bf16); ``sq_norm`` fp32 ``(B,)``;
-    ``table`` fp32 ``(steps, 3)``; ``step`` int64 ``(1,)``; ``master`` optional fp32 ``(B, n)``.
+    ``table`` fp32 ``(steps, 3)`` (fp64 for fp64 latents); ``step`` int64 ``(1,)``; ``master`` optional fp32 ``(B, n)``.
     With ``k = step`` and ``(lr_k, c1_k, c2_k) = table[k]`` (``c1_k = 1 - b1**(k+1)``,
     ``c2_k = 1 - b2**(k+1)``)::
 

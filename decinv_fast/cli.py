@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     inv = sub.add_parser("invert", help="invert an image, a folder of images or a video")
     inv.add_argument("input", help="image file, folder of images (a batch, in natural order of the names: 2.png "
-                     "before 10.png), or video (GIF, animated WebP; .mp4 etc. with the video extra)")
+                     "before 10.png), or video (GIF, animated WebP or PNG; .mp4 etc. with the video extra)")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=int, default=50)
     inv.add_argument("--method", default="adam", choices=METHODS)

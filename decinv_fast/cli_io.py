@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is a .webp file with more than one frame)
+FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is an animated WebP or PNG)
+ANIMATIONS = {"GIF", "WEBP", "PNG"}  # PIL formats whose frames are an animation (not MPO's or TIFF's extra images)
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}  # read with imageio + ffmpeg
 VIDEO_EXTRA = "pip install 'decinv-fast[video]'"
 SIXTEEN_BIT = 65535
@@ -80,28 +81,41 @@ def _pixels(image, path: Path) -> np.ndarray:
 
 def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, 3)`` and the names in batch
-    order. One 16-bit or float image makes the whole batch float in [0, 1]."""
-    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=natural_key)
+    order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
+    still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
+    GIF is an image like the others."""
+    suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
+    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes), key=natural_key)
     if not files:
-        raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(suffixes))})")
+    animated = [f"{p.name} ({n} frames)" for p in files if (n := _animation_frames(p)) > 1]
+    if animated:
+        raise UsageError(f"{path}: a folder is a batch of still images, but {', '.join(animated)} "
+                         f"{'has' if len(animated) == 1 else 'have'} more than one frame; pass such a file on its "
+                         "own to invert it as a video")
     images = [read_image(p) for p in files]
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
         sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(files, images, strict=True))
         raise UsageError(f"{path}: the images of a folder (a batch) must have one size; got {sizes}")
+    return _stack(images), [p.name for p in files]
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Images of one size -> one array: uint8, or float32 in [0, 1] if any of them is float."""
     if any(im.dtype != np.uint8 for im in images):
         images = [im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images]
-    return np.stack(images), [p.name for p in files]
+    return np.stack(images)
 
 
 def read_frames(path: Path) -> np.ndarray:
-    """Every frame of a GIF (or animated WebP), each converted to RGB -> ``(1, F, H, W, 3)`` uint8."""
+    """Every frame of a GIF (or animated WebP or PNG) -> ``(1, F, H, W, 3)``, each frame read as
+    :func:`read_image` reads a picture (without its EXIF orientation)."""
     from PIL import Image, ImageSequence
 
     with Image.open(path) as image:
-        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
-    return np.stack(frames)[None]  # a batch of one video
+        frames = [_pixels(frame, path) for frame in ImageSequence.Iterator(image)]
+    return _stack(frames)[None]  # a batch of one video
 
 
 def read_video(path: Path) -> np.ndarray:
@@ -125,23 +139,25 @@ def read_video(path: Path) -> np.ndarray:
     return np.stack([np.asarray(f.convert("RGB")) for f in frames])[None]
 
 
-def _frame_count(path: Path) -> int:
+def _animation_frames(path: Path) -> int:
+    """The frames of an animated GIF, WebP or PNG; 1 for other files (a phone's MPO JPEG holds a second
+    image, a TIFF may hold a thumbnail page: neither is a frame of a video)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return getattr(image, "n_frames", 1)
+        return getattr(image, "n_frames", 1) if image.format in ANIMATIONS else 1
 
 
 def read_input(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """``decinv invert``'s input -> ``(images, file names)``: an image file ``(H, W, 3)``, a folder
-    ``(B, H, W, 3)`` with its file names in batch order, a video (GIF, animated WebP, a video file)
-    ``(1, F, H, W, 3)``; file names only for a folder. Suffixes in any case."""
+    ``(B, H, W, 3)`` with its file names in batch order, a video (a GIF, an animated WebP or PNG, a
+    video file) ``(1, F, H, W, 3)``; file names only for a folder. Suffixes in any case."""
     if path.is_dir():
         return read_folder(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
-    if suffix in FRAME_SUFFIXES or (suffix == ".webp" and _frame_count(path) > 1):
+    if suffix in FRAME_SUFFIXES or (suffix in IMAGE_SUFFIXES and _animation_frames(path) > 1):
         return read_frames(path), None
     if suffix in IMAGE_SUFFIXES:
         return read_image(path), None

@@ -336,6 +336,36 @@ def test_gif_and_animated_webp_in_any_case(tmp_path):
     assert torch.equal(read_latents(tmp_path / "clip.WebP.st")[0], direct.latents[0])  # lossless: the frames
 
 
+def test_animations_in_a_folder_are_refused_naming_them(tmp_path, capsys):
+    """A folder is a batch of still images: an animated WebP was read as its first frame and a GIF skipped,
+    silently. Now every animation is named; a single-frame GIF is an image of the batch."""
+    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    clip[0].save(folder / "1.png")
+    clip[1].save(folder / "2.gif")
+    _, meta = _run(folder, tmp_path / "still.st")
+    assert json.loads(meta["files"]) == ["1.png", "2.gif"]
+    clip[0].save(folder / "3.webp", save_all=True, append_images=clip[1:], lossless=True)
+    clip[0].save(folder / "4.GIF", save_all=True, append_images=clip[1:2])
+    assert main(["invert", str(folder), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {folder}: a folder is a batch of still images") and "\n" not in err
+    assert "3.webp (3 frames), 4.GIF (2 frames) have more than one frame" in err and "on its own" in err
+
+
+def test_animated_png_is_a_video_and_a_phone_mpo_jpeg_an_image(tmp_path):
+    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
+    clip[0].save(tmp_path / "clip.png", save_all=True, append_images=clip[1:])
+    latents, meta = _run(tmp_path / "clip.png", tmp_path / "apng.st")
+    assert latents.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack([np.asarray(f) for f in clip])[None], steps=1)
+    assert torch.equal(latents, direct.latents[0])
+    clip[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=clip[1:2])  # a second image
+    assert Image.open(tmp_path / "phone.jpg").n_frames == 2
+    latents, meta = _run(tmp_path / "phone.jpg", tmp_path / "mpo.st")
+    assert latents.shape == (4, 4, 4) and meta["layout"] == "C,h,w"  # its picture, not a 2-frame video
+
 def test_video_without_a_reader_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as when the video extra is not installed
     (tmp_path / "clip.MP4").write_bytes(b"\0" * 64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusion_models import sd_scheduler, tiny_unet
 
-from decinv_fast.diffusion import Schedule, ddim_sample, ddim_timesteps
+from decinv_fast.diffusion import Schedule, ddim_invert, ddim_sample, ddim_timesteps
 
 
 @pytest.mark.parametrize("spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)])
@@ -71,3 +71,22 @@ def test_clipping_scheduler_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="decinv_fast.diffusion.schedule"):
         Schedule.from_scheduler(scheduler, 4)
     assert "clip_sample" in caplog.text
+
+
+def test_ddim_inverse_scheduler_gives_the_same_grid():
+    """diffusers' DDIMInverseScheduler keeps alphabar_0 as ``initial_alpha_cumprod`` (no ``final_alpha_cumprod``)
+    and lists its timesteps ascending; its grid is the forward scheduler's, and ddim_invert on it is its step loop."""
+    from diffusers import DDIMInverseScheduler
+
+    forward = Schedule.from_scheduler(sd_scheduler(), 10)
+    inverse = DDIMInverseScheduler.from_config(sd_scheduler().config)
+    assert Schedule.from_scheduler(inverse, 10) == forward  # alphabar_0 was 1.0, not alphas_cumprod[0]
+    inverse.set_timesteps(10)
+    assert Schedule.from_scheduler(inverse) == forward  # its ascending timesteps were refused
+    unet, z0 = tiny_unet(torch.float64), torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    ref = z0.clone()
+    with torch.no_grad():
+        for t in inverse.timesteps:
+            ref = inverse.step(unet(ref, t).sample, t, ref).prev_sample
+    ours = ddim_invert(unet, inverse, z0)
+    assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())  # diffusers' fp32 coefficients

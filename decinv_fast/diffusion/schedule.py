@@ -143,12 +143,14 @@ class Schedule:
         Timesteps come from, in order: ``timesteps`` (checked against the scheduler), else
         ``num_inference_steps`` (the scheduler's DDIM spacing: its ``timestep_spacing`` and
         ``steps_offset``), else ``scheduler.timesteps`` after ``scheduler.set_timesteps(n)``.
+        ``alphabar_0`` is the scheduler's ``final_alpha_cumprod`` (1 if it has none). A
+        ``DDIMInverseScheduler`` gives the grid of its forward scheduler (its ascending timesteps reversed,
+        ``alphabar_0`` from its ``initial_alpha_cumprod``); ``timesteps`` are always given in sampling order.
         Only epsilon prediction is supported; ``clip_sample``/``thresholding`` are ignored (a clipped
         step is not invertible), with a warning.
         """
         table, config = _scheduler_parts(scheduler)
-        final = getattr(scheduler, "final_alpha_cumprod", None)
-        final = 1.0 if final is None else float(final)
+        final = _final_level(scheduler)
         if timesteps is not None:
             steps = _as_int_list("timesteps", timesteps)
             if num_inference_steps is not None and num_inference_steps != len(steps):
@@ -164,7 +166,7 @@ class Schedule:
         elif num_inference_steps is not None:
             steps = _expected_timesteps(None, config, num_inference_steps)
         elif getattr(scheduler, "num_inference_steps", None) is not None:
-            steps = _as_int_list("scheduler.timesteps", scheduler.timesteps)
+            steps = _scheduler_timesteps(scheduler)
         else:
             raise ValueError(
                 "scheduler has no timesteps yet: call scheduler.set_timesteps(n) first, or pass num_inference_steps"
@@ -191,10 +193,28 @@ def _scheduler_parts(scheduler) -> tuple[torch.Tensor, dict]:
     return torch.as_tensor(table), dict(config)
 
 
+def _is_inverse(scheduler) -> bool:
+    """diffusers' ``DDIMInverseScheduler``: timesteps ascending, ``alphabar_0`` kept as ``initial_alpha_cumprod``."""
+    return getattr(scheduler, "final_alpha_cumprod", None) is None and hasattr(scheduler, "initial_alpha_cumprod")
+
+
+def _final_level(scheduler) -> float:
+    """``alphabar_0``: ``final_alpha_cumprod`` (``DDIMScheduler``), ``initial_alpha_cumprod`` (the same level, where
+    ``DDIMInverseScheduler`` starts), else 1 (schedulers that end noise-free, e.g. DDPM)."""
+    value = getattr(scheduler, "initial_alpha_cumprod" if _is_inverse(scheduler) else "final_alpha_cumprod", None)
+    return 1.0 if value is None else float(value)
+
+
+def _scheduler_timesteps(scheduler) -> list[int]:
+    """The scheduler's own timesteps in sampling order (an inverse scheduler's ascending list reversed)."""
+    steps = _as_int_list("scheduler.timesteps", scheduler.timesteps)
+    return steps[::-1] if _is_inverse(scheduler) else steps
+
+
 def _expected_timesteps(scheduler, config: dict, n: int) -> list[int]:
     """The scheduler's own timesteps if they were set for ``n`` steps, else its DDIM spacing rule."""
     if scheduler is not None and getattr(scheduler, "num_inference_steps", None) == n:
-        return _as_int_list("scheduler.timesteps", scheduler.timesteps)
+        return _scheduler_timesteps(scheduler)
     return ddim_timesteps(
         n, num_train_timesteps=int(config["num_train_timesteps"]),
         spacing=config.get("timestep_spacing", "leading"), steps_offset=int(config.get("steps_offset", 0) or 0),

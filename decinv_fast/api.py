@@ -83,14 +83,14 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
 
 
 def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, options: dict,
-               attention: str = "auto") -> int:
+               attention: str = "auto", fp32_master: bool | None = None) -> int:
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, options, attention)
+        return auto_chunk(adapter, frames, method, options, attention, fp32_master)
     if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if adapter.temporal and chunk_frames % frames.frames_per_video:
@@ -154,7 +154,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
-    chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention)
+    chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention, fp32_master)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
                 keep_best=bool(keep_best), tol=tol, patience=patience)  # None: off

@@ -19,7 +19,7 @@ from .clipping import clipped_decoding
 from .filters import ResidualBlur
 from .inputs import Frames
 from .ops import adam_residual_step, fsm_residual_step, km_residual_step
-from .options import math_dtype, option, uses_torch_update
+from .options import keeps_fp32_master, math_dtype, option, uses_torch_update
 from .tracking import Tracker
 
 
@@ -98,11 +98,10 @@ class GradientFreeIteration:
         self.edz = torch.empty_like(self.z)
         self.x = pixels
         self.pixel_sq = torch.zeros(pixels.shape[0], dtype=torch.float32, device=pixels.device)
-        low = self.z.dtype in (torch.float16, torch.bfloat16)
         # fp32 master copy of the iterate (of the evaluation point y for KM, see km_residual_step);
         # by default with fp16 only, where the official Adam's second moment underflows (api.invert)
-        wanted = self.z.dtype == torch.float16 if plan.master is None else plan.master
-        self.master = self.y.float() if wanted and low and self.uses_master else None
+        keeps = self.uses_master and keeps_fp32_master(self.z.dtype, plan.master)
+        self.master = self.y.float() if keeps else None
         keeps_residual = self.keeps_pixel_residual(plan)
         # D(y) - x in fp32 (fp64 for fp64 pixels), for methods that mix by it (the codec then returns it)
         self.residual = torch.zeros(pixels.shape, dtype=math_dtype(pixels.dtype), device=pixels.device) \

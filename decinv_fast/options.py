@@ -61,6 +61,13 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def keeps_fp32_master(dtype: torch.dtype, fp32_master: bool | None) -> bool:
+    """Whether a gradient-free run with latents of ``dtype`` keeps a fp32 master copy of its iterate
+    (``invert``'s ``fp32_master``; ``None``: for fp16 only): only fp16 and bf16 latents have one."""
+    wanted = dtype == torch.float16 if fp32_master is None else fp32_master
+    return bool(wanted) and dtype in (torch.float16, torch.bfloat16)
+
+
 def check_finite(name: str, values, unit: str = "value(s)") -> None:
     """A ValueError naming ``name`` if the tensor (or NumPy array) ``values`` holds NaN or inf."""
     if isinstance(values, torch.Tensor):

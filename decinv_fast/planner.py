@@ -8,7 +8,9 @@ tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises
 gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
 The pass traced is ``E(D(z))``; the few pixel-sized temporaries the iteration adds around it (the
 pixel residual, ``residual_blur``'s filtered copy) are smaller than the decoder's own peak, which
-they follow, and are not traced (checked with ``residual_blur`` in tests/test_planner.py).
+they follow, and are not traced (checked with ``residual_blur`` in tests/test_planner.py). The
+iteration's state (latent-sized buffers, optimizer history, the fp32 master copy fp16 runs keep) is
+counted from the method, its options and ``fp32_master``, as the run allocates it.
 
 It predicts what the allocator hands out (the quantity ``torch.cuda.max_memory_allocated`` reports),
 not the CUDA context. On the CPU it adds oneDNN's per-convolution layout copy and is checked against
@@ -30,7 +32,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
-from .options import AUTO, DTYPES, OPTION_DEFAULTS, check_int, check_options, math_dtype, option
+from .options import (
+    AUTO,
+    DTYPES,
+    OPTION_DEFAULTS,
+    check_flag,
+    check_int,
+    check_options,
+    keeps_fp32_master,
+    math_dtype,
+    option,
+)
 
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
@@ -178,7 +190,8 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
 
 def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
-         memory: int | None = None, mixing: str | None = None, optimizer: str | None = None) -> MemoryPlan:
+         memory: int | None = None, mixing: str | None = None, optimizer: str | None = None,
+         fp32_master: bool | None = None) -> MemoryPlan:
     """Predict peak memory of ``invert(vae, images_of(shape), method=method, dtype=dtype)`` per chunk size.
 
     Args:
@@ -197,6 +210,8 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         optimizer: grad's ``"adam"`` (default: ``z``, its gradient, Adam's two moments) or ``"lbfgs"``
             (``z`` and its gradient, then ``2 memory + 4`` fp32 latents: the accepted point, its
             gradient, the direction, the best point and the pairs; fp64 for fp64 latents).
+        fp32_master: as ``invert``'s: a gradient-free run with fp16 or bf16 latents keeps a fp32 master
+            copy of its iterate (``None``, the default: with fp16 only), counted in the state.
     """
     run_method, memory, mixing, optimizer = _planned_method(method, memory, mixing, optimizer)
     adapter = as_adapter(vae)
@@ -204,6 +219,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
     shape = _checked_shape(shape, adapter.spatial_factor)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
+    _check_master(fp32_master, run_method)
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
@@ -233,6 +249,8 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             state += (latent_bytes // size) * math_size * (2 * memory + 2)
             if mixing == "pixel":
                 state += frames * 3 * h * w * math_size * (memory + 2)
+        if keeps_fp32_master(dtype, fp32_master):  # loop.GradientFreeIteration's master, y.float()
+            state += (latent_bytes // size) * 4
     return MemoryPlan(shape, dtype, device, method_label, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
 
@@ -274,6 +292,15 @@ def _checked_shape(shape, factor: int) -> tuple[int, ...]:
     return dims
 
 
+def _check_master(fp32_master, method: str) -> None:
+    """``fp32_master`` as ``invert`` checks it: None or a bool, and not ``True`` for ``grad``."""
+    if fp32_master is not None:
+        check_flag("fp32_master", fp32_master)
+    if fp32_master and method == "grad":
+        raise ValueError("fp32_master=True is an option of the gradient-free methods; method='grad' keeps no "
+                         "master copy")
+
+
 def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -306,11 +333,13 @@ def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     return run
 
 
-def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto") -> int:
+def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",
+               fp32_master: bool | None = None) -> int:
     """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
     CPU: half of the available RAM). At least one video's frames for temporal VAEs.
-    ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``) and ``attention``
-    its attention backend (``"math"`` builds the tokens x tokens matrix)."""
+    ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``), ``attention``
+    its attention backend (``"math"`` builds the tokens x tokens matrix) and ``fp32_master`` its master
+    copy setting."""
     if adapter.module is None:
         raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
     pixels = frames.pixels
@@ -329,6 +358,6 @@ def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "au
         if own["optimizer"] == "lbfgs":
             own["memory"] = option(options, "memory")
     result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
-                  attention=attention, **own)
+                  attention=attention, fp32_master=fp32_master, **own)
     smallest = min(result.per_chunk)
     return result.chunk or smallest

@@ -108,6 +108,8 @@ def test_math_attention_materialises_the_score_matrix():
     ((1, 3, 64, 64), dict(attention="flash"), "attention"),
     ((1, 3, 64, 64), dict(chunks=[0]), "chunks"),
     ((1, 3, 64, 64), dict(chunks=4), "chunks"),
+    ((1, 3, 64, 64), dict(fp32_master="no"), "fp32_master must be True or False"),
+    ((1, 3, 64, 64), dict(method="grad", fp32_master=True), "fp32_master=True is an option of the gradient-free"),
 ])
 def test_bad_arguments(shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -197,3 +199,35 @@ def test_invert_auto_chunk_matches_unchunked():
     a = decinv_fast.invert(vae, x, steps=2, chunk_frames="auto")
     b = decinv_fast.invert(vae, x, steps=2)
     torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, dtype, fp32_master, kept", [
+    ("adam", torch.float16, None, True), ("adam", torch.bfloat16, None, False), ("adam", torch.bfloat16, True, True),
+    ("km", torch.float16, None, True), ("fsm", torch.float16, False, False), ("auto", torch.float16, None, True),
+    ("anderson", torch.bfloat16, True, True), ("adam", torch.float32, True, False),
+])
+def test_state_counts_the_fp32_master_the_run_allocates(method, dtype, fp32_master, kept):
+    """fp16 runs keep a fp32 master copy of the iterate by default, bf16 ones only when asked."""
+    from decinv_fast.api import prepare_run
+    from decinv_fast.loop import make_iteration
+
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    iteration = make_iteration(*prepare_run(vae, x, method=method, steps=1, dtype=dtype, fp32_master=fp32_master))
+    allocated = 0 if iteration.master is None else iteration.master.untyped_storage().nbytes()
+    assert allocated == (2 * 4 * 4 * 4 * 4 if kept else 0)  # 2 latents of 4x4x4 in fp32
+    kw = dict(dtype=dtype, method=method, chunks=[2])
+    without = plan(vae, x.shape, fp32_master=False, **kw)
+    assert plan(vae, x.shape, fp32_master=fp32_master, **kw).state_bytes - without.state_bytes == allocated
+
+
+def test_auto_chunk_plans_the_run_s_fp32_master(monkeypatch):
+    import decinv_fast.planner as planner
+
+    seen = []
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: seen.append(k) or plan(*a, **k))
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    for master in (None, True):
+        decinv_fast.invert(vae, x, steps=1, dtype=torch.bfloat16, chunk_frames="auto", fp32_master=master)
+    assert [k["fp32_master"] for k in seen] == [None, True]

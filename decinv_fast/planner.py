@@ -21,17 +21,14 @@ on a GPU are not modelled: GPU predictions are unverified until run on a GPU.
 from __future__ import annotations
 
 import operator
-import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
+from .memory_trace import chunk_pass, meta_vae, peak_bytes
 from .options import (
     AUTO,
     DTYPES,
@@ -47,88 +44,6 @@ from .options import (
 # latent-sized buffers held by the iteration, in the latents' dtype; Anderson adds 2m + 2 fp32 ones
 GRADIENT_FREE_STATE = {"adam": 6, "fsm": 3, "km": 4, "anderson": 3}
 PLANNED_METHODS = (*GRADIENT_FREE_STATE, "grad")
-
-
-class LiveBytes(TorchDispatchMode):
-    """Tracks the bytes of live storages created inside the mode and their peak.
-
-    ``conv_copy=True`` models oneDNN on the CPU, which, for a batch of one, converts a convolution's
-    input to a blocked layout in a temporary buffer of the same size while the output is being
-    written; batches of two or more usually convolve without that copy (measured: tests/test_planner.py,
-    benchmarks/memory_vs_frames.py; one exception seen: the full-width SD layout at 64x64 with a
-    batch of two copies after all, and is predicted 14% low).
-    """
-
-    def __init__(self, conv_copy: bool = False):
-        super().__init__()
-        self.conv_copy = conv_copy
-        self.live = 0
-        self.peak = 0
-        self._refs: dict[int, list] = {}  # storage id -> [tensor count, bytes]
-
-    def _release(self, key: int) -> None:
-        entry = self._refs.get(key)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.live -= entry[1]
-            del self._refs[key]
-
-    def _track(self, t) -> None:
-        if not isinstance(t, torch.Tensor):
-            return
-        key = t.untyped_storage()._cdata
-        entry = self._refs.get(key)
-        if entry is None:
-            nbytes = t.untyped_storage().nbytes()
-            entry = self._refs[key] = [0, nbytes]
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        entry[0] += 1
-        weakref.finalize(t, self._release, key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, tuple | list) else (out,):
-            self._track(t)
-        if self.conv_copy and func is torch.ops.aten.convolution.default and args[0].shape[0] == 1:
-            x = args[0]
-            self.peak = max(self.peak, self.live + x.numel() * x.element_size())
-        return out
-
-
-class _FlashLike(torch.autograd.Function):
-    """Memory stand-in for a fused attention kernel: output and log-sum-exp only; the backward
-    produces dq, dk, dv without a tokens x tokens matrix."""
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, _, _ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-class AttentionModel(TorchFunctionMode):
-    """While tracing, runs ``scaled_dot_product_attention`` as the kernel that would run: a fused
-    one (:class:`_FlashLike`) or, with ``math=True``, the explicit softmax(QK^T)V decomposition."""
-
-    def __init__(self, math: bool):
-        super().__init__()
-        self.math = math
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            if self.math:
-                return torch.ops.aten._scaled_dot_product_attention_math(*args[:3])[0]
-            return _FlashLike.apply(*args[:3])
-        return func(*args, **(kwargs or {}))
 
 
 @dataclass
@@ -160,23 +75,6 @@ class MemoryPlan:
         if self.budget_bytes is not None:
             fitting = [c for c, p in self.per_chunk.items() if p <= self.budget_bytes]
             self.chunk = max(fitting) if fitting else None
-
-
-def _meta_vae(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    with torch.device("meta"):
-        meta = type(module).from_config(module.config)
-    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy;
-    # device too: some layers make their parameters on the CPU whatever the default device
-    # (AutoencoderKLTemporalDecoder's time mixer)
-    return torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
-
-
-def _trace(run, attention: str, device: str) -> int:
-    """Peak bytes of the tensors ``run()`` creates (with the CPU's convolution copies on ``cpu``)."""
-    tracker = LiveBytes(conv_copy=torch.device(device).type == "cpu")
-    with AttentionModel(math=attention == "math"), tracker:
-        run()
-    return tracker.peak
 
 
 def _candidate_chunks(frames: int, group: int) -> list[int]:
@@ -223,7 +121,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
-    meta = as_adapter(_meta_vae(adapter.module, dtype))
+    meta = as_adapter(meta_vae(adapter.module, dtype))
     h, w = shape[-2:]
     f = adapter.spatial_factor
     latent = (adapter.latent_channels, h // f, w // f)
@@ -237,7 +135,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
                              + (f" in videos of {per_video}" if per_video > 1 else "") + "; a chunk holds at most all "
                              "frames" + (", in whole videos" if per_video > 1 else ""))
     for c in chunks or _candidate_chunks(frames, per_video):
-        transient[c] = _trace(_chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
+        transient[c] = peak_bytes(chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
     math_size = math_dtype(dtype).itemsize  # the update math of anderson and L-BFGS
     if method == "grad" and optimizer == "lbfgs":
         state = latent_bytes * 2 + (latent_bytes // size) * math_size * (2 * memory + 4)
@@ -316,21 +214,6 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
             raise ValueError(f"chunks must be a non-empty list of chunk sizes, got {chunks!r}")
         for c in chunks:
             check_int("chunks[...] (frames per encoder/decoder call)", c, 1)
-
-
-def _chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
-    def run() -> None:
-        z = torch.empty((chunk,) + latent, dtype=dtype, device="meta")
-        if method == "grad":
-            z.requires_grad_(True)
-            x = torch.empty((chunk,) + pixel, dtype=dtype, device="meta")
-            with torch.enable_grad():
-                (meta.decode(z, per_video) - x).square().sum().backward()
-        else:
-            with torch.no_grad():
-                meta.encode(meta.decode(z, per_video))
-
-    return run
 
 
 def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",

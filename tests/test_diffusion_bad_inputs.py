@@ -13,6 +13,7 @@ from decinv_fast.diffusion import (
     bdia_invert,
     bdia_invert_from_z0,
     bdia_sample,
+    ddim_invert,
     ddim_sample,
     ei_sample,
 )
@@ -141,3 +142,23 @@ def test_pipeline_arguments(unet, grid):
         decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_z0=noise((3, 4, 8, 8)))
     with pytest.raises(ValueError, match="true_zT must be a tensor shaped like the estimate"):
         decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_zT=noise((2, 4, 4, 4)))
+
+
+def _nan_below_300(z, t):
+    """An eps model that goes non-finite at low noise (as an fp16 UNet can overflow)."""
+    return torch.full_like(z, float("nan")) if t < 300 else torch.tanh(z)
+
+
+@pytest.mark.parametrize("run", [
+    lambda g: ddim_sample(_nan_below_300, g, noise()),
+    lambda g: ddim_invert(_nan_below_300, g, noise()),
+    lambda g: bdia_sample(_nan_below_300, g, noise(), gamma=0.96),
+    lambda g: bdia_invert(_nan_below_300, g, noise(), noise(seed=2), gamma=0.96),
+    lambda g: bdia_invert_from_z0(_nan_below_300, g, noise(), gamma=0.96),
+    lambda g: ei_sample(_nan_below_300, g, noise(), order=2),
+    lambda g: adjoint_sample(_nan_below_300, g, noise()),
+])
+def test_a_pass_that_goes_non_finite_is_an_error(grid, run):
+    """NaN/inf from the eps model (or an overflow) is a FloatingPointError naming the pass, not a NaN result."""
+    with pytest.raises(FloatingPointError, match=r"NaN/inf .*eps model"):
+        run(grid)

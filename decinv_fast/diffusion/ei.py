@@ -42,7 +42,7 @@ import torch
 
 from ..options import check_finite
 from .denoiser import Denoiser
-from .samplers import prepare
+from .samplers import check_result, prepare
 from .schedule import Schedule
 from .steps import ddim_coefficients
 
@@ -197,7 +197,7 @@ def forward_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, order: i
         z, d_above = z_next, d_here
         if on_state is not None:
             on_state(i - 1, z)
-    return z
+    return check_result("ei_sample/adjoint_sample", z)
 
 
 def ei_sample(model, schedule, z_T: torch.Tensor, *, order: int = 1, noise=None,

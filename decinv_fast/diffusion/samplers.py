@@ -6,7 +6,8 @@ Every function takes ``model`` (a diffusers UNet, a callable ``eps(z, t, **cond)
 (``guidance_scale``, ``encoder_hidden_states``, ``negative_encoder_hidden_states``, ...).
 Latents are ``(B, C, h, w)`` for UNets (any shape for callables); the math runs in their dtype.
 Each pass makes exactly one model call per step (``N`` for sampling, ``N`` for DDIM inversion,
-``N - 1`` for BDIA inversion from a pair) and runs without autograd.
+``N - 1`` for BDIA inversion from a pair) and runs without autograd. A result with NaN/inf values
+(a non-finite ``eps``, or an overflow in fp16) is a ``FloatingPointError``, not a returned tensor.
 
 ``callback(i, z_i)``, if given, sees every state the pass produces, by state index ``i``
 (``N`` = noise, ``0`` = clean).
@@ -64,6 +65,18 @@ def prepare(model, schedule, z: torch.Tensor, name: str, cond: dict) -> tuple[De
     return denoiser, as_schedule(schedule)
 
 
+def check_result(caller: str, z: torch.Tensor) -> torch.Tensor:
+    """``z``, the result of a pass, or a ``FloatingPointError`` naming ``caller`` if it holds NaN/inf
+    (one check per pass: a non-finite ``eps`` or an overflow anywhere reaches the result)."""
+    bad = int((~torch.isfinite(z.detach())).sum())
+    if bad:
+        raise FloatingPointError(
+            f"{caller}: the result has {bad} NaN/inf value(s) in {z.dtype}; the eps model returned non-finite values "
+            "or a step overflowed (fp16: run the model in float32, or use a larger gamma for inversion)"
+        )
+    return z
+
+
 def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
     if not isinstance(z1, torch.Tensor):
         raise TypeError(f"z1 must be a tensor, got {type(z1).__name__}")
@@ -84,7 +97,7 @@ def ddim_sample(model, schedule, z_T: torch.Tensor, *, callback: Callback = None
         z = ddim_step(z, eps, grid.alphabar(i), grid.alphabar(i - 1))
         if callback is not None:
             callback(i - 1, z)
-    return z
+    return check_result("ddim_sample", z)
 
 
 @torch.no_grad()
@@ -102,7 +115,7 @@ def ddim_invert(model, schedule, z_0: torch.Tensor, *, callback: Callback = None
         z = ddim_step(z, eps, grid.alphabar(i), grid.alphabar(i + 1))
         if callback is not None:
             callback(i + 1, z)
-    return z
+    return check_result("ddim_invert", z)
 
 
 @torch.no_grad()
@@ -134,7 +147,7 @@ def bdia_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, gamma: floa
         above, z = z, below
         if callback is not None:
             callback(i - 1, z)
-    return BdiaPair(z, above)
+    return BdiaPair(check_result("bdia_sample", z), check_result("bdia_sample", above))
 
 
 @torch.no_grad()
@@ -160,7 +173,7 @@ def _invert_pair(denoiser: Denoiser, grid: Schedule, z0: torch.Tensor, z1: torch
         below, z = z, above
         if callback is not None:
             callback(i + 1, z)
-    return z
+    return check_result("bdia_invert", z)
 
 
 @torch.no_grad()

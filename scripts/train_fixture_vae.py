@@ -16,7 +16,10 @@ the small VAE that property, and better reconstructions too. The numbers are in
 ``decinv_fast/assets/fixture_vae/evaluation.json`` (``scripts/evaluate_fixture_vae.py``).
 
 Every ``--log-every`` steps it logs the held-out PSNR and writes a resumable checkpoint
-(``<out>/train_state.pt``, not shipped); ``--resume`` continues from it with the same RNG streams.
+(``<out>/train_state.pt``, not shipped); ``--resume`` continues from it with the same RNG streams (the
+same weights as a run never stopped) and refuses a checkpoint of other training arguments.
+``<out>/training.json`` records the phases that made the weights: a ``--init`` run lists its initial
+weights' phases before its own.
 
 Loss: pixel MSE + a small KL term (the SD VAE's recipe without the perceptual and GAN terms, which
 would need downloaded networks), plus the cycle term in phase two. Held-out photographs
@@ -30,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +45,8 @@ from decinv_fast.testbed import RandomCrops, heldout_crops
 from decinv_fast.visual import psnr
 
 log = logging.getLogger("train_fixture_vae")
+# the arguments that shape the weights: a checkpoint resumes only under the same ones
+RUN_ARGS = ("steps", "batch", "size", "lr", "kl_weight", "seed", "init", "cycle_weight")
 
 
 @torch.no_grad()
@@ -57,15 +64,20 @@ def latent_statistics(vae, crops: RandomCrops, batches: int = 16) -> tuple[float
     return latents.mean().item(), latents.std().item()
 
 
-def save_state(path: Path, step: int, vae, opt, sched, crops: RandomCrops) -> None:
+def save_state(path: Path, step: int, vae, opt, sched, crops: RandomCrops, run: dict) -> None:
     state = dict(step=step, model=vae.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-                 torch_rng=torch.get_rng_state(), crop_rng=crops.gen.get_state())
+                 torch_rng=torch.get_rng_state(), crop_rng=crops.gen.get_state(), run=run)
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
 
 
-def load_state(path: Path, vae, opt, sched, crops: RandomCrops) -> int:
+def load_state(path: Path, vae, opt, sched, crops: RandomCrops, run: dict) -> int:
     state = torch.load(path, weights_only=False)
+    saved = state.get("run")
+    if saved is not None and saved != run:
+        changed = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {run.get(k)})" for k in RUN_ARGS
+                            if saved.get(k) != run.get(k))
+        raise SystemExit(f"--resume: {path} is a run with other arguments: {changed}")
     vae.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -75,6 +87,11 @@ def load_state(path: Path, vae, opt, sched, crops: RandomCrops) -> int:
 
 
 def train(args) -> dict:
+    run = {k: getattr(args, k) for k in RUN_ARGS}
+    out = Path(args.out)
+    state_path = out / "train_state.pt"
+    if args.resume and not state_path.exists():
+        raise SystemExit(f"--resume: no checkpoint {state_path} to continue from")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     vae = new_fixture_vae().train()
@@ -84,10 +101,8 @@ def train(args) -> dict:
     heldout = heldout_crops(size=128, count=12)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "train_state.pt"
-    first = load_state(state_path, vae, opt, sched, crops) + 1 if args.resume and state_path.exists() else 1
+    first = load_state(state_path, vae, opt, sched, crops, run) + 1 if args.resume else 1
     start = time.time()
     last = min(args.steps, args.stop_after or args.steps)
     for step in range(first, last + 1):
@@ -106,13 +121,23 @@ def train(args) -> dict:
         if step % args.log_every == 0 or step == last:
             log.info("step %d loss %.5f held-out PSNR %.2f dB (%.0f s)", step, loss.item(),
                      heldout_psnr(vae, heldout), time.time() - start)
-            save_state(state_path, step, vae, opt, sched, crops)
+            save_state(state_path, step, vae, opt, sched, crops, run)
     if last < args.steps:
         return dict(stopped_after=last, note="unfinished run; export it with --export-checkpoint")
-    report = export(vae, crops, heldout, out)
-    report.update(steps=args.steps, seed=args.seed, seconds=round(time.time() - start))
-    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = dict(command=shlex.join(["python", "scripts/train_fixture_vae.py", *args.argv]),
+                  **export(vae, crops, heldout, out), steps=args.steps, seed=args.seed,
+                  seconds=round(time.time() - start))
+    (out / "training.json").write_text(json.dumps({"phases": [*init_phases(args.init), report]}, indent=2) + "\n")
     return report
+
+
+def init_phases(init: str | None) -> list[dict]:
+    """The phases that made the ``--init`` weights, from their ``training.json`` (none if it has none)."""
+    record = Path(init) / "training.json" if init else None
+    if record is None or not record.is_file():
+        return []
+    report = json.loads(record.read_text())
+    return report["phases"] if "phases" in report else [report]  # an older one-phase report
 
 
 def export(vae, crops: RandomCrops, heldout: torch.Tensor, out: Path) -> dict:
@@ -123,36 +148,70 @@ def export(vae, crops: RandomCrops, heldout: torch.Tensor, out: Path) -> dict:
     return dict(heldout_psnr_fp32=heldout_psnr(vae.float(), heldout), scaling_factor=1.0 / std, shift_factor=mean)
 
 
-def export_checkpoint(state_dir: Path, out: Path, seed: int) -> dict:
-    """Export the weights of an unfinished run's checkpoint (for development while it trains)."""
+def export_checkpoint(state_dir: Path, out: Path, seed: int, size: int) -> dict:
+    """Export the weights of an unfinished run's checkpoint (for development while it trains); the latent
+    statistics come from crops of the run's size and seed + 1 (the checkpoint's own, where it records them)."""
+    path = state_dir / "train_state.pt"
+    if not path.is_file():
+        raise SystemExit(f"--export-checkpoint: no checkpoint {path}")
+    state = torch.load(path, weights_only=False)
+    run = state.get("run") or dict(seed=seed, size=size)
     vae = new_fixture_vae()
-    vae.load_state_dict(torch.load(state_dir / "train_state.pt", weights_only=False)["model"])
-    return export(vae, RandomCrops(64, seed=seed + 1), heldout_crops(size=128, count=12), out)
+    vae.load_state_dict(state["model"])
+    return export(vae, RandomCrops(run["size"], seed=run["seed"] + 1), heldout_crops(size=128, count=12), out)
 
 
-def main() -> None:
+def positive(kind):
+    """argparse type: a number of ``kind`` above 0."""
+    def parse(spec: str):
+        value = kind(spec)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {spec}")
+        return value
+    return parse
+
+
+def not_negative(spec: str) -> float:
+    value = float(spec)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {spec}")
+    return value
+
+
+def crop_size(spec: str) -> int:
+    size = int(spec)
+    if size < 8 or size % 8:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (the VAE downsamples 8x), got {spec}")
+    return size
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=64, help="training crop side in pixels")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--steps", type=positive(int), default=6000)
+    p.add_argument("--batch", type=positive(int), default=16)
+    p.add_argument("--size", type=crop_size, default=64, help="training crop side in pixels (a multiple of 8)")
+    p.add_argument("--lr", type=positive(float), default=2e-3)
+    p.add_argument("--kl-weight", type=not_negative, default=1e-6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--log-every", type=int, default=250)
-    p.add_argument("--out", default="decinv_fast/assets/fixture_vae")
+    p.add_argument("--threads", type=positive(int), default=2)
+    p.add_argument("--log-every", type=positive(int), default=250)
+    p.add_argument("--out", required=True,
+                   help="folder for the weights (the shipped ones: decinv_fast/assets/fixture_vae, as make fixture)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     p.add_argument("--init", default=None, help="start from these weights (a diffusers VAE folder)")
-    p.add_argument("--cycle-weight", type=float, default=0.0,
+    p.add_argument("--cycle-weight", type=not_negative, default=0.0,
                    help="weight of the latent cycle-consistency loss ||E(D(z)) - z||^2 / ||z||^2")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=positive(int), default=None,
                    help="stop after this many steps of the --steps schedule (a shorter-trained variant)")
     p.add_argument("--export-checkpoint", metavar="DIR", default=None,
                    help="only export the checkpoint in DIR (an unfinished run) to --out, then stop")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded in training.json
+    if args.init and not (Path(args.init) / "config.json").is_file():
+        p.error(f"--init {args.init}: no config.json there (a folder this script wrote)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.export_checkpoint:
-        log.info("%s", export_checkpoint(Path(args.export_checkpoint), Path(args.out), args.seed))
+        log.info("%s", export_checkpoint(Path(args.export_checkpoint), Path(args.out), args.seed, args.size))
         return
     log.info("%s", train(args))
 

@@ -1,0 +1,99 @@
+"""scripts/train_fixture_vae.py and scripts/evaluate_fixture_vae.py: argument checks, resuming, and the
+records they write (tiny runs: 16-pixel crops, batch 1, a few steps)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("skimage")  # the training crops are scikit-image's photographs
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+TINY = ["--steps", "2", "--batch", "1", "--size", "16", "--threads", "1"]  # checkpoints at the last step
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train():
+    return script("train_fixture_vae").main
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--out"),  # no default: it was the shipped weights' folder, overwritten by a bare run
+    (["--steps", "0"], "--steps: must be above 0"),
+    (["--stop-after", "0"], "--stop-after: must be above 0"),  # 0 ran the whole schedule
+    (["--log-every", "0"], "--log-every: must be above 0"),  # ZeroDivisionError at step 1
+    (["--size", "60"], "--size: must be a positive multiple of 8"),
+    (["--lr", "nan"], "--lr: must be above 0"),
+    (["--cycle-weight", "-1"], "--cycle-weight: must be 0 or more"),
+    (["--init", "{tmp}/nowhere"], "no config.json"),
+])
+def test_bad_arguments_are_refused_before_training(train, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path) for a in args] + ([] if not args else ["--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_:
+        train(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def whole(train, tmp_path_factory):
+    """A finished 2-step run."""
+    out = tmp_path_factory.mktemp("whole")
+    train([*TINY, "--out", str(out)])
+    return out
+
+
+@pytest.mark.slow  # trains the fixture's architecture for a few steps
+def test_resume_gives_the_weights_of_an_unbroken_run_and_checks_its_arguments(train, whole, tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint"):  # was a silent fresh start
+        train([*TINY, "--resume", "--out", str(tmp_path / "a")])
+    train([*TINY, "--stop-after", "1", "--out", str(tmp_path / "a")])
+    assert not (tmp_path / "a" / "config.json").exists()  # unfinished: nothing exported
+    with pytest.raises(SystemExit, match=r"--lr 0.002 \(now 0.001\)"):  # was a silent mix of two runs
+        train([*TINY, "--resume", "--lr", "1e-3", "--out", str(tmp_path / "a")])
+    train([*TINY, "--resume", "--out", str(tmp_path / "a")])
+    expected, resumed = weights(whole), weights(tmp_path / "a")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    phases = json.loads((tmp_path / "a" / "training.json").read_text())["phases"]
+    assert len(phases) == 1 and phases[0]["command"].endswith(f"--resume --out {tmp_path / 'a'}")
+
+
+@pytest.mark.slow  # trains the fixture's architecture for a few steps
+def test_a_fine_tune_records_the_phases_before_it(train, whole, tmp_path):
+    """training.json of the shipped fixture lists both phases; make fixture's second phase wrote only its own."""
+    train([*TINY, "--init", str(whole), "--cycle-weight", "0.2", "--seed", "1", "--out", str(tmp_path)])
+    phases = json.loads((tmp_path / "training.json").read_text())["phases"]
+    assert [p["seed"] for p in phases] == [0, 1] and "--cycle-weight 0.2" in phases[1]["command"]
+    assert phases[0] == json.loads((whole / "training.json").read_text())["phases"][0]
+
+
+@pytest.mark.slow  # trains the fixture's architecture for a few steps
+def test_export_checkpoint_uses_the_runs_crop_size(whole, tmp_path, monkeypatch):
+    module = script("train_fixture_vae")
+    sizes = []
+    real = module.RandomCrops
+
+    def crops(size, seed):
+        sizes.append((size, seed))
+        return real(size, seed)
+
+    monkeypatch.setattr(module, "RandomCrops", crops)
+    module.main(["--export-checkpoint", str(whole), "--out", str(tmp_path / "exported")])
+    assert sizes == [(16, 1)]  # the run's 16-pixel crops (64 was hard-coded), seed + 1
+    assert (tmp_path / "exported" / "config.json").is_file()
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        module.main(["--export-checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])

@@ -13,7 +13,10 @@ for ``C`` input channels) is cut to its first ``C`` channels, as diffusers pipel
 Classifier-free guidance (``guidance_scale = w != 1``) runs the unconditional and the conditional
 branch in one batched call and combines them as ``eps = eps_u + w * (eps_c - eps_u)``; it needs
 ``encoder_hidden_states`` and ``negative_encoder_hidden_states`` (the empty-prompt embedding).
-Other tensor conditions whose first dimension is the batch are repeated for the two branches.
+Other tensor conditions whose first dimension is the batch, also inside a dict such as SDXL's
+``added_cond_kwargs``, are repeated for the two branches: the unconditional branch gets the same ones
+(SDXL's pipeline gives it the negative pooled embedding instead; for that, pass a callable that
+runs both branches itself).
 """
 
 from __future__ import annotations
@@ -135,14 +138,23 @@ class Denoiser:
                 kwargs["encoder_hidden_states"] = self._embeddings(self.encoder_hidden_states, batch)
             return self._call(z, t, **kwargs)
         for key, value in kwargs.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-                kwargs[key] = torch.cat([value, value])
+            if isinstance(value, dict):  # e.g. SDXL's added_cond_kwargs
+                kwargs[key] = {k: _twice(v, batch) for k, v in value.items()}
+            else:
+                kwargs[key] = _twice(value, batch)
         kwargs["encoder_hidden_states"] = torch.cat([
             self._embeddings(self.negative_encoder_hidden_states, batch),
             self._embeddings(self.encoder_hidden_states, batch),
         ])
         uncond, cond = self._call(torch.cat([z, z]), t, **kwargs).chunk(2)
         return uncond + self.guidance_scale * (cond - uncond)
+
+
+def _twice(value, batch: int):
+    """A batched tensor repeated for the two guidance branches; anything else as is."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return torch.cat([value, value])
+    return value
 
 
 def as_denoiser(model, **cond) -> Denoiser:

@@ -61,6 +61,11 @@ def test_timesteps_not_matching_the_scheduler():
         Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [500.5, 1])
     with pytest.raises(ValueError, match="alphas_cumprod: every value must lie in"):
         Schedule.from_alphas_cumprod(torch.linspace(1.0, 0.0, 10), [9, 1])
+    # a table rising with t (e.g. 1 - alphas_cumprod) ran "sampling" towards more noise, silently
+    with pytest.raises(ValueError, match="alphas_cumprod must not increase with the timestep"):
+        Schedule.from_alphas_cumprod(1 - scheduler.alphas_cumprod, [751, 501, 251, 1])
+    with pytest.raises(ValueError, match="final_alpha_cumprod=0.5 is below"):
+        Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [751, 501, 251, 1], final_alpha_cumprod=0.5)
 
 
 def test_scheduler_problems():

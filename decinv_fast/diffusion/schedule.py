@@ -134,6 +134,18 @@ class Schedule:
         levels = [float(final_alpha_cumprod)] + [float(table[t]) for t in reversed(steps)]
         _check_alphabar("final_alpha_cumprod", levels[:1])
         _check_alphabar("alphas_cumprod", levels[1:])
+        n = len(steps)
+        for i in range(2, n + 1):  # state i sits at t_i = steps[n - i]; more noise (smaller alphabar) at larger t
+            if levels[i] > levels[i - 1]:
+                raise ValueError(
+                    f"alphas_cumprod must not increase with the timestep (it is the signal level, more noise at "
+                    f"larger t): {levels[i]:.6g} at t={steps[n - i]} > {levels[i - 1]:.6g} at t={steps[n - i + 1]}"
+                )
+        if levels[0] < levels[1]:
+            raise ValueError(
+                f"final_alpha_cumprod={levels[0]:.6g} is below alphabar {levels[1]:.6g} at the last timestep "
+                f"t={steps[-1]}: the clean state must be the least noisy"
+            )
         return cls(tuple(steps), tuple(levels))
 
     @classmethod

@@ -199,6 +199,9 @@ def test_roc_summaries():
     assert tpr_at_fpr([5, 6, 0.5], [0, 1], 0.01) == (2 / 3, 0.0)  # strictly above the highest clean score
     neg = list(range(200))
     assert tpr_at_fpr([198.5, 199.5, 150], neg, 0.01) == (2 / 3, 0.01)
+    # 0.29 * 100 is 28.999999999999996 in floating point: 29 false positives are allowed, not 28
+    assert tpr_at_fpr([70.5], list(range(100)), 0.29) == (1.0, 0.29)
+    assert tpr_at_fpr([70.5], list(range(100)), 0.285) == (0.0, 0.28)
     with pytest.raises(ValueError, match="negative must be a non-empty set of finite scores"):
         roc_auc([1.0], [float("nan")])
 

@@ -41,6 +41,15 @@ def _processor(attention: str, device: torch.device):
     return ap.XFormersAttnProcessor()
 
 
+def auto_processors(processors: dict) -> dict:
+    """The processors ``"auto"`` runs for a VAE with ``processors`` (name -> processor): the plain math
+    ones replaced by SDPA, every other kept (the planner traces the same)."""
+    from diffusers.models import attention_processor as ap
+
+    sdpa = ap.AttnProcessor2_0()
+    return {name: sdpa if _materialises(p) else p for name, p in processors.items()}
+
+
 def _materialises(processor) -> bool:
     """The plain math processor, which builds the whole tokens x tokens matrix."""
     from diffusers.models import attention_processor as ap
@@ -65,9 +74,11 @@ def attention_backend(module: nn.Module | None, attention: str) -> Iterator[str 
     if attention == "auto" and not any(_materialises(p) for p in original.values()):
         yield _names(original.values())
         return
-    chosen = _processor(attention, next(module.parameters()).device)
-    # "auto" swaps only the plain math processors; an explicit choice sets every one
-    wanted = {name: chosen if attention != "auto" or _materialises(p) else p for name, p in original.items()}
+    if attention == "auto":
+        wanted = auto_processors(original)
+    else:  # an explicit choice sets every one
+        chosen = _processor(attention, next(module.parameters()).device)
+        wanted = dict.fromkeys(original, chosen)
     expected = _names(wanted.values())  # before set_attn_processor, which empties the dict it is given
     module.set_attn_processor(wanted)
     try:

@@ -4,12 +4,15 @@ would run (see :mod:`.planner` for what is modelled and how it is checked)."""
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from .attention import auto_processors
 
 
 class LiveBytes(TorchDispatchMode):
@@ -94,13 +97,39 @@ class AttentionModel(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def meta_vae(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def meta_vae(module: torch.nn.Module, dtype: torch.dtype, attention: str) -> torch.nn.Module:
+    """A weightless copy of ``module`` in ``dtype``; with ``attention="auto"`` it runs the processors the run
+    keeps (see :func:`_kept_processors`), otherwise diffusers' default SDPA ones (``AttentionModel`` runs
+    them as the kernel asked for)."""
     with torch.device("meta"):
         meta = type(module).from_config(module.config)
+    kept = _kept_processors(module) if attention == "auto" else {}
+    if kept:
+        meta.set_attn_processor({**meta.attn_processors, **kept})
     # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy;
     # device too: some layers make their parameters on the CPU whatever the default device
     # (AutoencoderKLTemporalDecoder's time mixer)
     return torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
+
+
+def _kept_processors(module: torch.nn.Module) -> dict:
+    """Copies of the attention processors a run with ``attention="auto"`` keeps (``auto_processors``)
+    other than the stock fused ones (the meta copy's default SDPA stands for those, xformers included):
+    traced as they compute, one that calls SDPA is a fused kernel and one that computes
+    softmax(QK^T)V itself (a subclass of diffusers' ``AttnProcessor``, ``SlicedAttnProcessor``) builds
+    the tokens x tokens matrix. Copied so the trace leaves the user's processors as they are."""
+    from diffusers.models import attention_processor as ap
+
+    fused = (ap.AttnProcessor2_0, ap.XFormersAttnProcessor)
+    kept = auto_processors(dict(getattr(module, "attn_processors", None) or {}))
+    own = {name: p for name, p in kept.items() if type(p) not in fused}
+    try:
+        return copy.deepcopy(own)  # one call: a processor shared by several layers stays shared
+    except Exception as error:
+        names = "+".join(sorted({type(p).__name__ for p in own.values()}))
+        raise ValueError(f"attention='auto' plans with the VAE's own attention processors ({names}), which could "
+                         f"not be copied for the trace ({error}); pass attention='sdpa' or 'math' to plan with a "
+                         "standard one") from error
 
 
 def peak_bytes(run, attention: str, device: str) -> int:

@@ -4,8 +4,11 @@ The VAE is rebuilt on the ``meta`` device (no weights, no compute) and one encod
 a chunk of frames is traced under a dispatch mode that adds up the bytes of every tensor the pass
 creates and subtracts them when the tensor dies; the highest point is the chunk's transient peak.
 Attention is modelled as the kernel that would run: ``sdpa`` and ``xformers`` keep no
-tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises it. The
-gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
+tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises it, and ``auto``
+runs the VAE's own processors as the run keeps them (``attention.auto_processors``): the meta copy
+gets copies of them, so one that calls SDPA counts as a fused kernel and one that computes
+softmax(QK^T)V itself (a subclass of diffusers' ``AttnProcessor``) is traced building the matrix.
+The gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
 The pass traced is ``E(D(z))``; the few pixel-sized temporaries the iteration adds around it (the
 pixel residual, ``residual_blur``'s filtered copy) are smaller than the decoder's own peak, which
 they follow, and are not traced (checked with ``residual_blur`` in tests/test_planner.py). The
@@ -99,7 +102,9 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
         method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"``, ``"auto"`` (planned as the Anderson
             run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).
-        attention: ``"auto"``/``"sdpa"``/``"xformers"`` (fused kernels) or ``"math"``.
+        attention: ``"sdpa"``/``"xformers"`` (fused kernels), ``"math"`` (the tokens x tokens matrix) or
+            ``"auto"``: the VAE's own processors as the run keeps them (its plain ``AttnProcessor`` becomes
+            SDPA), traced as they compute (a custom processor that does not call SDPA builds the matrix).
         chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
         memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents, fp64 for
             fp64 latents), or the number of L-BFGS pairs for grad's ``optimizer="lbfgs"``; default 5.
@@ -121,7 +126,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
-    meta = as_adapter(meta_vae(adapter.module, dtype))
+    meta = as_adapter(meta_vae(adapter.module, dtype, attention))
     h, w = shape[-2:]
     f = adapter.spatial_factor
     latent = (adapter.latent_channels, h // f, w // f)

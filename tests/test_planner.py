@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.attention_processor import AttnProcessor
 
 import decinv_fast
 from decinv_fast.fixture import new_fixture_vae
@@ -231,3 +232,58 @@ def test_auto_chunk_plans_the_run_s_fp32_master(monkeypatch):
     for master in (None, True):
         decinv_fast.invert(vae, x, steps=1, dtype=torch.bfloat16, chunk_frames="auto", fp32_master=master)
     assert [k["fp32_master"] for k in seen] == [None, True]
+
+
+def wide_attention_vae():
+    """Two blocks (2x downsampling) of 8 and 16 channels: at 128x128, 4096 tokens whose 64 MiB fp32
+    attention matrix dwarfs every convolution's activations."""
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+    ).eval().requires_grad_(False)
+
+
+class RecordingProcessor(AttnProcessor):
+    """A user's processor computing softmax(QK^T)V itself (not SDPA), with state of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        self.calls += 1
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def test_auto_attention_plans_the_vae_s_own_processors():
+    """attention='auto' keeps a user's processor (only the plain AttnProcessor becomes SDPA): one that
+    does not call SDPA builds the tokens x tokens matrix, and the plan says so."""
+    shape = (1, 3, 128, 128)
+    kw = dict(dtype=torch.float32, device="cpu", chunks=[1])
+    default = plan(wide_attention_vae(), shape, **kw).added_per_chunk[1]
+    plain = wide_attention_vae()
+    plain.set_attn_processor(AttnProcessor())
+    assert plan(plain, shape, **kw).added_per_chunk[1] == default  # the run swaps it for SDPA
+    vae, own = wide_attention_vae(), RecordingProcessor()
+    vae.set_attn_processor(own)
+    predicted = plan(vae, shape, **kw).added_per_chunk[1]
+    assert own.calls == 0 and all(p is own for p in vae.attn_processors.values())  # traced on a copy
+    x = torch.rand(shape) * 2 - 1
+    decinv_fast.invert(vae, x[..., :16, :16], steps=1)  # load kernels outside the measurement
+    _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, steps=1))
+    assert predicted - default >= 96 * 2**20  # the 64 MiB scores and their softmax
+    assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
+
+
+def test_auto_attention_with_a_processor_that_cannot_be_copied():
+    class Uncopyable(AttnProcessor):
+        def __deepcopy__(self, memo):
+            raise TypeError("holds a lock")
+
+    vae = new_fixture_vae()
+    vae.set_attn_processor(Uncopyable())
+    with pytest.raises(ValueError, match=r"attention='auto' plans with the VAE's own attention processors "
+                                         r"\(Uncopyable\).*holds a lock.*attention='sdpa' or 'math'"):
+        plan(vae, (1, 3, 64, 64), dtype=torch.float32)
+    assert plan(vae, (1, 3, 64, 64), dtype=torch.float32, attention="sdpa").chunk is None  # no budget given

@@ -253,8 +253,11 @@ def test_watermark_bad_inputs():
             check(bad)
     with pytest.raises(ValueError, match="pixels: 1 value"):  # a uint8 cast would make it an arbitrary byte
         to_uint8(bad[:, :3])
-    with pytest.raises(TypeError, match="key must be a TreeRingKey"):
-        detect(None, None, None, "key", None)
+    for run in (lambda: detect(None, None, None, "key", None), lambda: inject(noise(), "key"),
+                lambda: noise_statistic(noise(), "key"), lambda: score_noise(noise(), key.mask),
+                lambda: generate(None, None, None, noise(), key=(4, 8, 8))):
+        with pytest.raises(TypeError, match="key must be a TreeRingKey"):  # was an AttributeError but in detect
+            run()
     with pytest.raises(ValueError, match="images must be a .* uint8 tensor"):
         save_images(torch.zeros(1, 3, 8, 8), "/tmp/unused")
 

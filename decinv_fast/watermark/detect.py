@@ -25,7 +25,7 @@ from ..diffusion.pipeline import NoiseInversion, invert_to_noise
 from ..diffusion.samplers import bdia_sample
 from ..diffusion.schedule import as_schedule
 from ..visual import to_uint8
-from .key import TreeRingKey, inject
+from .key import TreeRingKey, check_key, inject
 from .stats import noise_statistic
 
 
@@ -113,8 +113,7 @@ def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float 
     ``method`` picks the decoder inversion (``"encoder"`` or a :func:`decinv_fast.invert` method);
     ``invert_options`` go to :func:`decinv_fast.invert` (``steps``, ``lr``, ...).
     """
-    if not isinstance(key, TreeRingKey):
-        raise TypeError(f"key must be a TreeRingKey (see make_ring_key), got {type(key).__name__}")
+    check_key(key)
     inversion = invert_to_noise(vae, eps_model, scheduler, images, method=method, diffusion=diffusion, gamma=gamma,
                                 num_inference_steps=num_inference_steps, cond=cond, **invert_options)
     return score_noise(inversion.zT, key, noise_std=noise_std, inversion=inversion)

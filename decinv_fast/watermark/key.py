@@ -75,6 +75,13 @@ class TreeRingKey:
         check_finite(name, latents)
 
 
+def check_key(key) -> TreeRingKey:
+    """``key`` if it is a :class:`TreeRingKey`, else a ``TypeError`` naming it."""
+    if not isinstance(key, TreeRingKey):
+        raise TypeError(f"key must be a TreeRingKey (see make_ring_key), got {type(key).__name__}")
+    return key
+
+
 def make_ring_key(shape, *, radius: int | None = None, channel: int | None = None, seed: int = 0) -> TreeRingKey:
     """Build a ring key for latents of per-sample ``shape`` ``(C, h, w)`` (see the module docstring)."""
     sequence = isinstance(shape, (tuple, list, torch.Size))
@@ -110,7 +117,7 @@ def inject(noise: torch.Tensor, key: TreeRingKey) -> torch.Tensor:
     Only ``key.channel`` changes; in float64 its masked coefficients equal the key to rounding and
     the others are unchanged.
     """
-    key.check(noise, "noise")
+    check_key(key).check(noise, "noise")
     spectrum = fourier(noise, key.channel)
     keyed = torch.where(key.mask.to(noise.device), key.values.to(noise.device, torch.complex128), spectrum)
     out = noise.clone()

@@ -55,7 +55,7 @@ import math
 import torch
 
 from ..options import is_real
-from .key import TreeRingKey, fourier
+from .key import TreeRingKey, check_key, fourier
 
 
 def _log_gamma_p(a: float, y: float) -> float:
@@ -198,7 +198,7 @@ def noise_statistic(noise: torch.Tensor, key: TreeRingKey, *, noise_std: float |
     ``sigma`` (the noise scale used) and ``l1`` (the paper's mean ``|Y - K|`` over the mask, in this module's
     orthonormal units).
     """
-    key.check(noise, "noise")
+    check_key(key).check(noise, "noise")
     if noise_std is not None and not (is_real(noise_std) and noise_std > 0):
         raise ValueError(f"noise_std must be a positive number or None (estimate it), got {noise_std!r}")
     spectrum = fourier(noise, key.channel).cpu()

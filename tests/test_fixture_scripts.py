@@ -97,3 +97,15 @@ def test_export_checkpoint_uses_the_runs_crop_size(whole, tmp_path, monkeypatch)
     assert (tmp_path / "exported" / "config.json").is_file()
     with pytest.raises(SystemExit, match="no checkpoint"):
         module.main(["--export-checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--count", "0"], "--count: must be 1 or more"),  # a traceback from np.stack after loading the VAE
+    (["--size", "60"], "--size: must be a positive multiple of 8"),  # a traceback from the VAE's decoder
+    (["--vae", "{tmp}"], "no config.json"),
+])
+def test_evaluation_arguments_are_refused_before_it_runs(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        script("evaluate_fixture_vae").main([a.format(tmp=tmp_path) for a in args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "evaluation.json").exists()

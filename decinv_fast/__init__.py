@@ -4,6 +4,7 @@
     z = decinv_fast.invert(pipe.vae, image).latents   # instead of vae.encode(image).latent_dist.mode() * scaling
 """
 
+from ._dispatch import BackendUnavailable
 from .api import decode, encode, invert, nmse_db
 from .diffusion import invert_to_noise
 from .fixture import load_fixture_vae
@@ -14,4 +15,5 @@ from .result import InversionResult
 __version__ = "0.1.0"
 __all__ = [
     "invert", "encode", "decode", "nmse_db", "plan", "invert_to_noise", "load_fixture_vae", "InversionResult", "info",
+    "BackendUnavailable",
 ]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import functools
+import importlib
+
+NAME = f"{__package__}._C"
+BUILD = "pip install --no-build-isolation -e . in the source tree, torch installed first"
+NOT_BUILT = ("not built: setup.py builds it where nvcc and a CUDA build of torch are present; to build it (or be "
+             f"told why not): DECINV_BUILD_CUDA=1 {BUILD}")
+NO_LOAD = f"built but does not load (built for another torch, Python or CUDA?); rebuild it: {BUILD}"
 
 
 @functools.lru_cache(maxsize=1)
 def _load():
     try:
-        from . import _C  # noqa: F401  (registers the torch.library ops)
+        module = importlib.import_module(NAME)  # registers the torch.library ops' CUDA kernels
     except ImportError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    return _C, None
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == NAME
+        return None, f"{NOT_BUILT if missing else NO_LOAD} ({type(exc).__name__}: {exc})"
+    return module, None
 
 
 def extension():
@@ -20,5 +28,5 @@ def extension():
 
 
 def extension_error() -> str | None:
-    """Why the extension cannot be used (``None`` when it loaded)."""
+    """Why the extension cannot be used, and what to do about it (``None`` when it loaded)."""
     return _load()[1]

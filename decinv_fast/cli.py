@@ -167,7 +167,10 @@ def _progress(args) -> bool:
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
 
-    rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=_progress(args))
+    try:
+        rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=_progress(args))
+    except ImportError as exc:  # the demo extra missing: one line, as for the video extra
+        raise UsageError(str(exc)) from exc
     print(format_table(rows))
     print(f"wrote {Path(args.out) / 'panel.png'} and {Path(args.out) / 'convergence.png'}")
     return 0

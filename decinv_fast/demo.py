@@ -95,6 +95,11 @@ def run_demo(out_dir: str | Path = "demo_output", *, steps: int = 50, frames: in
     if frame_size % 8 or frame_size > largest:
         raise ValueError(f"frame_size must be a multiple of 8 (the VAE's downsampling factor) in [8, {largest}] "
                          f"(the pan's crops of the bundled {photo.shape[0]}x{photo.shape[1]} photo), got {frame_size}")
+    try:
+        import matplotlib  # noqa: F401  (convergence.png is drawn after the still image's runs)
+    except ImportError as exc:
+        raise ImportError("the demo draws convergence.png with matplotlib, which is not installed: "
+                          "pip install 'decinv-fast[demo]'") from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

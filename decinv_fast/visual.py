@@ -51,14 +51,13 @@ def error_image(estimate: torch.Tensor, truth: torch.Tensor, gain: float = 10.0)
 def convergence_plot(path: str | Path, curves: dict[str, dict[str, list[float]]]) -> Path:
     """Plot NMSE(z_k) [dB] and the relative residual against the step for several runs.
 
-    ``curves[label] = {"nmse_db": [...], "residual": [...]}``. Needs matplotlib.
+    ``curves[label] = {"nmse_db": [...], "residual": [...]}``. Needs matplotlib; draws on a
+    ``Figure`` of its own, leaving pyplot and the caller's matplotlib backend alone.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     for label, c in curves.items():
         steps = np.arange(1, len(c["nmse_db"]) + 1)
         ax1.plot(steps, c["nmse_db"], label=label)
@@ -71,5 +70,4 @@ def convergence_plot(path: str | Path, curves: dict[str, dict[str, list[float]]]
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -1,7 +1,8 @@
 """Peak-memory measurement around a call, on the GPU and on the CPU.
 
 * CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``) during the call,
-  absolute (model weights included), as the paper reports it.
+  absolute (model weights included), as the paper reports it. Measuring resets the device's peak
+  statistics (``torch.cuda.reset_peak_memory_stats``): a peak the caller was tracking starts over.
 * CPU: the peak of the bytes PyTorch's CPU allocator handed out during the call *beyond what was
   allocated when it started* (weights and inputs that already existed are not counted). It is read
   from the allocation and free events the allocator reports to the PyTorch profiler, so it counts

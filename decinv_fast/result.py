@@ -24,8 +24,10 @@ class InversionResult:
             is zero (an all-zero image).
         steps_run: steps taken (fewer than asked when ``tol`` stopped the run).
         seconds: wall time of the call.
-        peak_bytes: CUDA allocator peak during the call on a GPU; on the CPU the most resident
-            memory the call added (see :mod:`decinv_fast.memory`); ``None`` if not measurable.
+        peak_bytes: CUDA allocator peak during the call on a GPU (weights included); on the CPU the
+            peak of the bytes PyTorch's CPU allocator handed out beyond those allocated when the call
+            began (weights and inputs excluded; not the process's resident memory, see
+            :mod:`decinv_fast.memory`); ``None`` if not measurable.
         method, dtype, backend: the method asked for (``"auto"`` runs ``anderson`` with
             ``options.AUTO``), the latents' dtype and the backend that ran the update (``"cuda"``,
             ``"triton"``, ``"torch"`` or ``"reference"``; ``"torch"`` for the methods that update with

@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._dispatch import check_backend_name, resolve_backend
-from .adapters import VaeAdapter, as_adapter, check_output_finite, upcast_hint
+from ._dispatch import check_backend_name
+from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
 from .graphs import GraphedStep
 from .inputs import Frames, to_frames
@@ -28,10 +28,10 @@ from .options import (
     check_int,
     check_options,
     check_positive,
+    fused_update,
     is_int,
-    option,
-    uses_torch_update,
 )
+from .outcome import build_result, shaped
 from .result import InversionResult
 
 
@@ -137,7 +137,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         method_options = dict(AUTO["options"])
     schedule = "paper" if schedule is None else schedule
     lr, options = check_options(method, lr, method_options)
-    torch_update = not _fused_update(method, options)
+    torch_update = not fused_update(method, options)
     if cuda_graphs and torch_update:
         raise ValueError("cuda_graphs=True works with adam, fsm and km at a fixed step size (and mean_gain 1)")
     if backend not in ("auto", "torch") and torch_update:
@@ -262,7 +262,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
         iteration = make_iteration(adapter, frames, plan)
-        watch = None if callback is None else (lambda k: callback(k, _shaped(frames, iteration.latents)))
+        watch = None if callback is None else (lambda k: callback(k, shaped(frames, iteration.latents)))
         with torch.no_grad():  # the capture's warm-up steps, as every step, without autograd (cuda_graphs: not grad)
             step = GraphedStep(iteration) if cuda_graphs else iteration.run_step
         steps_run = _run(iteration, step, plan, progress, watch)
@@ -270,7 +270,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    result = _result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
+    result = build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
     result.method = method  # "auto" stays "auto" (it ran plan.method with options.AUTO)
     return result
 
@@ -306,100 +306,6 @@ def _ran(stop_step: torch.Tensor, k: int) -> torch.Tensor:
     return (stop_step < 0) | (k < stop_step)
 
 
-def _until_stopped(history: torch.Tensor, stop_step: torch.Tensor) -> torch.Tensor:
-    """``(steps, B)`` per-step values with each stopped sample's later entries replaced by its value
-    at the last step it ran: the batch goes on evaluating it, but a run on it alone ends there."""
-    steps = history.shape[0]
-    last = torch.where(stop_step < 0, steps, stop_step).clamp(1, steps) - 1
-    rows = torch.minimum(torch.arange(steps, device=history.device)[:, None], last.to(history.device)[None])
-    return history.gather(0, rows)
-
-
-def _shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
-    """Frame-major latents given the user's layout back (a view)."""
-    return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
-
-
-def _divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
-    """What to try after a run went non-finite: the likeliest cause first."""
-    half = dtype in (torch.float16, torch.bfloat16)
-    upcast = upcast_hint(iteration.adapter, dtype)
-    if plan.method == "grad" and dtype != torch.float32:
-        return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
-    return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
-
-
-GREW, GREW_FLOOR = 1.5, 0.01  # a last relative residual above 1.5x the first and 1 % is a diverging run
-
-
-def _warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
-    """Warn when samples end with a relative residual ``GREW`` times their first one and above
-    ``GREW_FLOOR``: a finite divergence (too large a step; with ``mean_gain``, rho times the gain too
-    large), whose last iterate is returned since ``keep_best`` is off. (Starting at an exact answer,
-    Adam's fixed-size steps move away a little: 2e-7 -> 4e-4 is not a divergence.)"""
-    grew = (per_step[-1] > GREW * per_step[0]) & (per_step[-1] > GREW_FLOOR)
-    if not bool(grew.any()):
-        return
-    worst = int((per_step[-1] / per_step[0].clamp_min(1e-30)).argmax())
-    gain = option(plan.options, "mean_gain")
-    secant = bool(plan.options.get("auto_rho"))
-    rho = "the secant step (lr='auto')" if secant else str(plan.lr)
-    cause = (f"rho x mean_gain = {rho} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
-             else f"{'the secant step' if secant else f'lr={plan.lr}'} is likely too large for this VAE")
-    warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.method!r}): "
-                  f"the relative residual ended above {GREW}x where it started and above {GREW_FLOOR} (sample {worst}: "
-                  f"{float(per_step[0, worst]):.3g} -> {float(per_step[-1, worst]):.3g}); the last iterate is "
-                  f"returned. {cause}; or pass keep_best=True to return each sample's best iterate",
-                  RuntimeWarning, stacklevel=4)
-
-
-def _result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
-    history, pixel_history = iteration.history[:steps_run], iteration.pixel_history[:steps_run]
-    tracker = iteration.tracker
-    if tracker is not None:
-        history, pixel_history = (_until_stopped(h, tracker.stop_step) for h in (history, pixel_history))
-    denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
-    finite = torch.isfinite(history).all(0) & torch.isfinite(latents.reshape(frames.batch, -1)).all(1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()[:, 0].tolist()
-        which = f"sample(s) {bad} of {frames.batch}" + ("; the others stayed finite" if len(bad) < frames.batch else "")
-        hint = _divergence_hint(iteration, latents.dtype, plan)
-        raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
-                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}")
-    per_step = (history.sqrt() / denom).cpu()
-    residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
-    if not plan.keep_best:
-        _warn_if_residual_grew(per_step, plan)
-    if tracker is None:
-        returned = torch.full((frames.batch,), steps_run, dtype=torch.int64)
-        stopped, reasons = returned.clone(), ["steps"] * frames.batch
-    else:
-        stopped, reasons = tracker.stop_step.cpu(), tracker.reasons()
-    return InversionResult(
-        latents=_shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
-        residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
-        method=plan.method, dtype=latents.dtype, backend=_update_backend(iteration, plan),
-        pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
-        returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
-        lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk, keep_best=plan.keep_best,
-        patience=plan.patience,
-    )
-
-
-def _fused_update(method: str, options: dict) -> bool:
-    """Whether the run's update is a fused op (adam, fsm, km at a fixed step size, gain 1), whose
-    backend ``backend`` picks; grad and the torch-update methods update with torch ops."""
-    return method != "grad" and not uses_torch_update(method, options)
-
-
-def _update_backend(iteration, plan: Plan) -> str:
-    """The backend that ran the update: the one ``plan.backend`` resolves to for the fused ops,
-    ``"torch"`` for the methods that update with torch ops."""
-    if not _fused_update(plan.method, plan.options):
-        return "torch"
-    return resolve_backend(f"{plan.method}_residual_step", iteration.per_sample(iteration.z), plan.backend)
-
-
 @torch.no_grad()
 def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int | str | None = None) -> torch.Tensor:
     """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes).
@@ -407,7 +313,7 @@ def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int |
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, "fsm", {})
-    return _shaped(frames, encode_frames(adapter, frames.pixels, chunk))
+    return shaped(frames, encode_frames(adapter, frames.pixels, chunk))
 
 
 @torch.no_grad()

@@ -100,6 +100,12 @@ def uses_torch_update(method: str, options: dict) -> bool:
     return method == "anderson" or bool(options.get("auto_rho")) or option(options, "mean_gain") != 1.0
 
 
+def fused_update(method: str, options: dict) -> bool:
+    """Whether the run's update is a fused op (adam, fsm, km at a fixed step size, gain 1), whose
+    backend ``backend`` picks; grad and the torch-update methods update with torch ops."""
+    return method != "grad" and not uses_torch_update(method, options)
+
+
 def option(options: dict, name: str):
     """``options[name]``, or its default (``OPTION_DEFAULTS``)."""
     return options.get(name, OPTION_DEFAULTS[name])

@@ -385,12 +385,12 @@ def test_torch_updates_keep_a_fp32_master_in_fp16(fixture_vae, kw):
 
 def test_divergence_warning_names_the_secant_step():
     """With lr="auto" the step is each sample's secant one, not the base lr: the warning says so."""
-    from decinv_fast.api import _warn_if_residual_grew
     from decinv_fast.loop import Plan
+    from decinv_fast.outcome import warn_if_residual_grew
 
     plan = Plan("fsm", 3, 1.0, "constant", {"auto_rho": True, "mean_gain": 3.0}, "torch", 1)
     with pytest.warns(RuntimeWarning, match=r"rho x mean_gain = the secant step \(lr='auto'\) x 3.0"):
-        _warn_if_residual_grew(torch.tensor([[0.05, 0.05], [0.04, 0.2], [0.03, 0.5]]), plan)
+        warn_if_residual_grew(torch.tensor([[0.05, 0.05], [0.04, 0.2], [0.03, 0.5]]), plan)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ends below 1.5x its start, or below the 1 % floor: no warning
-        _warn_if_residual_grew(torch.tensor([[0.05, 0.001], [0.07, 0.005]]), plan)
+        warn_if_residual_grew(torch.tensor([[0.05, 0.001], [0.07, 0.005]]), plan)

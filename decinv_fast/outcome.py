@@ -1,0 +1,104 @@
+"""From a finished iteration to the :class:`InversionResult` ``invert`` returns: each stopped sample's
+histories cut where it stopped, an error naming the samples that went non-finite, a warning for a
+finite divergence, and the backend that ran the update."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._dispatch import resolve_backend
+from .adapters import upcast_hint
+from .inputs import Frames
+from .loop import Plan
+from .options import fused_update, option
+from .result import InversionResult
+
+
+def until_stopped(history: torch.Tensor, stop_step: torch.Tensor) -> torch.Tensor:
+    """``(steps, B)`` per-step values with each stopped sample's later entries replaced by its value
+    at the last step it ran: the batch goes on evaluating it, but a run on it alone ends there."""
+    steps = history.shape[0]
+    last = torch.where(stop_step < 0, steps, stop_step).clamp(1, steps) - 1
+    rows = torch.minimum(torch.arange(steps, device=history.device)[:, None], last.to(history.device)[None])
+    return history.gather(0, rows)
+
+
+def shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
+    """Frame-major latents given the user's layout back (a view)."""
+    return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
+
+
+def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
+    """What to try after a run went non-finite: the likeliest cause first."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    upcast = upcast_hint(iteration.adapter, dtype)
+    if plan.method == "grad" and dtype != torch.float32:
+        return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
+    return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
+
+
+GREW, GREW_FLOOR = 1.5, 0.01  # a last relative residual above 1.5x the first and 1 % is a diverging run
+
+
+def warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
+    """Warn when samples end with a relative residual ``GREW`` times their first one and above
+    ``GREW_FLOOR``: a finite divergence (too large a step; with ``mean_gain``, rho times the gain too
+    large), whose last iterate is returned since ``keep_best`` is off. (Starting at an exact answer,
+    Adam's fixed-size steps move away a little: 2e-7 -> 4e-4 is not a divergence.)"""
+    grew = (per_step[-1] > GREW * per_step[0]) & (per_step[-1] > GREW_FLOOR)
+    if not bool(grew.any()):
+        return
+    worst = int((per_step[-1] / per_step[0].clamp_min(1e-30)).argmax())
+    gain = option(plan.options, "mean_gain")
+    secant = bool(plan.options.get("auto_rho"))
+    rho = "the secant step (lr='auto')" if secant else str(plan.lr)
+    cause = (f"rho x mean_gain = {rho} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
+             else f"{'the secant step' if secant else f'lr={plan.lr}'} is likely too large for this VAE")
+    warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.method!r}): "
+                  f"the relative residual ended above {GREW}x where it started and above {GREW_FLOOR} (sample {worst}: "
+                  f"{float(per_step[0, worst]):.3g} -> {float(per_step[-1, worst]):.3g}); the last iterate is "
+                  f"returned. {cause}; or pass keep_best=True to return each sample's best iterate",
+                  RuntimeWarning, stacklevel=4)
+
+
+def build_result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
+    history, pixel_history = iteration.history[:steps_run], iteration.pixel_history[:steps_run]
+    tracker = iteration.tracker
+    if tracker is not None:
+        history, pixel_history = (until_stopped(h, tracker.stop_step) for h in (history, pixel_history))
+    denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
+    finite = torch.isfinite(history).all(0) & torch.isfinite(latents.reshape(frames.batch, -1)).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[:, 0].tolist()
+        which = f"sample(s) {bad} of {frames.batch}" + ("; the others stayed finite" if len(bad) < frames.batch else "")
+        hint = divergence_hint(iteration, latents.dtype, plan)
+        raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
+                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}")
+    per_step = (history.sqrt() / denom).cpu()
+    residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
+    if not plan.keep_best:
+        warn_if_residual_grew(per_step, plan)
+    if tracker is None:
+        returned = torch.full((frames.batch,), steps_run, dtype=torch.int64)
+        stopped, reasons = returned.clone(), ["steps"] * frames.batch
+    else:
+        stopped, reasons = tracker.stop_step.cpu(), tracker.reasons()
+    return InversionResult(
+        latents=shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
+        residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
+        method=plan.method, dtype=latents.dtype, backend=update_backend(iteration, plan),
+        pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
+        returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
+        lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk, keep_best=plan.keep_best,
+        patience=plan.patience,
+    )
+
+
+def update_backend(iteration, plan: Plan) -> str:
+    """The backend that ran the update: the one ``plan.backend`` resolves to for the fused ops,
+    ``"torch"`` for the methods that update with torch ops."""
+    if not fused_update(plan.method, plan.options):
+        return "torch"
+    return resolve_backend(f"{plan.method}_residual_step", iteration.per_sample(iteration.z), plan.backend)

@@ -118,18 +118,29 @@ def _kept_processors(module: torch.nn.Module) -> dict:
     traced as they compute, one that calls SDPA is a fused kernel and one that computes
     softmax(QK^T)V itself (a subclass of diffusers' ``AttnProcessor``, ``SlicedAttnProcessor``) builds
     the tokens x tokens matrix. Copied so the trace leaves the user's processors as they are."""
+    own = _own_processors(module)
+    try:
+        return copy.deepcopy(own)  # one call: a processor shared by several layers stays shared
+    except Exception as error:
+        raise ValueError(f"attention='auto' plans with the VAE's own attention processors "
+                         f"({own_processor_names(module)}), which could not be copied for the trace ({error}); "
+                         f"{STANDARD_ONE}") from error
+
+
+STANDARD_ONE = "pass attention='sdpa' or 'math' to plan with a standard one"
+
+
+def _own_processors(module: torch.nn.Module) -> dict:
     from diffusers.models import attention_processor as ap
 
     fused = (ap.AttnProcessor2_0, ap.XFormersAttnProcessor)
     kept = auto_processors(dict(getattr(module, "attn_processors", None) or {}))
-    own = {name: p for name, p in kept.items() if type(p) not in fused}
-    try:
-        return copy.deepcopy(own)  # one call: a processor shared by several layers stays shared
-    except Exception as error:
-        names = "+".join(sorted({type(p).__name__ for p in own.values()}))
-        raise ValueError(f"attention='auto' plans with the VAE's own attention processors ({names}), which could "
-                         f"not be copied for the trace ({error}); pass attention='sdpa' or 'math' to plan with a "
-                         "standard one") from error
+    return {name: p for name, p in kept.items() if type(p) not in fused}
+
+
+def own_processor_names(module: torch.nn.Module) -> str:
+    """The class names of the non-stock processors ``attention="auto"`` keeps ("" when none)."""
+    return "+".join(sorted({type(p).__name__ for p in _own_processors(module).values()}))
 
 
 def peak_bytes(run, attention: str, device: str) -> int:

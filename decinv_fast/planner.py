@@ -31,7 +31,7 @@ import torch
 from .adapters import as_adapter
 from .attention import check_attention
 from .memory import available_ram
-from .memory_trace import chunk_pass, meta_vae, peak_bytes
+from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
     AUTO,
     DTYPES,
@@ -139,8 +139,17 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
             raise ValueError(f"chunks: {c} frames per call is not possible for {frames} frame(s)"
                              + (f" in videos of {per_video}" if per_video > 1 else "") + "; a chunk holds at most all "
                              "frames" + (", in whole videos" if per_video > 1 else ""))
+    own = own_processor_names(adapter.module) if attention == "auto" else ""
     for c in chunks or _candidate_chunks(frames, per_video):
-        transient[c] = peak_bytes(chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention, device)
+        try:
+            transient[c] = peak_bytes(chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention,
+                                      device)
+        except Exception as error:
+            if not own:
+                raise
+            raise ValueError(f"attention='auto' plans with the VAE's own attention processors ({own}), which failed "
+                             f"on the meta device, where the trace runs ({type(error).__name__}: {error}); "
+                             f"{STANDARD_ONE}") from error
     math_size = math_dtype(dtype).itemsize  # the update math of anderson and L-BFGS
     if method == "grad" and optimizer == "lbfgs":
         state = latent_bytes * 2 + (latent_bytes // size) * math_size * (2 * memory + 4)

@@ -287,3 +287,20 @@ def test_auto_attention_with_a_processor_that_cannot_be_copied():
                                          r"\(Uncopyable\).*holds a lock.*attention='sdpa' or 'math'"):
         plan(vae, (1, 3, 64, 64), dtype=torch.float32)
     assert plan(vae, (1, 3, 64, 64), dtype=torch.float32, attention="sdpa").chunk is None  # no budget given
+
+
+def test_auto_attention_with_a_processor_that_fails_on_the_meta_device():
+    """The trace runs on weightless meta tensors: a user's processor that reads values (``.item()``)
+    fails there, and the error says which processor and what to pass instead."""
+    class ReadsValues(AttnProcessor):
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            if hidden_states.abs().max().item() > 1e4:
+                raise RuntimeError("overflow")
+            return super().__call__(attn, hidden_states, *args, **kwargs)
+
+    vae = new_fixture_vae()
+    vae.set_attn_processor(ReadsValues())
+    with pytest.raises(ValueError, match=r"own attention processors \(ReadsValues\), which failed on the meta "
+                                         r"device.*attention='sdpa' or 'math'"):
+        plan(vae, (1, 3, 64, 64), dtype=torch.float32)
+    assert plan(vae, (1, 3, 64, 64), dtype=torch.float32, attention="sdpa").chunk is None

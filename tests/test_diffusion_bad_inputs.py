@@ -167,3 +167,13 @@ def test_a_pass_that_goes_non_finite_is_an_error(grid, run):
     """NaN/inf from the eps model (or an overflow) is a FloatingPointError naming the pass, not a NaN result."""
     with pytest.raises(FloatingPointError, match=r"NaN/inf .*eps model"):
         run(grid)
+
+
+@pytest.mark.parametrize("sample, name", [
+    (lambda g, eps: ddim_sample(eps, g, noise()), "ddim_sample"),
+    (lambda g, eps: bdia_sample(eps, g, noise(), gamma=0.0), "bdia_sample"),
+])
+def test_the_non_finite_error_names_the_sampler_that_was_called(grid, sample, name):
+    """ddim_sample runs bdia_sample's loop at gamma = 0, but its error still names ddim_sample."""
+    with pytest.raises(FloatingPointError, match=rf"^{name}: the result has 512 NaN/inf value\(s\) in torch.float32"):
+        sample(grid, _nan_below_300)

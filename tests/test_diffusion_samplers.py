@@ -40,17 +40,39 @@ def test_step_algebra_fp64():
     assert rel(ddim_step(ddim_step(z, eps, 0.5, 0.9), eps, 0.9, 0.5), z) < 1e-14
 
 
-def test_gamma_zero_is_ddim_step_by_step():
-    unet, grid = tiny_unet(), Schedule.from_scheduler(sd_scheduler(), 8)
-    z_T = noise()
-    ddim_states, ddim_cb = collect()
-    bdia_states, bdia_cb = collect()
-    z0_ddim = ddim_sample(unet, grid, z_T, callback=ddim_cb)
-    z0_bdia, z1_bdia = bdia_sample(unet, grid, z_T, gamma=0.0, callback=bdia_cb)
-    assert sorted(ddim_states) == sorted(bdia_states) == list(range(8))
-    for i in range(8):
-        assert torch.equal(ddim_states[i], bdia_states[i]), f"state {i}"
-    assert torch.equal(z0_ddim, z0_bdia) and torch.equal(z1_bdia, ddim_states[1])
+def plain_ddim(denoiser, grid, z_T, callback):
+    """DDIM written out step by step: the oracle of ``ddim_sample`` and of BDIA at ``gamma = 0``."""
+    z = z_T
+    with torch.no_grad():
+        for i in range(grid.num_steps, 0, -1):
+            z = ddim_step(z, denoiser(z, grid.t(i)), grid.alphabar(i), grid.alphabar(i - 1))
+            callback(i - 1, z)
+    return z
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("steps", [1, 8])
+def test_ddim_and_gamma_zero_are_plain_ddim_bit_for_bit(dtype, steps):
+    """``ddim_sample`` runs the BDIA loop at gamma = 0; both equal the written-out DDIM loop state by state."""
+    unet, grid = tiny_unet(dtype), Schedule.from_scheduler(sd_scheduler(), steps)
+    z_T = noise(dtype=dtype)
+    runs = {
+        "plain": lambda d, cb: (plain_ddim(d, grid, z_T, cb), None),
+        "ddim": lambda d, cb: (ddim_sample(d, grid, z_T, callback=cb), None),
+        "bdia": lambda d, cb: tuple(bdia_sample(d, grid, z_T, gamma=0.0, callback=cb)),
+    }
+    states, results = {}, {}
+    for name, run in runs.items():
+        denoiser = Denoiser(unet)
+        states[name], callback = collect()
+        results[name] = run(denoiser, callback)
+        assert denoiser.calls == steps, name
+        assert sorted(states[name]) == list(range(steps)), name
+    for name in ("ddim", "bdia"):
+        assert torch.equal(results[name][0], results["plain"][0]), name
+        for i in range(steps):
+            assert torch.equal(states[name][i], states["plain"][i]), f"{name} state {i}"
+    assert torch.equal(results["bdia"][1], states["plain"][1] if steps > 1 else z_T)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

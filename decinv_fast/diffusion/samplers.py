@@ -89,15 +89,13 @@ def _check_pair(z0: torch.Tensor, z1: torch.Tensor) -> None:
 
 @torch.no_grad()
 def ddim_sample(model, schedule, z_T: torch.Tensor, *, callback: Callback = None, **cond) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0): ``z_{i-1} = DDIM_{i->i-1}(z_i)`` for ``i = N..1``; returns ``z_0``."""
+    """Deterministic DDIM (eta = 0): ``z_{i-1} = DDIM_{i->i-1}(z_i)`` for ``i = N..1``; returns ``z_0``.
+
+    It runs the loop of :func:`bdia_sample` at ``gamma = 0``, where every BDIA step is exactly the
+    DDIM step (:func:`.steps.bdia_step`).
+    """
     denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
-    z = z_T
-    for i in range(grid.num_steps, 0, -1):
-        eps = denoiser(z, grid.t(i))
-        z = ddim_step(z, eps, grid.alphabar(i), grid.alphabar(i - 1))
-        if callback is not None:
-            callback(i - 1, z)
-    return check_result("ddim_sample", z)
+    return bdia_pass(denoiser, grid, z_T, 0.0, callback, caller="ddim_sample").z0
 
 
 @torch.no_grad()
@@ -134,8 +132,9 @@ def bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, callback: C
 
 
 def bdia_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, gamma: float,
-              callback: Callback = None) -> BdiaPair:
-    """The BDIA loop of :func:`bdia_sample` on validated arguments, in the caller's grad mode."""
+              callback: Callback = None, *, caller: str = "bdia_sample") -> BdiaPair:
+    """The BDIA loop of :func:`bdia_sample` (and of :func:`ddim_sample`, ``gamma = 0``) on validated
+    arguments, in the caller's grad mode; a NaN/inf result is an error naming ``caller``."""
     n = grid.num_steps
     above = z_T
     z = ddim_step(z_T, denoiser(z_T, grid.t(n)), grid.alphabar(n), grid.alphabar(n - 1))
@@ -147,7 +146,7 @@ def bdia_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, gamma: floa
         above, z = z, below
         if callback is not None:
             callback(i - 1, z)
-    return BdiaPair(check_result("bdia_sample", z), check_result("bdia_sample", above))
+    return BdiaPair(check_result(caller, z), check_result(caller, above))
 
 
 @torch.no_grad()

@@ -9,7 +9,16 @@ import torch
 from adjoint_models import MlpEps, gaussian_eps, loglinear_schedule, problem, smooth_loss
 from diffusion_models import noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
-from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, ddim_invert, ei_sample, optimize_noise
+from decinv_fast.diffusion import (
+    Denoiser,
+    Schedule,
+    adjoint_gradients,
+    adjoint_sample,
+    ddim_invert,
+    ei_sample,
+    optimize_noise,
+    reversible_bdia_sample,
+)
 from decinv_fast.memory import cpu_allocator_peak
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -186,3 +195,28 @@ def test_gradient_apis_work_under_inference_mode(method):
     with torch.inference_mode():
         got = run()
     assert got[0] == expected[0] and all(torch.equal(a, b) for a, b in zip(got[1:], expected[1:], strict=True))
+
+
+@pytest.mark.parametrize("sample", [
+    lambda model, grid, z, cond: adjoint_sample(model, grid, z, order=2, **cond),
+    lambda model, grid, z, cond: reversible_bdia_sample(model, grid, z, gamma=0.97, **cond)[0],
+])
+def test_a_bound_denoiser_is_differentiated_like_its_model_and_keywords(sample):
+    """The gradient functions take a bound Denoiser apart (its keywords) into exactly the model and conditioning
+    they would get unbound: same sample and gradients bit for bit; more conditioning for it is a TypeError."""
+    unet, grid = tiny_cond_unet(torch.float64), Schedule.from_scheduler(sd_scheduler(), 4)
+    text, empty = text_embeddings(2, torch.float64)
+    results = []
+    for bound in (False, True):
+        z_T, pos, neg = (t.clone().requires_grad_(True) for t in (noise(dtype=torch.float64), text, empty))
+        cond = dict(encoder_hidden_states=pos, negative_encoder_hidden_states=neg, guidance_scale=3.0)
+        model = Denoiser(unet, **cond) if bound else unet
+        z0 = sample(model, grid, z_T, {} if bound else cond)
+        z0.square().sum().backward()
+        results.append((z0.detach(), z_T.grad, pos.grad, neg.grad))
+        if bound:
+            assert model.keywords == cond
+            with pytest.raises(TypeError, match=r"conditioning \['guidance_scale'\] given for a Denoiser that is"):
+                sample(model, grid, z_T, dict(guidance_scale=2.0))
+    for unbound, bound in zip(*results, strict=True):
+        assert torch.equal(unbound, bound)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, as_denoiser
 
 
 @dataclass
@@ -57,23 +57,21 @@ class _Counted(Denoiser):
 
 
 def bind(model, cond: dict, grad_names=None) -> Binding:
-    """Unpack ``model`` (a raw model or a bound ``Denoiser``) and ``cond``.
+    """``as_denoiser(model, **cond)`` kept in its parts, for the custom autograd functions only.
+
+    A ``torch.autograd.Function`` must take the conditioning tensors it differentiates as inputs,
+    and its backward pass rebuilds the denoiser around replacements of them
+    (:meth:`Binding.denoiser`); a :class:`Denoiser` would hide them. Everything else gets its
+    ``eps(z, t)`` from :func:`.denoiser.as_denoiser`. ``model`` is a raw model or a bound ``Denoiser``.
 
     ``grad_names=None`` picks the tensors of ``cond`` that require grad (autograd semantics);
     an explicit sequence names them (each must be a floating tensor in ``cond``).
     """
     if isinstance(model, Denoiser):
-        if cond:
-            raise TypeError(f"conditioning {sorted(cond)} given for a Denoiser that is already bound")
-        cond = dict(model.cond)
-        for key in ("encoder_hidden_states", "negative_encoder_hidden_states"):
-            if getattr(model, key) is not None:
-                cond[key] = getattr(model, key)
-        base, scale = model.model, model.guidance_scale
-    else:
-        cond = dict(cond)
-        scale = cond.pop("guidance_scale", 1.0)
-        base = model
+        denoiser = as_denoiser(model, **cond)  # a bound Denoiser takes no more conditioning
+        model, cond = denoiser.model, denoiser.keywords
+    cond = dict(cond)
+    scale = cond.pop("guidance_scale", 1.0)
     if grad_names is None:
         grad_names = tuple(k for k, v in cond.items() if isinstance(v, torch.Tensor) and v.requires_grad)
     else:
@@ -87,8 +85,8 @@ def bind(model, cond: dict, grad_names=None) -> Binding:
                     f"grad_cond names {name!r}, which must be a floating-point conditioning tensor passed as a "
                     f"keyword; got {type(value).__name__ if name in cond else 'nothing'}"
                 )
-    Denoiser(base, guidance_scale=scale, **cond)  # validate the combination now, with clear errors
-    return Binding(base, float(scale), cond, grad_names)
+    Denoiser(model, guidance_scale=scale, **cond)  # validate the combination now, with clear errors
+    return Binding(model, float(scale), cond, grad_names)
 
 
 def model_parameters(binding: Binding, params) -> list[torch.Tensor]:

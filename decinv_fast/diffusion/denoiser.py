@@ -79,6 +79,17 @@ class Denoiser:
             return next(self.model.parameters(), None)
         return None
 
+    @property
+    def keywords(self) -> dict:
+        """The keyword arguments it is bound with (embeddings that are ``None`` left out, then
+        ``guidance_scale``): ``Denoiser(d.model, **d.keywords)`` is an equal denoiser."""
+        keywords = dict(self.cond)
+        for key in ("encoder_hidden_states", "negative_encoder_hidden_states"):
+            if getattr(self, key) is not None:
+                keywords[key] = getattr(self, key)
+        keywords["guidance_scale"] = self.guidance_scale
+        return keywords
+
     def check(self, z: torch.Tensor, name: str) -> None:
         """Raise a clear error if ``z`` (argument ``name``) cannot go through this model."""
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
@@ -158,7 +169,11 @@ def _twice(value, batch: int):
 
 
 def as_denoiser(model, **cond) -> Denoiser:
-    """``model`` bound to ``cond`` (a :class:`Denoiser` is returned as is; it takes no more ``cond``)."""
+    """``model`` bound to ``cond`` (a :class:`Denoiser` is returned as is; it takes no more ``cond``).
+
+    The one way to get ``eps(z, t)`` from a model and its conditioning. (The custom autograd
+    functions take the same arguments apart instead, with ``_autodiff.bind``, to differentiate the
+    conditioning tensors.)"""
     if isinstance(model, Denoiser):
         if cond:
             raise TypeError(f"conditioning {sorted(cond)} given for a Denoiser that is already bound")

@@ -223,9 +223,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent). Default
             (``None``): off, but on for ``"auto"``, which always returns its best.
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.
-        measure_memory: report ``peak_bytes``. Free on a GPU; on the CPU it runs the PyTorch profiler
-            to read the allocator's events, which costs ~10% per step on small inputs: pass False when
-            timing (``peak_bytes`` is then None).
+        measure_memory: report ``peak_bytes``. On a GPU it costs nothing but resets torch's CUDA
+            peak statistics (``torch.cuda.reset_peak_memory_stats``: a peak you were tracking starts
+            over); on the CPU it runs the PyTorch profiler to read the allocator's events, which costs
+            ~10% per step on small inputs. Pass False when timing (``peak_bytes`` is then None).
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),

@@ -59,15 +59,28 @@ class VaeAdapter:
 
     @property
     def device(self) -> torch.device | None:
+        """Where the VAE computes: its parameters' device, or, for a VAE offloaded by a pipeline's
+        ``enable_model_cpu_offload``/``enable_sequential_cpu_offload`` (accelerate hooks, which move
+        the weights there for each call), the hooks' execution device, as diffusers pipelines read it."""
         if self.module is None:
             return None
-        return next(self.module.parameters()).device
+        return offload_execution_device(self.module) or next(self.module.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype | None:
         if self.module is None:
             return None
         return next(self.module.parameters()).dtype
+
+
+def offload_execution_device(module: nn.Module) -> torch.device | None:
+    """The execution device of accelerate's offload hooks on ``module`` or its submodules (``None`` if
+    it has none)."""
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return None
 
 
 @dataclass(frozen=True)

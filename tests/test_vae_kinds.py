@@ -291,3 +291,22 @@ def test_autocast_runs_the_vae_in_half_but_keeps_the_latents_dtype(tiny_kl, imag
     assert encoded.dtype == decoded.dtype == torch.float32
     assert not torch.equal(autocast.latents, plain.latents)  # the VAE did run in bfloat16
     torch.testing.assert_close(autocast.latents, plain.latents, atol=0.1, rtol=0)
+
+
+def test_an_offloaded_vae_runs_on_its_hooks_execution_device():
+    """A pipeline's ``enable_sequential_cpu_offload`` leaves the VAE's weights on the meta device (and
+    ``enable_model_cpu_offload`` on the CPU) with accelerate hooks that move them to the execution
+    device for each call: invert places its tensors there, as diffusers pipelines do (the hook here is a
+    stand-in with accelerate's attribute; accelerate itself is not a dependency)."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**tiny_kl_config())
+    assert as_adapter(vae).device == torch.device("meta")
+    vae.decoder.conv_out._hf_hook = SimpleNamespace(execution_device="cpu")
+    assert as_adapter(vae).device == torch.device("cpu")
+    vae.decoder.conv_out._hf_hook = SimpleNamespace(execution_device=None)  # a hook that does not move weights
+    assert as_adapter(vae).device == torch.device("meta")

@@ -191,12 +191,15 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             default, ``None``, for every method but ``"auto"``, which runs its own ``"constant"``),
             ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).
         dtype: compute dtype; default the VAE's. A VAE in another dtype is copied, never changed.
+            Under ``torch.autocast`` a diffusers VAE computes in the autocast dtype, but the iteration
+            and the returned latents stay in this one.
         tol: stop each sample once its relative latent residual (for ``"grad"``: its relative pixel
             error) falls below ``tol``, returning the point that reached it (with ``keep_best``: its best
             point so far); the run ends when every sample has stopped (a host sync per step).
         progress: show a tqdm bar with the residual (one host sync per step).
         backend: update-kernel backend, ``"auto"``, ``"cuda"``, ``"triton"``, ``"torch"`` or
-            ``"reference"`` (``"auto"``: on a GPU the CUDA extension, else Triton, else torch; torch on the CPU).
+            ``"reference"`` (``"auto"``: on a GPU the CUDA extension, else Triton, else torch; torch on the CPU
+            and for fp64 latents, which the compiled kernels do not take).
             The fused kernels serve adam, fsm and km at a fixed step size; the other runs (grad,
             anderson, auto, ``lr="auto"``, ``mean_gain``) update with torch ops and take ``"auto"``/``"torch"``.
         chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
@@ -225,8 +228,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.
         measure_memory: report ``peak_bytes``. On a GPU it costs nothing but resets torch's CUDA
             peak statistics (``torch.cuda.reset_peak_memory_stats``: a peak you were tracking starts
-            over); on the CPU it runs the PyTorch profiler to read the allocator's events, which costs
-            ~10% per step on small inputs. Pass False when timing (``peak_bytes`` is then None).
+            over); on the CPU it runs the PyTorch profiler to read the allocator's events, which slows
+            every step (measured: +30 to +60% on the fixture VAE at 64x64, about +5% on the SD-2.1
+            layout; benchmarks/overhead.py). Pass False when timing (``peak_bytes`` is then None).
         callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),

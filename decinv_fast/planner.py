@@ -98,7 +98,10 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
-        device: the device the prediction is for (``"cuda"`` or ``"cpu"``); only labels the plan.
+        dtype: the run's dtype, as ``invert``'s ``dtype`` (default fp16): weights, pixels, latents and
+            activations are counted in it (Anderson's and L-BFGS's history in fp32, fp64 for fp64).
+        device: the device the prediction is for (``"cuda"`` or ``"cpu"``); ``"cpu"`` adds oneDNN's
+            per-convolution layout copy (see the module docstring).
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
         method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"``, ``"auto"`` (planned as the Anderson
             run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).

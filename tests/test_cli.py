@@ -366,6 +366,20 @@ def test_animated_png_is_a_video_and_a_phone_mpo_jpeg_an_image(tmp_path):
     latents, meta = _run(tmp_path / "phone.jpg", tmp_path / "mpo.st")
     assert latents.shape == (4, 4, 4) and meta["layout"] == "C,h,w"  # its picture, not a 2-frame video
 
+def test_a_sixteen_bit_animated_png_is_read_at_its_depth(tmp_path):
+    """The frames of an animation are read as still images are: a 16-bit grayscale APNG (frames of mode I;16)
+    gives the latents of its 8-bit version (value * 257 / 65535 = value / 255); convert("RGB") made it white."""
+    clip = [np.asarray(Image.fromarray(f).convert("L")) for f in pan_clip(bundled_photo(), 3, 32)]
+    narrow = [Image.fromarray(f) for f in clip]
+    narrow[0].save(tmp_path / "clip8.png", save_all=True, append_images=narrow[1:])
+    wide = [Image.fromarray(f.astype(np.uint16) * 257) for f in clip]
+    wide[0].save(tmp_path / "clip16.png", save_all=True, append_images=wide[1:])
+    assert Image.open(tmp_path / "clip16.png").mode == "I;16" and Image.open(tmp_path / "clip16.png").n_frames == 3
+    reference, meta = _run(tmp_path / "clip8.png", tmp_path / "8.st")
+    assert reference.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
+    torch.testing.assert_close(_run(tmp_path / "clip16.png", tmp_path / "16.st")[0], reference, rtol=1e-5, atol=1e-5)
+
+
 def test_video_without_a_reader_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as when the video extra is not installed
     (tmp_path / "clip.MP4").write_bytes(b"\0" * 64)

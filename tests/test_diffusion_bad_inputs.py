@@ -149,6 +149,16 @@ def test_pipeline_arguments(unet, grid):
         decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_zT=noise((2, 4, 4, 4)))
 
 
+def test_a_noise_table_rising_between_any_two_timesteps_is_refused():
+    """Every pair of neighbouring timesteps is checked: the two nearest the clean end, and a two-step grid."""
+    table = sd_scheduler().alphas_cumprod.clone()
+    table[251] = 0.9995  # above alphabar at t=1 (0.998): less noise at t=251 than at t=1, the rest in order
+    with pytest.raises(ValueError, match=r"must not increase with the timestep.*0\.9995 at t=251 > .* at t=1$"):
+        Schedule.from_alphas_cumprod(table, [751, 501, 251, 1])
+    with pytest.raises(ValueError, match="alphas_cumprod must not increase with the timestep"):
+        Schedule.from_alphas_cumprod(1 - sd_scheduler().alphas_cumprod, [501, 1])
+
+
 def _nan_below_300(z, t):
     """An eps model that goes non-finite at low noise (as an fp16 UNet can overflow)."""
     return torch.full_like(z, float("nan")) if t < 300 else torch.tanh(z)

@@ -152,6 +152,25 @@ def test_approximate_inversions_are_reported(record_property):
     assert ddim_error > 1e3 * pair_error and from_z0_error > 1e3 * pair_error
 
 
+def test_guidance_passes_scalar_tensor_conditions_as_they_are():
+    """A 0-dim tensor condition (a scale given as a tensor) has no batch to repeat for the two guidance branches:
+    the batched call gets it as it is, at the top level and inside a dict condition."""
+    seen = []
+
+    def eps(z, t, encoder_hidden_states, scale, extra):
+        seen.append((scale, extra["scale"]))
+        return torch.tanh(z) * scale + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)
+
+    scale, z = torch.tensor(2.0), noise()
+    text, empty = text_embeddings(2)
+    guided = Denoiser(eps, encoder_hidden_states=text, negative_encoder_hidden_states=empty, guidance_scale=3.0,
+                      scale=scale, extra={"scale": scale})
+    out = guided(z, 500)
+    assert len(seen) == 1 and seen[0][0] is scale and seen[0][1] is scale
+    eps_c, eps_u = (torch.tanh(z) * 2 + e.mean((1, 2)).view(-1, 1, 1, 1) for e in (text, empty.expand(2, -1, -1)))
+    torch.testing.assert_close(out, eps_u + 3.0 * (eps_c - eps_u))
+
+
 def test_guidance_repeats_added_cond_kwargs_for_both_branches():
     """An SDXL-style UNet (``addition_embed_type="text_time"``) takes ``added_cond_kwargs``; with guidance its batched
     tensors go to both branches, like the other batched conditions (the batch of 2 used to fail inside the UNet)."""

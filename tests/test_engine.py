@@ -232,6 +232,36 @@ def test_fp32_master_keeps_updates_bf16_would_lose(method):
     torch.testing.assert_close(run(True), torch.full((2, 33), 0.9), atol=2**-8, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["adam", "fsm", "km"])
+def test_the_ops_take_the_step_table_in_the_update_math_dtype(method):
+    """fp64 latents read a fp64 step table (a fp32 one rounds every rate: ~1e-9 off reference.py), the others
+    fp32; a table in another dtype is refused, naming the one needed, not silently used."""
+    from decinv_fast.ops import adam_residual_step, fsm_residual_step, km_residual_step
+
+    columns = 3 if method == "adam" else 1
+
+    def step(dtype: torch.dtype, table_dtype: torch.dtype) -> None:
+        z = torch.zeros(2, 5, dtype=dtype)
+        edz, e_x, m, v, y = torch.full_like(z, 0.5), torch.zeros_like(z), z.clone(), z.clone(), z.clone()
+        table = torch.full((4, columns), 0.5, dtype=table_dtype)
+        sq, k = torch.zeros(2), torch.tensor([0])
+        if method == "adam":
+            adam_residual_step(edz, e_x, z, m, v, sq, table, k, eps=1e-8, backend="torch")
+        elif method == "fsm":
+            fsm_residual_step(edz, e_x, z, sq, table, k, backend="torch")
+        else:
+            km_residual_step(edz, e_x, y, z, sq, table, k, alpha=0.0, backend="torch")
+
+    for dtype, wanted, wrong in [(torch.float64, torch.float64, torch.float32),
+                                 (torch.float32, torch.float32, torch.float64),
+                                 (torch.float16, torch.float32, torch.float64)]:
+        step(dtype, wanted)
+        name = str(dtype)[6:]
+        with pytest.raises(ValueError, match=rf"{method}_residual_step: table must be {str(wanted)[6:]} "
+                                             rf"\(steps, {columns}\) on cpu for {name} latents"):
+            step(dtype, wrong)
+
+
 def test_km_master_extrapolates_by_alpha():
     """KM's fp32 master is the next evaluation point ``z_new + alpha (z_new - z_k)``, with ``z_k`` the
     stored (fp16) iterate; written out step by step in fp32 for alpha = 0.3."""

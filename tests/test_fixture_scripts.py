@@ -38,6 +38,9 @@ def weights(folder):
     (["--log-every", "0"], "--log-every: must be above 0"),  # ZeroDivisionError at step 1
     (["--size", "60"], "--size: must be a positive multiple of 8"),
     (["--lr", "nan"], "--lr: must be above 0"),
+    (["--size", "0"], "--size: must be a positive multiple of 8"),  # 0 % 8 == 0
+    # NaN compares False, so `value < 0` lets it through; TINY: were it accepted, a 2-step run, not 6000 steps
+    ([*TINY, "--kl-weight", "nan"], "--kl-weight: must be 0 or more"),
     (["--cycle-weight", "-1"], "--cycle-weight: must be 0 or more"),
     (["--init", "{tmp}/nowhere"], "no config.json"),
 ])
@@ -102,6 +105,7 @@ def test_export_checkpoint_uses_the_runs_crop_size(whole, tmp_path, monkeypatch)
 @pytest.mark.parametrize("args,message", [
     (["--count", "0"], "--count: must be 1 or more"),  # a traceback from np.stack after loading the VAE
     (["--size", "60"], "--size: must be a positive multiple of 8"),  # a traceback from the VAE's decoder
+    (["--size", "0"], "--size: must be a positive multiple of 8"),
     (["--vae", "{tmp}"], "no config.json"),
 ])
 def test_evaluation_arguments_are_refused_before_it_runs(tmp_path, capsys, args, message):

@@ -202,6 +202,9 @@ def test_roc_summaries():
     # 0.29 * 100 is 28.999999999999996 in floating point: 29 false positives are allowed, not 28
     assert tpr_at_fpr([70.5], list(range(100)), 0.29) == (1.0, 0.29)
     assert tpr_at_fpr([70.5], list(range(100)), 0.285) == (0.0, 0.28)
+    # the margin is for rounding only: 28.99 allows 28 (FPR 0.28), never a FPR above the one asked
+    assert tpr_at_fpr([70.5], list(range(100)), 0.2899) == (0.0, 0.28)
+    assert tpr_at_fpr([990.5], list(range(1000)), 0.00999) == (1.0, 0.009)
     with pytest.raises(ValueError, match="negative must be a non-empty set of finite scores"):
         roc_auc([1.0], [float("nan")])
 

@@ -205,6 +205,8 @@ def test_roc_summaries():
     # the margin is for rounding only: 28.99 allows 28 (FPR 0.28), never a FPR above the one asked
     assert tpr_at_fpr([70.5], list(range(100)), 0.2899) == (0.0, 0.28)
     assert tpr_at_fpr([990.5], list(range(1000)), 0.00999) == (1.0, 0.009)
+    # an fpr within the margin of 1 allows n - 1 false positives, not n (an index past the end)
+    assert tpr_at_fpr([0.5], list(range(100)), 1 - 1e-13) == (1.0, 0.99)
     with pytest.raises(ValueError, match="negative must be a non-empty set of finite scores"):
         roc_auc([1.0], [float("nan")])
 

@@ -33,6 +33,7 @@ def tpr_at_fpr(positive, negative, fpr: float = 0.01) -> tuple[float, float]:
     if not 0 <= fpr < 1:
         raise ValueError(f"fpr must lie in [0, 1), got {fpr!r}")
     pos, neg = _scores("positive", positive), _scores("negative", negative)
-    allowed = math.floor(fpr * neg.numel() * (1 + 1e-12))  # 0.29 * 100 = 28.999999999999996 allows 29
+    n = neg.numel()
+    allowed = min(math.floor(fpr * n * (1 + 1e-12)), n - 1)  # 0.29 * 100 = 28.999999999999996 allows 29
     threshold = torch.sort(neg, descending=True).values[allowed]
     return float((pos > threshold).double().mean()), float((neg > threshold).double().mean())

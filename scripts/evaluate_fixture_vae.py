@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
+from argument_types import crop_size, positive
 
 import decinv_fast
 from decinv_fast.fixture import fixture_dir
@@ -49,25 +50,11 @@ def evaluate(vae_dir: str, count: int, size: int, seed: int) -> dict:
     }
 
 
-def count_arg(spec: str) -> int:
-    count = int(spec)
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {spec}")
-    return count
-
-
-def size_arg(spec: str) -> int:
-    size = int(spec)
-    if size < 8 or size % 8:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (the VAE downsamples 8x), got {spec}")
-    return size
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vae", default=str(fixture_dir()), help="a saved VAE of the fixture's kind; the report goes there")
-    p.add_argument("--count", type=count_arg, default=12, help="held-out crops")
-    p.add_argument("--size", type=size_arg, default=64, help="their side in pixels (a multiple of 8)")
+    p.add_argument("--count", type=positive(int), default=12, help="held-out crops")
+    p.add_argument("--size", type=crop_size, default=64, help="their side in pixels (a multiple of 8)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not (Path(args.vae) / "config.json").is_file():

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from argument_types import crop_size, not_negative, positive
 
 from decinv_fast.fixture import load_fixture_vae, new_fixture_vae
 from decinv_fast.testbed import RandomCrops, heldout_crops
@@ -159,30 +160,6 @@ def export_checkpoint(state_dir: Path, out: Path, seed: int, size: int) -> dict:
     vae = new_fixture_vae()
     vae.load_state_dict(state["model"])
     return export(vae, RandomCrops(run["size"], seed=run["seed"] + 1), heldout_crops(size=128, count=12), out)
-
-
-def positive(kind):
-    """argparse type: a number of ``kind`` above 0."""
-    def parse(spec: str):
-        value = kind(spec)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {spec}")
-        return value
-    return parse
-
-
-def not_negative(spec: str) -> float:
-    value = float(spec)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {spec}")
-    return value
-
-
-def crop_size(spec: str) -> int:
-    size = int(spec)
-    if size < 8 or size % 8:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (the VAE downsamples 8x), got {spec}")
-    return size
 
 
 def main(argv: list[str] | None = None) -> None:

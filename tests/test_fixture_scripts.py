@@ -3,6 +3,7 @@ records they write (tiny runs: 16-pixel crops, batch 1, a few steps)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ TINY = ["--steps", "2", "--batch", "1", "--size", "16", "--threads", "1"]  # che
 
 
 def script(name):
+    if str(SCRIPTS) not in sys.path:  # as `python scripts/<name>.py` has it: the scripts import argument_types
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -104,7 +107,7 @@ def test_export_checkpoint_uses_the_runs_crop_size(whole, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--count", "0"], "--count: must be 1 or more"),  # a traceback from np.stack after loading the VAE
+    (["--count", "0"], "--count: must be above 0"),  # a traceback from np.stack after loading the VAE
     (["--size", "60"], "--size: must be a positive multiple of 8"),  # a traceback from the VAE's decoder
     (["--size", "0"], "--size: must be a positive multiple of 8"),
     (["--vae", "{tmp}"], "no config.json"),

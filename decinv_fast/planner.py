@@ -89,7 +89,7 @@ def _candidate_chunks(frames: int, group: int) -> list[int]:
     return sorted(s for s in sizes if s % group == 0)
 
 
-def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda", budget_bytes: int | None = None,
+def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", budget_bytes: int | None = None,
          method: str = "adam", attention: str = "auto", chunks: list[int] | None = None,
          memory: int | None = None, mixing: str | None = None, optimizer: str | None = None,
          fp32_master: bool | None = None) -> MemoryPlan:
@@ -98,8 +98,10 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
-        dtype: the run's dtype, as ``invert``'s ``dtype`` (default fp16): weights, pixels, latents and
-            activations are counted in it (Anderson's and L-BFGS's history in fp32, fp64 for fp64).
+        dtype: the run's dtype, as ``invert``'s ``dtype`` (``None``, the default: the VAE's own, the
+            dtype ``invert`` runs it in; an fp32 VAE you will run in fp16, pass ``torch.float16``):
+            weights, pixels, latents and activations are counted in it (Anderson's and L-BFGS's history
+            in fp32, fp64 for fp64).
         device: the device the prediction is for (``"cuda"`` or ``"cpu"``); ``"cpu"`` adds oneDNN's
             per-convolution layout copy (see the module docstring).
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
@@ -123,6 +125,7 @@ def plan(vae, shape, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
+    dtype = adapter.dtype if dtype is None else dtype
     shape = _checked_shape(shape, adapter.spatial_factor)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
     _check_master(fp32_master, run_method)
@@ -218,7 +221,7 @@ def _check_master(fp32_master, method: str) -> None:
 
 def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {DTYPES} or None (the VAE's), got {dtype!r}")
     try:
         torch.device(device)
     except (RuntimeError, TypeError):

@@ -304,3 +304,17 @@ def test_auto_attention_with_a_processor_that_fails_on_the_meta_device():
                                          r"device.*attention='sdpa' or 'math'"):
         plan(vae, (1, 3, 64, 64), dtype=torch.float32)
     assert plan(vae, (1, 3, 64, 64), dtype=torch.float32, attention="sdpa").chunk is None
+
+
+def test_the_default_dtype_is_the_vae_s_as_invert_runs_it():
+    """``dtype=None`` plans the VAE's own dtype, the one ``invert`` runs it in: a fp32 VAE (SDXL's is kept
+    fp32 by ``force_upcast``) was planned in fp16 by default, half of what its run holds."""
+    vae = new_fixture_vae()
+    shape = (1, 2, 3, 64, 64)
+    kw = dict(device="cuda", chunks=[1, 2])
+    fp32 = plan(vae, shape, **kw)
+    assert fp32.dtype == torch.float32
+    assert fp32.per_chunk == plan(vae, shape, dtype=torch.float32, **kw).per_chunk
+    assert fp32.per_chunk[2] > 1.9 * plan(vae, shape, dtype=torch.float16, **kw).per_chunk[2]
+    half = plan(vae.to(torch.float16), shape, **kw)
+    assert half.dtype == torch.float16 and half.per_chunk == plan(vae, shape, dtype=torch.float16, **kw).per_chunk

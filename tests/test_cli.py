@@ -209,44 +209,41 @@ def _run(path, out, *extra):
     return read_latents(out)
 
 
-def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
-    """A 16-bit grayscale PNG (PIL mode I;16) and a mode-I TIFF give the latents of the same picture in
-    8 bits (value * 257 / 65535 = value / 255), alone and in a folder; convert("RGB") made them white."""
+def _read_as_the_8_bit_picture(tmp_path, variants, in_folder: str) -> None:
+    """Each of ``variants`` (file name -> (pixels built from the 8-bit gray crop, the PIL mode it must
+    open in)) gives the latents of that crop saved in 8 bits, alone and, for ``in_folder``, in a folder
+    beside an 8-bit RGB image."""
     gray = np.asarray(Image.fromarray(bundled_photo()[:32, :32]).convert("L"))
     Image.fromarray(gray).save(tmp_path / "gray8.png")
-    wide = gray.astype(np.uint16) * 257
-    Image.fromarray(wide).save(tmp_path / "gray16.png")
-    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
-    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "gray32.tif")
-    assert Image.open(tmp_path / "gray32.tif").mode == "I"
+    for name, (make, mode) in variants.items():
+        Image.fromarray(make(gray)).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
     reference = _run(tmp_path / "gray8.png", tmp_path / "8.st")[0]
-    for name in ("gray16.png", "gray32.tif"):
+    for name in variants:
         torch.testing.assert_close(_run(tmp_path / name, tmp_path / f"{name}.st")[0], reference, rtol=1e-5, atol=1e-5)
     folder = tmp_path / "folder"
     folder.mkdir()
-    (tmp_path / "gray16.png").rename(folder / "a.png")
+    (tmp_path / in_folder).rename(folder / f"a{Path(in_folder).suffix}")
     Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")  # an 8-bit RGB image beside it
-    batch = _run(folder, tmp_path / "folder.st")[0]
-    torch.testing.assert_close(batch[0], reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_run(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
+    """A 16-bit grayscale PNG (PIL mode I;16) and a mode-I TIFF give the latents of the same picture in
+    8 bits (value * 257 / 65535 = value / 255), alone and in a folder; convert("RGB") made them white."""
+    wide = lambda gray: gray.astype(np.uint16) * 257  # noqa: E731
+    _read_as_the_8_bit_picture(tmp_path, {"gray16.png": (wide, "I;16"),
+                                          "gray32.tif": (lambda gray: wide(gray).astype(np.int32), "I")},
+                               in_folder="gray16.png")
 
 
 def test_float_and_big_endian_images_are_read_at_their_depth(tmp_path):
     """A float TIFF (PIL mode F) in [0, 1] and a big-endian 16-bit TIFF (I;16B) give the latents of the same
     picture in 8 bits, alone and in a folder; convert("RGB") clipped F to 0 and 1 (nearly black)."""
-    gray = np.asarray(Image.fromarray(bundled_photo()[:32, :32]).convert("L"))
-    Image.fromarray(gray).save(tmp_path / "gray8.png")
-    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "float.tif")
-    assert Image.open(tmp_path / "float.tif").mode == "F"
-    Image.fromarray((gray.astype(np.uint16) * 257).astype(">u2")).save(tmp_path / "big.tif")
-    assert Image.open(tmp_path / "big.tif").mode == "I;16B"
-    reference = _run(tmp_path / "gray8.png", tmp_path / "8.st")[0]
-    for name in ("float.tif", "big.tif"):
-        torch.testing.assert_close(_run(tmp_path / name, tmp_path / f"{name}.st")[0], reference, rtol=1e-5, atol=1e-5)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (tmp_path / "float.tif").rename(folder / "a.tif")
-    Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")
-    torch.testing.assert_close(_run(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
+    _read_as_the_8_bit_picture(tmp_path, {"float.tif": (lambda gray: gray.astype(np.float32) / 255, "F"),
+                                          "big.tif": (lambda gray: (gray.astype(np.uint16) * 257).astype(">u2"),
+                                                      "I;16B")},
+                               in_folder="float.tif")
 
 
 @pytest.mark.parametrize("values,message", [

@@ -99,10 +99,10 @@ def cmd_invert(args) -> int:
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
-    kwargs = dict(method=args.method, steps=args.steps, lr=args.lr, dtype=dtype, tol=args.tol, patience=args.patience,
-                  keep_best=args.keep_best or None, attention=args.attention, cuda_graphs=args.cuda_graphs,
-                  compile=compile, **options)
-    result = api.invert(vae, images, progress=_progress(args), chunk_frames=args.chunk_frames, **kwargs)
+    result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
+                        progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
+                        patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
+                        cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     video = images.ndim == 5
     if video:  # a video file: its (F, C, h, w) latents

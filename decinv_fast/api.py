@@ -25,6 +25,7 @@ from .options import (
     caller_stacklevel,
     check_finite,
     check_flag,
+    check_fp32_master,
     check_int,
     check_options,
     check_positive,
@@ -147,9 +148,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if compile and method == "grad":
         raise ValueError("compile works with the gradient-free methods; method='grad' runs the decoder eagerly "
                          "under autograd")
-    if fp32_master and method == "grad":
-        raise ValueError("fp32_master=True is an option of the gradient-free methods; method='grad' keeps no "
-                         "master copy (its optimizer state is in the latents' dtype, fp32 for L-BFGS)")
+    check_fp32_master(fp32_master, method)
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)

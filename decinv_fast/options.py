@@ -84,6 +84,15 @@ def check_flag(name: str, value) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_fp32_master(fp32_master, method: str) -> None:
+    """``fp32_master``: None or a bool, and not ``True`` for ``grad`` (``invert`` and ``plan`` alike)."""
+    if fp32_master is not None:
+        check_flag("fp32_master", fp32_master)
+    if fp32_master and method == "grad":
+        raise ValueError("fp32_master=True is an option of the gradient-free methods; method='grad' keeps no "
+                         "master copy (its optimizer state is in the latents' dtype, fp32 for L-BFGS)")
+
+
 def check_positive(name: str, value) -> None:
     if not is_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

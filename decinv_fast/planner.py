@@ -36,7 +36,7 @@ from .options import (
     AUTO,
     DTYPES,
     OPTION_DEFAULTS,
-    check_flag,
+    check_fp32_master,
     check_int,
     check_options,
     keeps_fp32_master,
@@ -128,7 +128,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     dtype = adapter.dtype if dtype is None else dtype
     shape = _checked_shape(shape, adapter.spatial_factor)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
-    _check_master(fp32_master, run_method)
+    check_fp32_master(fp32_master, run_method)
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
     per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
@@ -208,15 +208,6 @@ def _checked_shape(shape, factor: int) -> tuple[int, ...]:
         raise ValueError(f"shape: height {h} and width {w} must be multiples of {factor} (the VAE's downsampling "
                          "factor)")
     return dims
-
-
-def _check_master(fp32_master, method: str) -> None:
-    """``fp32_master`` as ``invert`` checks it: None or a bool, and not ``True`` for ``grad``."""
-    if fp32_master is not None:
-        check_flag("fp32_master", fp32_master)
-    if fp32_master and method == "grad":
-        raise ValueError("fp32_master=True is an option of the gradient-free methods; method='grad' keeps no "
-                         "master copy")
 
 
 def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:

@@ -145,12 +145,12 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
             raise ValueError(f"chunks: {c} frames per call is not possible for {frames} frame(s)"
                              + (f" in videos of {per_video}" if per_video > 1 else "") + "; a chunk holds at most all "
                              "frames" + (", in whole videos" if per_video > 1 else ""))
-    own = own_processor_names(adapter.module) if attention == "auto" else ""
     for c in chunks or _candidate_chunks(frames, per_video):
         try:
             transient[c] = peak_bytes(chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention,
                                       device)
         except Exception as error:
+            own = own_processor_names(adapter.module) if attention == "auto" else ""
             if not own:
                 raise
             raise ValueError(f"attention='auto' plans with the VAE's own attention processors ({own}), which failed "

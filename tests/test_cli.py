@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
-import tomllib
 import torch
+from cli_runs import read_latents, run_invert
 from PIL import Image, ImageOps
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from decinv_fast import cli, invert
 from decinv_fast.cli import load_vae, main
@@ -27,11 +27,6 @@ def photo_png(tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(bundled_photo()[:32, :32]).save(path)
     return path
-
-
-def read_latents(path):
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor("latents"), f.metadata()
 
 
 def test_invert_one_image_with_panel(tmp_path, photo_png):
@@ -204,11 +199,6 @@ def test_bad_chunk_frames_is_a_usage_line(tmp_path, photo_png, capsys, spec):
     assert "not a positive number of frames or 'auto'" in capsys.readouterr().err
 
 
-def _run(path, out, *extra):
-    assert main(["invert", str(path), "--steps", "1", "--out", str(out), "--quiet", *extra]) == 0
-    return read_latents(out)
-
-
 def _read_as_the_8_bit_picture(tmp_path, variants, in_folder: str) -> None:
     """Each of ``variants`` (file name -> (pixels built from the 8-bit gray crop, the PIL mode it must
     open in)) gives the latents of that crop saved in 8 bits, alone and, for ``in_folder``, in a folder
@@ -218,14 +208,15 @@ def _read_as_the_8_bit_picture(tmp_path, variants, in_folder: str) -> None:
     for name, (make, mode) in variants.items():
         Image.fromarray(make(gray)).save(tmp_path / name)
         assert Image.open(tmp_path / name).mode == mode
-    reference = _run(tmp_path / "gray8.png", tmp_path / "8.st")[0]
+    reference = run_invert(tmp_path / "gray8.png", tmp_path / "8.st")[0]
     for name in variants:
-        torch.testing.assert_close(_run(tmp_path / name, tmp_path / f"{name}.st")[0], reference, rtol=1e-5, atol=1e-5)
+        latents = run_invert(tmp_path / name, tmp_path / f"{name}.st")[0]
+        torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
     folder = tmp_path / "folder"
     folder.mkdir()
     (tmp_path / in_folder).rename(folder / f"a{Path(in_folder).suffix}")
     Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")  # an 8-bit RGB image beside it
-    torch.testing.assert_close(_run(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run_invert(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
 
 
 def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
@@ -279,7 +270,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated by 90 degrees: 32 wide, 48 high
     stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    latents, _ = _run(tmp_path / "rotated.jpg", tmp_path / "z.st")
+    latents, _ = run_invert(tmp_path / "rotated.jpg", tmp_path / "z.st")
     shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "rotated.jpg")).convert("RGB"))
     assert shown.shape == (48, 32, 3) and latents.shape == (4, 6, 4)
     direct = invert(load_vae("fixture", torch.float32, "cpu"), shown, steps=1)
@@ -287,7 +278,7 @@ def test_exif_orientation_is_applied(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     (tmp_path / "rotated.jpg").rename(folder / "rotated.jpg")
-    assert torch.equal(_run(folder, tmp_path / "f.st")[0][0], direct.latents)
+    assert torch.equal(run_invert(folder, tmp_path / "f.st")[0][0], direct.latents)
 
 
 def test_output_paths_are_checked_before_the_run(tmp_path, photo_png, capsys, monkeypatch):
@@ -307,7 +298,7 @@ def test_output_paths_are_checked_before_the_run(tmp_path, photo_png, capsys, mo
 
 def test_panel_in_a_new_folder_and_write_errors(tmp_path, photo_png, capsys, monkeypatch):
     panel, out = tmp_path / "new" / "deeper" / "panel.png", tmp_path / "other" / "z.st"
-    _run(photo_png, out, "--png", str(panel))
+    run_invert(photo_png, out, "--png", str(panel))
     assert Image.open(panel).size[0] == 5 * 32
     too_long = str(tmp_path / ("z" * 300 + ".safetensors"))
     assert main(["invert", str(photo_png), "--quiet", "--out", too_long]) == 2
@@ -320,72 +311,6 @@ def test_panel_in_a_new_folder_and_write_errors(tmp_path, photo_png, capsys, mon
     assert main(["invert", str(photo_png), "--steps", "1", "--quiet", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: --out {out}: cannot write") and "\n" not in err
-
-
-def test_gif_and_animated_webp_in_any_case(tmp_path):
-    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
-    clip[0].save(tmp_path / "clip.GIF", save_all=True, append_images=clip[1:])
-    clip[0].save(tmp_path / "clip.WebP", save_all=True, append_images=clip[1:], lossless=True)
-    for name in ("clip.GIF", "clip.WebP"):
-        latents, meta = _run(tmp_path / name, tmp_path / f"{name}.st")
-        assert latents.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
-    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack([np.asarray(f) for f in clip])[None], steps=1)
-    assert torch.equal(read_latents(tmp_path / "clip.WebP.st")[0], direct.latents[0])  # lossless: the frames
-
-
-def test_animations_in_a_folder_are_refused_naming_them(tmp_path, capsys):
-    """A folder is a batch of still images: an animated WebP was read as its first frame and a GIF skipped,
-    silently. Now every animation is named; a single-frame GIF is an image of the batch."""
-    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    clip[0].save(folder / "1.png")
-    clip[1].save(folder / "2.gif")
-    _, meta = _run(folder, tmp_path / "still.st")
-    assert json.loads(meta["files"]) == ["1.png", "2.gif"]
-    clip[0].save(folder / "3.webp", save_all=True, append_images=clip[1:], lossless=True)
-    clip[0].save(folder / "4.GIF", save_all=True, append_images=clip[1:2])
-    assert main(["invert", str(folder), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"decinv: error: {folder}: a folder is a batch of still images") and "\n" not in err
-    assert "3.webp (3 frames), 4.GIF (2 frames) have more than one frame" in err and "on its own" in err
-
-
-def test_animated_png_is_a_video_and_a_phone_mpo_jpeg_an_image(tmp_path):
-    clip = [Image.fromarray(f) for f in pan_clip(bundled_photo(), 3, 32)]
-    clip[0].save(tmp_path / "clip.png", save_all=True, append_images=clip[1:])
-    latents, meta = _run(tmp_path / "clip.png", tmp_path / "apng.st")
-    assert latents.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
-    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack([np.asarray(f) for f in clip])[None], steps=1)
-    assert torch.equal(latents, direct.latents[0])
-    clip[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=clip[1:2])  # a second image
-    assert Image.open(tmp_path / "phone.jpg").n_frames == 2
-    latents, meta = _run(tmp_path / "phone.jpg", tmp_path / "mpo.st")
-    assert latents.shape == (4, 4, 4) and meta["layout"] == "C,h,w"  # its picture, not a 2-frame video
-
-def test_a_sixteen_bit_animated_png_is_read_at_its_depth(tmp_path):
-    """The frames of an animation are read as still images are: a 16-bit grayscale APNG (frames of mode I;16)
-    gives the latents of its 8-bit version (value * 257 / 65535 = value / 255); convert("RGB") made it white."""
-    clip = [np.asarray(Image.fromarray(f).convert("L")) for f in pan_clip(bundled_photo(), 3, 32)]
-    narrow = [Image.fromarray(f) for f in clip]
-    narrow[0].save(tmp_path / "clip8.png", save_all=True, append_images=narrow[1:])
-    wide = [Image.fromarray(f.astype(np.uint16) * 257) for f in clip]
-    wide[0].save(tmp_path / "clip16.png", save_all=True, append_images=wide[1:])
-    assert Image.open(tmp_path / "clip16.png").mode == "I;16" and Image.open(tmp_path / "clip16.png").n_frames == 3
-    reference, meta = _run(tmp_path / "clip8.png", tmp_path / "8.st")
-    assert reference.shape == (3, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
-    torch.testing.assert_close(_run(tmp_path / "clip16.png", tmp_path / "16.st")[0], reference, rtol=1e-5, atol=1e-5)
-
-
-def test_video_without_a_reader_names_the_extra(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as when the video extra is not installed
-    (tmp_path / "clip.MP4").write_bytes(b"\0" * 64)
-    assert main(["invert", str(tmp_path / "clip.MP4"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "pip install 'decinv-fast[video]'" in err and "\n" not in err
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
-    assert extras["video"] == ["imageio", "imageio-ffmpeg"] and "imageio" not in extras["dev"]
 
 
 def test_metadata_records_what_ran(tmp_path):
@@ -410,7 +335,7 @@ def test_metadata_records_what_ran(tmp_path):
     expected = [f"{float(direct.residual_history[k, i]):.6g}" for i, k in enumerate(returned)]
     assert meta["returned_residual"] == ",".join(expected)
     assert meta["last_step_residual"] == f"{float(direct.residuals[-1]):.6g}"
-    meta = _run(folder / "1.png", tmp_path / "one.st", "--method", "auto", "--dtype", "bf16")[1]
+    meta = run_invert(folder / "1.png", tmp_path / "one.st", "--method", "auto", "--dtype", "bf16")[1]
     assert (meta["layout"], meta["dtype"], meta["lr"]) == ("C,h,w", "bfloat16", str(AUTO["lr"]))
     assert meta["returned_residual"] != "-"  # auto returns its best evaluated point
 

@@ -41,6 +41,21 @@ def tiny_cond_unet(dtype: torch.dtype = torch.float32, seed: int = 0):
     return unet.to(dtype).eval().requires_grad_(False)
 
 
+def tiny_text_time_unet(dtype: torch.dtype = torch.float32, seed: int = 0):
+    """SDXL-style ``UNet2DConditionModel`` (``addition_embed_type="text_time"``): like :func:`tiny_cond_unet`, and it
+    takes ``added_cond_kwargs`` with ``text_embeds`` ``(B, 8)`` (the pooled embedding) and ``time_ids`` ``(B, 6)``."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, attention_head_dim=4, cross_attention_dim=8, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
 def text_embeddings(batch: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(conditional, unconditional)`` random ``(B, 5, 8)`` / ``(1, 5, 8)`` embeddings."""
     gen = torch.Generator().manual_seed(seed)

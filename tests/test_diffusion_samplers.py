@@ -169,28 +169,3 @@ def test_guidance_passes_scalar_tensor_conditions_as_they_are():
     assert len(seen) == 1 and seen[0][0] is scale and seen[0][1] is scale
     eps_c, eps_u = (torch.tanh(z) * 2 + e.mean((1, 2)).view(-1, 1, 1, 1) for e in (text, empty.expand(2, -1, -1)))
     torch.testing.assert_close(out, eps_u + 3.0 * (eps_c - eps_u))
-
-
-def test_guidance_repeats_added_cond_kwargs_for_both_branches():
-    """An SDXL-style UNet (``addition_embed_type="text_time"``) takes ``added_cond_kwargs``; with guidance its batched
-    tensors go to both branches, like the other batched conditions (the batch of 2 used to fail inside the UNet)."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        norm_num_groups=4, attention_head_dim=4, cross_attention_dim=8, addition_embed_type="text_time",
-        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval().requires_grad_(False)
-    z = noise()
-    text, empty = text_embeddings(2)
-    gen = torch.Generator().manual_seed(5)
-    added = dict(text_embeds=torch.randn(2, 8, generator=gen), time_ids=torch.randn(2, 6, generator=gen))
-    guided = Denoiser(unet, encoder_hidden_states=text, negative_encoder_hidden_states=empty, guidance_scale=3.0,
-                      added_cond_kwargs=added)
-    with torch.no_grad():
-        eps_c = unet(z, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
-        eps_u = unet(z, 500, encoder_hidden_states=empty.expand(2, -1, -1), added_cond_kwargs=added).sample
-    assert torch.allclose(guided(z, 500), eps_u + 3.0 * (eps_c - eps_u), atol=1e-5)
-    assert added["text_embeds"].shape == (2, 8)  # the caller's dict is not changed

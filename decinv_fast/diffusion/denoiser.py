@@ -14,9 +14,11 @@ Classifier-free guidance (``guidance_scale = w != 1``) runs the unconditional an
 branch in one batched call and combines them as ``eps = eps_u + w * (eps_c - eps_u)``; it needs
 ``encoder_hidden_states`` and ``negative_encoder_hidden_states`` (the empty-prompt embedding).
 Other tensor conditions whose first dimension is the batch, also inside a dict such as SDXL's
-``added_cond_kwargs``, are repeated for the two branches: the unconditional branch gets the same ones
-(SDXL's pipeline gives it the negative pooled embedding instead; for that, pass a callable that
-runs both branches itself).
+``added_cond_kwargs``, are repeated for the two branches: the unconditional branch gets the same ones.
+SDXL's pipeline gives the unconditional branch its own ``added_cond_kwargs`` (the negative pooled
+embedding ``text_embeds`` and the negative ``time_ids``); pass them as ``negative_added_cond_kwargs``,
+a dict with the same keys whose tensors differ from ``added_cond_kwargs``' at most in the batch
+(``B`` or 1 in both), as ``negative_encoder_hidden_states`` is to ``encoder_hidden_states``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ class Denoiser:
         guidance_scale: classifier-free guidance weight ``w`` (1 = no guidance, one branch).
         encoder_hidden_states: ``(B or 1, L, D)`` text embeddings (``UNet2DConditionModel``).
         negative_encoder_hidden_states: ``(B or 1, L, D)`` unconditional embeddings for guidance.
+        negative_added_cond_kwargs: the unconditional branch's ``added_cond_kwargs`` for guidance
+            (SDXL: ``text_embeds`` the negative pooled embedding, ``time_ids``); by default it gets
+            the conditional branch's.
         **cond: further keyword arguments for the model.
 
     ``calls`` counts model evaluations (a guided evaluation is one batched call).
     """
 
     def __init__(self, model, *, guidance_scale: float = 1.0, encoder_hidden_states: torch.Tensor | None = None,
-                 negative_encoder_hidden_states: torch.Tensor | None = None, **cond):
+                 negative_encoder_hidden_states: torch.Tensor | None = None,
+                 negative_added_cond_kwargs: dict | None = None, **cond):
         self.model = model
         self.kind = _kind(model)
         if not is_real(guidance_scale):
@@ -69,6 +75,7 @@ class Denoiser:
             raise ValueError("negative_encoder_hidden_states is only used with guidance_scale != 1")
         self.encoder_hidden_states = encoder_hidden_states
         self.negative_encoder_hidden_states = negative_encoder_hidden_states
+        self.negative_added_cond_kwargs = _negative_added(negative_added_cond_kwargs, cond, self.guided)
         self.cond = cond
         self.calls = 0
 
@@ -84,7 +91,7 @@ class Denoiser:
         """The keyword arguments it is bound with (embeddings that are ``None`` left out, then
         ``guidance_scale``): ``Denoiser(d.model, **d.keywords)`` is an equal denoiser."""
         keywords = dict(self.cond)
-        for key in ("encoder_hidden_states", "negative_encoder_hidden_states"):
+        for key in ("encoder_hidden_states", "negative_encoder_hidden_states", "negative_added_cond_kwargs"):
             if getattr(self, key) is not None:
                 keywords[key] = getattr(self, key)
         keywords["guidance_scale"] = self.guidance_scale
@@ -123,6 +130,13 @@ class Denoiser:
                 f"negative_encoder_hidden_states {tuple(neg.shape)} and encoder_hidden_states {tuple(pos.shape)} "
                 "differ in (L, D)"
             )
+        if self.negative_added_cond_kwargs is not None:
+            for label, extra in (("added_cond_kwargs", self.cond["added_cond_kwargs"]),
+                                 ("negative_added_cond_kwargs", self.negative_added_cond_kwargs)):
+                for key, value in extra.items():
+                    if value.shape[0] not in (1, z.shape[0]):
+                        raise ValueError(f"{label}[{key!r}] must be (B or 1, ...) with B={z.shape[0]} like {name}, "
+                                         f"got shape {tuple(value.shape)}")
 
     def _embeddings(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
         return emb.expand(batch, *emb.shape[1:]) if emb.shape[0] != batch else emb
@@ -149,7 +163,11 @@ class Denoiser:
                 kwargs["encoder_hidden_states"] = self._embeddings(self.encoder_hidden_states, batch)
             return self._call(z, t, **kwargs)
         for key, value in kwargs.items():
-            if isinstance(value, dict):  # e.g. SDXL's added_cond_kwargs
+            if key == "added_cond_kwargs" and self.negative_added_cond_kwargs is not None:
+                negative = self.negative_added_cond_kwargs
+                kwargs[key] = {k: torch.cat([self._embeddings(negative[k], batch), self._embeddings(v, batch)])
+                               for k, v in value.items()}
+            elif isinstance(value, dict):  # e.g. SDXL's added_cond_kwargs
                 kwargs[key] = {k: _twice(v, batch) for k, v in value.items()}
             else:
                 kwargs[key] = _twice(value, batch)
@@ -166,6 +184,39 @@ def _twice(value, batch: int):
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
         return torch.cat([value, value])
     return value
+
+
+def _negative_added(negative, cond: dict, guided: bool) -> dict | None:
+    """``negative_added_cond_kwargs`` checked against ``cond["added_cond_kwargs"]`` (a copy of the dict)."""
+    if negative is None:
+        return None
+    if not guided:
+        raise ValueError("negative_added_cond_kwargs is only used with guidance_scale != 1")
+    if "added_cond_kwargs" not in cond:
+        raise ValueError("negative_added_cond_kwargs needs added_cond_kwargs (the conditional branch's)")
+    if not isinstance(negative, dict):
+        raise TypeError(f"negative_added_cond_kwargs must be a dict, got {type(negative).__name__}")
+    positive = cond["added_cond_kwargs"]
+    if not isinstance(positive, dict):
+        raise TypeError(f"added_cond_kwargs must be a dict when negative_added_cond_kwargs is given, "
+                        f"got {type(positive).__name__}")
+    if set(negative) != set(positive):
+        raise ValueError(f"negative_added_cond_kwargs has the keys {sorted(negative)} but added_cond_kwargs has "
+                         f"{sorted(positive)}")
+    for key, pos in positive.items():
+        neg = negative[key]
+        for label, value in (("added_cond_kwargs", pos), ("negative_added_cond_kwargs", neg)):
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"{label}[{key!r}] must be a tensor with a batch dimension (B or 1, ...), got {got}")
+        if neg.shape[1:] != pos.shape[1:]:
+            raise ValueError(f"negative_added_cond_kwargs[{key!r}] has shape {tuple(neg.shape)} but "
+                             f"added_cond_kwargs[{key!r}] has {tuple(pos.shape)}; they must differ at most in the "
+                             "batch")
+        if neg.dtype != pos.dtype or neg.device != pos.device:
+            raise TypeError(f"negative_added_cond_kwargs[{key!r}] is {neg.dtype} on {neg.device} but "
+                            f"added_cond_kwargs[{key!r}] is {pos.dtype} on {pos.device}")
+    return {key: negative[key] for key in positive}
 
 
 def as_denoiser(model, **cond) -> Denoiser:

@@ -90,3 +90,26 @@ def test_ddim_inverse_scheduler_gives_the_same_grid():
             ref = inverse.step(unet(ref, t).sample, t, ref).prev_sample
     ours = ddim_invert(unet, inverse, z0)
     assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())  # diffusers' fp32 coefficients
+
+
+@pytest.mark.parametrize("skip_prk_steps", [False, True])
+def test_a_scheduler_whose_timesteps_repeat_is_refused_with_what_to_pass(skip_prk_steps):
+    """PNDMScheduler evaluates the model twice at some timesteps: its Runge-Kutta warm-up (``skip_prk_steps=False``,
+    at half steps too) and its first PLMS step even with ``skip_prk_steps=True``. Such timesteps are no DDIM grid (nor
+    are their distinct values, with the half steps): the error says so and names ``num_inference_steps``, which gives
+    the DDIM grid on the scheduler's noise table and spacing; explicit ``timesteps`` are checked against that grid."""
+    from diffusers import PNDMScheduler
+
+    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              set_alpha_to_one=False, steps_offset=1, skip_prk_steps=skip_prk_steps)
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match=r"^scheduler\.timesteps repeat \(t=[0-9, ]*801\b.*PNDMScheduler.*Runge-Kutta.*"
+                                         r"pass num_inference_steps=10 .*instead"):
+        Schedule.from_scheduler(scheduler)
+    grid = Schedule.from_scheduler(scheduler, 10)
+    assert grid.timesteps == Schedule.from_scheduler(sd_scheduler(), 10).timesteps == tuple(range(901, 0, -100))
+    table = scheduler.alphas_cumprod.double()
+    assert grid.alphas_cumprod == (float(scheduler.final_alpha_cumprod), *(float(table[t]) for t in range(1, 902, 100)))
+    distinct = set(scheduler.timesteps.tolist())
+    assert distinct == set(grid.timesteps) if skip_prk_steps else distinct > set(grid.timesteps)  # PRK's half steps
+    assert Schedule.from_scheduler(scheduler, timesteps=list(grid.timesteps)) == grid

@@ -158,6 +158,8 @@ class Schedule:
         ``alphabar_0`` is the scheduler's ``final_alpha_cumprod`` (1 if it has none). A
         ``DDIMInverseScheduler`` gives the grid of its forward scheduler (its ascending timesteps reversed,
         ``alphabar_0`` from its ``initial_alpha_cumprod``); ``timesteps`` are always given in sampling order.
+        A scheduler whose timesteps repeat (``PNDMScheduler``'s warm-up) is refused unless
+        ``num_inference_steps`` is given: its DDIM spacing rule then gives the grid.
         Only epsilon prediction is supported; ``clip_sample``/``thresholding`` are ignored (a clipped
         step is not invertible), with a warning.
         """
@@ -179,6 +181,7 @@ class Schedule:
             steps = _expected_timesteps(None, config, num_inference_steps)
         elif getattr(scheduler, "num_inference_steps", None) is not None:
             steps = _scheduler_timesteps(scheduler)
+            _check_no_repeats(scheduler, steps)
         else:
             raise ValueError(
                 "scheduler has no timesteps yet: call scheduler.set_timesteps(n) first, or pass num_inference_steps"
@@ -223,10 +226,39 @@ def _scheduler_timesteps(scheduler) -> list[int]:
     return steps[::-1] if _is_inverse(scheduler) else steps
 
 
+def _repeated(steps: list[int]) -> list[int]:
+    """The timesteps that occur more than once in ``steps``, in order of their first repeat."""
+    seen, out = set(), []
+    for t in steps:
+        if t in seen and t not in out:
+            out.append(t)
+        seen.add(t)
+    return out
+
+
+def _check_no_repeats(scheduler, steps: list[int]) -> None:
+    """Timesteps that repeat are a multistep method's extra model calls, not a DDIM grid; nor are their distinct
+    values in general (PNDM's Runge-Kutta warm-up adds half steps). Refuse them, naming what to pass instead."""
+    repeated = _repeated(steps)
+    if repeated:
+        n = scheduler.num_inference_steps
+        raise ValueError(
+            f"scheduler.timesteps repeat (t={', '.join(map(str, repeated))} more than once in {steps}): "
+            f"{type(scheduler).__name__} calls the model several times at a timestep (PNDMScheduler's warm-up: "
+            "Runge-Kutta steps, at half steps too, with skip_prk_steps=False, and a repeated first PLMS step even "
+            f"with skip_prk_steps=True), which is no DDIM grid; pass num_inference_steps={n} "
+            f"(Schedule.from_scheduler(scheduler, {n})) instead, for the DDIM grid on this scheduler's noise table, "
+            "timestep_spacing and steps_offset"
+        )
+
+
 def _expected_timesteps(scheduler, config: dict, n: int) -> list[int]:
-    """The scheduler's own timesteps if they were set for ``n`` steps, else its DDIM spacing rule."""
+    """The scheduler's own timesteps if they were set for ``n`` steps and do not repeat, else its DDIM spacing rule
+    (the grid ``num_inference_steps=n`` gives, also for a scheduler whose timesteps repeat)."""
     if scheduler is not None and getattr(scheduler, "num_inference_steps", None) == n:
-        return _scheduler_timesteps(scheduler)
+        own = _scheduler_timesteps(scheduler)
+        if not _repeated(own):
+            return own
     return ddim_timesteps(
         n, num_train_timesteps=int(config["num_train_timesteps"]),
         spacing=config.get("timestep_spacing", "leading"), steps_offset=int(config.get("steps_offset", 0) or 0),

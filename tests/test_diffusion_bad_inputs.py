@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from diffusion_models import LinearPatchVae, noise, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
@@ -10,11 +12,15 @@ import decinv_fast
 from decinv_fast.diffusion import (
     Schedule,
     adjoint_sample,
+    bdia_inverse_step,
     bdia_invert,
     bdia_invert_from_z0,
     bdia_sample,
+    bdia_step,
+    ddim_coefficients,
     ddim_invert,
     ddim_sample,
+    ddim_step,
     ei_sample,
 )
 
@@ -187,3 +193,20 @@ def test_the_non_finite_error_names_the_sampler_that_was_called(grid, sample, na
     """ddim_sample runs bdia_sample's loop at gamma = 0, but its error still names ddim_sample."""
     with pytest.raises(FloatingPointError, match=rf"^{name}: the result has 512 NaN/inf value\(s\) in torch.float32"):
         sample(grid, _nan_below_300)
+
+
+@pytest.mark.parametrize("value", [1.5, 1.0000001, 0.0, -0.2, float("nan"), float("inf")])
+def test_a_step_with_a_noise_level_outside_zero_one_names_it(value):
+    """The low-level steps take alphabar (Python floats) in (0, 1]; outside it (where sqrt gave Python's bare
+    "math domain error", 0 a division by zero, NaN a NaN result) the error names the argument and its value."""
+    z = torch.zeros(3)
+    for name, call in [
+        ("alphabar_from", lambda: ddim_step(z, z, value, 0.5)),
+        ("alphabar_to", lambda: ddim_coefficients(0.5, value)),
+        ("alphabar", lambda: bdia_step(z, z, z, value, 0.7, 0.3, gamma=0.0)),
+        ("alphabar_below", lambda: bdia_step(z, z, z, 0.5, value, 0.3, gamma=0.5)),
+        ("alphabar_above", lambda: bdia_inverse_step(z, z, z, 0.5, 0.7, value, gamma=0.5)),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{name} must lie in \(0, 1\] .*, got {re.escape(repr(value))}$"):
+            call()
+    assert ddim_coefficients(1.0, 0.5)[0] == pytest.approx(0.5 ** 0.5)  # both ends of the range are levels

@@ -18,6 +18,8 @@ model call ``eps_i``:
     z_{i+1} = (z_{i-1} - DDIM_{i->i-1}(z_i)) / gamma + DDIM_{i->i+1}(z_i)      (3)
 
 All tensors share one shape (any shape) and dtype; the scalar coefficients are float64 Python floats.
+The levels ``alphabar`` are Python floats in ``(0, 1]``; others are a ``ValueError`` naming the argument
+(one float comparison each, no tensor work).
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ import math
 import torch
 
 
+def _bad_level(**levels: float) -> None:
+    """Raise for the first of ``levels`` outside ``(0, 1]`` (the callers test them all in one expression)."""
+    for name, value in levels.items():
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must lie in (0, 1] (a noise level alphas_cumprod[t]), got {value!r}")
+
+
 def ddim_coefficients(alphabar_from: float, alphabar_to: float) -> tuple[float, float]:
     """``(c_z, c_eps)`` with ``DDIM_{i->j}(z) = c_z * z + c_eps * eps`` (eq. 1):
     ``c_z = a_j / a_i``, ``c_eps = s_j - a_j * s_i / a_i``."""
+    if not (0.0 < alphabar_from <= 1.0 and 0.0 < alphabar_to <= 1.0):  # also False for NaN
+        _bad_level(alphabar_from=alphabar_from, alphabar_to=alphabar_to)
     a_i, s_i = math.sqrt(alphabar_from), math.sqrt(1.0 - alphabar_from)
     a_j, s_j = math.sqrt(alphabar_to), math.sqrt(1.0 - alphabar_to)
     return a_j / a_i, s_j - a_j * s_i / a_i
@@ -51,6 +62,8 @@ def bdia_step(z_above: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alphaba
     ``alphabar`` is the level of ``z_i``; ``alphabar_below`` of ``z_{i-1}``; ``alphabar_above`` of
     ``z_{i+1}``.
     """
+    if not (0.0 < alphabar <= 1.0 and 0.0 < alphabar_below <= 1.0 and 0.0 < alphabar_above <= 1.0):
+        _bad_level(alphabar=alphabar, alphabar_below=alphabar_below, alphabar_above=alphabar_above)
     down = ddim_step(z, eps, alphabar, alphabar_below)
     if gamma == 0:
         return down
@@ -64,4 +77,6 @@ def bdia_inverse_step(z_below: torch.Tensor, z: torch.Tensor, eps: torch.Tensor,
     Exact up to rounding: it undoes :func:`bdia_step` given the same ``eps_i``. Rounding errors of
     the pair are divided by ``gamma`` at every step.
     """
+    if not (0.0 < alphabar <= 1.0 and 0.0 < alphabar_below <= 1.0 and 0.0 < alphabar_above <= 1.0):
+        _bad_level(alphabar=alphabar, alphabar_below=alphabar_below, alphabar_above=alphabar_above)
     return (z_below - ddim_step(z, eps, alphabar, alphabar_below)) / gamma + ddim_step(z, eps, alphabar, alphabar_above)

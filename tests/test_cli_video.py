@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from cli_runs import read_latents, run_invert
 from PIL import Image
@@ -15,6 +14,11 @@ from PIL import Image
 from decinv_fast import invert
 from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, which pytest itself requires there
+    import tomli as tomllib
 
 
 def test_gif_and_animated_webp_in_any_case(tmp_path):

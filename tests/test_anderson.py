@@ -1,0 +1,34 @@
+"""Anderson mixing's bookkeeping around a rejected step, on the mixer itself (small hand-made points)."""
+
+import pytest
+import torch
+
+from decinv_fast.anderson import AndersonMixer
+
+# Evaluated points, their steps g = -rho T(y) and decoded residuals D(y) - x (3 latent, 4 pixel elements).
+Y = [torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.5]])]
+G = [torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.5]]), torch.tensor([[0.5, 0.5, -1.0]])]
+R = [torch.tensor([[2.0, 0.0, 1.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0, 0.5]]), torch.tensor([[0.5, 2.0, 1.0, 1.0]])]
+
+
+@pytest.mark.parametrize("pixels", [None, 4], ids=["latent", "pixel"])
+def test_after_a_rejection_the_mixing_restarts_from_the_accepted_point(pixels):
+    """A rejected point leaves no trace: its history is forgotten, and the next history column is the
+    difference to the last *accepted* point, so the mixed step after the plain restart equals that of a
+    fresh mixer that never saw the rejected point nor the history before the accepted one."""
+    def residual(k):
+        return None if pixels is None else R[k]
+
+    mixer = AndersonMixer(Y[0], memory=3, pixels=pixels)
+    mixer.step(Y[0], G[0], torch.tensor([4.0]), residual(0))  # plain step
+    mixer.step(Y[1], G[1], torch.tensor([2.0]), residual(1))  # accepted, mixed next
+    restart = mixer.step(Y[2], G[2], torch.tensor([3.0]), residual(2))  # worse: rejected
+    assert int(mixer.rejected) == 1 and torch.equal(restart, Y[1] + G[1])
+    g3, r3 = torch.tensor([[0.2, -0.3, 0.1]]), torch.tensor([[0.5, 0.5, 0.5, 0.0]])
+    got = mixer.step(restart, g3, torch.tensor([1.0]), None if pixels is None else r3)
+
+    fresh = AndersonMixer(Y[1], memory=3, pixels=pixels)
+    fresh.step(Y[1], G[1], torch.tensor([2.0]), residual(1))
+    want = fresh.step(restart, g3, torch.tensor([1.0]), None if pixels is None else r3)
+    assert not torch.equal(want, restart + g3)  # a mixed step, not a plain one
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

@@ -181,6 +181,20 @@ def test_pil_numpy_and_uint8_inputs_agree(tiny_kl):
     assert decinv_fast.invert(tiny_kl, batch[None], steps=2).latents.shape == (1, 5, 4, 4, 4)  # one video
 
 
+def test_one_image_tensors_lists_of_arrays_and_gray_pil_images(tiny_kl):
+    """A ``(3, H, W)`` tensor is one image (no batch dimension back); a list of ``(H, W, 3)`` arrays is a
+    batch of images, not of one-frame videos; a grayscale PIL image is read as RGB."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    one = decinv_fast.encode(tiny_kl, arr)
+    torch.testing.assert_close(decinv_fast.encode(tiny_kl, torch.from_numpy(arr).permute(2, 0, 1)), one)
+    from_list = decinv_fast.encode(tiny_kl, [arr, arr[::-1]])
+    assert from_list.shape == (2, 4, 4, 4)
+    torch.testing.assert_close(from_list[0], one)  # batched convolutions round differently
+    gray = arr[..., :1].repeat(3, axis=-1)
+    assert torch.equal(decinv_fast.encode(tiny_kl, Image.fromarray(gray[..., 0])), decinv_fast.encode(tiny_kl, gray))
+
+
 def test_numpy_batch_of_images_is_per_image(tiny_kl):
     """(B, H, W, 3), as an image pipeline returns with output_type="np", is B images: each stops and
     mixes on its own (auto), as when inverted one by one; not one video of B frames."""

@@ -134,3 +134,20 @@ def test_fp16_run_follows_the_fp32_clip_aware_run(fixture_vae):
     unaware = decinv_fast.invert(fixture_vae, x, **kw, **auto_kwargs(clip_aware=False)).latents
     to_aware = decinv_fast.nmse_db(half, aware)
     assert to_aware < -45 and to_aware < decinv_fast.nmse_db(half, unaware) - 10
+
+
+def test_the_bottom_of_the_range_clips_at_the_image_s_own_value():
+    """An image pixel within the tolerance of -1 (as of +1) is the bound itself, not -1."""
+    x = torch.tensor([-0.9995, -0.9995, 0.9995])
+    d = torch.tensor([-1.2, -0.9, 1.2])
+    assert torch.equal(clipped_decoding(d, x), torch.tensor([-0.9995, -0.9, 0.9995]))
+
+
+def test_grad_records_the_pixel_error_of_the_clipped_decoding(tiny_kl, clipped_32):
+    """With grad the overshooting pixels pass no gradient, and count as matched in the recorded error."""
+    x = clipped_32
+    out = decinv_fast.invert(tiny_kl, x, method="grad", steps=1, clip_aware=True)
+    decoded = as_adapter(tiny_kl).decode(decinv_fast.encode(tiny_kl, x), 1)
+    errors = [(d - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1) for d in (plain_clipped(decoded, x), decoded)]
+    assert (errors[0] < errors[1]).all()  # the decoding overshoots some clipped pixels
+    torch.testing.assert_close(out.pixel_residual_history[0], errors[0], rtol=1e-5, atol=0)

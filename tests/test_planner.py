@@ -91,6 +91,9 @@ def test_math_attention_materialises_the_score_matrix():
     ((1, 3, 64, 64.0), {}, "shape must be"),
     ((0, 3, 64, 64), {}, "shape must be"),
     ((1, 3, 60, 64), {}, "multiples of 8"),
+    ((1, 3, 64, 60), {}, "width 60 must be multiples of 8"),
+    ((1, 4, 64, 64), {}, "shape must be"),  # invert reads RGB images: 3 channels
+    ((1, 2, 4, 64, 64), {}, "shape must be"),
     ((1, 3, 64, 64), dict(method="adamw"), "method must be one of"),
     ((1, 3, 64, 64), dict(method="auto", memory=3), "method='auto' sets its own"),
     ((1, 3, 64, 64), dict(method="anderson", memory=-1), "memory"),

@@ -1,0 +1,89 @@
+"""What a memory plan adds up (weights, input pixels, the iteration's state, one chunk's transient peak)
+and the budget ``chunk_frames="auto"`` plans the run with."""
+
+import copy
+
+import pytest
+import torch
+
+import decinv_fast
+import decinv_fast.planner as planner
+from decinv_fast.api import prepare_run
+from decinv_fast.fixture import new_fixture_vae
+from decinv_fast.loop import make_iteration
+from decinv_fast.memory import cpu_allocator_peak
+from decinv_fast.planner import plan
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_each_chunk_s_peak_adds_weights_input_and_state_to_its_transient(dtype):
+    vae = new_fixture_vae()
+    shape = (1, 2, 3, 32, 32)
+    p = plan(vae, shape, dtype=dtype, chunks=[1, 2])
+    assert p.weights_bytes == sum(t.nbytes for t in copy.deepcopy(vae).to(dtype).parameters())
+    assert p.input_bytes == torch.empty(shape, dtype=dtype).nbytes  # the run's pixels, in its dtype
+    assert p.state_bytes > 0
+    for c in (1, 2):
+        assert p.added_per_chunk[c] == p.state_bytes + p.transient[c]
+        assert p.per_chunk[c] == p.weights_bytes + p.input_bytes + p.added_per_chunk[c]
+
+
+def test_the_cpu_prediction_adds_onednn_s_copy_for_a_batch_of_one():
+    """oneDNN copies a convolution's input for a batch of one (not for two): the CPU prediction counts
+    that copy, and it brings a batch of one within 10% of the measured peak (without it: 18% low)."""
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    cpu, cuda = (plan(vae, (2, 3, 64, 64), dtype=torch.float32, device=d).added_per_chunk for d in ("cpu", "cuda"))
+    assert cpu[2] == cuda[2] and cpu[1] > cuda[1]  # chunks of two frames convolve without the copy
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    cpu, cuda = (plan(vae, x.shape, dtype=torch.float32, device=d).added_per_chunk[1] for d in ("cpu", "cuda"))
+    decinv_fast.invert(vae, x[..., :16, :16], steps=1)  # load kernels outside the measurement
+    _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, steps=1))
+    assert abs(cpu - measured) <= 0.1 * measured and cuda < 0.9 * measured, (cpu, cuda, measured)
+
+
+def test_the_state_counts_each_method_s_own_latent_buffers():
+    """Beyond FSM's buffers, Adam's run holds its two moments (and its update a latent of scratch,
+    ``tmp`` in ops/_torch.py) and KM's its extrapolated point y."""
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    runs = {m: make_iteration(*prepare_run(vae, x, method=m, steps=1)) for m in ("fsm", "adam", "km")}
+    latent = runs["fsm"].z.nbytes
+    assert runs["adam"].m.nbytes == runs["adam"].v.nbytes == latent and runs["km"].y is not runs["km"].z
+    state = {m: plan(vae, x.shape, dtype=torch.float32, method=m, chunks=[2]).state_bytes for m in runs}
+    assert state["adam"] - state["fsm"] == 3 * latent
+    assert state["km"] - state["fsm"] == latent
+
+
+def test_auto_chunk_fits_half_the_available_ram(monkeypatch):
+    """On the CPU the budget is half of the available RAM: the largest chunk within it, the smallest
+    chunk when none fits."""
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 4, 3, 32, 32) * 2 - 1
+    per_chunk = plan(vae, x.shape, dtype=torch.float32, device="cpu").per_chunk
+    assert sorted(per_chunk) == [1, 2, 4]
+    for ram, chunk in ((2 * per_chunk[2], 2), (2 * per_chunk[4], 4), (2, 1)):
+        monkeypatch.setattr(planner, "available_ram", lambda ram=ram: ram)
+        assert decinv_fast.invert(vae, x, steps=1, chunk_frames="auto", measure_memory=False).chunk_frames == chunk
+
+
+def test_auto_chunk_plans_the_run_s_anderson_options(monkeypatch):
+    seen = []
+    monkeypatch.setattr(planner, "plan", lambda *a, **k: seen.append(k) or plan(*a, **k))
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    x = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+    decinv_fast.invert(vae, x, steps=1, method="anderson", memory=2, mixing="pixel", chunk_frames="auto")
+    assert [(k["method"], k["memory"], k["mixing"]) for k in seen] == [("anderson", 2, "pixel")]
+
+
+def test_a_vae_on_xformers_is_planned_as_the_fused_kernel_it_runs():
+    """Its processors are stock ones: planned as SDPA's fused kernel, never traced (xformers has no meta
+    kernels, and may not even be installed where one plans)."""
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    kw = dict(dtype=torch.float32, chunks=[1])
+    vae = new_fixture_vae()
+    default = plan(vae, (1, 3, 64, 64), **kw).added_per_chunk
+    vae.set_attn_processor(XFormersAttnProcessor())
+    assert plan(vae, (1, 3, 64, 64), **kw).added_per_chunk == default

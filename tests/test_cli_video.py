@@ -131,3 +131,14 @@ def test_a_broken_video_file_is_one_line_naming_it(tmp_path, capsys):
     assert main(["invert", str(tmp_path / "cut.mp4"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'cut.mp4'}: cannot read it as a video") and "\n" not in err
+
+
+def test_a_folder_of_images_of_two_sizes_is_one_line_naming_them(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.fromarray(bundled_photo()[:32, :32]).save(folder / "1.png")
+    Image.fromarray(bundled_photo()[:32, :40]).save(folder / "2.png")
+    assert main(["invert", str(folder), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"decinv: error: {folder}: the images of a folder (a batch) must have one size; got 1.png 32x32, " \
+                  "2.png 40x32"

@@ -1,0 +1,86 @@
+"""``decinv invert``'s arguments: their defaults, the devices and VAE folders it takes, the output folders it
+refuses, and what the metadata says of a plain run."""
+
+import argparse
+import inspect
+import json
+
+import pytest
+import torch
+from cli_runs import run_invert
+from PIL import Image
+
+from decinv_fast import cli, cli_io, invert
+from decinv_fast.cli import build_parser, device_arg, load_vae, main
+from decinv_fast.demo import bundled_photo
+
+
+@pytest.fixture
+def photo_png(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(bundled_photo()[:32, :32]).save(path)
+    return path
+
+
+def test_the_defaults_are_invert_s():
+    args = build_parser().parse_args(["invert", "photo.png"])
+    defaults = {k: p.default for k, p in inspect.signature(invert).parameters.items()}
+    assert (args.method, args.steps, args.lr, args.chunk_frames) == tuple(
+        defaults[k] for k in ("method", "steps", "lr", "chunk_frames"))
+    assert cli.DTYPES[args.dtype] == torch.float32 and args.attention == defaults["attention"]
+
+
+def test_a_plain_run_records_its_unevaluated_last_iterate(tmp_path, photo_png):
+    """Adam returns the last update's result, which no step evaluated: its residual is "-", its step the
+    number of steps, and the optimizer field says the method has none of grad's."""
+    meta = run_invert(photo_png, tmp_path / "z.st", "--steps", "2")[1]
+    assert (meta["returned_step"], meta["returned_residual"], meta["stop_reason"]) == ("2", "-", "steps")
+    assert meta["optimizer"] == "none"
+    assert run_invert(photo_png, tmp_path / "g.st", "--method", "grad")[1]["optimizer"] == "adam"
+
+
+def test_a_cuda_index_past_the_machine_s_devices_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [device_arg(d) for d in ("cuda", "cuda:0", "cuda:1")] == ["cuda", "cuda:0", "cuda:1"]
+    with pytest.raises(argparse.ArgumentTypeError, match="cuda:2: this machine has 2 CUDA device"):
+        device_arg("cuda:2")
+
+
+def test_a_pipeline_folder_loads_its_vae_subfolder(tmp_path):
+    vae = load_vae("fixture", torch.float32, "cpu")
+    vae.save_pretrained(tmp_path / "pipeline" / "vae")
+    loaded = load_vae(str(tmp_path / "pipeline"), torch.float32, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values(),
+                                                 strict=True))
+
+
+def test_a_folder_of_another_model_class_is_one_line(tmp_path, photo_png, capsys):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    assert main(["invert", str(photo_png), "--vae", str(tmp_path / "unet"), "--quiet",
+                 "--out", str(tmp_path / "z.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "class 'UNet2DModel' is not one of" in err and "\n" not in err
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, photo_png, capsys, monkeypatch):
+    """Checked before the run (root may write anywhere, so the folder's permission is what is faked)."""
+    monkeypatch.setattr(cli_io.os, "access", lambda path, mode: False)
+    assert main(["invert", str(photo_png), "--quiet", "--out", str(tmp_path / "z.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"decinv: error: --out {tmp_path / 'z.st'}: folder {tmp_path} is not writable"
+
+
+class _Stderr:
+    def __init__(self, tty: bool):
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("quiet, tty, shown", [(False, True, True), (False, False, False), (True, True, False)])
+def test_the_progress_bar_is_for_a_terminal_only(monkeypatch, quiet, tty, shown):
+    monkeypatch.setattr(cli.sys, "stderr", _Stderr(tty))
+    assert cli._progress(argparse.Namespace(quiet=quiet)) is shown

@@ -83,3 +83,14 @@ def test_mean_gain_needs_spatial_latents():
     flat = (lambda x: x.flatten(1) * 2.0, lambda z: z.view(-1, 3, 8, 8) / 2.0)
     with pytest.raises(ValueError, match="mean_gain"):
         decinv_fast.invert(flat, images(), method="fsm", mean_gain=2.0, steps=2)
+
+
+def test_a_gain_below_one_shrinks_the_mean_of_the_step():
+    """A gain other than 1, below it too, goes through the torch update that applies it: one forward
+    step from ``z_0 = x`` on ``E(D(z)) = z / 2`` moves by ``s = rho x / 2`` with its channel means halved."""
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    out = decinv_fast.invert((lambda p: p.clone(), lambda z: z / 2), x, method="fsm", lr=0.8, mean_gain=0.5,
+                             steps=1, schedule="constant")
+    s = 0.8 * x / 2
+    assert out.backend == "torch"
+    torch.testing.assert_close(out.latents - x, s - 0.5 * s.mean((2, 3), keepdim=True), rtol=0, atol=1e-6)

@@ -76,6 +76,8 @@ def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
     # auto runs its own schedule and keeps its best: asking otherwise is refused, not ignored
     (dict(method="auto", schedule="cosine"), "method='auto' runs schedule='constant'"),
     (dict(method="auto", keep_best=False), "keep_best=True"),
+    (dict(method="auto", memory=3), "method='auto' chooses its own step size and options"),  # not overridden
+    (dict(cuda_graphs=True, compile=True), "cuda_graphs=True and compile=True are alternatives"),
     # options a method does not use are refused, not ignored
     (dict(method="anderson", backend="triton"), "backend='triton' picks the fused update kernels"),
     (dict(method="auto", backend="cuda"), "backend='cuda'"), (dict(method="grad", backend="reference"), "backend"),
@@ -94,6 +96,7 @@ def test_bad_arguments(tiny_kl, images_32, kwargs, match):
     (dict(method="adam"), ("torch", 0.01, False, None)),
     (dict(method="fsm", lr=0.5, backend="reference", patience=3), ("reference", 0.5, False, 3)),
     (dict(method="auto"), ("torch", AUTO["lr"], True, AUTO["patience"])),
+    (dict(method="auto", patience=1), ("torch", AUTO["lr"], True, 1)),  # auto's patience is a default only
     (dict(method="km", lr="auto"), ("torch", "auto", False, None)),
     (dict(method="anderson", backend="torch", keep_best=True), ("torch", 1.0, True, None)),
     (dict(method="grad"), ("torch", 0.01, False, None)),
@@ -114,7 +117,7 @@ def test_auto_accepts_what_it_runs(tiny_kl, images_32):
 
 
 def test_not_a_vae(images_32):
-    for vae in (torch.nn.Conv2d(3, 4, 1), "vae", (len,)):
+    for vae in (torch.nn.Conv2d(3, 4, 1), "vae", (len,), (len, None)):
         with pytest.raises(TypeError, match="vae must be"):
             decinv_fast.invert(vae, images_32, steps=1)
     with pytest.raises(TypeError, match="vae must be"):
@@ -203,10 +206,20 @@ def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_3
         decinv_fast.decode(loud, torch.ones(1, 4, 4, 4, dtype=torch.float16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_non_finite_half_output_says_float32_and_force_upcast(tiny_kl, dtype):
+    from decinv_fast.adapters import as_adapter, check_output_finite
+
+    pixels = torch.full((1, 3, 8, 8), float("inf"), dtype=dtype)
+    with pytest.raises(FloatingPointError, match=rf"non-finite in {dtype}; use dtype=torch.float32 .*force_upcast"):
+        check_output_finite("decoder's output", as_adapter(tiny_kl), pixels)
+
+
 @pytest.mark.parametrize("latents,match", [
     (torch.zeros(1, 3, 4, 4), "latents have 3 channels"),
     (torch.full((1, 4, 4, 4), float("nan")), "NaN or infinite"),
     (torch.zeros(3, 3), "tensor"),
+    (torch.zeros(1, 4, 4, 4, device="meta"), "latents are on meta but the VAE is on cpu"),
 ])
 def test_decode_bad_latents(tiny_kl, latents, match):
     with pytest.raises(ValueError, match=match):

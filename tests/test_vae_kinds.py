@@ -60,10 +60,45 @@ def test_latents_mean_and_std_as_sdxl_pipelines_use_them(images_32):
     out = decinv_fast.invert(vae, images_32[:1, None].expand(1, 2, 3, 32, 32), method="auto", steps=3)  # a video
     assert out.latents.shape == (1, 2, 4, 4, 4) and bool(torch.isfinite(out.latents).all())
     for bad, match in [(dict(shift_factor=0.1), "both shift_factor and latents_mean"),
-                       (dict(latents_std=[1.0, 1.0]), "must hold 4 values")]:
+                       (dict(latents_std=[1.0, 1.0]), "must hold 4 values"),
+                       (dict(latents_std=[1.0, 0.0, 1.0, 1.0]), r"\(std > 0\)")]:
         config = tiny_kl_config(scaling_factor=0.5, latents_mean=mean, latents_std=std)
         with pytest.raises(ValueError, match=match):
             decinv_fast.encode(AutoencoderKL(**{**config, **bad}).eval(), images_32)
+
+
+def test_a_scaling_without_a_shift_as_sd_pipelines_use_it(images_32):
+    """SD 1.x/2.x VAEs set only scaling_factor: latents are ``mode * scaling``, decoded from ``z / scaling``."""
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_kl_config(scaling_factor=0.5)).eval().requires_grad_(False)
+    z = decinv_fast.encode(vae, images_32[:1])
+    torch.testing.assert_close(z, vae.encode(images_32[:1]).latent_dist.mode() * 0.5)
+    torch.testing.assert_close(decinv_fast.decode(vae, z), vae.decode(z / 0.5).sample)
+
+
+def test_decode_casts_the_latents_to_the_vae_dtype(tiny_kl):
+    """fp32 latents given to a fp64 VAE are decoded in fp64, not refused by its first convolution."""
+    vae64 = copy.deepcopy(tiny_kl).double()
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    pixels = decinv_fast.decode(vae64, z)
+    assert pixels.dtype == torch.float64
+    torch.testing.assert_close(pixels, vae64.decode(z.double() / 0.5 + 0.1).sample)
+
+
+def test_latents_mean_without_latents_std_is_ignored(images_32):
+    """The pipelines apply latents_mean and latents_std only as a pair: with one of them the latents are
+    the plain ``(mode - shift) * scaling``."""
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    for half in (dict(latents_mean=[0.1, -0.2, 0.3, 0.4]), dict(latents_std=[2.0, 0.5, 1.0, 4.0])):
+        vae = AutoencoderKL(**tiny_kl_config(scaling_factor=0.5, shift_factor=0.1, **half)).eval()
+        with torch.no_grad():
+            expected = (vae.encode(images_32[:1]).latent_dist.mode() - 0.1) * 0.5
+        torch.testing.assert_close(decinv_fast.encode(vae, images_32[:1]), expected)
 
 
 def test_autoencoder_tiny_latents_follow_the_pipeline_convention(images_32):
@@ -100,6 +135,15 @@ def test_temporal_decoder_video(tiny_temporal):
     ref = reference.adam(a.encode, lambda z: a.decode(z, 3), video.flatten(0, 1), steps=3)
     assert torch.equal(out.latents.flatten(0, 1), ref.latents)
     assert decinv_fast.decode(tiny_temporal, out.latents).shape == video.shape
+
+
+def test_temporal_decoder_decodes_each_video_s_frames_together(tiny_temporal):
+    """``decode`` (and so ``invert``'s D) tells the temporal decoder how many frames form a video."""
+    z = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    scaling = tiny_temporal.config.scaling_factor
+    expected = tiny_temporal.decode(z[0] / scaling, num_frames=3).sample
+    assert not torch.allclose(expected, tiny_temporal.decode(z[0] / scaling, num_frames=1).sample)
+    torch.testing.assert_close(decinv_fast.decode(tiny_temporal, z)[0], expected)
 
 
 def test_temporal_decoder_warns_about_images_without_a_frame_axis(tiny_temporal):

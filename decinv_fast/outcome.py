@@ -34,7 +34,7 @@ def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
     """What to try after a run went non-finite: the likeliest cause first."""
     half = dtype in (torch.float16, torch.bfloat16)
     upcast = upcast_hint(iteration.adapter, dtype)
-    if plan.method == "grad" and dtype != torch.float32:
+    if plan.method == "grad" and half:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
     return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
 

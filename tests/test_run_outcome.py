@@ -62,3 +62,11 @@ def test_a_divergence_warning_names_the_worst_sample_at_the_caller_s_line():
         decinv_fast.invert(codec, x, method="fsm", lr=1.2, schedule="constant", steps=6, measure_memory=False)
     assert [w.filename for w in seen if "diverged" in str(w.message)] == [__file__]
 
+
+
+def test_a_diverging_fp64_gradient_run_is_told_to_take_a_smaller_lr():
+    """Half precision's underflow is grad's likeliest cause in fp16/bf16 only: an fp64 run that diverges was told
+    to use float32, a step down."""
+    x = torch.full((1, 3, 4, 4), -0.5, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match=r"torch.float64 .*\(method='grad', lr=1e\+30\); try a smaller lr$"):
+        decinv_fast.invert(CUBE, x, method="grad", lr=1e30, schedule="constant", steps=4)

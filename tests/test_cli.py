@@ -199,42 +199,47 @@ def test_bad_chunk_frames_is_a_usage_line(tmp_path, photo_png, capsys, spec):
     assert "not a positive number of frames or 'auto'" in capsys.readouterr().err
 
 
-def _read_as_the_8_bit_picture(tmp_path, variants, in_folder: str) -> None:
-    """Each of ``variants`` (file name -> (pixels built from the 8-bit gray crop, the PIL mode it must
-    open in)) gives the latents of that crop saved in 8 bits, alone and, for ``in_folder``, in a folder
-    beside an 8-bit RGB image."""
+def _latents_of_the_picture_and_its_variants(tmp_path, variants, in_folder: str) -> tuple[torch.Tensor, dict]:
+    """The latents of the 8-bit gray crop, and of each of ``variants`` (file name -> (pixels built from that
+    crop, the PIL mode it must open in)) read alone, and of ``in_folder`` read in a folder beside an 8-bit RGB
+    image (key ``"folder"``)."""
     gray = np.asarray(Image.fromarray(bundled_photo()[:32, :32]).convert("L"))
     Image.fromarray(gray).save(tmp_path / "gray8.png")
     for name, (make, mode) in variants.items():
         Image.fromarray(make(gray)).save(tmp_path / name)
         assert Image.open(tmp_path / name).mode == mode
     reference = run_invert(tmp_path / "gray8.png", tmp_path / "8.st")[0]
-    for name in variants:
-        latents = run_invert(tmp_path / name, tmp_path / f"{name}.st")[0]
-        torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
+    read = {name: run_invert(tmp_path / name, tmp_path / f"{name}.st")[0] for name in variants}
     folder = tmp_path / "folder"
     folder.mkdir()
     (tmp_path / in_folder).rename(folder / f"a{Path(in_folder).suffix}")
     Image.fromarray(bundled_photo()[:32, :32]).save(folder / "b.png")  # an 8-bit RGB image beside it
-    torch.testing.assert_close(run_invert(folder, tmp_path / "folder.st")[0][0], reference, rtol=1e-5, atol=1e-5)
+    read["folder"] = run_invert(folder, tmp_path / "folder.st")[0][0]
+    return reference, read
 
 
 def test_sixteen_bit_grayscale_is_read_as_sixteen_bit(tmp_path):
     """A 16-bit grayscale PNG (PIL mode I;16) and a mode-I TIFF give the latents of the same picture in
     8 bits (value * 257 / 65535 = value / 255), alone and in a folder; convert("RGB") made them white."""
     wide = lambda gray: gray.astype(np.uint16) * 257  # noqa: E731
-    _read_as_the_8_bit_picture(tmp_path, {"gray16.png": (wide, "I;16"),
-                                          "gray32.tif": (lambda gray: wide(gray).astype(np.int32), "I")},
-                               in_folder="gray16.png")
+    reference, read = _latents_of_the_picture_and_its_variants(
+        tmp_path, {"gray16.png": (wide, "I;16"), "gray32.tif": (lambda gray: wide(gray).astype(np.int32), "I")},
+        in_folder="gray16.png")
+    assert set(read) == {"gray16.png", "gray32.tif", "folder"}
+    for latents in read.values():
+        torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_float_and_big_endian_images_are_read_at_their_depth(tmp_path):
     """A float TIFF (PIL mode F) in [0, 1] and a big-endian 16-bit TIFF (I;16B) give the latents of the same
     picture in 8 bits, alone and in a folder; convert("RGB") clipped F to 0 and 1 (nearly black)."""
-    _read_as_the_8_bit_picture(tmp_path, {"float.tif": (lambda gray: gray.astype(np.float32) / 255, "F"),
-                                          "big.tif": (lambda gray: (gray.astype(np.uint16) * 257).astype(">u2"),
-                                                      "I;16B")},
-                               in_folder="float.tif")
+    reference, read = _latents_of_the_picture_and_its_variants(
+        tmp_path, {"float.tif": (lambda gray: gray.astype(np.float32) / 255, "F"),
+                   "big.tif": (lambda gray: (gray.astype(np.uint16) * 257).astype(">u2"), "I;16B")},
+        in_folder="float.tif")
+    assert set(read) == {"float.tif", "big.tif", "folder"}
+    for latents in read.values():
+        torch.testing.assert_close(latents, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("values,message", [

@@ -141,6 +141,10 @@ class Denoiser:
     def _embeddings(self, emb: torch.Tensor, batch: int) -> torch.Tensor:
         return emb.expand(batch, *emb.shape[1:]) if emb.shape[0] != batch else emb
 
+    def _branches(self, negative: torch.Tensor, positive: torch.Tensor, batch: int) -> torch.Tensor:
+        """The unconditional branch's condition, then the conditional one's, each of batch ``batch``."""
+        return torch.cat([self._embeddings(negative, batch), self._embeddings(positive, batch)])
+
     def _call(self, z: torch.Tensor, t: int, **kwargs) -> torch.Tensor:
         if self.kind == "callable":
             out = self.model(z, t, **kwargs)
@@ -165,16 +169,13 @@ class Denoiser:
         for key, value in kwargs.items():
             if key == "added_cond_kwargs" and self.negative_added_cond_kwargs is not None:
                 negative = self.negative_added_cond_kwargs
-                kwargs[key] = {k: torch.cat([self._embeddings(negative[k], batch), self._embeddings(v, batch)])
-                               for k, v in value.items()}
+                kwargs[key] = {k: self._branches(negative[k], v, batch) for k, v in value.items()}
             elif isinstance(value, dict):  # e.g. SDXL's added_cond_kwargs
                 kwargs[key] = {k: _twice(v, batch) for k, v in value.items()}
             else:
                 kwargs[key] = _twice(value, batch)
-        kwargs["encoder_hidden_states"] = torch.cat([
-            self._embeddings(self.negative_encoder_hidden_states, batch),
-            self._embeddings(self.encoder_hidden_states, batch),
-        ])
+        kwargs["encoder_hidden_states"] = self._branches(self.negative_encoder_hidden_states,
+                                                         self.encoder_hidden_states, batch)
         uncond, cond = self._call(torch.cat([z, z]), t, **kwargs).chunk(2)
         return uncond + self.guidance_scale * (cond - uncond)
 

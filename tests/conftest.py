@@ -59,6 +59,18 @@ def fixture_vae():
 
 
 @pytest.fixture
+def photo_png(tmp_path):
+    """A 32x32 crop of the bundled photograph saved as an 8-bit RGB PNG (the command line's input)."""
+    from PIL import Image
+
+    from decinv_fast.demo import bundled_photo
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(bundled_photo()[:32, :32]).save(path)
+    return path
+
+
+@pytest.fixture
 def images_32():
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 32, 32, generator=g) * 2 - 1

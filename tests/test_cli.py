@@ -22,13 +22,6 @@ from decinv_fast.demo import bundled_photo, pan_clip
 from decinv_fast.options import AUTO, DEFAULT_LR
 
 
-@pytest.fixture
-def photo_png(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.fromarray(bundled_photo()[:32, :32]).save(path)
-    return path
-
-
 def test_invert_one_image_with_panel(tmp_path, photo_png):
     out, panel = tmp_path / "z.safetensors", tmp_path / "panel.png"
     assert main(["invert", str(photo_png), "--steps", "2", "--out", str(out), "--png", str(panel), "--quiet"]) == 0

@@ -8,18 +8,9 @@ import json
 import pytest
 import torch
 from cli_runs import run_invert
-from PIL import Image
 
 from decinv_fast import cli, cli_io, invert
 from decinv_fast.cli import build_parser, device_arg, load_vae, main
-from decinv_fast.demo import bundled_photo
-
-
-@pytest.fixture
-def photo_png(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.fromarray(bundled_photo()[:32, :32]).save(path)
-    return path
 
 
 def test_the_defaults_are_invert_s():

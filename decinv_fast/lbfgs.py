@@ -17,7 +17,7 @@ import torch
 
 from .adapters import VaeAdapter
 from .inputs import Frames
-from .loop import Plan, encode_frames, pixel_error_backward, sample_norm
+from .loop import PixelErrorIteration, Plan, pixel_error_backward
 from .options import math_dtype, option
 from .reference import LBFGS_ARMIJO
 from .tracking import Tracker
@@ -42,7 +42,7 @@ def two_loop(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, inv_sy: torch.Te
     return -q
 
 
-class LbfgsIteration:
+class LbfgsIteration(PixelErrorIteration):
     """Gradient-based inversion by L-BFGS: one decoder forward + backward per step (``chunk`` frames at
     a time), the line search and the history per sample. ``history[k]`` is each sample's accepted
     pixel error² after step ``k``. The tracker sees the accepted points, each of which is the best
@@ -50,10 +50,7 @@ class LbfgsIteration:
     returned step is the step that evaluated it."""
 
     def __init__(self, adapter: VaeAdapter, frames: Frames, plan: Plan):
-        self.adapter, self.frames, self.plan = adapter, frames, plan
-        self.x = frames.pixels
-        with torch.no_grad():
-            e_x = encode_frames(adapter, self.x, plan.chunk)
+        e_x = self._start(adapter, frames, plan)
         self.trial = e_x.clone().requires_grad_(True)
         batch, device = frames.batch, e_x.device
         self.math = math_dtype(e_x.dtype)
@@ -65,14 +62,6 @@ class LbfgsIteration:
         self.s = torch.zeros(memory, *flat.shape, dtype=self.math, device=device)
         self.y = torch.zeros_like(self.s)
         self.inv_sy = torch.zeros(memory, batch, dtype=self.math, device=device)
-        self.step = torch.zeros(1, dtype=torch.int64, device=device)
-        self.k = 0
-        self.history = torch.zeros(plan.steps, batch, dtype=torch.float32, device=device)
-        self.pixel_history = self.history  # the residual of this method *is* the pixel error
-        self.pixel_norm = sample_norm(self.x, batch)
-        self.residual_norm = self.pixel_norm
-        self.fpv = frames.frames_per_video if adapter.temporal else 1
-        self.clip_aware = option(plan.options, "clip_aware")
         self.tracker = Tracker(flat, keep_best=True, tol=plan.tol, patience=plan.patience, error_dtype=self.math)
 
     def run_step(self) -> None:

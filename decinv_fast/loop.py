@@ -220,7 +220,29 @@ def pixel_error_backward(adapter: VaeAdapter, z: torch.Tensor, x: torch.Tensor, 
     return sq
 
 
-class GradientBasedIteration:
+class PixelErrorIteration:
+    """What the gradient-based methods share: they start at ``E(x)`` and their residual *is* the pixel
+    error ``||D(z) - x||`` (``history`` and ``pixel_history`` are one buffer), computed ``chunk`` frames
+    at a time, clipped where ``x`` is with ``clip_aware``."""
+
+    def _start(self, adapter: VaeAdapter, frames: Frames, plan: Plan) -> torch.Tensor:
+        """Set the shared state and return ``E(x)``, the starting point."""
+        self.adapter, self.frames, self.plan = adapter, frames, plan
+        self.x = frames.pixels
+        with torch.no_grad():
+            e_x = encode_frames(adapter, self.x, plan.chunk)
+        self.k = 0
+        self.step = torch.zeros(1, dtype=torch.int64, device=e_x.device)
+        self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=e_x.device)
+        self.pixel_history = self.history
+        self.pixel_norm = sample_norm(self.x, frames.batch)
+        self.residual_norm = self.pixel_norm
+        self.fpv = frames.frames_per_video if adapter.temporal else 1
+        self.clip_aware = option(plan.options, "clip_aware")
+        return e_x
+
+
+class GradientBasedIteration(PixelErrorIteration):
     """The gradient-based baseline: Adam on ``sum((D(z) - x)^2)`` through the decoder (``D(z)``
     clipped where ``x`` is with ``clip_aware``, see :mod:`.clipping`).
 
@@ -229,23 +251,11 @@ class GradientBasedIteration:
     """
 
     def __init__(self, adapter: VaeAdapter, frames: Frames, plan: Plan):
-        self.adapter, self.frames, self.plan = adapter, frames, plan
-        self.x = frames.pixels
-        with torch.no_grad():
-            e_x = encode_frames(adapter, self.x, plan.chunk)
+        e_x = self._start(adapter, frames, plan)
         self.z = e_x.clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.z], lr=plan.lr)
         self.rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
-        self.k = 0
-        self.step = torch.zeros(1, dtype=torch.int64, device=self.z.device)
-        device = self.z.device
-        self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=device)
-        self.history = torch.zeros(plan.steps, frames.batch, dtype=torch.float32, device=device)
-        self.pixel_history = self.history  # the residual of this method *is* the pixel error
-        self.pixel_norm = sample_norm(self.x, frames.batch)
-        self.residual_norm = self.pixel_norm
-        self.fpv = frames.frames_per_video if adapter.temporal else 1
-        self.clip_aware = option(plan.options, "clip_aware")
+        self.sq_norm = torch.zeros(frames.batch, dtype=torch.float32, device=self.z.device)
         self.tracker = make_tracker(plan, self._flat())
 
     def _flat(self) -> torch.Tensor:

@@ -35,26 +35,35 @@ def read_image(path: Path) -> np.ndarray:
     would clip at 255 (nearly all white) is read at its own depth, the same value in each channel:
     16-bit (PIL modes ``I;16*``, and ``I``, which PIL also uses for 16-bit files and 32-bit TIFFs) as
     ``value / 65535``, float (mode ``F``, e.g. a 32-bit float TIFF) as it is, in [0, 1]. Values outside
-    those ranges, NaN or infinity, and signed 16-bit TIFFs (no [0, 65535] reading) are refused, naming
-    the file. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
+    those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
+    whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black),
+    are refused, naming the file. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
-        signed = _signed_sixteen(opened)
+        bits, signed = _tiff_integer_samples(opened)
         image = ImageOps.exif_transpose(opened)
-    if signed:
+    if bits == 16 and signed:
         raise UsageError(f"{path}: signed 16-bit image; decinv reads unsigned 16-bit ones (value / {SIXTEEN_BIT}): "
                          "convert it to unsigned 16 bits or to float in [0, 1]")
-    return _pixels(image, path)
+    pixels = _pixels(image, path)
+    top = round(float(pixels.max()) * SIXTEEN_BIT) if bits == 32 and image.mode == "I" else 0
+    if 0 < top <= 255:
+        raise UsageError(f"{path}: 32-bit integer image with no value above {top}: 8-bit values? read as 16-bit "
+                         f"(value / {SIXTEEN_BIT}) it is nearly black; save it as 8 or 16 bits, or as float in [0, 1]")
+    return pixels
 
 
-def _signed_sixteen(image) -> bool:
-    """A TIFF of signed 16-bit samples (PIL opens it as mode ``I``, values in [-32768, 32767])."""
+def _tiff_integer_samples(image) -> tuple[int, bool]:
+    """A TIFF's integer sample size in bits (0 for other files and float samples) and whether they are
+    signed. PIL opens signed 16-bit and 32-bit TIFFs as mode ``I``, whatever range their values use."""
     tags = getattr(image, "tag_v2", None)
     if tags is None:
-        return False
+        return 0, False
     bits, kind = np.atleast_1d(tags.get(258, 0)), np.atleast_1d(tags.get(339, 1))  # BitsPerSample, SampleFormat
-    return bool((bits == 16).all() and (kind == 2).all())  # SampleFormat 2: signed integer
+    if not ((kind == 1) | (kind == 2)).all() or len(set(bits.tolist())) != 1:  # 1: unsigned, 2: signed integer
+        return 0, False
+    return int(bits[0]), bool((kind == 2).all())
 
 
 def _pixels(image, path: Path) -> np.ndarray:

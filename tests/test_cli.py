@@ -16,7 +16,7 @@ from cli_runs import read_latents, run_invert
 from PIL import Image, ImageOps
 from safetensors import SafetensorError
 
-from decinv_fast import cli, invert
+from decinv_fast import cli, cli_io, invert
 from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
 from decinv_fast.options import AUTO, DEFAULT_LR
@@ -256,6 +256,30 @@ def test_signed_sixteen_bit_tiff_is_refused(tmp_path, capsys):
     assert main(["invert", str(tmp_path / "signed.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'signed.tif'}: signed 16-bit image") and "\n" not in err
+
+
+@pytest.mark.parametrize("writer", ["pil_int32", "tifffile_uint32"])
+def test_thirty_two_bit_tiff_of_eight_bit_values_is_refused(tmp_path, capsys, writer):
+    """A 32-bit integer TIFF holding 8-bit values was read as value / 65535: silently nearly black."""
+    values = np.arange(32 * 32).reshape(32, 32) % 201  # 0..200
+    if writer == "pil_int32":
+        Image.fromarray(values.astype(np.int32)).save(tmp_path / "wide.tif")
+    else:
+        pytest.importorskip("tifffile").imwrite(tmp_path / "wide.tif", values.astype(np.uint32))
+    assert Image.open(tmp_path / "wide.tif").mode == "I"
+    assert main(["invert", str(tmp_path / "wide.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {tmp_path / 'wide.tif'}: 32-bit integer image with no value above 200")
+    assert "8-bit values?" in err and "\n" not in err
+    assert not (tmp_path / "o.st").exists()
+
+
+def test_thirty_two_bit_tiff_black_or_sixteen_bit_valued_is_read(tmp_path):
+    """Black is black at any depth, and a value of 256 is beyond 8 bits: neither is ambiguous."""
+    Image.fromarray(np.zeros((8, 8), np.int32)).save(tmp_path / "black.tif")
+    Image.fromarray(np.full((8, 8), 256, np.int32)).save(tmp_path / "dim.tif")
+    assert (cli_io.read_image(tmp_path / "black.tif") == 0).all()
+    np.testing.assert_array_equal(cli_io.read_image(tmp_path / "dim.tif"), np.full((8, 8, 3), 256 / 65535, np.float32))
 
 def test_out_of_range_integer_image_is_one_line(tmp_path, capsys):
     Image.fromarray(np.full((32, 32), 70000, np.int32)).save(tmp_path / "big.tif")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import png16
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is an animated WebP or PNG)
 ANIMATIONS = {"GIF", "WEBP", "PNG"}  # PIL formats whose frames are an animation (not MPO's or TIFF's extra images)
@@ -37,9 +39,12 @@ def read_image(path: Path) -> np.ndarray:
     ``value / 65535``, float (mode ``F``, e.g. a 32-bit float TIFF) as it is, in [0, 1]. Values outside
     those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
     whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black),
-    are refused, naming the file. Other modes are converted to RGB (16-bit RGB PNGs open as 8-bit)."""
+    are refused, naming the file. 16-bit colour PNGs (RGB, RGBA, gray + alpha), which PIL opens at 8 bits,
+    are read by :mod:`.png16` as ``value / 65535`` (alpha dropped). Other modes are converted to RGB."""
     from PIL import Image, ImageOps
 
+    if png16.is_png16_colour(path):
+        return _png16_pixels(path)
     with Image.open(path) as opened:
         bits, signed = _tiff_integer_samples(opened)
         image = ImageOps.exif_transpose(opened)
@@ -52,6 +57,35 @@ def read_image(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: 32-bit integer image with no value above {top}: 8-bit values? read as 16-bit "
                          f"(value / {SIXTEEN_BIT}) it is nearly black; save it as 8 or 16 bits, or as float in [0, 1]")
     return pixels
+
+
+def _png16_pixels(path: Path) -> np.ndarray:
+    """A 16-bit colour PNG (which PIL reads at 8 bits) -> ``(H, W, 3)`` float32 ``value / 65535``, its
+    EXIF orientation applied as ``ImageOps.exif_transpose`` applies it; alpha is dropped, as
+    ``convert("RGB")`` drops it, and gray + alpha is gray in each channel."""
+    from PIL import Image
+
+    try:
+        samples = png16.read_png16(path)
+    except png16.PngError as error:
+        raise UsageError(f"{path}: 16-bit colour PNG: {error}") from None
+    with Image.open(path) as opened:
+        orientation = opened.getexif().get(0x0112, 1)
+    rgb = samples[..., :3] if samples.shape[-1] >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(ORIENTED[orientation](rgb) if orientation in ORIENTED else rgb,
+                                dtype=np.float32) / SIXTEEN_BIT
+
+
+# EXIF orientation -> the array operation ImageOps.exif_transpose does (its PIL transpose method)
+ORIENTED = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (PIL rotates counter-clockwise)
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
+}
 
 
 def _tiff_integer_samples(image) -> tuple[int, bool]:

@@ -14,6 +14,7 @@ from decinv_fast.diffusion import (
     Schedule,
     adjoint_gradients,
     adjoint_sample,
+    bdia_sample,
     ddim_invert,
     ei_sample,
     optimize_noise,
@@ -220,3 +221,42 @@ def test_a_bound_denoiser_is_differentiated_like_its_model_and_keywords(sample):
                 sample(model, grid, z_T, dict(guidance_scale=2.0))
     for unbound, bound in zip(*results, strict=True):
         assert torch.equal(unbound, bound)
+
+
+@pytest.mark.parametrize("method", ["adjoint", "reversible", "autograd"])
+def test_optimize_noise_callback_sees_every_loss_and_the_final_one(method):
+    """``callback(iteration, loss)`` after each of the ``iterations`` updates and once more for the final loss, which
+    is the loss of the returned sample."""
+    z_T, mean = problem(seed=5)
+    loss = lambda z0: (z0 - 1.0).square().mean()  # noqa: E731
+    seen = []
+    result = optimize_noise(gaussian_eps, loglinear_schedule(5), z_T, loss, method=method, iterations=3, lr=0.1,
+                            callback=lambda i, value: seen.append((i, value)), mean=mean)
+    assert seen == list(enumerate(result.losses)) and len(seen) == 4
+    assert result.losses[-1] == float(loss(result.z0)) and result.losses[-1] < result.losses[0]
+
+
+@pytest.mark.parametrize("method_kwargs", [dict(method="adjoint", order=1), dict(method="adjoint", order=2),
+                                           dict(method="reversible", gamma=0.9), dict(method="autograd")])
+def test_optimize_noise_samples_with_the_sampler_it_is_given(method_kwargs):
+    """The returned ``z0`` is the sample of the returned ``z_T`` by the chosen sampler and its options (``order``
+    for the adjoint, ``gamma`` for the reversible BDIA pass, DDIM for autograd)."""
+    z_T, mean = problem(seed=5)
+    grid = loglinear_schedule(8)
+    result = optimize_noise(gaussian_eps, grid, z_T, lambda z0: z0.square().mean(), iterations=2, lr=0.1, mean=mean,
+                            **method_kwargs)
+    if method_kwargs["method"] == "reversible":
+        want = bdia_sample(gaussian_eps, grid, result.z_T, gamma=0.9, mean=mean).z0
+    else:
+        want = ei_sample(gaussian_eps, grid, result.z_T, order=method_kwargs.get("order", 1), mean=mean)
+    torch.testing.assert_close(result.z0, want, rtol=1e-12, atol=1e-12)
+
+
+def test_keep_norm_leaves_a_z_T_that_is_not_optimised_alone():
+    """``keep_norm`` rescales the optimised ``z_T``; optimising the conditioning only, ``z_T`` is kept as given."""
+    z_T, mean = problem(seed=5)
+    z_T = 3.0 * z_T  # far from the Gaussian shell: a rescale would show
+    result = optimize_noise(gaussian_eps, loglinear_schedule(8), z_T, lambda z0: (z0 - 1.0).square().mean(),
+                            iterations=2, lr=0.1, optimize="mean", keep_norm=True, mean=mean)
+    assert torch.equal(result.z_T, z_T)
+    assert not torch.equal(result.cond["mean"], mean)

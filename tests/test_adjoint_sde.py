@@ -108,3 +108,24 @@ def test_recompute_sweep_draws_each_seeded_noise_once(monkeypatch):
     adjoint_sde(MlpEps(4), n, 7, "recompute")
     backward = drawn[n:]  # after the forward pass's n draws
     assert backward and len(backward) == len(set(backward))
+
+
+def test_seeded_noise_of_neighbouring_seeds_is_not_shifted():
+    """Seed s + 1 is no copy of seed s shifted by a step: every (seed, step) draws its own noise."""
+    z = torch.zeros(2, 3)
+    first, second = StepNoise(11, 4, z), StepNoise(12, 4, z)
+    for k in range(3):
+        assert not torch.equal(first(k + 1), second(k))
+        assert not torch.equal(second(k + 1), first(k))
+
+
+def test_recorded_noise_runs_in_the_dtype_of_the_state():
+    """Recorded noise in another dtype (fp64 noise, fp32 state) is cast to the state's: the pass stays in fp32."""
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    z_T = noise(dtype=torch.float32)
+    recorded = torch.randn(4, *z_T.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eps = lambda z, t: torch.tanh(z)  # noqa: E731
+    for given in (recorded, list(recorded)):
+        z0 = ei_sample(eps, grid, z_T, noise=given)
+        assert z0.dtype == torch.float32
+        assert torch.equal(z0, ei_sample(eps, grid, z_T, noise=recorded.float()))

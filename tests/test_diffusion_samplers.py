@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from diffusion_models import noise, rel, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
@@ -169,3 +171,34 @@ def test_guidance_passes_scalar_tensor_conditions_as_they_are():
     assert len(seen) == 1 and seen[0][0] is scale and seen[0][1] is scale
     eps_c, eps_u = (torch.tanh(z) * 2 + e.mean((1, 2)).view(-1, 1, 1, 1) for e in (text, empty.expand(2, -1, -1)))
     torch.testing.assert_close(out, eps_u + 3.0 * (eps_c - eps_u))
+
+
+def test_inversion_with_a_small_gamma_warns(caplog):
+    """BDIA inversion divides every state's error by gamma: below 0.9 that is logged, from 0.9 on it is not."""
+    grid, z = Schedule.from_scheduler(sd_scheduler(), 3), noise(dtype=torch.float64)
+    eps = lambda z, t: torch.tanh(z)  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="decinv_fast.diffusion.samplers"):
+        bdia_invert(eps, grid, z, z, gamma=0.9)
+        assert not caplog.records
+        bdia_invert(eps, grid, z, z, gamma=0.89)
+    assert len(caplog.records) == 1 and "gamma=0.89" in caplog.records[0].getMessage()
+
+
+def test_approximate_inversions_walk_the_states_they_report():
+    """ddim_invert reports states 1..N (N is its result), each from the one below with the model at the next
+    timestep; bdia_invert_from_z0 takes state 1 from that first DDIM inversion step and then is bdia_invert from the
+    pair (z_0, that z_1), with N model calls."""
+    grid, z0 = Schedule.from_scheduler(sd_scheduler(), 5), noise(dtype=torch.float64)
+    eps = lambda z, t: torch.tanh(z) * (1 + t / 1000)  # noqa: E731
+    ddim_states, from_z0_states = collect(), collect()
+    z_T = ddim_invert(eps, grid, z0, callback=ddim_states[1])
+    states = {0: z0, **ddim_states[0]}
+    assert sorted(states) == [0, 1, 2, 3, 4, 5] and torch.equal(states[5], z_T)
+    for i in range(1, 6):
+        want = ddim_step(states[i - 1], eps(states[i - 1], grid.t(i)), grid.alphabar(i - 1), grid.alphabar(i))
+        assert torch.equal(states[i], want), f"state {i}"
+    counted = Denoiser(eps)
+    approx = bdia_invert_from_z0(counted, grid, z0, gamma=0.95, callback=from_z0_states[1])
+    assert counted.calls == 5 and sorted(from_z0_states[0]) == [1, 2, 3, 4, 5]
+    assert torch.equal(from_z0_states[0][1], states[1])
+    assert torch.equal(approx, bdia_invert(eps, grid, z0, states[1], gamma=0.95))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusion_models import sd_scheduler, tiny_unet
 
-from decinv_fast.diffusion import Schedule, ddim_invert, ddim_sample, ddim_timesteps
+from decinv_fast.diffusion import Schedule, as_schedule, ddim_invert, ddim_sample, ddim_timesteps
 
 
 @pytest.mark.parametrize("spacing,offset", [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)])
@@ -113,3 +113,33 @@ def test_a_scheduler_whose_timesteps_repeat_is_refused_with_what_to_pass(skip_pr
     distinct = set(scheduler.timesteps.tolist())
     assert distinct == set(grid.timesteps) if skip_prk_steps else distinct > set(grid.timesteps)  # PRK's half steps
     assert Schedule.from_scheduler(scheduler, timesteps=list(grid.timesteps)) == grid
+
+
+def test_as_many_inference_steps_as_training_timesteps():
+    """``num_inference_steps`` may equal ``num_train_timesteps`` (every timestep once, as DDIMScheduler allows);
+    one more is refused."""
+    scheduler = sd_scheduler(num_train_timesteps=10, steps_offset=0)
+    scheduler.set_timesteps(10)
+    assert ddim_timesteps(10, num_train_timesteps=10) == scheduler.timesteps.tolist() == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="num_inference_steps=11 exceeds num_train_timesteps=10"):
+        ddim_timesteps(11, num_train_timesteps=10)
+
+
+def test_repeated_timesteps_and_flat_noise_tables():
+    """A repeated (or boolean) timestep is not a grid (strictly decreasing ints); two different timesteps at the same
+    noise level are (the table must not *increase* with t)."""
+    table = sd_scheduler().alphas_cumprod.clone()
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        Schedule.from_alphas_cumprod(table, [501, 501, 1])
+    with pytest.raises(ValueError, match="integer timesteps, got True"):
+        Schedule.from_alphas_cumprod(table, [501, True])
+    table[501] = table[251]
+    grid = Schedule.from_alphas_cumprod(table, [751, 501, 251, 1])
+    assert grid.alphabar(2) == grid.alphabar(3) == float(table[251])
+
+
+def test_as_schedule_checks_the_step_count_of_a_schedule():
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    assert as_schedule(grid, 4) is grid and as_schedule(grid) is grid
+    with pytest.raises(ValueError, match="num_inference_steps=5 but the Schedule has 4 steps"):
+        as_schedule(grid, 5)

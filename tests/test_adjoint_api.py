@@ -260,3 +260,20 @@ def test_keep_norm_leaves_a_z_T_that_is_not_optimised_alone():
                             iterations=2, lr=0.1, optimize="mean", keep_norm=True, mean=mean)
     assert torch.equal(result.z_T, z_T)
     assert not torch.equal(result.cond["mean"], mean)
+
+
+def test_optimize_noise_with_no_iterations_samples_the_start():
+    """``iterations=0`` makes no update: the start, its sample and its loss come back."""
+    z_T, mean = problem(seed=5)
+    grid = loglinear_schedule(8)
+    result = optimize_noise(gaussian_eps, grid, z_T, lambda z0: z0.square().mean(), iterations=0, mean=mean)
+    assert torch.equal(result.z_T, z_T) and len(result.losses) == 1
+    torch.testing.assert_close(result.z0, ei_sample(gaussian_eps, grid, z_T, mean=mean), rtol=1e-12, atol=1e-12)
+
+
+def test_optimize_noise_refuses_to_optimise_an_integer_condition():
+    z_T, mean = problem(seed=5)
+    with pytest.raises(ValueError, match="optimize names 'labels', which must be 'z_T' or a floating-point"):
+        optimize_noise(lambda z, t, mean, labels: gaussian_eps(z, t, mean), loglinear_schedule(8), z_T,
+                       lambda z0: z0.square().mean(), optimize=("z_T", "labels"), mean=mean,
+                       labels=torch.zeros(2, dtype=torch.long))

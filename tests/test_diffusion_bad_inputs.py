@@ -210,3 +210,23 @@ def test_a_step_with_a_noise_level_outside_zero_one_names_it(value):
         with pytest.raises(ValueError, match=rf"^{name} must lie in \(0, 1\] .*, got {re.escape(repr(value))}$"):
             call()
     assert ddim_coefficients(1.0, 0.5)[0] == pytest.approx(0.5 ** 0.5)  # both ends of the range are levels
+
+
+def test_bad_noise_tables_and_final_levels_are_named():
+    """``final_alpha_cumprod`` is a level in (0, 1] like the table's; the table is 1-D."""
+    table = sd_scheduler().alphas_cumprod
+    for final in (1.5, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"final_alpha_cumprod: every value must lie in \(0, 1\]"):
+            Schedule.from_alphas_cumprod(table, [501, 1], final_alpha_cumprod=final)
+    with pytest.raises(ValueError, match=r"alphas_cumprod must be a non-empty 1-D table, got shape \(1000, 1\)"):
+        Schedule.from_alphas_cumprod(table[:, None], [501, 1])
+
+
+def test_a_pair_whose_z1_is_no_tensor_or_a_noise_step_of_another_shape_is_named(unet, grid):
+    z = noise()
+    with pytest.raises(TypeError, match="^z1 must be a tensor, got list$"):
+        bdia_invert(unet, grid, z, [0.0], gamma=1.0)
+    steps = [torch.zeros_like(z) for _ in range(grid.num_steps)]
+    steps[2] = torch.zeros(1, 4, 8, 8)  # would broadcast
+    with pytest.raises(ValueError, match=r"noise\[2\] must be a floating tensor shaped like z \(2, 4, 8, 8\), got"):
+        ei_sample(unet, grid, z, noise=steps)

@@ -77,3 +77,14 @@ def test_a_model_on_another_device_is_named():
     grid = Schedule.from_scheduler(sd_scheduler(), 2)
     with pytest.raises(ValueError, match="^z_T is on cpu but the eps model is on meta$"):
         ei_sample(tiny_unet().to("meta"), grid, noise())
+
+
+def test_an_embedding_batch_other_than_b_or_1_and_a_negative_without_guidance_are_refused():
+    """Embeddings have the state's batch or 1 (not some other batch the model might broadcast or cut); a negative
+    embedding without guidance would be silently unused."""
+    grid = Schedule.from_scheduler(sd_scheduler(), 2)
+    text, empty = text_embeddings(3)
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \(B or 1, L, D\) with B=2, got shape \(3,"):
+        ei_sample(mean_shift, grid, noise(), encoder_hidden_states=text)
+    with pytest.raises(ValueError, match="negative_encoder_hidden_states is only used with guidance_scale != 1"):
+        Denoiser(mean_shift, encoder_hidden_states=text[:2], negative_encoder_hidden_states=empty)

@@ -143,3 +143,9 @@ def test_as_schedule_checks_the_step_count_of_a_schedule():
     assert as_schedule(grid, 4) is grid and as_schedule(grid) is grid
     with pytest.raises(ValueError, match="num_inference_steps=5 but the Schedule has 4 steps"):
         as_schedule(grid, 5)
+
+
+def test_thresholding_scheduler_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="decinv_fast.diffusion.schedule"):
+        Schedule.from_scheduler(sd_scheduler(thresholding=True), 4)
+    assert "thresholding=True is ignored" in caplog.text

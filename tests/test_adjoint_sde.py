@@ -129,3 +129,12 @@ def test_recorded_noise_runs_in_the_dtype_of_the_state():
         z0 = ei_sample(eps, grid, z_T, noise=given)
         assert z0.dtype == torch.float32
         assert torch.equal(z0, ei_sample(eps, grid, z_T, noise=recorded.float()))
+
+
+def test_a_seed_names_one_noise_path_in_every_dtype():
+    """Seeded noise is drawn in float64 and cast: an fp32 and an fp64 pass with the same seed see the same path."""
+    z = noise()
+    for k in range(3):
+        wide = StepNoise(7, 3, z.double())(k)
+        assert wide.dtype == torch.float64
+        assert torch.equal(StepNoise(7, 3, z)(k), wide.float())

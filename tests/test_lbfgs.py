@@ -144,13 +144,27 @@ def test_chunked_frames_equal_the_whole_video(tiny_kl):
 
 def test_a_non_finite_trial_is_rejected_and_the_step_shrunk():
     """The decoder is non-finite beyond |z| = 1: the first trial (lr 5) lands there, is rejected, and
-    the run still converges inside, where ``D`` is the identity."""
+    the run still converges inside, where ``D`` is the identity (``E`` starts it 10% short of the answer)."""
     decode = lambda z: torch.where(z.abs().amax() > 1, torch.full_like(z, float("inf")), z)  # noqa: E731
     x = images(n=1)
     target = x * 0.5
-    out = decinv_fast.invert((lambda p: p.clone(), decode), target, steps=15, lr=5.0, **LBFGS)
+    out = decinv_fast.invert((lambda p: p * 0.9, decode), target, steps=15, lr=5.0, **LBFGS)
+    assert float(out.residual_history[1, 0]) == float(out.residual_history[0, 0]) > 0  # the trial was rejected
     assert bool(torch.isfinite(out.latents).all())
     torch.testing.assert_close(out.latents, target, atol=1e-6, rtol=0)
+
+
+def test_a_non_finite_trial_shrinks_the_step_tenfold_as_the_reference_does():
+    """Each non-finite trial cuts ``t`` to ``0.1 t`` (no quadratic model through a non-finite value):
+    the engine's trial points, and so its accepted points, are the reference's."""
+    decode = lambda z: torch.where(z.abs().amax() > 1, torch.full_like(z, float("inf")), z)  # noqa: E731
+    encode, target = (lambda p: p * 0.9), images(n=1) * 0.5  # E(x) is 10% short of the answer x
+    ref = reference.gradient_based_lbfgs(encode, decode, target, steps=4, lr=5.0)
+    out = decinv_fast.invert((encode, decode), target, steps=4, lr=5.0, **LBFGS)
+    # the first trial was rejected (the error unchanged), a later, shrunk one accepted
+    assert float(ref.residuals[1][0]) == float(ref.residuals[0][0]) > 3 * float(ref.residuals[3][0])
+    torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.residual_history[:, 0], torch.stack(ref.residuals)[:, 0].float())
 
 
 def test_beats_the_papers_gradient_based_adam_on_the_fixture(fixture_vae):
@@ -169,3 +183,17 @@ def test_beats_the_papers_gradient_based_adam_on_the_fixture(fixture_vae):
 def test_bad_options_are_named(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         decinv_fast.invert(tiny_kl, images_32, steps=1, **kwargs)
+
+
+def test_a_trial_inside_the_armijo_margin_is_rejected():
+    """``E(x) = 1`` everywhere, ``D`` the identity, ``x = 0``: the first move along ``-g`` with ``lr = 2 + 1e-4``
+    lands at ``-(1 + 1e-4)``, whose error is higher than ``f`` by less than ``c1 t |<g, d>|``. Sufficient
+    decrease rejects it (a bound of ``f - c1 t |<g, d>|``, not ``f + ...``), as the reference does."""
+    codec = (lambda p: p + 1, lambda z: z.clone())
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    ref = reference.gradient_based_lbfgs(*codec, x, steps=3, lr=2 + 1e-4)
+    out = decinv_fast.invert(codec, x, steps=3, lr=2 + 1e-4, **LBFGS)
+    assert float(out.residual_history[1, 0]) == float(out.residual_history[0, 0])  # rejected: f unchanged
+    assert float(ref.residuals[1][0]) == float(ref.residuals[0][0])
+    torch.testing.assert_close(out.residual_history[:, 0], torch.stack(ref.residuals)[:, 0].float())
+    torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=1e-12)

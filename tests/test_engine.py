@@ -112,6 +112,42 @@ def test_failed_capture_falls_back_with_warning(tiny_kl, images_32):
     assert torch.equal(it.latents, plain.latents)  # warm-up was undone before falling back
 
 
+def test_capture_of_a_one_step_run_warms_up_once(tiny_kl, images_32):
+    """Warm-up runs at most ``steps`` steps: a second one would write past the one-step history, the
+    capture would fail and the run would fall back to eager."""
+    it = _iteration(tiny_kl, images_32, steps=1)
+    calls = []
+    step = it.run_step
+    it.run_step = lambda: calls.append(1) or step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphed = GraphedStep(it, capture=lambda fn, device: EagerGraph(fn))
+    assert graphed.captured and len(calls) == 1
+    graphed()
+    assert torch.equal(it.latents, decinv_fast.invert(tiny_kl, images_32, steps=1).latents)
+
+
+def test_a_warm_up_that_fails_midway_is_undone(tiny_kl, images_32):
+    """The first warm-up step runs, the second raises: the run falls back to eager from the state
+    before warm-up, not one step on."""
+    it = _iteration(tiny_kl, images_32, steps=4)
+    step, calls = it.run_step, []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        step()
+
+    it.run_step = flaky
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        graphed = GraphedStep(it, capture=lambda fn, device: EagerGraph(fn))
+    assert not graphed.captured and len(calls) == 2
+    for _ in range(4):
+        graphed()
+    assert torch.equal(it.latents, decinv_fast.invert(tiny_kl, images_32, steps=4).latents)
+
+
 def test_invert_with_cuda_graphs_flag_on_cpu(tiny_kl, images_32):
     with pytest.warns(RuntimeWarning, match="no CUDA graphs; the step runs eagerly"):
         a = decinv_fast.invert(tiny_kl, images_32, steps=5, cuda_graphs=True)
@@ -199,6 +235,37 @@ def test_attention_errors(tiny_kl, images_32):
         decinv_fast.invert(tiny_kl, images_32, steps=1, attention="flash3")
     with pytest.raises(ValueError, match="xformers"):
         decinv_fast.invert(tiny_kl, images_32, steps=1, attention="xformers")
+
+
+def test_attention_backend_names_an_unknown_backend_itself(tiny_kl):
+    """``attention_backend`` checks the name before anything else, a model without attention layers
+    included (not as 'xformers is not installed', which an unknown name would otherwise fall to)."""
+    for module in (tiny_kl, None):
+        with pytest.raises(ValueError, match="attention must be one of"):
+            with attention_backend(module, "flash3"):
+                pass
+
+
+def test_xformers_on_cpu_tensors_is_refused(monkeypatch):
+    """With xformers importable, the CPU still cannot run its kernel: the error names the device."""
+    import diffusers.utils
+
+    from decinv_fast import attention
+
+    monkeypatch.setattr(diffusers.utils, "is_xformers_available", lambda: True)
+    with pytest.raises(ValueError, match="needs CUDA tensors; the VAE is on cpu"):
+        attention._processor("xformers", torch.device("cpu"))
+
+
+def test_a_vae_that_ignores_the_processors_it_is_given_is_refused(tiny_kl, images_32):
+    """The processors in use are checked after setting them: a VAE that keeps its own is an error,
+    not a run on the wrong attention; its processors are left as they were."""
+    vae = copy.deepcopy(tiny_kl)
+    vae.set_attn_processor(AttnProcessor())
+    vae.set_attn_processor = lambda processors: None  # e.g. a wrapper that does not pass it on
+    with pytest.raises(RuntimeError, match="kept other processors"):
+        decinv_fast.invert(vae, images_32, steps=1, attention="sdpa")
+    assert all(type(p) is AttnProcessor for p in vae.attn_processors.values())
 
 
 @pytest.mark.parametrize("method", ["adam", "fsm", "km"])

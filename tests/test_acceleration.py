@@ -174,6 +174,18 @@ def test_secant_step_size_finds_the_curvature():
     assert out.residual_history[2:].max() < 1e-5
 
 
+def test_secant_step_is_clipped_and_left_at_one_without_curvature():
+    """``<s, t> / <t, t>`` per sample, clipped to ``[RHO_MIN, RHO_MAX]``; 1 where ``<s, t> <= 0``: ``t``
+    orthogonal to ``s``, a residual that did not change (``t = 0``), or negative curvature."""
+    from decinv_fast.accelerated import RHO_MAX, RHO_MIN, secant_rho
+
+    s = torch.tensor([[1.0, 0.0]]).expand(7, 2).clone()
+    t = torch.tensor([[0.5, 0.0], [100.0, 0.0], [0.001, 0.0], [0.0, 1.0], [0.0, 0.0], [-1.0, 0.0], [1.0, 1.0]])
+    rho = secant_rho(s, t)
+    assert rho.tolist() == pytest.approx([2.0, RHO_MIN, RHO_MAX, 1.0, 1.0, 1.0, 0.5], rel=1e-6)
+    assert (RHO_MIN, RHO_MAX) == (0.05, 4.0)  # the documented clip
+
+
 def test_keep_best_returns_the_argmin_of_the_pixel_error(tiny_kl, images_32):
     seen = []
     out = decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1.5, steps=8, schedule="constant",
@@ -287,6 +299,16 @@ def test_gaussian_blur_matches_a_direct_convolution():
     torch.testing.assert_close(gaussian_blur(images, sigma), direct, rtol=0, atol=1e-12)
     flat = torch.full((1, 3, 6, 6), 0.25, dtype=torch.float64)  # smaller than the radius: replicated edges
     torch.testing.assert_close(gaussian_blur(flat, 3.0), flat, rtol=0, atol=1e-12)
+
+
+def test_gaussian_blur_of_an_image_whose_side_equals_the_radius():
+    """Reflection needs a pad smaller than the side: a side equal to the radius (4 at sigma 1.3) is
+    replicated, one side longer is reflected; either way a constant image stays constant."""
+    from decinv_fast.filters import gaussian_blur
+
+    for height in (4, 5):
+        flat = torch.full((1, 2, height, 9), 0.25, dtype=torch.float64)
+        torch.testing.assert_close(gaussian_blur(flat, 1.3), flat, rtol=0, atol=1e-12)
 
 
 def test_residual_blur_makes_its_taps_once():

@@ -87,6 +87,7 @@ BAD = [  # (override builder, error type, message fragment)
     (lambda dt: dict(sq_norm=torch.empty(3, device="meta")), ValueError, "sq_norm must be float32 of shape"),
     (lambda dt: dict(table=torch.empty(4, 2, device="meta")), ValueError, "table must be float32"),
     (lambda dt: dict(step=torch.zeros(1, dtype=torch.int32, device="meta")), ValueError, "step must be"),
+    (lambda dt: dict(step=torch.zeros(2, dtype=torch.int64, device="meta")), ValueError, "step must be"),
     (lambda dt: dict(master=torch.empty(2, 5, dtype=dt, device="meta")), ValueError, "master must be float32"),
 ]
 
@@ -98,6 +99,12 @@ def test_meta_rejects_bad_inputs(method, case):
     dtype = torch.float16  # so that a float32 master stands out from a wrong one
     with pytest.raises(error, match=message):
         op(method)(*empty_args(method, dtype=dtype, **build(dtype)))
+
+
+def test_meta_km_checks_its_evaluation_point():
+    """KM's ``y`` (written in place, like ``z``) must match the latents too."""
+    with pytest.raises(ValueError, match="y must match"):
+        op("km")(*empty_args("km", y=torch.empty(2, 6, device="meta")))
 
 
 @pytest.mark.parametrize("method", METHODS)

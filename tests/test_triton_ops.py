@@ -192,6 +192,55 @@ def test_many_blocks_and_strided_norms(op, monkeypatch):
 
 
 @interpreted
+def test_strided_norms_of_a_single_block():
+    """One block per sample writes the norms directly only into a contiguous ``sq_norm``: a strided one goes
+    through the partial sums, each sample's norm into its own element."""
+    data = make_data((3, 37))
+    out = torch.full((3, 2), -1.0)
+    fsm_residual_step(data["edz"][0].clone(), data["e_x"], data["z"].clone(), out[:, 0], step_table("fsm"),
+                      torch.zeros(1, dtype=torch.int64), backend="triton")
+    torch.testing.assert_close(out[:, 0], (data["edz"][0] - data["e_x"]).square().sum(1), rtol=NORM_RTOL, atol=0)
+    assert torch.equal(out[:, 1], torch.full((3,), -1.0))
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=interpreted)])
+@pytest.mark.parametrize("op", OPS)
+def test_zero_elements_per_sample_give_zero_norms(op, backend):
+    """Latents ``(B, 0)``: nothing to update, and every norm is 0 (not what ``sq_norm`` held before)."""
+    z, sq, step = torch.zeros(3, 0), torch.full((3,), 7.0), torch.zeros(1, dtype=torch.int64)
+    e = lambda: torch.zeros(3, 0)
+    if op == "adam":
+        adam_residual_step(e(), e(), z, e(), e(), sq, step_table(op), step, eps=1e-8, backend=backend)
+    elif op == "fsm":
+        fsm_residual_step(e(), e(), z, sq, step_table(op), step, backend=backend)
+    else:
+        km_residual_step(e(), e(), e(), z, sq, step_table(op), step, alpha=ALPHA, backend=backend)
+    assert torch.equal(sq, torch.zeros(3))
+
+
+def test_batch_limit_of_the_grid(monkeypatch):
+    """At most ``MAX_BATCH`` samples per launch (CUDA's second grid dimension): one more is a ValueError."""
+    monkeypatch.setattr(_triton, "MAX_BATCH", 2)
+    table, step = step_table("fsm"), torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="at most 2 samples per call, got 3"):
+        _triton.fsm(torch.ones(3, 4), torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3), table, step, None)
+    if triton_interpreting():
+        sq = torch.zeros(2)
+        _triton.fsm(torch.ones(2, 4), torch.zeros(2, 4), torch.zeros(2, 4), sq, table, step, None)
+        assert torch.equal(sq, torch.full((2,), 4.0))
+
+
+@pytest.mark.parametrize("use_master", [False, True], ids=["plain", "master"])
+@pytest.mark.parametrize("op", OPS)
+def test_torch_backend_matches_reference_in_fp32(op, use_master):
+    """The torch backend, with and without the fp32 master copy, against ``reference.py`` (state and norms)."""
+    data = make_data((2, 300))
+    got, ref = run_op(op, "torch", data, torch.float32, use_master), run_reference(op, data, torch.float32)
+    for key, value in got.items():
+        assert torch.allclose(value, ref[key], rtol=1e-6, atol=1e-7), key
+
+
+@interpreted
 def test_table_is_read_at_launch():
     """Step sizes come from the device table at row ``step``: editing the table in place (as before a
     CUDA-graph replay) changes the next step, with no Python float baked in."""
@@ -262,6 +311,11 @@ def test_block_rule():
         assert block <= max(128, _triton.next_power_of_2(n))
     assert _triton.block_config(4 * 64 * 64, 1, False) == (256, 1)
     assert _triton.block_config(16 * 4 * 96 * 96, 8, False) == (4096, 8)
+    # the tiers switch at B*n = 2**17 and 2**22 exactly (B*n below the limit keeps the smaller block)
+    assert _triton.block_config(1 << 16, 2, False) == (1024, 4)
+    assert _triton.block_config((1 << 17) - 1, 1, False) == (256, 1)
+    assert _triton.block_config(1 << 21, 2, False) == (4096, 8)
+    assert _triton.block_config((1 << 22) - 1, 1, False) == (1024, 4)
 
 
 def test_import_does_not_load_triton_backend():

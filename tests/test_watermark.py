@@ -11,7 +11,7 @@ import torch
 from diffusion_models import LinearPatchVae, noise, sd_scheduler, tiny_unet
 from PIL import Image
 
-from decinv_fast.diffusion import Schedule
+from decinv_fast.diffusion import Schedule, bdia_sample, invert_to_noise
 from decinv_fast.watermark import (
     detect,
     frequency_radius,
@@ -47,6 +47,16 @@ def test_ring_key_layout():
     assert torch.equal(flipped, small.values)
     assert torch.equal(make_ring_key((4, 16, 16), radius=3, seed=5).values, small.values)  # seeded
     assert not torch.equal(make_ring_key((4, 16, 16), radius=3, seed=6).values, small.values)
+
+
+def test_frequency_radius_of_a_non_square_latent():
+    """Each axis has its own signed integer frequencies: a 4x6 grid has rows 0, 1, -2, -1 and columns 0..2, -3..-1."""
+    dist = frequency_radius(4, 6)
+    assert dist.shape == (4, 6) and dist.dtype == torch.float64
+    assert dist[0].tolist() == [0, 1, 2, 3, 2, 1] and dist[:, 0].tolist() == [0, 1, 2, 1]
+    assert dist[1, 3] == pytest.approx(math.sqrt(10))
+    key = make_ring_key((1, 6, 10), radius=2)
+    assert key.size == 13 and torch.equal(key.mask, frequency_radius(6, 10) <= 2)
 
 
 def test_injection_is_real_and_exact_fp64():
@@ -193,6 +203,22 @@ def test_score_uses_the_moments_of_the_law_of_the_p_value():
             assert float(score) == pytest.approx((mean - float(s)) / math.sqrt(var), rel=1e-12)
 
 
+def test_statistic_reports_the_scale_and_the_mean_distance_to_the_key():
+    """``sigma``: the rms of the unkeyed DFT bins (or ``noise_std``); ``l1``: the mean ``|Y - K|`` over the mask;
+    ``flagged(alpha)``: ``p < alpha``, strictly."""
+    key = make_ring_key((4, 8, 8), radius=2, seed=1)
+    sample = noise((3, 4, 8, 8), torch.float64, seed=6) * 1.3
+    spectrum = fourier(sample, key.channel)
+    out = noise_statistic(sample, key)
+    expected_l1 = (spectrum[:, key.mask] - key.values[key.mask]).abs().mean(1)
+    assert torch.allclose(out["l1"], expected_l1, rtol=1e-12, atol=0)
+    assert torch.allclose(out["sigma"], spectrum[:, ~key.mask].abs().square().mean(1).sqrt(), rtol=1e-12, atol=0)
+    assert torch.equal(noise_statistic(sample, key, noise_std=2.0)["sigma"], torch.full((3,), 2.0, dtype=torch.float64))
+    det = score_noise(sample, key)
+    det.p_value = torch.tensor([0.01, 0.0099, 0.5], dtype=torch.float64)
+    assert det.flagged(0.01).tolist() == [False, True, False]
+
+
 def test_roc_summaries():
     assert roc_auc([3, 4, 5], [0, 1, 2]) == 1.0 and roc_auc([0, 1], [2, 3]) == 0.0
     assert roc_auc([1, 2], [1, 2]) == 0.5
@@ -207,6 +233,10 @@ def test_roc_summaries():
     assert tpr_at_fpr([990.5], list(range(1000)), 0.00999) == (1.0, 0.009)
     # an fpr within the margin of 1 allows n - 1 false positives, not n (an index past the end)
     assert tpr_at_fpr([0.5], list(range(100)), 1 - 1e-13) == (1.0, 0.99)
+    # a positive exactly at the threshold is not flagged (strictly above); an fpr of 1 is not a rate to ask for
+    assert tpr_at_fpr([1.0, 1.5], [0.0, 1.0], 0.01) == (0.5, 0.0)
+    with pytest.raises(ValueError, match=r"fpr must lie in \[0, 1\)"):
+        tpr_at_fpr([1.0], [0.0], 1.0)
     with pytest.raises(ValueError, match="negative must be a non-empty set of finite scores"):
         roc_auc([1.0], [float("nan")])
 
@@ -237,6 +267,31 @@ def test_detection_separates_watermarked_from_clean(tmp_path):
     assert torch.equal(again.score, wm.score)
 
 
+def test_generate_and_detect_pass_their_options_on():
+    """``generate``'s ``cond`` and ``gamma`` reach the sampler; ``detect``'s ``gamma``, ``cond`` and ``method`` reach
+    the inversion (same noise as calling it directly) and its ``noise_std`` the statistic."""
+    vae, seen = LinearPatchVae(gain=0.01), []
+
+    def eps(z, t, scale):
+        seen.append(scale)
+        return 0.1 * scale * z
+
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    key = make_ring_key((4, 8, 8), radius=2, seed=3)
+    z = noise((2, 4, 8, 8), seed=4)
+    out = generate(vae.pair, eps, grid, z, key=key, gamma=0.92, cond=dict(scale=2.0))
+    assert seen and set(seen) == {2.0}
+    assert torch.equal(out.z0, bdia_sample(eps, grid, inject(z, key), gamma=0.92, scale=2.0)[0])
+    seen.clear()
+    det = detect(vae.pair, eps, grid, key, out.images, gamma=0.92, method="encoder", cond=dict(scale=3.0),
+                 noise_std=2.0)
+    assert seen and set(seen) == {3.0}
+    direct = invert_to_noise(vae.pair, eps, grid, out.images, method="encoder", gamma=0.92, cond=dict(scale=3.0))
+    assert torch.equal(det.zT, direct.zT) and det.inversion.gamma == 0.92 and det.inversion.method == "encoder"
+    assert torch.all(det.sigma == 2.0)
+    assert torch.equal(det.score, noise_statistic(direct.zT, key, noise_std=2.0)["score"])
+
+
 def test_watermark_bad_inputs():
     with pytest.raises(ValueError, match=r"radius must be an int in \[1, 3\] for 8x8 latents"):
         make_ring_key((4, 8, 8), radius=4)
@@ -247,8 +302,18 @@ def test_watermark_bad_inputs():
     key = make_ring_key((4, 8, 8), radius=2)
     with pytest.raises(ValueError, match=r"noise must be \(B, 4, 8, 8\) for this key"):
         inject(noise((2, 4, 16, 16)), key)
+    with pytest.raises(ValueError, match=r"noise must be \(B, 4, 8, 8\) for this key, got shape \(2, 5, 8, 8\)"):
+        inject(noise((2, 5, 8, 8)), key)  # the channel count is part of the key's shape
     with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
         inject(noise().long(), key)
+    tiny = make_ring_key((1, 3, 3), radius=1)  # 5 keyed bins, 4 unkeyed: too few to estimate the score's variance
+    with pytest.raises(ValueError, match="from the 4 unkeyed Fourier bins of a 3x3 latent; that needs at least 5"):
+        noise_statistic(noise((2, 1, 3, 3)), tiny)
+    assert torch.all(noise_statistic(noise((2, 1, 3, 3)), tiny, noise_std=1.0)["df_scale"] == math.inf)
+    flat = torch.zeros(2, 4, 8, 8)
+    flat[:, 3] = 1.0  # a constant channel has only the zero frequency, which is keyed: no scale to estimate
+    with pytest.raises(ValueError, match="unkeyed Fourier bins are all zero in some sample"):
+        noise_statistic(flat, key)
     with pytest.raises(ValueError, match="noise_std must be a positive number"):
         noise_statistic(noise(), key, noise_std=0.0)
     bad = noise()
@@ -274,7 +339,8 @@ def test_save_images_checks_the_layout_before_making_the_folder(tmp_path):
         with pytest.raises(ValueError, match=rf"images must be a \(B, 3, H, W\) uint8 tensor.*{shape[1]}, {shape[2]}"):
             save_images(torch.zeros(shape, dtype=torch.uint8), folder)
         assert not folder.exists()
-    assert len(save_images(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), folder)) == 2
+    paths = save_images(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), folder, "frame")
+    assert [p.name for p in paths] == ["frame_0.png", "frame_1.png"] and all(p.is_file() for p in paths)
 
 
 @pytest.mark.parametrize("options, name", [

@@ -116,3 +116,23 @@ def brownian_noise(num_steps: int, shape, fine_steps: int = 1280, seed: int = 3)
 def slope(errors) -> float:
     """Fitted log-log slope of ``errors`` over :data:`NS`."""
     return float(np.polyfit(np.log(NS), np.log(errors), 1)[0])
+
+
+def node_state_errors(model, num_steps: int, order: int = 1, noise=None) -> dict[int, float]:
+    """``{j: ||z'_j - z_j|| / ||z_j||}`` for the nodes ``j = 1..N-1``: ``z'_j`` the state at which the default
+    (``states="recompute"``) adjoint sweep evaluated the model, ``z_j`` the forward pass's state."""
+    from decinv_fast.diffusion import adjoint_gradients, ei_sample
+
+    z_T, mean = problem()
+    grid, forward, calls = loglinear_schedule(num_steps), {}, []
+    ei_sample(model, grid, z_T, order=order, noise=noise, mean=mean,
+              callback=lambda i, z: forward.__setitem__(i, z.detach().clone()))
+
+    def spy(z, t, mean):
+        calls.append((t, z.detach().clone()))
+        return model(z, t, mean=mean)
+
+    adjoint_gradients(spy, grid, z_T, smooth_loss, order=order, noise=noise, mean=mean)
+    nodes = calls[-num_steps:]  # the sweep's nodes j = 1..N come last
+    assert [t for t, _ in nodes] == [grid.t(j) for j in range(1, num_steps + 1)]
+    return {j: float((z - forward[j]).norm() / forward[j].norm()) for j, (_, z) in enumerate(nodes[:-1], start=1)}

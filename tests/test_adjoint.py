@@ -13,7 +13,17 @@ import math
 
 import pytest
 import torch
-from adjoint_models import NS, MlpEps, gaussian_eps, gaussian_flow, loglinear_schedule, problem, slope, smooth_loss
+from adjoint_models import (
+    NS,
+    MlpEps,
+    gaussian_eps,
+    gaussian_flow,
+    loglinear_schedule,
+    node_state_errors,
+    problem,
+    slope,
+    smooth_loss,
+)
 from diffusion_models import noise, rel, sd_scheduler, text_embeddings, tiny_cond_unet, tiny_unet
 
 from decinv_fast.diffusion import Schedule, adjoint_gradients, adjoint_sample, adjoint_solver, ddim_sample, ei_sample
@@ -126,6 +136,17 @@ def test_recomputed_states_converge_to_autograd(mlp_reference, order, bound):
         want, = torch.autograd.grad(smooth_loss(ei_sample(model, grid, z, order=order, mean=mean)), [z])
         errors.append(rel(got.z_T, want))
     assert slope(errors) <= bound and errors[-1] < 1e-3
+
+
+def test_recomputed_2m_states_are_third_order_near_the_start():
+    """The 2M sweep rebuilds states upwards with the order-2 interpolant from node 2 on (eq. S): the states of the
+    first nodes it rebuilds that way (a fixed number of steps from z_0) are O(h^3) from the forward ones."""
+    model = MlpEps(4)
+    errors = []
+    for n in NS:
+        per_node = node_state_errors(model, n, order=2)
+        errors.append(max(per_node[j] for j in (2, 3, 4)))
+    assert slope(errors) <= -3.0 and errors[0] < 2e-3
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])

@@ -177,6 +177,29 @@ def test_optimize_noise_leaves_trainable_weights_without_grad(method):
     assert all(p.requires_grad and p.grad is None for p in unet.parameters())
 
 
+def test_adjoint_sample_differentiates_only_the_conditioning_that_requires_grad():
+    """Conditioning that does not require grad (an integer label, a frozen float tensor) is passed through, not
+    differentiated; the one that does gets its gradient."""
+    z_T, mean = problem()
+    labels, frozen = torch.tensor([0, 1]), torch.ones(2, 1, 1, dtype=torch.float64)
+    model = lambda z, t, mean, labels, frozen: gaussian_eps(z, t, mean) * (1 + 0.1 * labels.view(-1, 1, 1)) * frozen  # noqa: E731
+    z, m = z_T.clone().requires_grad_(True), mean.clone().requires_grad_(True)
+    smooth_loss(adjoint_sample(model, loglinear_schedule(4), z, mean=m, labels=labels, frozen=frozen)).backward()
+    assert z.grad is not None and m.grad is not None and bool(m.grad.abs().sum() > 0)
+    assert frozen.grad is None and not frozen.requires_grad
+
+
+def test_adjoint_gradients_differentiate_only_the_params_asked_for():
+    """``params=None``: no parameter gradients, even for weights that require grad; explicit ``params`` get theirs."""
+    unet, grid = tiny_unet().requires_grad_(True), Schedule.from_scheduler(sd_scheduler(), 2)
+    loss = lambda z0: z0.square().mean()  # noqa: E731
+    out = adjoint_gradients(unet, grid, noise(), loss)
+    assert out.params == () and all(p.grad is None for p in unet.parameters())
+    weight = unet.conv_out.weight
+    out = adjoint_gradients(unet, grid, noise(), loss, params=[weight])
+    assert len(out.params) == 1 and out.params[0].shape == weight.shape and bool(out.params[0].abs().sum() > 0)
+
+
 @pytest.mark.parametrize("method", ["adjoint", "reversible", "autograd"])
 def test_gradient_apis_work_under_inference_mode(method):
     """Called from code under ``torch.inference_mode`` (noise and embeddings made there too), the

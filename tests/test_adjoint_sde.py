@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adjoint_models import NS, MlpEps, brownian_noise, loglinear_schedule, problem, slope, smooth_loss
+from adjoint_models import (
+    NS,
+    MlpEps,
+    brownian_noise,
+    loglinear_schedule,
+    node_state_errors,
+    problem,
+    slope,
+    smooth_loss,
+)
 from diffusion_models import noise, rel, sd_scheduler, tiny_unet
 
 from decinv_fast.diffusion import Schedule, adjoint_gradients, ei_sample
@@ -69,6 +78,14 @@ def test_recomputed_sde_adjoint_converges_to_autograd_with_the_same_noise():
         err_c.append(rel(got[1], want[1]))
     assert slope(err_z) <= -1.5 and slope(err_c) <= -1.5
     assert err_z[-1] < 1e-2 and err_c[-1] < 2e-3
+
+
+def test_recompute_starts_from_z0_with_the_recorded_noise():
+    """The first rebuilt state inverts the sampling step 1 -> 0 with eps(z_0, t_1) and that step's recorded noise:
+    O(h) from the forward z_1 (without the noise it is off by the noise's share of the step)."""
+    model = MlpEps(4)
+    errors = [node_state_errors(model, n, noise=brownian_noise(n, problem()[0].shape, seed=1))[1] for n in NS]
+    assert slope(errors) <= -0.9 and errors[0] < 5e-3
 
 
 def test_sde_gradient_converges_along_one_brownian_path():

@@ -155,6 +155,17 @@ def test_pipeline_arguments(unet, grid):
         decinv_fast.invert_to_noise(vae, unet, grid, images, method="encoder", true_zT=noise((2, 4, 4, 4)))
 
 
+def test_pipeline_refuses_before_the_decoder_stage(unet, grid):
+    """A gamma BDIA cannot invert with, or a video, is refused before any decoder pass (which may be long)."""
+    calls, patch = [], LinearPatchVae()
+    vae = (lambda x: calls.append("E") or patch.encode(x), lambda z: calls.append("D") or patch.decode(z))
+    with pytest.raises(ValueError, match=r"gamma must lie in \(0, 1\] for inversion"):
+        decinv_fast.invert_to_noise(vae, unet, grid, torch.zeros(2, 3, 64, 64), gamma=0.0)
+    with pytest.raises(ValueError, match="images: videos are not supported here"):
+        decinv_fast.invert_to_noise(vae, unet, grid, torch.zeros(1, 3, 2, 64, 64), method="encoder")
+    assert calls == []
+
+
 def test_a_noise_table_rising_between_any_two_timesteps_is_refused():
     """Every pair of neighbouring timesteps is checked: the two nearest the clean end, and a two-step grid."""
     table = sd_scheduler().alphas_cumprod.clone()

@@ -1,10 +1,11 @@
-"""``_dispatch.resolve_backend`` on the CPU: the name is checked first, ``auto`` stays on torch even
-where the Triton interpreter could run, and torch / reference run every dtype."""
+"""``_dispatch`` on the CPU: ``resolve_backend`` checks the name first, ``auto`` stays on torch even
+where the Triton interpreter could run, torch / reference run every dtype; ``available_backends``
+says how Triton can run without a GPU."""
 
 import pytest
 import torch
 
-from decinv_fast._dispatch import resolve_backend
+from decinv_fast._dispatch import available_backends, resolve_backend
 
 
 def test_an_unknown_backend_is_a_value_error_naming_the_choices():
@@ -23,3 +24,13 @@ def test_auto_on_the_cpu_is_torch_even_under_the_triton_interpreter(monkeypatch)
 def test_torch_and_reference_run_float64(backend):
     assert resolve_backend("km_residual_step", torch.zeros(2, 5, dtype=torch.float64), backend) == backend
 
+
+
+@pytest.mark.parametrize("interpret,says", [("1", "available under TRITON_INTERPRET=1 only"),
+                                            ("0", "installed, but no CUDA device (set TRITON_INTERPRET=1")])
+def test_available_backends_says_how_triton_runs_without_a_gpu(monkeypatch, interpret, says):
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    report = available_backends()
+    assert report["triton"].startswith(says), report
+    assert report["torch"] == report["reference"] == "available"

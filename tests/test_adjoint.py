@@ -197,6 +197,15 @@ def test_adjoint_sample_is_a_drop_in_autograd_function():
                                                                                           mean=mean))
 
 
+def test_cache_keeps_the_n_minus_1_intermediate_states_only():
+    """``states="cache"`` saves ``z_T``, ``z_0`` and the ``N - 1`` states between; ``"recompute"`` only the ends."""
+    model, (z_T, mean) = MlpEps(4), problem()
+    z = z_T.clone().requires_grad_(True)
+    for states, saved in (("cache", 2 + 5 - 1), ("recompute", 2)):
+        z0 = adjoint_sample(model, loglinear_schedule(5), z, states=states, params=[], mean=mean)
+        assert len(z0.grad_fn.saved_tensors) == saved, states
+
+
 def test_cached_states_survive_a_retained_graph():
     """``states="cache"``: a second backward through a graph kept with ``retain_graph=True`` uses the same cached
     states (the same gradient as the first, == autograd); once the graph is freed, a third backward refuses."""

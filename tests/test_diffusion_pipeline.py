@@ -52,6 +52,17 @@ def test_encoder_stage_exact_isolates_the_diffusion_stage():
     assert ddim.gamma is None and out.gamma == 0.96 and out.model_calls == ddim.model_calls == 8
 
 
+def test_noise_is_in_the_eps_models_dtype():
+    """A float32 decoder stage feeds a float64 eps model: z_0 is cast to the model's dtype, so z_T is float64 and
+    equals the inversion of the cast z_0."""
+    vae, unet = LinearPatchVae(gain=0.01), tiny_unet(torch.float64)
+    grid = Schedule.from_scheduler(sd_scheduler(), 4)
+    images = vae.decode(noise(dtype=torch.float64)).float().clamp(-1, 1)
+    out = decinv_fast.invert_to_noise(vae.pair, unet, grid, images, method="encoder")
+    assert out.z0.dtype == torch.float32 and out.zT.dtype == torch.float64
+    assert torch.equal(out.zT, bdia_invert_from_z0(unet, grid, out.z0.double(), gamma=0.96))
+
+
 def test_model_calls_count_this_inversion_only():
     """A reused Denoiser keeps counting over its life; each inversion reports only its own eps-model calls."""
     vae, unet = LinearPatchVae(gain=0.01), tiny_unet(torch.float64)

@@ -77,11 +77,14 @@ def test_injection_is_real_and_exact_fp64():
 def test_ncx2_cdf_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     for x, df, nc in [(5.0, 13, 10.0), (0.5, 29, 30.0), (1e-3, 49, 50.0), (60.0, 49, 40.0), (20.0, 5, 0.0),
-                      (300.0, 317, 310.0)]:
+                      (300.0, 317, 310.0), (300.0, 317, 0.0)]:
         ref = stats.ncx2.logcdf(x, df, nc) if nc > 0 else stats.chi2.logcdf(x, df)
         assert log_ncx2_cdf(x, df, nc) == pytest.approx(ref, rel=1e-9, abs=1e-12)
     assert log_ncx2_cdf(1e-6, 317, 300.0) < -1000  # far below float64's smallest p, still finite
     assert log_ncx2_cdf(0.0, 3, 1.0) == -math.inf
+    for x, df, nc in [(2600.0, 5, 0.1), (260.0, 1, 30.0), (1300.0, 2, 30.0)]:  # sums of ~1: p <= 1
+        assert log_ncx2_cdf(x, df, nc) <= 0.0
+    assert log_ncf_cdf(520.0, 5, 227, 0.1) <= 0.0 and log_ncf_cdf(100.0, 5, 227, 0.1) <= 0.0
 
 
 def _mp_mixture(lam, central, mpmath):
@@ -239,6 +242,8 @@ def test_roc_summaries():
         tpr_at_fpr([1.0], [0.0], 1.0)
     with pytest.raises(ValueError, match="negative must be a non-empty set of finite scores"):
         roc_auc([1.0], [float("nan")])
+    with pytest.raises(ValueError, match="positive must be a non-empty set of finite scores"):
+        tpr_at_fpr([], [1.0, 2.0])
 
 
 def test_detection_separates_watermarked_from_clean(tmp_path):

@@ -198,6 +198,8 @@ def test_adjoint_gradients_differentiate_only_the_params_asked_for():
     weight = unet.conv_out.weight
     out = adjoint_gradients(unet, grid, noise(), loss, params=[weight])
     assert len(out.params) == 1 and out.params[0].shape == weight.shape and bool(out.params[0].abs().sum() > 0)
+    single = adjoint_gradients(unet, grid, noise(), loss, params=weight)  # one tensor, not a sequence of its rows
+    assert len(single.params) == 1 and torch.equal(single.params[0], out.params[0])
 
 
 @pytest.mark.parametrize("method", ["adjoint", "reversible", "autograd"])

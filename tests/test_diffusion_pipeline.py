@@ -63,6 +63,15 @@ def test_noise_is_in_the_eps_models_dtype():
     assert torch.equal(out.zT, bdia_invert_from_z0(unet, grid, out.z0.double(), gamma=0.96))
 
 
+def test_dtype_option_reads_the_images_at_that_precision(tiny_kl, images_32):
+    """``dtype`` applies to the images too: float64 pixels reach a float32 VAE's float64 encoder pass unrounded."""
+    unet, grid = tiny_unet(torch.float64), Schedule.from_scheduler(sd_scheduler(), 2)
+    pixels = images_32.double() * (1 - 1e-9)  # not representable in float32
+    out = decinv_fast.invert_to_noise(tiny_kl, unet, grid, pixels, method="encoder", dtype=torch.float64)
+    assert out.z0.dtype == torch.float64
+    assert torch.equal(out.z0, decinv_fast.encode(tiny_kl, pixels, dtype=torch.float64))
+
+
 def test_model_calls_count_this_inversion_only():
     """A reused Denoiser keeps counting over its life; each inversion reports only its own eps-model calls."""
     vae, unet = LinearPatchVae(gain=0.01), tiny_unet(torch.float64)

@@ -48,23 +48,25 @@ class Frames:
         return latents[0] if self.squeezed else latents
 
 
-def _from_uint8_hwc(array: np.ndarray) -> torch.Tensor:
-    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1], as diffusers converts PIL."""
-    return _from_unit_hwc(array.astype(np.float32) / 255.0)
+def _from_uint8_hwc(array: np.ndarray, wide: bool) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1], as diffusers converts PIL
+    (float64 when ``wide``: a float64 run's pixels are not rounded to float32 on the way)."""
+    return _from_unit_hwc(array.astype(np.float64 if wide else np.float32) / 255.0, wide)
 
 
-def _from_unit_hwc(array: np.ndarray) -> torch.Tensor:
-    """float ``(..., H, W, 3)`` in [0, 1] -> float32 ``(..., 3, H, W)`` in [-1, 1] (diffusers' way)."""
+def _from_unit_hwc(array: np.ndarray, wide: bool) -> torch.Tensor:
+    """float ``(..., H, W, 3)`` in [0, 1] -> float32 (float64 when ``wide``) ``(..., 3, H, W)`` in [-1, 1]
+    (diffusers' way)."""
     from diffusers.image_processor import VaeImageProcessor  # here: diffusers takes seconds to import
 
     lead = array.shape[:-3]
     # contiguous: torch.from_numpy refuses the negative strides of a flipped view
-    flat = np.ascontiguousarray(array.reshape((-1,) + array.shape[-3:]), dtype=np.float32)
+    flat = np.ascontiguousarray(array.reshape((-1,) + array.shape[-3:]), dtype=np.float64 if wide else np.float32)
     pixels = VaeImageProcessor.normalize(VaeImageProcessor.numpy_to_pt(flat))
     return pixels.reshape(lead + pixels.shape[1:])
 
 
-def _from_pil(images) -> tuple[torch.Tensor, bool]:
+def _from_pil(images, wide: bool) -> tuple[torch.Tensor, bool]:
     from PIL import Image
 
     single = isinstance(images, Image.Image)
@@ -73,10 +75,10 @@ def _from_pil(images) -> tuple[torch.Tensor, bool]:
     if len(sizes) != 1:
         raise ValueError(f"images: all PIL images must have the same size, got {sorted(sizes)}")
     arrays = np.stack([np.asarray(im.convert("RGB")) for im in items])
-    return _from_uint8_hwc(arrays), single
+    return _from_uint8_hwc(arrays, wide), single
 
 
-def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
+def _from_numpy(array: np.ndarray, wide: bool) -> tuple[torch.Tensor, bool]:
     if array.dtype != np.uint8 and array.dtype.kind != "f":
         raise TypeError(f"images: NumPy images must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
     if array.ndim not in (3, 4, 5) or array.shape[-1] != 3:
@@ -87,7 +89,7 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
     if array.size == 0:
         raise ValueError("images: empty array")
     if array.dtype == np.uint8:
-        pixels = _from_uint8_hwc(array)
+        pixels = _from_uint8_hwc(array, wide)
     else:
         check_finite("images", array, "pixel value(s)")
         lo, hi = float(array.min()), float(array.max())
@@ -95,12 +97,12 @@ def _from_numpy(array: np.ndarray) -> tuple[torch.Tensor, bool]:
             raise ValueError(f"images: float NumPy pixels must lie in [0, 1] (diffusers' output_type='np'), got "
                              f"range [{lo:.3g}, {hi:.3g}]; divide [0, 255] values by 255, or pass [-1, 1] pixels "
                              "as a torch tensor")
-        pixels = _from_unit_hwc(array)
+        pixels = _from_unit_hwc(array, wide)
     # (H, W, 3) is one image; (B, H, W, 3) a batch of images; (B, F, H, W, 3) a batch of videos.
     return (pixels[None], True) if array.ndim == 3 else (pixels, False)
 
 
-def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def _from_tensor(images: torch.Tensor, wide: bool) -> tuple[torch.Tensor, bool]:
     if images.dim() not in (3, 4, 5):
         raise ValueError(
             "images: expected (B, 3, H, W) images or (B, F, 3, H, W) videos, "
@@ -114,7 +116,7 @@ def _from_tensor(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
         lo, hi = int(images.min()), int(images.max())
         if lo < 0 or hi > 255:
             raise ValueError(f"images: integer pixels must lie in [0, 255], got range [{lo}, {hi}]")
-        images = images.float() / 255.0 * 2.0 - 1.0
+        images = images.to(torch.float64 if wide else torch.float32) / 255.0 * 2.0 - 1.0
     else:
         check_finite("images", images, "pixel value(s)")
         lo, hi = float(images.min()), float(images.max())
@@ -153,7 +155,8 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
                          "with .to_empty() and load a state dict)")
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
-    images = _stacked(images)
+    wide = dtype == torch.float64  # integer and NumPy pixels are converted in float32, in float64 for float64 runs
+    images = _stacked(images, wide)
     if isinstance(images, torch.Tensor):
         if device is not None and images.device != device:
             raise ValueError(
@@ -162,13 +165,13 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
             )
         if images.dim() in (3, 4, 5):
             _check_channels(images, images.shape[-3], channels)  # before the range: latents are not pixels
-        pixels, squeezed = _from_tensor(images)
+        pixels, squeezed = _from_tensor(images, wide)
     elif isinstance(images, np.ndarray):
-        pixels, squeezed = _from_numpy(images)
+        pixels, squeezed = _from_numpy(images, wide)
     elif _is_pil(images):
-        pixels, squeezed = _from_pil(images)
+        pixels, squeezed = _from_pil(images, wide)
     elif isinstance(images, list | tuple) and all(_is_pil(video) and not _is_pil_image(video) for video in images):
-        videos = [_from_pil(video)[0] for video in images]  # a list of lists of frames: a batch of videos
+        videos = [_from_pil(video, wide)[0] for video in images]  # a list of lists of frames: a batch of videos
         if len({v.shape for v in videos}) != 1:
             raise ValueError(f"images: the videos differ in frames or size: {sorted({tuple(v.shape) for v in videos})}")
         pixels, squeezed = torch.stack(videos), False
@@ -194,7 +197,7 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
     return Frames(pixels, batch, frames, squeezed)
 
 
-def _stacked(images):
+def _stacked(images, wide: bool):
     """A list of tensors, or of NumPy arrays, as one batch (each item one image or one video)."""
     if not isinstance(images, list | tuple) or not images:
         return images
@@ -204,7 +207,7 @@ def _stacked(images):
         if any(item.ndim not in (3, 4) for item in images):
             raise ValueError("images: a list of NumPy arrays holds (H, W, 3) images or (F, H, W, 3) videos")
         # an (H, W, 3) image comes back as a batch of one; an (F, H, W, 3) video as its F frames
-        items = [_from_numpy(item)[0][0] if item.ndim == 3 else _from_numpy(item)[0] for item in images]
+        items = [_from_numpy(item, wide)[0][0] if item.ndim == 3 else _from_numpy(item, wide)[0] for item in images]
     else:
         return images
     shapes = {tuple(item.shape) for item in items}

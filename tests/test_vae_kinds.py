@@ -12,6 +12,7 @@ from PIL import Image
 import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
+from decinv_fast.inputs import to_frames
 from decinv_fast.protocol import make_target
 
 
@@ -223,6 +224,30 @@ def test_pil_numpy_and_uint8_inputs_agree(tiny_kl):
     batch = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)  # an image pipeline's output_type="np"
     assert decinv_fast.invert(tiny_kl, batch, steps=2).latents.shape == (5, 4, 4, 4)
     assert decinv_fast.invert(tiny_kl, batch[None], steps=2).latents.shape == (1, 5, 4, 4, 4)  # one video
+
+
+def test_float64_runs_read_pixels_without_float32_rounding(tiny_kl):
+    """8-bit and float64 pixels of a float64 run are converted in float64: they were rounded to float32 first."""
+    rng = np.random.default_rng(3)
+    eight = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    unit = rng.random((2, 32, 32, 3))
+    exact = torch.from_numpy(eight).permute(0, 3, 1, 2).double() / 255 * 2 - 1
+    exact_unit = torch.from_numpy(unit).permute(0, 3, 1, 2) * 2 - 1
+    assert not torch.equal(exact, exact.float().double())  # the float32 route loses bits here
+    forms = {"numpy": eight, "pil": [Image.fromarray(a) for a in eight],
+             "uint8 tensor": torch.from_numpy(eight).permute(0, 3, 1, 2)}
+    for name, images in forms.items():
+        pixels = to_frames(images, device=None, dtype=torch.float64, spatial_factor=8, channels=3).pixels
+        assert pixels.dtype == torch.float64 and torch.equal(pixels, exact), name
+    pixels = to_frames(unit, device=None, dtype=torch.float64, spatial_factor=8, channels=3).pixels
+    assert torch.equal(pixels, exact_unit)
+    narrow = torch.from_numpy(eight).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # diffusers' float32 throughout
+    assert torch.equal(to_frames(eight, device=None, dtype=torch.float32, spatial_factor=8, channels=3).pixels, narrow)
+    listed = to_frames(list(eight), device=None, dtype=torch.float64, spatial_factor=8, channels=3).pixels
+    assert torch.equal(listed, exact)  # a list of arrays too
+    run = dict(steps=1, method="fsm", dtype=torch.float64)
+    from_eight, from_exact = (decinv_fast.invert(tiny_kl, images, **run).latents for images in (eight, exact))
+    assert torch.equal(from_eight, from_exact)
 
 
 def test_one_image_tensors_lists_of_arrays_and_gray_pil_images(tiny_kl):

@@ -25,7 +25,6 @@ def test_torch_and_reference_run_float64(backend):
     assert resolve_backend("km_residual_step", torch.zeros(2, 5, dtype=torch.float64), backend) == backend
 
 
-
 @pytest.mark.parametrize("interpret,says", [("1", "available under TRITON_INTERPRET=1 only"),
                                             ("0", "installed, but no CUDA device (set TRITON_INTERPRET=1")])
 def test_available_backends_says_how_triton_runs_without_a_gpu(monkeypatch, interpret, says):

@@ -1,0 +1,52 @@
+"""The README report's sections on tiny hand-made records: which record each cell is read from."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import harness
+from benchmarks.report import accuracy, render
+from benchmarks.report_stopping import stopping
+
+RUN = {"device": "cpu", "torch": "2", "git_sha": "abc", "timestamp": "2026-01-01T00:00:00", "dtype": "float32",
+       "shape": [2, 3, 16, 16]}
+
+
+def test_accuracy_shows_each_series_peak_over_its_step_counts():
+    points = [("encoder-only", 0, 1 * 2**20), ("fsm", 5, 2 * 2**20), ("fsm", 10, 3 * 2**20)]
+    records = [dict(RUN, method=s, metrics=dict(series=s, steps=n, nmse_db=-20.0 - n, seconds=0.1 * n, peak_bytes=p))
+               for s, n, p in points]
+    lines = accuracy(records)
+    assert "| series | dtype | peak MiB | 5 steps | 10 steps |" in lines
+    assert "| fsm | float32 | 3.0 | -25.00 / 0.50 s | -30.00 / 1.00 s |" in lines
+
+
+def test_stopping_reports_auto_capped_at_10_whatever_the_order_of_its_runs():
+    best = dict(vae="v", size=16, encoder_only_db=-20.0, best_returned_db=-31.0, best_returned_10_db=-30.5,
+                best_any_method_db=-32.0, best_any_method_10_db=-31.0, encoder_mean_share=0.5,
+                decoder_channel_singular_values=[2.0, 1.0], null_channel_floor_db=-40.0, encoder_null_share=0.1)
+    series = dict(best, series="fsm", nmse_db=[-25.0] * 10, keep_best_db=[-24.0] * 10, span_oracle_10_db=-33.0,
+                  oracle_best_db=-31.0, gap_to_oracle_db={"pixel": 0.1, "residual": 0.2, "last": 0.3},
+                  mean_share_after_10=None)
+    adam = dict(best, series="adam", evaluations=[10], nmse_db=[-26.0])
+    auto = dict(best, series="auto", seconds=[1.0], stop_reason=["tol"], null_share=0.2)
+    long = dict(auto, cap=30, evaluations=[20.0], max_evaluations=30, nmse_db=[-31.0], gap_to_best_any_db=1.0,
+                gap_to_best_returned_db=0.0)
+    capped = dict(auto, cap=10, evaluations=[7.5], max_evaluations=9, nmse_db=[-30.9], gap_to_best_any_db=1.1,
+                  gap_to_best_returned_db=0.1, gap_to_best_any_10_db=0.1, gap_to_best_returned_10_db=0.4)
+    lines = stopping([dict(RUN, method=m["series"], metrics=m) for m in (series, adam, long, capped)])
+    assert "| fsm | -25.00 | -25.00 | -25.00 | -25.00 | -25.00 | – | – | -24.00 | -33.00 | -31.00 | 0.10 | 0.20 | " \
+        "0.30 |" in lines
+    assert "| auto | 10 | 7.5 / 9 | 1.00 | **-30.90** | tol | 0.10 | 1.10 | 0.40 | 0.10 | 20 % |" in lines
+    goal = next(line for line in lines if line.startswith("Issue 7's goal"))
+    assert "**met** against the best a method returns, **not met** against the per-image oracle" in goal
+    assert "**not met** against the best returned, **met** against the per-image oracle" in goal
+
+
+def test_a_partial_results_file_is_reported_as_incomplete(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    partial = dict(RUN, method="summary", metrics={"note": "n", "vae": "v"})  # no "official vs invert" row
+    (tmp_path / "reference_loop.json").write_text(json.dumps([partial]))
+    text = render()
+    assert "*`reference_loop`: results incomplete (StopIteration" in text
+    assert "*`kernels`: no results yet (run `python -m benchmarks.kernels`).*" in text

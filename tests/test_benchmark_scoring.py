@@ -1,0 +1,67 @@
+"""benchmarks/stopping.py's scoring on tiny hand-made inputs: what the README's stopping section reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.report_stopping import _goal
+from benchmarks.stopping import AUTO_CAP, Best, choose, keep_best_curve, mean_share, per_image_db, span_oracle_db
+
+
+def test_per_image_db_is_one_value_per_image():
+    truth = torch.ones((2, 1, 2, 2))
+    z = truth.clone()
+    z[0] += 0.1  # image 0: NMSE 0.01 = -20 dB; image 1: 0.0001 = -40 dB
+    z[1] += 0.01
+    assert per_image_db(z, truth).tolist() == pytest.approx([-20.0, -40.0], abs=1e-4)
+
+
+def test_choose_takes_each_images_lowest_criterion():
+    criterion = torch.tensor([[3.0, 1.0], [1.0, 2.0], [2.0, 3.0]])  # (points, images)
+    nmse = torch.tensor([[-10.0, -11.0], [-20.0, -21.0], [-30.0, -31.0]])
+    assert choose(criterion, nmse).tolist() == [-20.0, -11.0]
+
+
+def test_keep_best_curve_chooses_among_the_first_n_evaluated_points():
+    run = {"pixel": torch.tensor([[2.0, 2.0], [1.0, 3.0], [0.5, 1.0]]),
+           "nmse": torch.tensor([[-10.0, -10.0], [-20.0, -30.0], [-40.0, -50.0]])}
+    # n = 1: only z_0; n = 2: image 0 takes z_1 (pixel 1 < 2), image 1 keeps z_0; n = 3: both take z_2
+    assert keep_best_curve(run) == [-10.0, -15.0, -45.0]
+
+
+def test_best_keeps_the_lowest_overall_and_within_the_evaluation_cap():
+    best = Best(-20.0)
+    best.offer(-30.0, AUTO_CAP)  # at the cap: counts for both
+    best.offer(-40.0, AUTO_CAP + 1)  # over it: only for the overall best
+    best.offer(-25.0, 1)  # worse than both: changes neither
+    assert (best.any, best.capped) == (-40.0, -30.0)
+    best.offer(-35.0, 5)
+    assert (best.any, best.capped) == (-40.0, -35.0)
+
+
+def test_mean_share_is_the_share_of_the_per_channel_spatial_means():
+    constant = torch.full((2, 3, 4, 4), 0.5)
+    assert mean_share(constant) == pytest.approx(1.0)
+    zero_mean = torch.tensor([1.0, -1.0]).repeat(8).view(1, 1, 4, 4).expand(2, 3, 4, 4)
+    assert mean_share(zero_mean) == pytest.approx(0.0, abs=1e-12)
+    # channel 0 all 1 (mean part 16), channel 1 zero-mean +-1 (16): half the squared error in the means
+    mixed = torch.stack([torch.ones(4, 4), zero_mean[0, 0]])[None]
+    assert mean_share(mixed) == pytest.approx(0.5)
+
+
+def test_span_oracle_finds_a_truth_in_the_affine_span_of_the_points():
+    gen = torch.Generator().manual_seed(0)
+    points = [torch.randn((2, 4, 2, 2), generator=gen) for _ in range(3)]
+    truth = points[0] + 0.3 * (points[1] - points[0]) - 0.6 * (points[2] - points[0])
+    assert (span_oracle_db(points, truth) < -100).all()
+    # off the span, each image's best point there is no worse than any of the points
+    off = truth + 0.1 * torch.randn(truth.shape, generator=gen)
+    at_points = torch.stack([per_image_db(p, off) for p in points]).min(0).values
+    assert (span_oracle_db(points, off) <= at_points + 1e-4).all()
+
+
+@pytest.mark.parametrize(("gap", "evaluations", "verdict"), [
+    (0.3, 10, "met"), (0.2, 10, "met"), (0.31, 10, "not met"), (0.2, 11, "not met"), (0.5, 11, "not met")])
+def test_issue_7_goal_is_within_0_3_db_in_at_most_10_evaluations(gap, evaluations, verdict):
+    assert _goal({"gap_to_best_returned_db": gap, "max_evaluations": evaluations}, "gap_to_best_returned_db") == verdict

@@ -217,6 +217,30 @@ class Best:
             self.capped = min(self.capped, db)
 
 
+def score_series(run: dict, best_any: Best, best_returned: Best) -> dict:
+    """One trajectory's row (see :func:`trajectory`), and what it offers the two bests: per image, its
+    oracle point (the best one it evaluated or the one it returns, ``z_n``; within ``AUTO_CAP``
+    evaluations, the first ``AUTO_CAP`` evaluated or ``z_AUTO_CAP``) to ``best_any``; after each ``n``
+    evaluations, the better of the last iterate and ``keep_best``'s choice to ``best_returned``; and how
+    far each stopping rule lands from the oracle."""
+    steps = len(run["curve"])
+    curve = run["curve"].mean(1)
+    kept = keep_best_curve(run)
+    oracle = torch.cat([run["nmse"], run["curve"][-1:]]).min(0).values
+    best_any.offer(float(oracle.mean()), steps)
+    oracle_10 = torch.cat([run["nmse"][:AUTO_CAP], run["curve"][AUTO_CAP - 1:AUTO_CAP]]).min(0).values
+    best_any.offer(float(oracle_10.mean()), AUTO_CAP)
+    for n, returned in enumerate(torch.minimum(curve, torch.tensor(kept)).tolist(), start=1):
+        best_returned.offer(returned, n)
+    stops = {rule: float((choose(crit, run["nmse"]) - oracle).mean())
+             for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
+    stops["last"] = float((run["final"] - oracle).mean())
+    return dict(evaluations=list(range(1, steps + 1)), nmse_db=curve.tolist(), keep_best_db=kept,
+                span_oracle_10_db=run["span_oracle"], mean_share_after_10=run["mean_share_late"],
+                seconds=run["times"], oracle_best_db=float(oracle.mean()), gap_to_oracle_db=stops,
+                final_db=float(run["final"].mean()))
+
+
 def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
     vae = load(name)
     images = heldout_crops(size=size, count=cfg["crops"])
@@ -231,23 +255,7 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
     rows, best_any, best_returned = [], Best(encoder), Best(encoder)
     for label, kw in TRAJECTORY.items():
         run = trajectory(vae, target, encoded, cfg["steps"], kw)
-        curve = run["curve"].mean(1)
-        kept = keep_best_curve(run)
-        # per image, its best point along the run: one it evaluated or the one it returns (z_n)
-        oracle = torch.cat([run["nmse"], run["curve"][-1:]]).min(0).values
-        best_any.offer(float(oracle.mean()), cfg["steps"])
-        oracle_10 = torch.cat([run["nmse"][:AUTO_CAP], run["curve"][AUTO_CAP - 1:AUTO_CAP]]).min(0).values
-        best_any.offer(float(oracle_10.mean()), AUTO_CAP)
-        for n, returned in enumerate(torch.minimum(curve, torch.tensor(kept)).tolist(), start=1):
-            best_returned.offer(returned, n)
-        stops = {rule: float((choose(crit, run["nmse"]) - oracle).mean())
-                 for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
-        stops["last"] = float((run["final"] - oracle).mean())
-        rows.append(dict(series=label, evaluations=list(range(1, cfg["steps"] + 1)), nmse_db=curve.tolist(),
-                         keep_best_db=kept, span_oracle_10_db=run["span_oracle"],
-                         mean_share_after_10=run["mean_share_late"],
-                         seconds=run["times"], oracle_best_db=float(oracle.mean()),
-                         gap_to_oracle_db=stops, final_db=float(run["final"].mean())))
+        rows.append(dict(series=label, **score_series(run, best_any, best_returned)))
     for steps in cfg["adam_steps"]:
         start = time.perf_counter()
         out = decinv_fast.invert(vae, target.images, steps=steps, measure_memory=False)

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from benchmarks.report_stopping import _goal
-from benchmarks.stopping import AUTO_CAP, Best, choose, keep_best_curve, mean_share, per_image_db, span_oracle_db
+from benchmarks.stopping import (
+    AUTO_CAP,
+    Best,
+    choose,
+    keep_best_curve,
+    mean_share,
+    per_image_db,
+    score_series,
+    span_oracle_db,
+)
 
 
 def test_per_image_db_is_one_value_per_image():
@@ -65,3 +74,30 @@ def test_span_oracle_finds_a_truth_in_the_affine_span_of_the_points():
     (0.3, 10, "met"), (0.2, 10, "met"), (0.31, 10, "not met"), (0.2, 11, "not met"), (0.5, 11, "not met")])
 def test_issue_7_goal_is_within_0_3_db_in_at_most_10_evaluations(gap, evaluations, verdict):
     assert _goal({"gap_to_best_returned_db": gap, "max_evaluations": evaluations}, "gap_to_best_returned_db") == verdict
+
+
+def test_score_series_offers_each_images_oracle_and_each_step_counts_returned_point():
+    """Two images, 12 evaluations (2 past the cap). The oracle is each image's best evaluated point or the
+    returned z_12; within the cap, the first 10 evaluated or z_10. The returned point after n evaluations is
+    the better of the last iterate and keep_best's pick (here always z_0, the lowest pixel error)."""
+    assert AUTO_CAP == 10
+    nmse = torch.full((12, 2), -10.0)
+    nmse[3, 0], nmse[11, 0], nmse[5, 1] = -30.0, -50.0, -40.0  # image 0's best evaluated is past the cap
+    curve = torch.full((12, 2), -12.0)
+    curve[9] = torch.tensor([-35.0, -20.0])  # z_10: image 0's best within the cap
+    curve[11] = torch.tensor([-14.0, -45.0])  # z_12: image 1's best overall
+    pixel = torch.ones(12, 2)
+    pixel[0] = 0.5
+    residual = torch.ones(12, 2)
+    residual[11, 0], residual[5, 1] = 0.1, 0.1
+    run = dict(nmse=nmse, curve=curve, pixel=pixel, residual=residual, final=torch.tensor([-20.0, -45.0]),
+               span_oracle=-60.0, mean_share_late=0.25, times=[0.1 * k for k in range(12)])
+    best_any, best_returned = Best(-5.0), Best(-5.0)
+    row = score_series(run, best_any, best_returned)
+    assert (best_any.any, best_any.capped) == (-47.5, -37.5)  # oracles [-50, -45] and [-35, -40]
+    assert (best_returned.any, best_returned.capped) == (-29.5, -27.5)  # the mean of z_12, of z_10
+    assert row["oracle_best_db"] == -47.5 and row["final_db"] == -32.5
+    assert row["gap_to_oracle_db"] == {"pixel": 37.5, "residual": 2.5, "last": 15.0}
+    assert row["evaluations"] == list(range(1, 13)) and row["keep_best_db"] == [-10.0] * 12
+    assert row["nmse_db"] == [-12.0] * 9 + [-27.5, -12.0, -29.5]
+    assert (row["span_oracle_10_db"], row["mean_share_after_10"], row["seconds"]) == (-60.0, 0.25, run["times"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from decinv_fast.demo import METHODS, format_table, run_demo
 
@@ -84,3 +86,58 @@ def test_convergence_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_pan_clip_slides_square_crops_across_the_middle_of_the_photograph():
+    from decinv_fast.demo import bundled_photo, pan_clip
+
+    photo = bundled_photo()
+    assert photo.shape == (256, 384, 3) and photo.dtype == np.uint8
+    clip = pan_clip(photo, 3, 32)
+    assert clip.shape == (3, 32, 32, 3)
+    y = (256 - 32) // 2
+    for frame, x in zip(clip, (0, 176, 352), strict=True):  # the first crop at the left edge, the last at the right
+        assert np.array_equal(frame, photo[y:y + 32, x:x + 32])
+
+
+def test_run_case_scores_each_method_against_the_protocols_target(fixture_vae, monkeypatch):
+    """Each row is its method's NMSE(z) against z* and PSNR of its decoding against the 8-bit x, the
+    encoder-only row is E(x) (not E of the photo), and steps is the batch's mean of the steps each ran;
+    contrast-boosted crops, whose decodings overshoot [-1, 1], tell PSNR's estimate from its truth."""
+    import decinv_fast.demo as demo
+    from decinv_fast import decode, encode, nmse_db
+    from decinv_fast.protocol import make_target
+    from decinv_fast.testbed import to_tensor
+    from decinv_fast.visual import psnr
+
+    pixels = (to_tensor(demo.bundled_photo()[None, 96:128, 96:128]) * 1.6).clamp(-1, 1)
+    real_invert = demo.invert
+
+    def invert(*args, **kwargs):
+        result = real_invert(*args, **kwargs)
+        result.stopped_at = torch.tensor([1, 2])  # as two samples stopping at different steps would
+        return result
+
+    monkeypatch.setattr(demo, "invert", invert)
+    rows, curves, latents, target = demo.run_case(fixture_vae, "case", pixels, 2, None, False)
+    expected = make_target(fixture_vae, pixels, seed=0)
+    assert torch.equal(target.latents, expected.latents) and torch.equal(target.images, expected.images)
+    assert torch.equal(latents["encoder-only"], encode(fixture_vae, target.images))
+    assert [r.method for r in rows] == ["encoder-only"] + [name for name, _ in METHODS]
+    for row in rows:
+        z = latents[row.method].float()
+        assert row.nmse_db == pytest.approx(nmse_db(z, target.latents), abs=1e-6)
+        assert row.psnr_db == pytest.approx(psnr(decode(fixture_vae, z), target.images), abs=1e-6)
+    assert [r.steps for r in rows] == [None] + [1.5] * len(METHODS)
+    assert all(len(c["nmse_db"]) == 2 for c in curves.values())
+
+
+def test_format_table_puts_each_value_in_its_column():
+    from decinv_fast.demo import Row
+
+    rows = [Row("image 8x8", "encoder-only", -12.25, 28.5, None, 0.25, None),
+            Row("image 8x8", "adam", -20.0, 31.25, 1.5, 2.0, 3 * 2**20)]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["case", "method", "NMSE(z)", "dB", "PSNR", "dB", "steps", "seconds", "peak", "MiB"]
+    assert lines[2].split() == ["image", "8x8", "encoder-only", "-12.25", "28.50", "–", "0.25", "n/a"]
+    assert lines[3].split() == ["image", "8x8", "adam", "-20.00", "31.25", "1.5", "2.00", "3.0"]

@@ -117,3 +117,46 @@ def test_evaluation_arguments_are_refused_before_it_runs(tmp_path, capsys, args,
         script("evaluate_fixture_vae").main([a.format(tmp=tmp_path) for a in args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_evaluation_scores_are_means_of_per_crop_db():
+    mean_db = script("evaluate_fixture_vae").mean_db
+    truth = torch.tensor([[1.0, 0.0], [0.0, 10.0]])
+    estimate = truth + torch.tensor([[0.1, 0.0], [0.0, 0.1]])  # -20 dB and -40 dB; -37 dB over both at once
+    assert mean_db(estimate, truth) == pytest.approx(-30.0, abs=1e-4)
+
+
+def test_init_phases_reads_new_and_older_training_records(tmp_path):
+    init_phases = script("train_fixture_vae").init_phases
+    assert init_phases(None) == [] and init_phases(str(tmp_path)) == []  # no --init, or weights with no record
+    (tmp_path / "training.json").write_text(json.dumps({"seed": 0, "steps": 6000}))  # an older one-phase record
+    assert init_phases(str(tmp_path)) == [{"seed": 0, "steps": 6000}]
+    (tmp_path / "training.json").write_text(json.dumps({"phases": [{"seed": 0}, {"seed": 1}]}))
+    assert init_phases(str(tmp_path)) == [{"seed": 0}, {"seed": 1}]
+
+
+@pytest.mark.slow  # trains the fixture's architecture for a step
+def test_resume_refuses_another_cycle_weight(train, tmp_path):
+    train([*TINY, "--stop-after", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--cycle-weight 0.0 \(now 0.2\)"):
+        train([*TINY, "--resume", "--cycle-weight", "0.2", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow  # the evaluation on two 16-pixel crops (its 128-pixel reconstruction PSNR as shipped)
+def test_evaluation_follows_the_protocol(tmp_path, monkeypatch):
+    import decinv_fast
+    from decinv_fast.fixture import fixture_dir
+    from decinv_fast.protocol import make_target
+    from decinv_fast.testbed import heldout_crops
+
+    module = script("evaluate_fixture_vae")
+    monkeypatch.setattr(module, "STEPS", (50,))
+    report = module.evaluate(str(fixture_dir()), 2, 16, 3)
+    assert (report["heldout_crops"], report["crop_size"], report["target_seed"]) == (2, 16, 3)
+    vae = decinv_fast.load_fixture_vae()
+    target = make_target(vae, heldout_crops(size=16, count=2), seed=3)
+    rows = report["nmse_db"]
+    assert rows["encoder-only"] == module.mean_db(decinv_fast.encode(vae, target.images), target.latents)
+    adam = decinv_fast.invert(vae, target.images, steps=50)
+    assert rows["gradient-free adam 50 steps"] == pytest.approx(module.mean_db(adam.latents, target.latents), abs=1e-4)
+    assert report["gain_adam50_over_encoder_db"] == rows["encoder-only"] - rows["gradient-free adam 50 steps"]

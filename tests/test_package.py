@@ -52,6 +52,20 @@ def test_stale_extension_says_rebuild(monkeypatch, tmp_path, fresh_extension_loa
     assert str(stale) in error  # the loader's own words, naming the file
 
 
+@pytest.mark.parametrize("error", [
+    ModuleNotFoundError("No module named 'somewhere_else'", name="somewhere_else"),  # a module _C imports
+    ImportError("undefined symbol: _ZN3c10", name="decinv_fast._C"),  # _C itself, found but failing to link
+])
+def test_extension_that_is_there_but_fails_to_import_says_it_does_not_load(monkeypatch, fresh_extension_load, error):
+    """Only ``_C`` itself not found is 'not built'."""
+    def import_module(name):
+        raise error
+
+    monkeypatch.setattr(_extension.importlib, "import_module", import_module)
+    assert _extension.extension() is None
+    assert _extension.extension_error().startswith("built but does not load")
+
+
 def test_public_exports():
     assert all(hasattr(decinv_fast, name) for name in decinv_fast.__all__)
     # what backend="cuda"/"triton" raises when they cannot run is catchable without a private import
@@ -60,11 +74,18 @@ def test_public_exports():
 
 
 def test_info_reports_versions_and_every_backend():
+    import platform
     from importlib.metadata import version
+
+    import diffusers
 
     report = decinv_fast.info()
     assert report["decinv_fast"] == decinv_fast.__version__ == version("decinv-fast")
     assert report["torch"] == torch.__version__
+    assert report["python"] == platform.python_version()
+    assert report["torch_cuda"] == torch.version.cuda
+    assert report["cuda_available"] == torch.cuda.is_available()
+    assert report["diffusers"] == diffusers.__version__
     assert set(report["backends"]) == {"cuda", "triton", "torch", "reference"}
     assert report["backends"]["torch"] == "available"
     if _extension.extension_error() is not None:

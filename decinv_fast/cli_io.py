@@ -37,10 +37,11 @@ def read_image(path: Path) -> np.ndarray:
     would clip at 255 (nearly all white) is read at its own depth, the same value in each channel:
     16-bit (PIL modes ``I;16*``, and ``I``, which PIL also uses for 16-bit files and 32-bit TIFFs) as
     ``value / 65535``, float (mode ``F``, e.g. a 32-bit float TIFF) as it is, in [0, 1]. Values outside
-    those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
-    whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black),
-    are refused, naming the file. 16-bit colour PNGs (RGB, RGBA, gray + alpha), which PIL opens at 8 bits,
-    are read by :mod:`.png16` as ``value / 65535`` (alpha dropped). Other modes are converted to RGB."""
+    those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading), 16-bit colour TIFFs
+    (PIL reads them at 8 bits) and 32-bit integer TIFFs whose values are at most 255, not all 0 (8-bit
+    values, most likely: read as 16 bits, nearly black), are refused, naming the file. 16-bit colour PNGs
+    (RGB, RGBA, gray + alpha), which PIL opens at 8 bits, are read by :mod:`.png16` as ``value / 65535``
+    (alpha dropped). Other modes are converted to RGB."""
     from PIL import Image, ImageOps
 
     if png16.is_png16_colour(path):
@@ -51,6 +52,9 @@ def read_image(path: Path) -> np.ndarray:
     if bits == 16 and signed:
         raise UsageError(f"{path}: signed 16-bit image; decinv reads unsigned 16-bit ones (value / {SIXTEEN_BIT}): "
                          "convert it to unsigned 16 bits or to float in [0, 1]")
+    if bits == 16 and not image.mode.startswith("I"):  # PIL keeps 16 bits for grayscale only
+        raise UsageError(f"{path}: 16-bit colour TIFF, which PIL reads at 8 bits (mode {image.mode}), losing the low "
+                         "byte of every sample: save it as a 16-bit PNG (read at 16 bits) or as 8 bits")
     pixels = _pixels(image, path)
     top = round(float(pixels.max()) * SIXTEEN_BIT) if bits == 32 and image.mode == "I" else 0
     if 0 < top <= 255:

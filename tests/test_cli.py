@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import logging
+import struct
 import subprocess
 import sys
 import warnings
@@ -256,6 +257,37 @@ def test_signed_sixteen_bit_tiff_is_refused(tmp_path, capsys):
     assert main(["invert", str(tmp_path / "signed.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'signed.tif'}: signed 16-bit image") and "\n" not in err
+
+
+def _sixteen_bit_rgb_tiff(path, samples: np.ndarray) -> None:
+    """An uncompressed little-endian RGB TIFF of 16-bit samples (PIL cannot write one)."""
+    height, width, _ = samples.shape
+    data = samples.astype("<u2").tobytes()
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 8), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd_at = 8 + len(data)
+    bits_at = ifd_at + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None:  # BitsPerSample: three SHORTs do not fit in the entry, which holds their offset
+            field = struct.pack("<I", bits_at)
+        else:
+            field = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
+        ifd += struct.pack("<HHI", tag, kind, count) + field
+    path.write_bytes(b"II*\x00" + struct.pack("<I", ifd_at) + data + ifd + struct.pack("<I", 0)
+                     + struct.pack("<HHH", 16, 16, 16))
+
+
+def test_sixteen_bit_colour_tiff_is_refused_not_read_at_eight_bits(tmp_path, capsys):
+    """PIL opens a 16-bit RGB TIFF as 8-bit RGB: the low byte of every sample was lost without a word."""
+    samples = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 97 % 65536).astype(np.uint16)
+    _sixteen_bit_rgb_tiff(tmp_path / "rgb16.tif", samples)
+    opened = Image.open(tmp_path / "rgb16.tif")
+    assert opened.mode == "RGB" and opened.tag_v2[258] == (16, 16, 16)  # what PIL makes of it
+    assert main(["invert", str(tmp_path / "rgb16.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {tmp_path / 'rgb16.tif'}: 16-bit colour TIFF, which PIL reads at 8 bits")
+    assert "16-bit PNG" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("writer", ["pil_int32", "tifffile_uint32"])

@@ -223,7 +223,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             bf16 has fp32's range and does not underflow.
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent). Default
-            (``None``): off, but on for ``"auto"``, which always returns its best.
+            (``None``): off, but on for ``"auto"``, which always returns its best. A sample that goes
+            non-finite then stops there (``stop_reason`` ``"diverged"``, with a warning) and returns its
+            best point while the others run on; without ``keep_best`` that is an error.
         patience: stop a sample when its pixel error has not improved for ``patience`` steps.
         measure_memory: report ``peak_bytes``. On a GPU it costs nothing but resets torch's CUDA
             peak statistics (``torch.cuda.reset_peak_memory_stats``: a peak you were tracking starts
@@ -280,7 +282,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
-    """Step until ``plan.steps``, or until every sample stopped (tracker) or something diverged."""
+    """Step until ``plan.steps``, or until every sample stopped (tracker) or, without ``keep_best``,
+    something diverged (with it, a sample that diverges stops on its own and the others run on)."""
     bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
     denom = iteration.residual_norm
     tracker = iteration.tracker
@@ -297,7 +300,7 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
                 rel = torch.where(_ran(tracker.stop_step, k), rel, torch.zeros_like(rel))
             bar.set_postfix(residual=f"{float(rel.max()):.3e}")
             bar.update(1)
-            if not bool(torch.isfinite(rel).all()):
+            if not plan.keep_best and not bool(torch.isfinite(rel).all()):
                 return k + 1
             if tracker is not None and tracker.needs_sync and not bool(tracker.active.any()):
                 return k + 1

@@ -63,19 +63,39 @@ def warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
+def warn_of_diverged(reasons: list[str], finite_history: list[bool], stopped: torch.Tensor, iteration,
+                     dtype: torch.dtype, plan: Plan) -> list[str]:
+    """With ``keep_best``: the stop reasons with every sample whose run went non-finite marked
+    ``"diverged"`` (the tracker stops one whose pixel error does; a residual that went non-finite at the
+    last step is found here), and a warning naming them: each returns its best point, which is finite."""
+    reasons = ["diverged" if not ok else why for why, ok in zip(reasons, finite_history, strict=True)]
+    bad = [i for i, why in enumerate(reasons) if why == "diverged"]
+    if bad:
+        others = "; the others ran on" if len(bad) < len(reasons) else ""
+        warnings.warn(f"inversion diverged: non-finite values in {dtype} in sample(s) {bad} of {len(reasons)} after "
+                      f"{stopped[bad].tolist()} step(s) (method={plan.method!r}, lr={plan.lr}); each returns its "
+                      f"best point (keep_best){others}; {divergence_hint(iteration, dtype, plan)}",
+                      RuntimeWarning, stacklevel=4)
+    return reasons
+
+
 def build_result(iteration, frames: Frames, latents, returned, steps_run, seconds, peak_bytes, plan) -> InversionResult:
     history, pixel_history = iteration.history[:steps_run], iteration.pixel_history[:steps_run]
     tracker = iteration.tracker
     if tracker is not None:
         history, pixel_history = (until_stopped(h, tracker.stop_step) for h in (history, pixel_history))
     denom, pixel_denom = iteration.residual_norm, iteration.pixel_norm
-    finite = torch.isfinite(history).all(0) & torch.isfinite(latents.reshape(frames.batch, -1)).all(1)
+    finite = torch.isfinite(latents.reshape(frames.batch, -1)).all(1)
+    finite_history = torch.isfinite(history).all(0)
+    if not plan.keep_best:  # the last iterate is returned: a non-finite step leaves nothing to return
+        finite &= finite_history
     if not bool(finite.all()):
         bad = (~finite).nonzero()[:, 0].tolist()
         which = f"sample(s) {bad} of {frames.batch}" + ("; the others stayed finite" if len(bad) < frames.batch else "")
         hint = divergence_hint(iteration, latents.dtype, plan)
+        keep = "" if plan.keep_best else "; or pass keep_best=True to return each sample's best point"
         raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
-                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}")
+                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}{keep}")
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
     if not plan.keep_best:
@@ -85,6 +105,8 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
         stopped, reasons = returned.clone(), ["steps"] * frames.batch
     else:
         stopped, reasons = tracker.stop_step.cpu(), tracker.reasons()
+    if plan.keep_best:
+        reasons = warn_of_diverged(reasons, finite_history.tolist(), stopped, iteration, latents.dtype, plan)
     return InversionResult(
         latents=shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
         residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,

@@ -39,7 +39,10 @@ class InversionResult:
             evaluated, ``z_k`` (``y_k = z_k + alpha (z_k - z_{k-1})`` for km; 0 = ``E(x)``);
             ``steps_run`` is the last update's result.
         stopped_at: ``(B,)`` the number of steps after which each sample stopped.
-        stop_reason: per sample, ``"steps"`` (ran them all), ``"tol"`` or ``"patience"``.
+        stop_reason: per sample, ``"steps"`` (ran them all), ``"tol"``, ``"patience"`` or, with
+            ``keep_best``, ``"diverged"`` (its run went non-finite: it returns its best point, and its
+            histories end with the step before its first non-finite evaluation, or with the non-finite
+            residual itself when only that went non-finite).
         lr, chunk_frames, keep_best, patience: what the run used where the call left it to the
             method or the planner: the step size (the method's default when not given; ``"auto"``: the
             per-sample secant step), the frames per encoder/decoder call (``chunk_frames="auto"``: the

@@ -10,13 +10,17 @@ Each sample stops, independently of the others, when its relative latent residua
 ``tol`` or its criterion has not improved for ``patience`` steps. A stopped sample's returned latent
 is fixed at that moment (the best point if ``keep_best``, else the point it stopped at); the batch
 keeps stepping until every sample has stopped, so each sample's result equals a run on it alone.
+
+With ``keep_best``, a sample whose criterion goes non-finite stops there too ("diverged"), before that
+step counts among its steps: its best point is finite and the other samples run on (without
+``keep_best`` there is no finite point to return, and the run is an error, see ``outcome.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-REASONS = ("steps", "tol", "patience")
+REASONS = ("steps", "tol", "patience", "diverged")
 
 
 class Tracker:
@@ -50,16 +54,18 @@ class Tracker:
         pixel error² and relative latent residual (read only with ``tol``; may be None without).
         Every buffer is updated in place, so this can be captured in a CUDA graph and replayed."""
         k = step.expand_as(self.best_step)
-        improved = pixel_sq < self.best_error
+        improved = pixel_sq < self.best_error  # never for NaN
+        broken = ~torch.isfinite(pixel_sq) if self.keep_best else torch.zeros_like(self.active)
+        self.reason.masked_fill_(self.active & broken, REASONS.index("diverged"))
+        stop = broken.clone()
         _keep(self.best_error, improved, pixel_sq)
         _keep(self.best_step, improved, k)
         self.stale.add_(1).masked_fill_(improved, 0)
         if self.best is not None:
             _keep(self.best, improved[:, None], y)
-        stop = torch.zeros_like(self.active)
         if self.tol is not None:
             hit = rel_residual < self.tol
-            self.reason.masked_fill_(self.active & hit, REASONS.index("tol"))
+            self.reason.masked_fill_(self.active & hit & ~stop, REASONS.index("tol"))
             stop |= hit
         if self.patience is not None:
             tired = self.stale >= self.patience
@@ -69,7 +75,7 @@ class Tracker:
         chosen, chosen_step = (self.best, self.best_step) if self.best is not None else (y, k)
         _keep(self.out, newly[:, None], chosen)
         _keep(self.out_step, newly, chosen_step)
-        _keep(self.stop_step, newly, k + 1)
+        _keep(self.stop_step, newly, k + 1 - broken.long())  # a diverged step does not count
         self.active &= ~stop
 
     def finish(self, final: torch.Tensor, steps_run: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,7 +169,8 @@ def test_numpy_scalars_are_numbers_like_any_other(tiny_kl, images_32):
 
 
 def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
-    with pytest.raises(FloatingPointError, match="non-finite.*try a smaller lr$"):
+    told = "non-finite.*try a smaller lr; or pass keep_best=True to return each sample's best point$"
+    with pytest.raises(FloatingPointError, match=told):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
 
 

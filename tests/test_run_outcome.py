@@ -9,13 +9,72 @@ import decinv_fast
 CUBE = (lambda x: x.clone(), lambda z: z ** 3)  # elementwise: the samples are independent
 
 
-def test_a_non_finite_step_is_an_error_even_with_keep_best():
-    """The step whose residual went non-finite counts among the steps run, so keep_best's finite best
-    point does not hide the divergence (tol makes the loop look at every step)."""
+def test_a_non_finite_step_is_an_error_without_keep_best():
+    """Without keep_best the last iterate is returned, and it is not finite: an error naming the sample
+    and pointing at keep_best (tol makes the loop look at every step and stop at the first bad one)."""
     x = torch.full((1, 3, 4, 4), 1.4)
-    one = r"non-finite values in torch.float32 in sample\(s\) \[0\] of 1 \(method='fsm', lr=1.5\); try a smaller lr$"
+    one = (r"non-finite values in torch.float32 in sample\(s\) \[0\] of 1 \(method='fsm', lr=1.5\); try a smaller "
+           r"lr; or pass keep_best=True to return each sample's best point$")
     with pytest.raises(FloatingPointError, match=one):  # one sample of one: no "the others stayed finite"
-        decinv_fast.invert(CUBE, x, method="fsm", lr=1.5, schedule="constant", steps=12, keep_best=True, tol=1e-9)
+        decinv_fast.invert(CUBE, x, method="fsm", lr=1.5, schedule="constant", steps=12, tol=1e-9)
+
+
+DIVERGING = {  # one sample of three blows up (x = 1.4 under CUBE); the others converge or stay put
+    "fsm": (dict(method="fsm", lr=1.5), (0.01, 1.4, 0.02)),
+    "km": (dict(method="km", lr=1.5), (0.01, 1.4, 0.02)),
+    "anderson": (dict(method="anderson", lr=1e30, memory=2), (0.0, 1.4, 0.0)),  # it tames 1.4 at lr 1.5
+    "adam": (dict(method="adam", lr=1e30), (0.0, 1.4, 0.0)),  # a zero residual never moves Adam
+    "grad": (dict(method="grad", lr=1e30), (0.0, 1.4, 0.0)),
+}
+
+
+@pytest.mark.parametrize("stops", [{}, dict(patience=50), dict(tol=1e-12)], ids=["no-sync", "patience", "tol"])
+@pytest.mark.parametrize("name", DIVERGING)
+def test_with_keep_best_a_diverging_sample_stops_and_the_others_run_on(name, stops):
+    """With keep_best the diverging sample stops at its first non-finite evaluation (which does not count
+    among its steps) and returns its best point; the batch warns, names it, and every sample's result
+    equals a run on it alone, with or without a stopping rule that makes the loop look at each step."""
+    kw, values = DIVERGING[name]
+    run = dict(kw, schedule="constant", steps=12, keep_best=True, measure_memory=False, **stops)
+    x = torch.cat([torch.full((1, 3, 4, 4), v) for v in values])
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 3 after \[\d+\] step\(s\).*the others ran on"):
+        batch = decinv_fast.invert(CUBE, x, **run)
+    assert batch.stop_reason[1] == "diverged" and bool(torch.isfinite(batch.latents).all())
+    stopped = int(batch.stopped_at[1])
+    assert 0 < stopped < 12 and batch.returned_step[1] < stopped
+    pixel = batch.pixel_residual_history[:stopped, 1]
+    assert bool(torch.isfinite(pixel).all()) and int(batch.returned_step[1]) == int(pixel.argmin())
+    for i in range(3):
+        if i == 1:
+            with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[0\] of 1 after .*\(keep_best\); try a smaller lr$"):
+                alone = decinv_fast.invert(CUBE, x[i:i + 1], **run)
+        else:
+            alone = decinv_fast.invert(CUBE, x[i:i + 1], **run)
+        torch.testing.assert_close(batch.latents[i:i + 1], alone.latents, rtol=0, atol=0)
+        assert batch.returned_step[i] == alone.returned_step[0] and batch.stopped_at[i] == alone.stopped_at[0]
+        assert batch.stop_reason[i] == alone.stop_reason[0]
+        torch.testing.assert_close(batch.residual_history[:alone.steps_run, i], alone.residual_history[:, 0])
+
+
+@pytest.mark.parametrize("stops", [{}, dict(patience=50)], ids=["no-sync", "patience"])
+def test_a_residual_non_finite_at_the_last_step_is_a_divergence_too(stops):
+    """The encoder alone fails (D(z_2) = 6.2 is beyond its range), so step 2's residual is NaN while its
+    pixel error is finite: the tracker sees it only at the next evaluation, which a 3-step run never makes.
+    The result marks it diverged all the same, as a longer run, which stops there, does; the other sample
+    runs on (a NaN residual of a running sample does not end a keep_best run)."""
+    codec = (lambda x: torch.where(x.abs() > 5, float("nan"), x), lambda z: z ** 3)  # z: 1.4, -0.62, 1.83, NaN
+    x = torch.cat([torch.full((1, 3, 4, 4), v) for v in (0.01, 1.4)])
+    results = []
+    for steps in (3, 6):
+        with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 2 after \[3\] step\(s\)"):
+            results.append(decinv_fast.invert(codec, x, method="fsm", lr=1.5, schedule="constant", steps=steps,
+                                              keep_best=True, measure_memory=False, **stops))
+    short, long = results
+    assert short.stop_reason == ["steps", "diverged"] and long.stop_reason == ["steps", "diverged"]
+    assert long.steps_run == long.stopped_at[0] == 6
+    assert short.stopped_at[1] == long.stopped_at[1] == 3 and bool(torch.isnan(long.residual_history[2:, 1]).all())
+    torch.testing.assert_close(short.latents[1], long.latents[1], rtol=0, atol=0)
+    assert short.returned_step[1] == long.returned_step[1] == 0  # 1.4 decodes closest to 1.4 (2.74, -0.23, 6.2)
 
 
 def test_a_last_update_that_overflows_is_an_error():
@@ -68,5 +127,22 @@ def test_a_diverging_fp64_gradient_run_is_told_to_take_a_smaller_lr():
     """Half precision's underflow is grad's likeliest cause in fp16/bf16 only: an fp64 run that diverges was told
     to use float32, a step down."""
     x = torch.full((1, 3, 4, 4), -0.5, dtype=torch.float64)
-    with pytest.raises(FloatingPointError, match=r"torch.float64 .*\(method='grad', lr=1e\+30\); try a smaller lr$"):
+    told = r"torch.float64 .*\(method='grad', lr=1e\+30\); try a smaller lr; or pass keep_best=True"
+    with pytest.raises(FloatingPointError, match=told):
         decinv_fast.invert(CUBE, x, method="grad", lr=1e30, schedule="constant", steps=4)
+
+
+@pytest.mark.parametrize("kw", [dict(method="fsm"), dict(method="grad", optimizer="lbfgs")], ids=["fsm", "lbfgs"])
+def test_a_sample_whose_first_decoding_is_non_finite_returns_its_encoding(kw):
+    """D(E(x)) itself is NaN for sample 1: with keep_best it stops after 0 steps and returns E(x) (here x),
+    the only point it has; L-BFGS, which rejects non-finite trials, is no different at its first point.
+    Without keep_best that is an error, as for any divergence."""
+    codec = (lambda x: x.clone(), lambda z: torch.where(z > 1, float("nan"), z ** 3))
+    x = torch.cat([torch.full((1, 3, 4, 4), v) for v in (0.5, 1.4)])
+    run = dict(kw, lr=0.5, schedule="constant", steps=4, measure_memory=False)
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 2 after \[0\] step\(s\)"):
+        out = decinv_fast.invert(codec, x, keep_best=True, **run)
+    assert out.stop_reason[1] == "diverged" and out.stopped_at.tolist() == [4, 0] and out.returned_step[1] == 0
+    torch.testing.assert_close(out.latents[1], x[1], rtol=0, atol=0)
+    with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 2; the others stayed finite"):
+        decinv_fast.invert(codec, x, **run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,11 +131,16 @@ def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, 3)`` and the names in batch
     order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
-    GIF is an image like the others."""
+    GIF is an image like the others. Other files are skipped, named on stderr (hidden ones silently)."""
     suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
-    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes), key=natural_key)
+    entries = sorted((p for p in path.iterdir() if p.is_file()), key=natural_key)
+    files = [p for p in entries if p.suffix.lower() in suffixes]
     if not files:
         raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(suffixes))})")
+    skipped = [p.name for p in entries if p.suffix.lower() not in suffixes and not p.name.startswith(".")]
+    if skipped:
+        print(f"decinv: {path}: skipping {len(skipped)} file(s) that are not images ({', '.join(skipped)}); "
+              f"images are {', '.join(sorted(suffixes))}", file=sys.stderr)
     animated = [f"{p.name} ({n} frames)" for p in files if (n := _animation_frames(p)) > 1]
     if animated:
         raise UsageError(f"{path}: a folder is a batch of still images, but {', '.join(animated)} "

@@ -75,3 +75,24 @@ class _Stderr:
 def test_the_progress_bar_is_for_a_terminal_only(monkeypatch, quiet, tty, shown):
     monkeypatch.setattr(cli.sys, "stderr", _Stderr(tty))
     assert cli._progress(argparse.Namespace(quiet=quiet)) is shown
+
+
+def test_a_folder_names_the_files_it_skips_but_not_hidden_ones(tmp_path, capsys):
+    """A folder's other files are skipped, not silently: a user who dropped in a .heic or a video sees it
+    left out (hidden files such as .DS_Store are left out without a word)."""
+    from PIL import Image
+
+    for name in ("b.png", "a.JPG"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / name, format="PNG" if name.endswith("png") else "JPEG")
+    for name in ("notes.txt", "clip.mp4", ".DS_Store", "photo.heic"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()  # a folder is not a file of the batch
+    images, names = cli_io.read_folder(tmp_path)
+    assert names == ["a.JPG", "b.png"] and images.shape == (2, 8, 8, 3)
+    err = capsys.readouterr().err
+    assert f"decinv: {tmp_path}: skipping 3 file(s) that are not images (clip.mp4, notes.txt, photo.heic); " in err
+    assert ".DS_Store" not in err and "sub.png" not in err
+    for name in ("notes.txt", "clip.mp4", "photo.heic"):
+        (tmp_path / name).unlink()
+    cli_io.read_folder(tmp_path)
+    assert capsys.readouterr().err == ""

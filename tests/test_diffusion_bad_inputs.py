@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -241,3 +242,18 @@ def test_a_pair_whose_z1_is_no_tensor_or_a_noise_step_of_another_shape_is_named(
     steps[2] = torch.zeros(1, 4, 8, 8)  # would broadcast
     with pytest.raises(ValueError, match=r"noise\[2\] must be a floating tensor shaped like z \(2, 4, 8, 8\), got"):
         ei_sample(unet, grid, z, noise=steps)
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.5, float("nan"), float("inf")])
+def test_a_step_with_a_gamma_it_cannot_take_names_it(gamma):
+    """The inverse step divides by gamma: 0 gave inf/NaN without a word, as NaN did in the forward step; both
+    are errors naming gamma. The forward step takes gamma = 0 (DDIM) and, as plain algebra, a negative one."""
+    z = torch.ones(3)
+    with pytest.raises(ValueError, match=rf"^gamma must be > 0 and finite \(the inverse step divides by it\), "
+                                         rf"got {re.escape(repr(gamma))}$"):
+        bdia_inverse_step(z, z, z, 0.5, 0.7, 0.3, gamma=gamma)
+    if math.isfinite(gamma):
+        assert bool(torch.isfinite(bdia_step(z, z, z, 0.5, 0.7, 0.3, gamma=gamma)).all())
+    else:
+        with pytest.raises(ValueError, match=rf"^gamma must be a finite number, got {re.escape(repr(gamma))}$"):
+            bdia_step(z, z, z, 0.5, 0.7, 0.3, gamma=gamma)

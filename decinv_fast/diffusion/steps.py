@@ -64,6 +64,8 @@ def bdia_step(z_above: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, alphaba
     """
     if not (0.0 < alphabar <= 1.0 and 0.0 < alphabar_below <= 1.0 and 0.0 < alphabar_above <= 1.0):
         _bad_level(alphabar=alphabar, alphabar_below=alphabar_below, alphabar_above=alphabar_above)
+    if not math.isfinite(gamma):
+        raise ValueError(f"gamma must be a finite number, got {gamma!r}")
     down = ddim_step(z, eps, alphabar, alphabar_below)
     if gamma == 0:
         return down
@@ -79,4 +81,6 @@ def bdia_inverse_step(z_below: torch.Tensor, z: torch.Tensor, eps: torch.Tensor,
     """
     if not (0.0 < alphabar <= 1.0 and 0.0 < alphabar_below <= 1.0 and 0.0 < alphabar_above <= 1.0):
         _bad_level(alphabar=alphabar, alphabar_below=alphabar_below, alphabar_above=alphabar_above)
+    if not (gamma > 0 and math.isfinite(gamma)):  # also False for NaN
+        raise ValueError(f"gamma must be > 0 and finite (the inverse step divides by it), got {gamma!r}")
     return (z_below - ddim_step(z, eps, alphabar, alphabar_below)) / gamma + ddim_step(z, eps, alphabar, alphabar_above)

@@ -163,9 +163,13 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
 
 def read_frames(path: Path) -> np.ndarray:
     """Every frame of a GIF (or animated WebP or PNG) -> ``(1, F, H, W, 3)``, each frame read as
-    :func:`read_image` reads a picture (without its EXIF orientation)."""
+    :func:`read_image` reads a picture (without its EXIF orientation). PIL reads the frames of a 16-bit
+    colour animated PNG at 8 bits (:mod:`.png16` reads stills only): said on stderr, not silently."""
     from PIL import Image, ImageSequence
 
+    if png16.is_png16_colour(path):
+        print(f"decinv: {path}: a 16-bit colour animated PNG, whose frames are read at 8 bits (PIL drops the low "
+              "byte of every sample); for 16 bits pass the frames as an array to decinv_fast.invert", file=sys.stderr)
     with Image.open(path) as image:
         frames = [_pixels(frame, path) for frame in ImageSequence.Iterator(image)]
     return _stack(frames)[None]  # a batch of one video

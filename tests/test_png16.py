@@ -170,3 +170,32 @@ def test_ffmpeg_written_sixteen_bit_png_is_read_exactly(tmp_path):
                     str(tmp_path / "ff.png")], check=True)
     assert png16.is_png16_colour(tmp_path / "ff.png")
     np.testing.assert_array_equal(png16.read_png16(tmp_path / "ff.png"), samples)
+
+
+def test_a_sixteen_bit_animated_png_is_read_at_eight_bits_and_says_so(tmp_path, capsys):
+    """PIL reads an animated PNG's frames at 8 bits (the high byte); png16 reads stills only. The frames are
+    read as PIL reads them, with a line on stderr saying the low bytes are lost (an 8-bit one says nothing)."""
+    frames = [_samples(4, 6, 3, seed) for seed in (1, 2)]
+    width, height = 6, 4
+
+    def frame_control(sequence: int) -> bytes:
+        return _chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0))
+
+    def stream(samples: np.ndarray) -> bytes:
+        rows = samples.astype(">u2").view(np.uint8).reshape(height, -1)
+        return zlib.compress(b"".join(b"\0" + row.tobytes() for row in rows))  # filter 0 on every row
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    apng = tmp_path / "clip.png"
+    apng.write_bytes(png16.SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"acTL", struct.pack(">II", 2, 0))
+                     + frame_control(0) + _chunk(b"IDAT", stream(frames[0])) + frame_control(1)
+                     + _chunk(b"fdAT", struct.pack(">I", 2) + stream(frames[1])) + _chunk(b"IEND", b""))
+    video, names = cli_io.read_input(apng)
+    assert names is None and video.shape == (1, 2, 4, 6, 3) and video.dtype == np.uint8
+    np.testing.assert_array_equal(video[0], np.stack(frames) >> 8)
+    assert "clip.png: a 16-bit colour animated PNG, whose frames are read at 8 bits" in capsys.readouterr().err
+    eight = tmp_path / "eight.png"
+    pictures = [Image.fromarray((f >> 8).astype(np.uint8)) for f in frames]
+    pictures[0].save(eight, save_all=True, append_images=pictures[1:])
+    np.testing.assert_array_equal(cli_io.read_input(eight)[0], video)
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -223,15 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: ``decinv: warning: ...`` (no source file and line)."""
+    return f"decinv: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ._dispatch import BackendUnavailable
 
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line  # how warnings print (a caller recording them still gets them whole)
     try:
         return args.func(args)
     except (ValueError, TypeError, FloatingPointError, BackendUnavailable, OSError, SafetensorError) as exc:
         print(f"decinv: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

@@ -118,6 +118,18 @@ def test_module_entry_point():
     assert proc.returncode == 0 and "invert" in proc.stdout and "demo" in proc.stdout
 
 
+def test_warnings_are_one_line_each(tmp_path, photo_png):
+    """A warning the run raises (here: no CUDA graphs on the CPU) prints as ``decinv: warning: ...``, as
+    errors print as ``decinv: error: ...``, not as a Python source location and line."""
+    out = tmp_path / "o.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "decinv_fast", "invert", str(photo_png), "--steps", "1", "--quiet",
+                           "--cuda-graphs", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0 and out.exists()
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if "no CUDA graphs" in line][0].startswith("decinv: warning: ")
+    assert "RuntimeWarning" not in proc.stderr and ".py:" not in proc.stderr
+
+
 def test_clip_aware_flag(tmp_path):
     """A photo with a fifth of its pixels at 0 or 255: the flag changes the answer for fsm and is
     recorded; auto, clip-aware already, gives the same latents with or without it."""

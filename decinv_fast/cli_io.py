@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import png16
+from .tiff_wide import TiffError, read_wide_tiff, tifffile_installed
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is an animated WebP or PNG)
@@ -18,6 +19,8 @@ ANIMATIONS = {"GIF", "WEBP", "PNG"}  # PIL formats whose frames are an animation
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}  # read with imageio + ffmpeg
 VIDEO_EXTRA = "pip install 'decinv-fast[video]'"
 SIXTEEN_BIT = 65535
+TIFF_SUFFIXES = {".tif", ".tiff"}
+TIFFFILE_ADVICE = "pip install tifffile, with which decinv reads it at its depth"
 
 
 class UsageError(ValueError):
@@ -34,28 +37,40 @@ def natural_key(path: Path) -> tuple:
 def read_image(path: Path) -> np.ndarray:
     """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit and float images.
 
-    The EXIF orientation is applied (as diffusers' ``load_image`` does). Grayscale that ``convert("RGB")``
-    would clip at 255 (nearly all white) is read at its own depth, the same value in each channel:
-    16-bit (PIL modes ``I;16*``, and ``I``, which PIL also uses for 16-bit files and 32-bit TIFFs) as
-    ``value / 65535``, float (mode ``F``, e.g. a 32-bit float TIFF) as it is, in [0, 1]. Values outside
-    those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading), 16-bit colour TIFFs
-    (PIL reads them at 8 bits) and 32-bit integer TIFFs whose values are at most 255, not all 0 (8-bit
-    values, most likely: read as 16 bits, nearly black), are refused, naming the file. 16-bit colour PNGs
-    (RGB, RGBA, gray + alpha), which PIL opens at 8 bits, are read by :mod:`.png16` as ``value / 65535``
-    (alpha dropped). Other modes are converted to RGB."""
-    from PIL import Image, ImageOps
+    The EXIF orientation is applied (as diffusers' ``load_image`` does). Images are read at their own
+    depth, not rounded to 8 bits: grayscale that ``convert("RGB")`` would clip at 255 (nearly all white),
+    the same value in each channel, 16-bit (PIL modes ``I;16*``, and ``I``, which PIL also uses for
+    16-bit files and 32-bit TIFFs) as ``value / 65535`` and float (mode ``F``, e.g. a 32-bit float TIFF)
+    as it is, in [0, 1]; 16-bit colour PNGs (RGB, RGBA, gray + alpha), which PIL opens at 8 bits, by
+    :mod:`.png16` as ``value / 65535`` (alpha dropped); 16-bit colour TIFFs, which PIL opens at 8 bits,
+    and float colour, float16 and float64 TIFFs, which it cannot open, by :mod:`.tiff_wide` where
+    tifffile is installed (else they are refused, saying so). Refused, naming the file: values outside
+    those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
+    whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black).
+    Other modes are converted to RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if png16.is_png16_colour(path):
         return _png16_pixels(path)
-    with Image.open(path) as opened:
+    if path.suffix.lower() in TIFF_SUFFIXES and (wide := _wide_tiff_pixels(path)) is not None:
+        return wide
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:
+        if path.suffix.lower() in TIFF_SUFFIXES and not tifffile_installed():
+            raise UsageError(f"{path}: PIL cannot open this TIFF (float colour, float16 and float64 TIFFs are among "
+                             f"those it cannot): {TIFFFILE_ADVICE}") from None
+        raise
+    with opened:
         bits, signed = _tiff_integer_samples(opened)
         image = ImageOps.exif_transpose(opened)
     if bits == 16 and signed:
         raise UsageError(f"{path}: signed 16-bit image; decinv reads unsigned 16-bit ones (value / {SIXTEEN_BIT}): "
                          "convert it to unsigned 16 bits or to float in [0, 1]")
     if bits == 16 and not image.mode.startswith("I"):  # PIL keeps 16 bits for grayscale only
+        advice = "" if tifffile_installed() else f"{TIFFFILE_ADVICE}, or "  # installed: a layout it does not read
         raise UsageError(f"{path}: 16-bit colour TIFF, which PIL reads at 8 bits (mode {image.mode}), losing the low "
-                         "byte of every sample: save it as a 16-bit PNG (read at 16 bits) or as 8 bits")
+                         f"byte of every sample: {advice}save it as a 16-bit PNG")
     pixels = _pixels(image, path)
     top = round(float(pixels.max()) * SIXTEEN_BIT) if bits == 32 and image.mode == "I" else 0
     if 0 < top <= 255:
@@ -76,9 +91,32 @@ def _png16_pixels(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: 16-bit colour PNG: {error}") from None
     with Image.open(path) as opened:
         orientation = opened.getexif().get(0x0112, 1)
+    return _oriented_rgb(samples, orientation) / SIXTEEN_BIT
+
+
+def _wide_tiff_pixels(path: Path) -> np.ndarray | None:
+    """A TIFF that PIL cannot hold at its depth (see :mod:`.tiff_wide`) -> ``(H, W, 3)`` float32: 16-bit
+    samples as ``value / 65535``, float ones as they are (checked to lie in [0, 1]), its orientation
+    applied as for a PIL image; ``None`` for other TIFFs (and without tifffile)."""
+    try:
+        found = read_wide_tiff(path)
+    except TiffError as error:
+        raise UsageError(f"{path}: {error}") from None
+    if found is None:
+        return None
+    samples, orientation = found
+    if samples.dtype == np.uint16:
+        return _oriented_rgb(samples, orientation) / SIXTEEN_BIT
+    _check_unit_floats(samples[..., :3], path, f"float image ({samples.dtype} TIFF)")
+    return _oriented_rgb(samples, orientation)
+
+
+def _oriented_rgb(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """``(H, W, channels)`` samples -> ``(H, W, 3)`` float32 with the EXIF/TIFF ``orientation`` applied as
+    ``ImageOps.exif_transpose`` applies it; alpha is dropped, as ``convert("RGB")`` drops it, and gray
+    (+ alpha) is gray in each channel."""
     rgb = samples[..., :3] if samples.shape[-1] >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(ORIENTED[orientation](rgb) if orientation in ORIENTED else rgb,
-                                dtype=np.float32) / SIXTEEN_BIT
+    return np.ascontiguousarray(ORIENTED[orientation](rgb) if orientation in ORIENTED else rgb, dtype=np.float32)
 
 
 # EXIF orientation -> the array operation ImageOps.exif_transpose does (its PIL transpose method)
@@ -105,17 +143,22 @@ def _tiff_integer_samples(image) -> tuple[int, bool]:
     return int(bits[0]), bool((kind == 2).all())
 
 
+def _check_unit_floats(values: np.ndarray, path: Path, what: str) -> None:
+    """Float pixels must be finite and in [0, 1]; else an error naming the file and the range found."""
+    if not np.isfinite(values).all():
+        raise UsageError(f"{path}: {what} with NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < 0 or hi > 1:
+        raise UsageError(f"{path}: {what} with values in [{lo:.4g}, {hi:.4g}]; float images are read as [0, 1] "
+                         "(rescale it, e.g. divide [0, 255] values by 255)")
+
+
 def _pixels(image, path: Path) -> np.ndarray:
     """A PIL image (or one frame) -> ``(H, W, 3)`` uint8, or float32 in [0, 1] (see :func:`read_image`)."""
     mode = image.mode
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise UsageError(f"{path}: float image (PIL mode F) with NaN or infinite values")
-        lo, hi = float(values.min()), float(values.max())
-        if lo < 0 or hi > 1:
-            raise UsageError(f"{path}: float image (PIL mode F) with values in [{lo:.4g}, {hi:.4g}]; float images "
-                             "are read as [0, 1] (rescale it, e.g. divide [0, 255] values by 255)")
+        _check_unit_floats(values, path, "float image (PIL mode F)")
         return np.repeat(values[..., None], 3, axis=-1)
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image).astype(np.float32)
@@ -201,6 +244,8 @@ def _animation_frames(path: Path) -> int:
     image, a TIFF may hold a thumbnail page: neither is a frame of a video)."""
     from PIL import Image
 
+    if path.suffix.lower() in TIFF_SUFFIXES:  # not opened here: PIL cannot open every TIFF read_image reads
+        return 1
     with Image.open(path) as image:
         return getattr(image, "n_frames", 1) if image.format in ANIMATIONS else 1
 

@@ -290,16 +290,21 @@ def _sixteen_bit_rgb_tiff(path, samples: np.ndarray) -> None:
                      + struct.pack("<HHH", 16, 16, 16))
 
 
-def test_sixteen_bit_colour_tiff_is_refused_not_read_at_eight_bits(tmp_path, capsys):
-    """PIL opens a 16-bit RGB TIFF as 8-bit RGB: the low byte of every sample was lost without a word."""
+def test_sixteen_bit_colour_tiff_is_read_at_sixteen_bits_or_refused_without_tifffile(tmp_path, capsys, monkeypatch):
+    """PIL opens a 16-bit RGB TIFF as 8-bit RGB: the low byte of every sample was lost without a word. With
+    tifffile (scikit-image brings it) the samples are read exactly; without it the file is refused, saying
+    what to install. The file is written by hand, not by tifffile."""
     samples = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 97 % 65536).astype(np.uint16)
     _sixteen_bit_rgb_tiff(tmp_path / "rgb16.tif", samples)
     opened = Image.open(tmp_path / "rgb16.tif")
     assert opened.mode == "RGB" and opened.tag_v2[258] == (16, 16, 16)  # what PIL makes of it
+    if cli_io.tifffile_installed():
+        np.testing.assert_array_equal(cli_io.read_image(tmp_path / "rgb16.tif"), samples.astype(np.float32) / 65535)
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # not installed
     assert main(["invert", str(tmp_path / "rgb16.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'rgb16.tif'}: 16-bit colour TIFF, which PIL reads at 8 bits")
-    assert "16-bit PNG" in err and "\n" not in err
+    assert "pip install tifffile" in err and "16-bit PNG" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("writer", ["pil_int32", "tifffile_uint32"])
@@ -324,6 +329,7 @@ def test_thirty_two_bit_tiff_black_or_sixteen_bit_valued_is_read(tmp_path):
     Image.fromarray(np.full((8, 8), 256, np.int32)).save(tmp_path / "dim.tif")
     assert (cli_io.read_image(tmp_path / "black.tif") == 0).all()
     np.testing.assert_array_equal(cli_io.read_image(tmp_path / "dim.tif"), np.full((8, 8, 3), 256 / 65535, np.float32))
+
 
 def test_out_of_range_integer_image_is_one_line(tmp_path, capsys):
     Image.fromarray(np.full((32, 32), 70000, np.int32)).save(tmp_path / "big.tif")

@@ -146,3 +146,18 @@ def test_a_sample_whose_first_decoding_is_non_finite_returns_its_encoding(kw):
     torch.testing.assert_close(out.latents[1], x[1], rtol=0, atol=0)
     with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 2; the others stayed finite"):
         decinv_fast.invert(codec, x, **run)
+
+
+def test_a_non_finite_sample_does_not_reach_the_others_through_a_diffusers_vae(tiny_kl):
+    """What lets a keep_best batch run on past a diverged sample: the VAE's layers (convolutions, group norm,
+    mid-block attention) keep samples apart, so a NaN/inf sample leaves the others' bits as a finite one does."""
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        for bad in (float("nan"), float("inf")):
+            poisoned_z, poisoned_x = z.clone(), x.clone()
+            poisoned_z[1], poisoned_x[1] = bad, bad
+            decoded = tiny_kl.decode(poisoned_z).sample
+            assert torch.equal(decoded[0], tiny_kl.decode(z).sample[0]) and not bool(torch.isfinite(decoded[1]).any())
+            encoded = tiny_kl.encode(poisoned_x).latent_dist.mode()
+            assert torch.equal(encoded[0], tiny_kl.encode(x).latent_dist.mode()[0])

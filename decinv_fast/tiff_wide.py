@@ -39,18 +39,24 @@ def read_wide_tiff(path: Path) -> tuple[np.ndarray, int] | None:
     except ImportError:
         return None
     try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            photometric, dtype, axes = int(page.photometric), np.dtype(page.dtype), page.axes
-            wide = (photometric == RGB and dtype.type in WIDE_COLOUR) or \
-                (photometric == MINISBLACK and dtype.type in WIDE_GRAY)
-            if not wide:
-                return None
-            tag = page.tags.get(ORIENTATION)
-            orientation = int(tag.value) if tag is not None else 1
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError):  # not a TIFF to tifffile (a PNG named .tif): PIL's
+        return None
+    with tif:
+        page = tif.pages.first if len(tif.pages) else None
+        if page is None or page.dtype is None:  # no image, or samples of a kind numpy has no dtype for
+            return None
+        photometric, dtype, axes = int(page.photometric), np.dtype(page.dtype), page.axes
+        wide = (photometric == RGB and dtype.type in WIDE_COLOUR) or \
+            (photometric == MINISBLACK and dtype.type in WIDE_GRAY)
+        if not wide:
+            return None
+        tag = page.tags.get(ORIENTATION)
+        orientation = int(tag.value) if tag is not None else 1
+        try:
             samples = page.asarray()
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
-        raise TiffError(f"tifffile cannot read it ({error})") from None
+        except (tifffile.TiffFileError, OSError, ValueError, ImportError, RuntimeError) as error:
+            raise TiffError(f"{dtype} TIFF that tifffile cannot decode ({error})") from None
     if axes == "SYX":  # planar configuration "separate": one plane per sample
         samples = np.moveaxis(samples, 0, -1)
     elif axes == "YX":

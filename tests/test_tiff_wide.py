@@ -126,3 +126,18 @@ def test_a_float_colour_tiff_in_a_folder_is_read(tmp_path):
     images, names = cli_io.read_input(tmp_path)
     assert names == ["a.tif", "b.png"] and images.dtype == np.float32
     np.testing.assert_array_equal(images[0], values)
+
+
+def test_a_png_named_tif_stays_readable_and_a_broken_wide_tiff_is_one_line(tmp_path, capsys):
+    """tifffile only takes what it recognises: a PNG saved as .tif is PIL's, as before. A 16-bit colour TIFF
+    whose image data is cut short is an error naming the file."""
+    picture = np.random.default_rng(4).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "png.tif", format="PNG")
+    np.testing.assert_array_equal(cli_io.read_image(tmp_path / "png.tif"), picture)
+    tifffile.imwrite(tmp_path / "cut.tif", _rgb16(shape=(64, 64, 3)), photometric="rgb")
+    whole = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[:len(whole) // 2])
+    assert main(["invert", str(tmp_path / "cut.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"decinv: error: {tmp_path / 'cut.tif'}: uint16 TIFF that tifffile cannot decode (")
+    assert "\n" not in err

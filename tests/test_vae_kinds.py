@@ -44,6 +44,28 @@ def test_autoencoder_kl_matches_pipeline_convention(tiny_kl, images_32):
     assert out.latents.shape == (2, 4, 4, 4)
 
 
+def test_the_flux_and_sd3_layout_sixteen_channels_without_quant_convs(images_32):
+    """FLUX's and SD3's VAEs: 16 latent channels, no quant_conv / post_quant_conv, a shift and a scaling
+    (FLUX's values); latents as their pipelines make them, ``(raw - shift) * scaling``, and every method, the
+    planner's chunk and the fused update run on them."""
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_kl_config(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                                         scaling_factor=0.3611, shift_factor=0.1159)).eval().requires_grad_(False)
+    assert vae.quant_conv is None and vae.post_quant_conv is None
+    z = decinv_fast.encode(vae, images_32)
+    torch.testing.assert_close(z, (vae.encode(images_32).latent_dist.mode() - 0.1159) * 0.3611)
+    torch.testing.assert_close(decinv_fast.decode(vae, z), vae.decode(z / 0.3611 + 0.1159).sample)
+    for method in ("adam", "auto", "grad"):
+        out = decinv_fast.invert(vae, images_32, method=method, steps=2, chunk_frames="auto", measure_memory=False)
+        assert out.latents.shape == (2, 16, 4, 4) and bool(torch.isfinite(out.latents).all())
+    planned = decinv_fast.plan(vae, (2, 3, 32, 32), device="cpu", method="adam")
+    assert planned.weights_bytes == sum(p.numel() * 4 for p in vae.parameters())
+    assert planned.per_chunk[2] > planned.per_chunk[1] > planned.weights_bytes
+
+
 def test_latents_mean_and_std_as_sdxl_pipelines_use_them(images_32):
     """A config with per-channel latents_mean/latents_std (SDXL-family, e.g. Playground v2.5): the
     pipeline's latents are (mode - mean) * scaling / std, and its decoder input z * std / scaling + mean."""

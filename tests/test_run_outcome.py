@@ -56,6 +56,23 @@ def test_with_keep_best_a_diverging_sample_stops_and_the_others_run_on(name, sto
         torch.testing.assert_close(batch.residual_history[:alone.steps_run, i], alone.residual_history[:, 0])
 
 
+@pytest.mark.parametrize("name", ["fsm", "km", "adam"])
+def test_a_diverging_sample_under_cuda_graphs_ends_as_without(name):
+    """cuda_graphs=True (on the CPU: its warm-up and fallback path) captures the tracker's divergence stop
+    as every other buffer: the same latents, stops and reasons as the eager run."""
+    kw, values = DIVERGING[name]
+    run = dict(kw, schedule="constant", steps=12, keep_best=True, measure_memory=False, patience=50)
+    x = torch.cat([torch.full((1, 3, 4, 4), v) for v in values])
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 3"):
+        eager = decinv_fast.invert(CUBE, x, **run)
+    with pytest.warns(RuntimeWarning) as seen:
+        graphed = decinv_fast.invert(CUBE, x, cuda_graphs=True, **run)
+    told = sorted(str(w.message)[:40] for w in seen)
+    assert told == ["cuda_graphs=True on a cpu device: there ", "inversion diverged: non-finite values in"]
+    assert torch.equal(graphed.latents, eager.latents) and graphed.stop_reason == eager.stop_reason
+    assert graphed.stopped_at.tolist() == eager.stopped_at.tolist() and eager.stop_reason[1] == "diverged"
+
+
 @pytest.mark.parametrize("stops", [{}, dict(patience=50)], ids=["no-sync", "patience"])
 def test_a_residual_non_finite_at_the_last_step_is_a_divergence_too(stops):
     """The encoder alone fails (D(z_2) = 6.2 is beyond its range), so step 2's residual is NaN while its

@@ -391,7 +391,7 @@ def test_gpu_launch_follows_the_block_rule_without_fp_fusion(batch, n, block, wa
 
 
 def test_no_launch_for_empty_samples():
-    """Latents ``(B, 0)``: no launch (a CUDA grid cannot be empty), and the norms are zeros."""
+    """Latents ``(B, 0)``: the launcher zeroes the norms and returns without a launch (nothing to do)."""
     kernel = RecordingKernel()
     sq_norm = torch.full((3,), 7.0)
     _triton._launch(kernel, torch.zeros(3, 0), sq_norm, None, (), (), ())

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import png16
-from .tiff_wide import TiffError, read_wide_tiff, tifffile_installed
+from .tiff_wide import TiffError, full_images, read_wide_tiff, tifffile_installed
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is an animated WebP or PNG)
@@ -47,13 +47,24 @@ def read_image(path: Path) -> np.ndarray:
     tifffile is installed (else they are refused, saying so). Refused, naming the file: values outside
     those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
     whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black).
-    Other modes are converted to RGB."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    Other modes are converted to RGB. A TIFF of several full-size images gives its first, said on stderr
+    (thumbnails are not counted)."""
     if png16.is_png16_colour(path):
         return _png16_pixels(path)
-    if path.suffix.lower() in TIFF_SUFFIXES and (wide := _wide_tiff_pixels(path)) is not None:
-        return wide
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return _pil_pixels(path)
+    pixels = _wide_tiff_pixels(path)
+    pixels = _pil_pixels(path) if pixels is None else pixels
+    if (count := full_images(path)) > 1:
+        print(f"decinv: {path}: a TIFF of {count} images; reading the first (one image per file: save the others "
+              "as files of a folder for a batch)", file=sys.stderr)
+    return pixels
+
+
+def _pil_pixels(path: Path) -> np.ndarray:
+    """An image PIL opens at its depth -> ``(H, W, 3)`` (the checks of :func:`read_image`)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         opened = Image.open(path)
     except UnidentifiedImageError:

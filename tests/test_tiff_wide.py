@@ -141,3 +141,28 @@ def test_a_png_named_tif_stays_readable_and_a_broken_wide_tiff_is_one_line(tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'cut.tif'}: uint16 TIFF that tifffile cannot decode (")
     assert "\n" not in err
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32], ids=["pil", "tifffile-16bit", "tifffile-float"])
+def test_a_tiff_of_several_images_gives_its_first_and_says_so(tmp_path, capsys, dtype):
+    """The other pages were dropped without a word; now stderr says how many there are. A reduced-resolution
+    page (a thumbnail) is not an image of its own and says nothing."""
+    scale = {np.uint8: 1, np.uint16: 257, np.float32: 1 / 255}[dtype]
+    pages = [(np.full((6, 6, 3), v) * scale).astype(dtype) for v in (10, 200, 90)]
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tif:
+        for page in pages:
+            tif.write(page, photometric="rgb")
+    first = cli_io.read_image(tmp_path / "stack.tif")
+    np.testing.assert_allclose(first, cli_io.read_image(_single(tmp_path, pages[0])), rtol=0, atol=0)
+    assert f"decinv: {tmp_path / 'stack.tif'}: a TIFF of 3 images; reading the first" in capsys.readouterr().err
+    with tifffile.TiffWriter(tmp_path / "thumbnail.tif") as tif:
+        tif.write(pages[0], photometric="rgb")
+        tif.write(pages[1][:3, :3], photometric="rgb", subfiletype=1)
+    np.testing.assert_allclose(cli_io.read_image(tmp_path / "thumbnail.tif"), first, rtol=0, atol=0)
+    assert capsys.readouterr().err == ""
+
+
+def _single(folder, page: np.ndarray):
+    path = folder / "single.tif"
+    tifffile.imwrite(path, page, photometric="rgb")
+    return path

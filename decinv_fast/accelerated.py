@@ -31,8 +31,10 @@ RHO_MIN, RHO_MAX = 0.05, 4.0
 
 
 def gain_on_mean(t: torch.Tensor, gain: float) -> torch.Tensor:
-    """``t`` (``(N, C, ...)`` frames) with its per-frame, per-channel spatial mean times ``gain``."""
-    return t + (gain - 1) * t.mean(dim=tuple(range(2, t.dim())), keepdim=True)
+    """``t`` (``(N, C, ...)`` frames) with its per-frame, per-channel spatial mean times ``gain``; a video
+    VAE's ``(N, C, f, h, w)`` latents per latent frame."""
+    spatial = tuple(range(3 if t.dim() == 5 else 2, t.dim()))
+    return t + (gain - 1) * t.mean(dim=spatial, keepdim=True)
 
 
 def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

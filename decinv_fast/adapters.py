@@ -11,6 +11,12 @@ or, for a config with per-channel ``latents_mean`` and ``latents_std`` (SDXL-fam
 An adapter works on *frames*: ``encode`` maps ``(N, 3, H, W)`` pixels in [-1, 1] to ``(N, C, h, w)``
 latents and ``decode`` maps them back. Videos are flattened to frames by the caller; a temporal
 VAE's decoder is told how many consecutive frames form one video (``frames_per_video``).
+
+A causal 3-D video VAE (Wan, CogVideoX, HunyuanVideo, LTX-Video) compresses time as well: its latents
+are ``(N, C, 1 + (F - 1) / t, h, w)`` for ``(N, 3, F, H, W)`` videos, and its causal convolutions
+mix every frame with the ones before it, so frames cannot be encoded on their own. Its adapter works
+on whole *videos* (``temporal_compression`` is ``t``): ``encode`` maps ``(N, 3, F, H, W)`` to
+``(N, C, f, h, w)``, the layout its pipelines decode, and the caller hands it videos, not frames.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from torch import nn
 
 from .options import caller_stacklevel
 
+# the causal 3-D video VAEs of diffusers, whose latents compress time (see the module's docstring)
+VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo")
 VAE_KINDS = (
-    "a diffusers AutoencoderKL, AutoencoderTiny or AutoencoderKLTemporalDecoder, or an (encode_fn, decode_fn) pair"
+    "a diffusers AutoencoderKL, AutoencoderTiny or AutoencoderKLTemporalDecoder, a video VAE ("
+    + ", ".join(VIDEO_VAE_KINDS) + "), or an (encode_fn, decode_fn) pair"
 )
 
 
@@ -35,6 +44,10 @@ class VaeAdapter:
 
     ``spatial_factor`` and ``latent_channels`` are ``None`` for callables (unknown until called).
     ``module`` is the ``nn.Module`` behind the adapter, if any (for dtype/device/attention).
+    ``temporal_compression`` is set for a causal 3-D video VAE, whose ``encode``/``decode`` take whole
+    videos ``(N, 3, F, H, W)`` / ``(N, C, f, h, w)``; ``None`` for the VAEs that work frame by frame.
+    Such a VAE decodes ``f`` latent frames to ``1 + (f - 1) * temporal_compression`` frames, and
+    reproduces the frame count it encoded only for ``1 + k * frame_step`` frames.
     """
 
     kind: str
@@ -44,6 +57,13 @@ class VaeAdapter:
     latent_channels: int | None
     module: nn.Module | None = None
     temporal: bool = False
+    temporal_compression: int | None = None
+    frame_step: int | None = None  # a video VAE takes videos of 1 + k * frame_step frames
+    space: LatentSpace | None = None  # a diffusers VAE's pipeline latent space
+
+    @property
+    def encodes_videos(self) -> bool:
+        return self.temporal_compression is not None
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._in_dtype_of(pixels, self.encode_fn(pixels))
@@ -146,7 +166,7 @@ def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
         return vae.decode(space.to_raw(z)).sample
 
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return VaeAdapter(kind, encode, decode, factor, vae.config.latent_channels, vae, temporal)
+    return VaeAdapter(kind, encode, decode, factor, vae.config.latent_channels, vae, temporal, space=space)
 
 
 def _tiny_adapter(vae) -> VaeAdapter:
@@ -159,7 +179,40 @@ def _tiny_adapter(vae) -> VaeAdapter:
         return vae.decode(space.to_raw(z)).sample
 
     factor = vae.config.upsampling_scaling_factor ** (len(vae.config.encoder_block_out_channels) - 1)
-    return VaeAdapter("AutoencoderTiny", encode, decode, factor, vae.config.latent_channels, vae)
+    return VaeAdapter("AutoencoderTiny", encode, decode, factor, vae.config.latent_channels, vae, space=space)
+
+
+def _video_adapter(vae, kind: str) -> VaeAdapter:
+    """A causal 3-D video VAE, in the latent space its pipeline uses: LTX-Video keeps ``latents_mean`` and
+    ``latents_std`` as buffers of the model (its pipeline reads them there), the others in the config
+    (Wan) or a ``scaling_factor`` alone (CogVideoX, HunyuanVideo); see :class:`LatentSpace`."""
+    config = vae.config
+    space = LatentSpace.of(config)
+    if kind == "AutoencoderKLLTXVideo":
+        space = LatentSpace(space.scaling, 0.0, tuple(vae.latents_mean.tolist()), tuple(vae.latents_std.tolist()))
+    # LTX-Video 0.9.1+ decoders take a timestep; its pipeline's default decode_timestep is 0 (no noise added)
+    timestep = bool(getattr(config, "timestep_conditioning", False))
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return space.to_latent(vae.encode(x).latent_dist.mode())
+
+    def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        raw = space.to_raw(z)
+        if timestep:
+            return vae.decode(raw, temb=torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)).sample
+        return vae.decode(raw).sample
+
+    if kind == "AutoencoderKLWan":
+        time_factor = 2 ** sum(map(bool, config.temperal_downsample))  # (sic: the config's spelling)
+        channels = config.z_dim
+    else:
+        time_factor, channels = int(vae.temporal_compression_ratio), config.latent_channels
+    spatial = getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(config.block_out_channels) - 1)
+    # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
+    # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
+    step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
+    return VaeAdapter(kind, encode, decode, int(spatial), channels, vae, temporal_compression=time_factor,
+                      frame_step=step, space=space)
 
 
 def _callable_adapter(pair) -> VaeAdapter:
@@ -210,4 +263,10 @@ def as_adapter(vae) -> VaeAdapter:
         return _kl_adapter(vae, "AutoencoderKL", temporal=False)
     if isinstance(vae, AutoencoderTiny):
         return _tiny_adapter(vae)
+    import diffusers
+
+    for kind in VIDEO_VAE_KINDS:
+        video_vae = getattr(diffusers, kind, None)
+        if video_vae is not None and isinstance(vae, video_vae):
+            return _video_adapter(vae, kind)
     raise TypeError(f"vae must be {VAE_KINDS}; got {name}")

@@ -15,7 +15,7 @@ from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
 from .graphs import GraphedStep
-from .inputs import Frames, to_frames
+from .inputs import Frames, as_videos, to_frames
 from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import (
@@ -76,6 +76,8 @@ def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frame
         channels = getattr(adapter.module.config, "in_channels", None)
     frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
                        spatial_factor=adapter.spatial_factor, channels=channels)
+    if adapter.encodes_videos:
+        return as_videos(frames, adapter.frame_step, adapter.kind)
     if adapter.temporal and frames.frames is None and frames.batch > 1:
         warnings.warn(f"images: {frames.batch} images without a frame axis, so {adapter.kind} decodes each on its "
                       "own, as a 1-frame video; one video's frames are decoded together only as (1, F, 3, H, W) "
@@ -88,18 +90,23 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
+    if chunk_frames == "auto" and adapter.encodes_videos:
+        raise ValueError(f"chunk_frames='auto': the memory planner models VAEs that work frame by frame, and "
+                         f"{adapter.kind} encodes whole videos; give None, or a number of frames that holds whole "
+                         f"videos (vae.enable_tiling() bounds its memory within a video)")
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
         return auto_chunk(adapter, frames, method, options, attention, fp32_master)
     if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
-    if adapter.temporal and chunk_frames % frames.frames_per_video:
+    if (adapter.temporal or adapter.encodes_videos) and chunk_frames % frames.frames_per_video:
+        mixes = "in its causal encoder and decoder" if adapter.encodes_videos else "in its decoder"
         raise ValueError(
-            f"chunk_frames={chunk_frames}: {adapter.kind} mixes the frames of a video in its decoder, so "
+            f"chunk_frames={chunk_frames}: {adapter.kind} mixes the frames of a video {mixes}, so "
             f"a chunk must hold whole videos (a multiple of {frames.frames_per_video} frames)"
         )
-    return min(chunk_frames, total)
+    return min(chunk_frames // frames.frames_per_row, total)  # rows of frames.pixels: frames, or whole videos
 
 
 def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
@@ -172,7 +179,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     but solves ``E(D(z)) = E(x)`` with forward passes only (Hong et al., NeurIPS 2024).
 
     Args:
-        vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder`` or an
+        vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder``, a video
+            VAE that compresses time (``AutoencoderKLWan``, ``AutoencoderKLCogVideoX``,
+            ``AutoencoderKLHunyuanVideo``, ``AutoencoderKLLTXVideo``: whole videos of ``1 + 4k`` frames,
+            ``1 + 8k`` for CogVideoX and LTX-Video, to ``(B, C, f, h, w)`` latents) or an
             ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (a pipeline's
             ``output_type="pt"`` is [0, 1]: pass ``images * 2 - 1``; a tensor wholly in [0, 1] warns), uint8 tensor,
@@ -325,34 +335,47 @@ def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int |
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> torch.Tensor:
-    """``D(z)``: pixels in [-1, 1] (unclamped), ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
-    ``chunk_frames``: frames per decoder call (``None``: all at once; whole videos for temporal VAEs):
-    a long video's peak is one chunk's decoder activations, not the whole video's."""
+    """``D(z)``: pixels in [-1, 1] (unclamped), ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``; a video VAE's
+    ``(B, C, f, h, w)`` latents decode to ``(B, F, 3, H, W)`` videos, the layout :func:`invert` takes.
+    ``chunk_frames``: frames per decoder call (``None``: all at once; whole videos for temporal and video
+    VAEs): a long video's peak is one chunk's decoder activations, not the whole video's."""
     if chunk_frames is not None and (not is_int(chunk_frames) or chunk_frames < 1):
         raise ValueError(f"chunk_frames must be a positive int or None (frames per decoder call), got {chunk_frames!r}")
     adapter = as_adapter(vae)
-    if not isinstance(latents, torch.Tensor) or latents.dim() not in (3, 4, 5):
+    videos = adapter.encodes_videos
+    ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
+    if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:
+        if videos:
+            raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
+                             "whole videos")
         raise ValueError("latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor")
     if adapter.device is not None and latents.device != adapter.device:
         raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
-    channels = latents.shape[-3]
+    channels = latents.shape[channel_dim]
     if adapter.latent_channels is not None and channels != adapter.latent_channels:
-        raise ValueError(f"latents have {channels} channels (dim -3 of shape {tuple(latents.shape)}); "
+        raise ValueError(f"latents have {channels} channels (dim {channel_dim} of shape {tuple(latents.shape)}); "
                          f"this {adapter.kind} decodes {adapter.latent_channels}")
     check_finite("latents", latents)
-    squeezed = latents.dim() == 3
+    squeezed = latents.dim() == ranks[0]
     z = latents[None] if squeezed else latents
     if adapter.dtype is not None:
         z = z.to(adapter.dtype)
-    frames = z.shape[1] if z.dim() == 5 else 1
-    flat = z.flatten(0, 1) if z.dim() == 5 else z
-    layout = Frames(flat, z.shape[0], frames if z.dim() == 5 else None, squeezed)  # for the chunk checks
+    if videos:  # one row per video; its decoder gives 1 + (f - 1) t frames
+        flat, fpv = z, 1
+        layout = Frames(z, z.shape[0], 1 + (z.shape[2] - 1) * adapter.temporal_compression, squeezed, videos=True)
+    else:
+        frames = z.shape[1] if z.dim() == 5 else 1
+        flat = z.flatten(0, 1) if z.dim() == 5 else z
+        layout = Frames(flat, z.shape[0], frames if z.dim() == 5 else None, squeezed)  # for the chunk checks
+        fpv = frames if adapter.temporal else 1
     chunk = _chunk_for(adapter, layout, chunk_frames, "fsm", {})
-    fpv = frames if adapter.temporal else 1
     parts = [adapter.decode(flat[s], fpv) for s in chunks(flat.shape[0], chunk)]
     pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
     check_output_finite("decoder's output", adapter, pixels)
-    pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
+    if videos:
+        pixels = pixels.transpose(1, 2).contiguous()  # (B, 3, F, H, W) -> (B, F, 3, H, W)
+    else:
+        pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
     return pixels[0] if squeezed else pixels
 
 

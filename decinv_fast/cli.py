@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from .adapters import VIDEO_VAE_KINDS, as_adapter
 from .attention import ATTENTION
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder")
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder", *VIDEO_VAE_KINDS)
 
 
 def lr_arg(spec: str) -> float | str:
@@ -106,10 +107,10 @@ def cmd_invert(args) -> int:
                         cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     video = images.ndim == 5
-    if video:  # a video file: its (F, C, h, w) latents
+    if video:  # a video file: its (F, C, h, w) latents, a video VAE's (C, f, h, w)
         latents = latents[0]
     meta = _metadata(args, result, clip_aware=clip_aware, compile=compile, files=files,
-                     layout="frames,C,h,w" if video else "batch,C,h,w" if files is not None else "C,h,w")
+                     layout=_layout(as_adapter(vae).encodes_videos, video, files is not None))
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
     except (OSError, SafetensorError) as exc:
@@ -119,6 +120,13 @@ def cmd_invert(args) -> int:
     if args.png:
         _write_panel(args.png, vae, images, result, dtype)
     return 0
+
+
+def _layout(videos: bool, video: bool, folder: bool) -> str:
+    """The saved latents' dimensions: a video VAE's latents keep their latent frames after the channels."""
+    if videos:
+        return "batch,C,f,h,w" if folder else "C,f,h,w"
+    return "frames,C,h,w" if video else "batch,C,h,w" if folder else "C,h,w"
 
 
 def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | None, layout: str) -> dict:
@@ -151,9 +159,13 @@ def _write_panel(png: str, vae, images, result, dtype) -> None:
 
     frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
     first = frames.pixels[:1]
-    z_enc = api.encode(vae, first)
-    z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
-    enc_rec, inv_rec = api.decode(vae, z_enc)[0], api.decode(vae, z_inv)[0]
+    if as_adapter(vae).encodes_videos:  # its latents are of whole videos: decode the first video, show its first frame
+        z_enc = api.encode(vae, frames.pixels[None, :frames.frames_per_video])
+        z_inv = result.latents.reshape(-1, *result.latents.shape[-4:])[:1]
+    else:
+        z_enc = api.encode(vae, first)
+        z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
+    enc_rec, inv_rec = (api.decode(vae, z).reshape(-1, *first.shape[1:])[0] for z in (z_enc, z_inv))
     panel({"input": first[0], "encoder decoded": enc_rec, "inverted decoded": inv_rec,
            "error x10 (encoder)": error_image(enc_rec, first[0]),
            "error x10 (inverted)": error_image(inv_rec, first[0])}).save(png)

@@ -26,13 +26,17 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, edges reflected
+    """Separable Gaussian blur of ``(N, C, H, W)`` images (or ``(N, C, F, H, W)`` videos, each frame on
+    its own), each channel on its own, edges reflected
     (replicated, on both axes, when the image's smaller side is not larger than the kernel's radius)."""
     return _separable(images, gaussian_kernel(sigma, images.dtype, images.device))
 
 
 def _separable(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``images`` convolved with the 1-D ``kernel`` along W, then along H."""
+    """``images`` convolved with the 1-D ``kernel`` along W, then along H; videos ``(N, C, F, H, W)``
+    frame by frame."""
+    if images.dim() == 5:
+        return _separable(images.flatten(1, 2), kernel).view_as(images)
     radius = kernel.numel() // 2
     channels = images.shape[1]
     mode = "reflect" if min(images.shape[-2:]) > radius else "replicate"

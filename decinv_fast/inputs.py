@@ -27,12 +27,19 @@ FLOAT_RANGE_LIMIT = 1.5
 
 @dataclass
 class Frames:
-    """Checked pixels as frames ``(B * F, 3, H, W)`` plus how to give the latents their shape back."""
+    """Checked pixels as frames ``(B * F, 3, H, W)`` plus how to give the latents their shape back;
+    for a VAE that encodes whole videos, as videos ``(B, 3, F, H, W)`` (``videos``, see :func:`as_videos`)."""
 
     pixels: torch.Tensor
     batch: int
     frames: int | None  # frames per video; None for still images
     squeezed: bool  # the input had no batch dimension (one image or one video)
+    videos: bool = False  # pixels are whole videos (B, 3, F, H, W), one per sample
+
+    @property
+    def frames_per_row(self) -> int:
+        """Frames in one row of ``pixels`` (what an encoder/decoder call takes per row)."""
+        return self.frames_per_video if self.videos else 1
 
     @property
     def frames_per_video(self) -> int:
@@ -40,7 +47,7 @@ class Frames:
 
     def latent_shape(self, frame_latent_shape: torch.Size) -> tuple[int, ...]:
         """Shape of the latents for this input, from the shape of one frame's latent."""
-        lead = (self.batch,) if self.frames is None else (self.batch, self.frames)
+        lead = (self.batch,) if self.frames is None or self.videos else (self.batch, self.frames)
         return lead + tuple(frame_latent_shape)
 
     def restore(self, latents: torch.Tensor) -> torch.Tensor:
@@ -195,6 +202,20 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
         )
     pixels = pixels.to(device=device or pixels.device, dtype=dtype or pixels.dtype).contiguous()
     return Frames(pixels, batch, frames, squeezed)
+
+
+def as_videos(frames: Frames, frame_step: int, kind: str) -> Frames:
+    """``frames`` regrouped as whole videos ``(B, 3, F, H, W)`` for a causal 3-D VAE that takes videos of
+    ``1 + k * frame_step`` frames (images without a frame axis are 1-frame videos)."""
+    count = frames.frames_per_video
+    if (count - 1) % frame_step:
+        fits = 1 + (count - 1) // frame_step * frame_step
+        raise ValueError(f"images: {kind} takes videos of 1 + {frame_step}k frames (1, {1 + frame_step}, "
+                         f"{1 + 2 * frame_step}, ...), since it compresses time after the first frame; got {count} "
+                         f"frames: keep the first {fits}")
+    h, w = frames.pixels.shape[-2:]
+    pixels = frames.pixels.view(frames.batch, count, -1, h, w).transpose(1, 2).contiguous()
+    return Frames(pixels, frames.batch, frames.frames, frames.squeezed, videos=True)
 
 
 def _stacked(images, wide: bool):

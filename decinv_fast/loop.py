@@ -203,6 +203,13 @@ class GradientFreeIteration:
         return latents.view_as(self.z), returned
 
 
+def check_decoded_shape(adapter: VaeAdapter, decoded: torch.Tensor, x: torch.Tensor) -> None:
+    """A decoding must have the images' shape (else ``D(z) - x`` would broadcast, or fail obscurely)."""
+    if decoded.shape != x.shape:
+        raise ValueError(f"the {adapter.kind} decoder returned shape {tuple(decoded.shape)} for images of shape "
+                         f"{tuple(x.shape)}: it does not reproduce the images' size from their latents")
+
+
 def pixel_error_backward(adapter: VaeAdapter, z: torch.Tensor, x: torch.Tensor, chunk: int, frames_per_video: int,
                          clip_aware: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Accumulate ``d/dz sum((D(z) - x)^2)`` into ``z.grad``, ``chunk`` frames per decoder call (the loss
@@ -211,6 +218,7 @@ def pixel_error_backward(adapter: VaeAdapter, z: torch.Tensor, x: torch.Tensor, 
     sq = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
     for s in chunks(x.shape[0], chunk):
         decoded = adapter.decode(z[s], frames_per_video)
+        check_decoded_shape(adapter, decoded, x[s])
         if clip_aware:
             decoded = clipped_decoding(decoded, x[s])
         diff = decoded - x[s]
@@ -297,6 +305,7 @@ def make_codec(adapter: VaeAdapter, frames_per_video: int, compile: bool | str, 
 
     def encode_decode(y: torch.Tensor, x: torch.Tensor):
         decoded = adapter.decode(y, frames_per_video)
+        check_decoded_shape(adapter, decoded, x)
         if clip_aware:
             decoded = clipped_decoding(decoded, x)
         diff = torch.sub(decoded, x)

@@ -113,8 +113,8 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
         method=plan.method, dtype=latents.dtype, backend=update_backend(iteration, plan),
         pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
-        lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk, keep_best=plan.keep_best,
-        patience=plan.patience,
+        lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk * frames.frames_per_row,
+        keep_best=plan.keep_best, patience=plan.patience,
     )
 
 

@@ -125,6 +125,9 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
+    if adapter.encodes_videos:
+        raise ValueError(f"plan models VAEs that encode and decode frame by frame; {adapter.kind} encodes whole "
+                         "videos with causal 3-D convolutions and is not modelled")
     dtype = adapter.dtype if dtype is None else dtype
     shape = _checked_shape(shape, adapter.spatial_factor)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)

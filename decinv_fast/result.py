@@ -12,8 +12,9 @@ class InversionResult:
     """The inverted latents and how the run went.
 
     Attributes:
-        latents: ``(B, C, h, w)`` (or ``(B, F, C, h, w)`` for videos) in the pipeline's latent space,
-            ``(mode - shift_factor) * scaling_factor``; no batch dimension if the input had none.
+        latents: ``(B, C, h, w)`` (or ``(B, F, C, h, w)`` for videos; ``(B, C, f, h, w)`` from a video VAE
+            that compresses time) in the pipeline's latent space, ``(mode - shift_factor) * scaling_factor``
+            (or the VAE's per-channel form, see ``adapters.LatentSpace``); no batch dimension if the input had none.
         residuals: ``(steps_run,)`` relative residual of the whole batch at each step,
             ``||E(D(z_k)) - E(x)|| / ||E(x)||`` (for ``method="grad"``: ``||D(z_k) - x|| / ||x||``,
             the quantity it minimises). Entry k belongs to the point the k-th update was computed at.

@@ -1,0 +1,229 @@
+"""Causal 3-D video VAEs (Wan, CogVideoX, HunyuanVideo, LTX-Video): whole videos in, ``(B, C, f, h, w)``
+latents out in each pipeline's latent space, and every method equal to the reference run on whole videos."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLLTXVideo, AutoencoderKLWan
+
+import decinv_fast
+from decinv_fast import reference
+from decinv_fast.accelerated import gain_on_mean
+from decinv_fast.adapters import as_adapter
+from decinv_fast.filters import gaussian_blur
+from decinv_fast.protocol import make_target
+from decinv_fast.visual import quantize
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_ltx(**overrides):
+    config = dict(latent_channels=8, block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                  layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
+                  spatio_temporal_scaling=(True, True, True, False),
+                  decoder_spatio_temporal_scaling=(True, True, True, False), decoder_inject_noise=(False,) * 5,
+                  upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, scaling_factor=0.9)
+    config.update(overrides)
+    vae = AutoencoderKLLTXVideo(**config)
+    vae.latents_mean.copy_(torch.linspace(-0.2, 0.3, 8))  # buffers, as its checkpoints ship them
+    vae.latents_std.copy_(torch.linspace(0.5, 2.0, 8))
+    return vae
+
+
+def make_vae(kind: str):
+    torch.manual_seed(0)
+    if kind == "wan":
+        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], latents_mean=[0.1, 0.2, -0.1, 0.0],
+                               latents_std=[1.5, 2.0, 0.8, 1.0])
+    elif kind == "cogvideox":
+        vae = AutoencoderKLCogVideoX(block_out_channels=(8,) * 4, latent_channels=4, layers_per_block=1,
+                                     norm_num_groups=2, temporal_compression_ratio=4)
+    elif kind == "hunyuan":
+        vae = AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8,) * 4, layers_per_block=1,
+                                        norm_num_groups=2, spatial_compression_ratio=8, temporal_compression_ratio=4)
+    else:
+        vae = tiny_ltx(timestep_conditioning=kind == "ltx-timestep")
+    return vae.eval().requires_grad_(False)
+
+
+# each kind with a frame count it takes (1 + 4k; CogVideoX 1 + 8k, LTX 1 + 8k) and its latent frames
+KINDS = {"wan": (5, 2), "cogvideox": (9, 3), "hunyuan": (5, 2), "ltx": (9, 2), "ltx-timestep": (9, 2)}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def video_vae(request):
+    return request.param, make_vae(request.param)
+
+
+def video_of(frames: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, 3, 32, 32, generator=g) * 2 - 1
+
+
+def pipeline_latents(kind: str, vae, rows: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """``E(x)`` as each pipeline scales it, and the pipeline's way back to what its decoder takes."""
+    raw = vae.encode(rows).latent_dist.mode()
+    if kind == "wan":  # pipeline_wan: latents / (1 / std) + mean before decoding
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        return (raw - mean) / std, lambda z: z * std + mean
+    if kind.startswith("ltx"):  # pipeline_ltx: _normalize_latents / _denormalize_latents with the buffers
+        mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
+        s = vae.config.scaling_factor
+        return (raw - mean) * s / std, lambda z: z * std / s + mean
+    s = vae.config.scaling_factor  # CogVideoX, HunyuanVideo: 1 / scaling_factor * latents
+    return raw * s, lambda z: z / s
+
+
+def test_latents_and_decodings_are_the_pipelines(video_vae):
+    kind, vae = video_vae
+    frames, latent_frames = KINDS[kind]
+    video = video_of(frames)
+    rows = video.transpose(1, 2).contiguous()  # (B, 3, F, H, W), what the VAE takes
+    expected, to_raw = pipeline_latents(kind, vae, rows)
+    z = decinv_fast.encode(vae, video)
+    assert z.shape == (2, vae.config.get("z_dim", vae.config.get("latent_channels")), latent_frames) + z.shape[-2:]
+    torch.testing.assert_close(z, expected)
+    temb = {"temb": torch.zeros(2)} if kind == "ltx-timestep" else {}  # the LTX pipeline's default decode_timestep
+    decoded = vae.decode(to_raw(z), **temb).sample
+    torch.testing.assert_close(decinv_fast.decode(vae, z), decoded.transpose(1, 2))
+    assert decinv_fast.decode(vae, z).shape == video.shape
+
+
+@pytest.mark.parametrize("method,options", [("adam", {}), ("fsm", {"lr": 0.5}), ("km", {"lr": 0.3, "alpha": 0.3}),
+                                            ("grad", {})])
+def test_every_method_is_the_reference_on_whole_videos(video_vae, method, options):
+    kind, vae = video_vae
+    video = video_of(KINDS[kind][0])
+    a = as_adapter(vae)
+    rows = video.transpose(1, 2).contiguous()
+    run = {"adam": reference.adam, "fsm": reference.fsm, "km": reference.km, "grad": reference.gradient_based}[method]
+    ref_options = {("rho" if k == "lr" else k): v for k, v in options.items()}
+    ref = run(a.encode, lambda z: a.decode(z, 1), rows, steps=3, schedule="paper", **ref_options)
+    out = decinv_fast.invert(vae, video, method=method, steps=3, schedule="paper", measure_memory=False, **options)
+    assert torch.equal(out.latents, ref.latents)
+    assert out.per_sample_residual.shape == (2,)
+
+
+def test_auto_batches_and_chunks_whole_videos(video_vae):
+    """A batch of two videos equals each run alone, and one video per call equals both at once (up to
+    the convolutions' batch-size rounding); ``chunk_frames`` counts frames and must hold whole videos."""
+    kind, vae = video_vae
+    frames = KINDS[kind][0]
+    video = video_of(frames)
+    whole = decinv_fast.invert(vae, video, method="auto", steps=3, measure_memory=False)
+    assert whole.chunk_frames == 2 * frames
+    chunked = decinv_fast.invert(vae, video, method="auto", steps=3, chunk_frames=frames, measure_memory=False)
+    assert chunked.chunk_frames == frames
+    torch.testing.assert_close(chunked.latents, whole.latents, rtol=1e-4, atol=1e-5)
+    alone = decinv_fast.invert(vae, video[1:], method="auto", steps=3, measure_memory=False)
+    torch.testing.assert_close(alone.latents, whole.latents[1:], rtol=1e-4, atol=1e-5)
+    assert alone.returned_step.tolist() == whole.returned_step[1:].tolist()
+    with pytest.raises(ValueError, match=f"chunk_frames={frames + 1}: .*whole videos"):
+        decinv_fast.invert(vae, video, steps=1, chunk_frames=frames + 1)
+
+
+def test_decode_chunks_whole_videos():
+    vae = make_vae("hunyuan")
+    z = decinv_fast.encode(vae, video_of(5))
+    whole = decinv_fast.decode(vae, z)
+    torch.testing.assert_close(decinv_fast.decode(vae, z, chunk_frames=5), whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="chunk_frames=4: AutoencoderKLHunyuanVideo mixes the frames of a video in "
+                                         "its causal encoder and decoder, so a chunk must hold whole videos"):
+        decinv_fast.decode(vae, z, chunk_frames=4)
+
+
+def test_images_are_one_frame_videos():
+    vae = make_vae("wan")
+    images = video_of(1)[:, 0]  # (2, 3, 32, 32)
+    out = decinv_fast.invert(vae, images, steps=2, measure_memory=False)
+    assert out.latents.shape == (2, 4, 1, 4, 4)
+    assert torch.equal(out.latents[:, :, 0], decinv_fast.invert(vae, images[:, None], steps=2).latents[:, :, 0])
+    one = decinv_fast.invert(vae, images[0], steps=2, measure_memory=False)
+    assert one.latents.shape == (4, 1, 4, 4)
+    assert decinv_fast.decode(vae, one.latents).shape == (1, 3, 32, 32)  # (F, 3, H, W) of one video
+
+
+@pytest.mark.parametrize("kind,frames,needed,keep", [("wan", 4, "1 \\+ 4k", 1), ("hunyuan", 7, "1 \\+ 4k", 5),
+                                                    ("cogvideox", 5, "1 \\+ 8k", 1), ("ltx", 13, "1 \\+ 8k", 9)])
+def test_a_frame_count_the_vae_cannot_reproduce_is_refused(kind, frames, needed, keep):
+    vae = make_vae(kind)
+    with pytest.raises(ValueError, match=f"images: .* takes videos of {needed} frames .* got {frames} frames: keep "
+                                         f"the first {keep}$"):
+        decinv_fast.invert(vae, video_of(frames, batch=1), steps=1)
+    with pytest.raises(ValueError, match=f"{needed} frames"):
+        decinv_fast.encode(vae, video_of(frames, batch=1))
+
+
+def test_planner_latent_layout_and_decoder_shape_errors_name_the_problem():
+    vae = make_vae("wan")
+    video = video_of(5)
+    with pytest.raises(ValueError, match="chunk_frames='auto': .*AutoencoderKLWan encodes whole videos"):
+        decinv_fast.invert(vae, video, steps=1, chunk_frames="auto")
+    with pytest.raises(ValueError, match="plan models VAEs .* AutoencoderKLWan encodes whole videos"):
+        decinv_fast.plan(vae, (1, 5, 3, 32, 32), device="cpu")
+    with pytest.raises(ValueError, match=r"latents must be a \(C, f, h, w\) or \(B, C, f, h, w\) tensor"):
+        decinv_fast.decode(vae, torch.zeros(4, 4, 4))
+    with pytest.raises(ValueError, match=r"latents have 2 channels \(dim -4 of shape \(1, 2, 2, 4, 4\)\)"):
+        decinv_fast.decode(vae, torch.zeros(1, 2, 2, 4, 4))
+
+
+def test_a_decoder_that_changes_the_images_shape_is_named(tiny_kl, images_32):
+    a = as_adapter(tiny_kl)
+    cropping = (a.encode, lambda z: a.decode(z)[..., 1:, :])  # loses a row: D(z) - x would fail obscurely
+    for method in ("fsm", "grad"):
+        with pytest.raises(ValueError, match=r"the callables decoder returned shape \(2, 3, 31, 32\) for images of "
+                                             r"shape \(2, 3, 32, 32\)"):
+            decinv_fast.invert(cropping, images_32, method=method, steps=1)
+
+
+def test_make_target_samples_whole_videos():
+    vae = make_vae("ltx")
+    video = video_of(9)
+    target = make_target(vae, video, seed=3)
+    assert target.latents.shape == (2, 8, 2, 1, 1) and target.images.shape == video.shape
+    assert torch.equal(target.images, quantize(decinv_fast.decode(vae, target.latents)))
+    mode = decinv_fast.encode(vae, video)
+    assert not torch.equal(target.latents, mode)  # drawn from the distribution, not its mode
+    assert torch.equal(make_target(vae, video, seed=3).latents, target.latents)
+
+
+def test_mean_gain_and_residual_blur_act_per_frame_of_a_video():
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 3, 5, 5, generator=g)
+    gained = gain_on_mean(latents, 3.0)
+    for f in range(3):
+        torch.testing.assert_close(gained[:, :, f], gain_on_mean(latents[:, :, f], 3.0))
+    pixels = torch.randn(2, 3, 4, 16, 16, generator=g)
+    blurred = gaussian_blur(pixels, 1.0)
+    for f in range(4):
+        torch.testing.assert_close(blurred[:, :, f], gaussian_blur(pixels[:, :, f], 1.0))
+
+
+def test_the_command_line_inverts_an_animated_png_with_a_saved_video_vae(tmp_path, monkeypatch):
+    """``decinv invert clip.png --vae <a saved AutoencoderKLWan>``: the latents of the whole clip ``(C, f, h, w)``,
+    those of ``invert`` on its frames, and a panel of its first frame."""
+    import numpy as np
+    from cli_runs import run_invert
+    from PIL import Image
+
+    import decinv_fast.visual
+    from decinv_fast.demo import bundled_photo, pan_clip
+
+    shown = {}
+    real_panel = decinv_fast.visual.panel
+    monkeypatch.setattr(decinv_fast.visual, "panel", lambda images: shown.update(images) or real_panel(images))
+    make_vae("wan").save_pretrained(tmp_path / "wan")
+    frames = pan_clip(bundled_photo(), 5, 32)
+    clip = [Image.fromarray(f) for f in frames]
+    clip[0].save(tmp_path / "clip.png", save_all=True, append_images=clip[1:])  # lossless: these frames
+    latents, meta = run_invert(tmp_path / "clip.png", tmp_path / "z.st", "--vae", str(tmp_path / "wan"),
+                               "--png", str(tmp_path / "panel.png"))
+    assert latents.shape == (4, 2, 4, 4) and meta["layout"] == "C,f,h,w"
+    direct = decinv_fast.invert(make_vae("wan"), np.stack(frames)[None], steps=1, measure_memory=False)
+    assert torch.equal(latents, direct.latents[0])
+    assert Image.open(tmp_path / "panel.png").size[0] == 5 * 32
+    vae = make_vae("wan")  # the panel shows the first frame of each whole-video decoding
+    torch.testing.assert_close(shown["inverted decoded"], decinv_fast.decode(vae, latents)[0])
+    torch.testing.assert_close(shown["encoder decoded"],
+                               decinv_fast.decode(vae, decinv_fast.encode(vae, np.stack(frames)[None]))[0, 0])

@@ -26,9 +26,9 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` images (or ``(N, C, F, H, W)`` videos, each frame on
-    its own), each channel on its own, edges reflected
-    (replicated, on both axes, when the image's smaller side is not larger than the kernel's radius)."""
+    """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, edges reflected
+    (replicated, on both axes, when the image's smaller side is not larger than the kernel's radius);
+    ``(N, C, F, H, W)`` videos frame by frame."""
     return _separable(images, gaussian_kernel(sigma, images.dtype, images.device))
 
 

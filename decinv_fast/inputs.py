@@ -46,7 +46,8 @@ class Frames:
         return self.frames or 1
 
     def latent_shape(self, frame_latent_shape: torch.Size) -> tuple[int, ...]:
-        """Shape of the latents for this input, from the shape of one frame's latent."""
+        """Shape of the latents for this input, from the shape of one row's latent (a frame's, or with
+        ``videos`` a whole video's)."""
         lead = (self.batch,) if self.frames is None or self.videos else (self.batch, self.frames)
         return lead + tuple(frame_latent_shape)
 

@@ -90,14 +90,11 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     total = frames.pixels.shape[0]
     if chunk_frames is None:
         return total
-    if chunk_frames == "auto" and adapter.encodes_videos:
-        raise ValueError(f"chunk_frames='auto': the memory planner models VAEs that work frame by frame, and "
-                         f"{adapter.kind} encodes whole videos; give None, or a number of frames that holds whole "
-                         f"videos (vae.enable_tiling() bounds its memory within a video)")
     if chunk_frames == "auto":
         from .planner import auto_chunk
 
-        return auto_chunk(adapter, frames, method, options, attention, fp32_master)
+        # frames, whole videos for the VAEs that mix them: as rows of frames.pixels
+        return auto_chunk(adapter, frames, method, options, attention, fp32_master) // frames.frames_per_row
     if not is_int(chunk_frames) or chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive int, 'auto' or None, got {chunk_frames!r}")
     if (adapter.temporal or adapter.encodes_videos) and chunk_frames % frames.frames_per_video:

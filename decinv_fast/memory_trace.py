@@ -5,6 +5,7 @@ would run (see :mod:`.planner` for what is modelled and how it is checked)."""
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 
 import torch
@@ -18,11 +19,16 @@ from .attention import auto_processors
 class LiveBytes(TorchDispatchMode):
     """Tracks the bytes of live storages created inside the mode and their peak.
 
-    ``conv_copy=True`` models oneDNN on the CPU, which, for a batch of one, converts a convolution's
-    input to a blocked layout in a temporary buffer of the same size while the output is being
-    written; batches of two or more usually convolve without that copy (measured: tests/test_planner.py,
-    benchmarks/memory_vs_frames.py; one exception seen: the full-width SD layout at 64x64 with a
-    batch of two copies after all, and is predicted 14% low).
+    ``conv_copy=True`` models what a CPU convolution holds besides its output (:func:`cpu_conv_scratch`):
+    oneDNN, for a 2-D batch of one, converts the input to a blocked layout in a temporary buffer of the
+    same size while the output is being written; 2-D batches of two or more usually convolve without
+    that copy (measured: tests/test_planner.py, benchmarks/memory_vs_frames.py; one exception seen: the
+    full-width SD layout at 64x64 with a batch of two copies after all, and is predicted 14% low).
+    3-D convolutions (the video VAEs') copy their input and weights at any batch, or, with fewer input
+    channels than a SIMD register holds floats, their output padded to that many channels. Convolutions
+    PyTorch keeps out of oneDNN (small batches of one, half precision, ...) unfold their input into a
+    column buffer of ``N * C_in * prod(kernel) * prod(output's spatial size)`` elements, 27 times the
+    output for a 3x3x3 kernel (measured on AVX-512: tests/test_planner_video.py).
     """
 
     def __init__(self, conv_copy: bool = False):
@@ -58,10 +64,62 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, tuple | list) else (out,):
             self._track(t)
-        if self.conv_copy and func is torch.ops.aten.convolution.default and args[0].shape[0] == 1:
-            x = args[0]
-            self.peak = max(self.peak, self.live + x.numel() * x.element_size())
+        if self.conv_copy and func is torch.ops.aten.convolution.default:
+            self.peak = max(self.peak, self.live + cpu_conv_scratch(*args))
+        elif self.conv_copy and func is torch.ops.aten.convolution_backward.default:
+            self.peak = max(self.peak, self.live + cpu_conv_backward_scratch(*args))
         return out
+
+
+def cpu_conv_scratch(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> int:
+    """Bytes a CPU convolution (``aten.convolution``'s arguments, meta tensors) holds besides its output:
+    oneDNN's copies, or the native kernels' column buffer (see :class:`LiveBytes`)."""
+    backend = _cpu_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups)
+    size = x.element_size()
+    if backend in _NATIVE_UNFOLDING:
+        return _columns(x, weight, stride, padding)
+    if backend.startswith("Mkldnn") and x.dim() == 5:  # a 3-D convolution, whatever the batch
+        block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8  # floats per SIMD register
+        if x.shape[1] < block:  # its output in oneDNN's blocked layout, channels padded to the block, then copied
+            spatial = _output_size(x, weight, stride, padding)
+            return x.shape[0] * -(-weight.shape[0] // block) * block * math.prod(spatial) * size
+        return (x.numel() + weight.numel()) * size  # its input and weights in the blocked layout
+    return x.numel() * size if x.shape[0] == 1 else 0
+
+
+def cpu_conv_backward_scratch(grad, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
+                              groups, mask) -> int:
+    """Bytes ``aten.convolution_backward`` holds besides its outputs on the CPU: the native 3-D kernel's
+    column buffer for the input's gradient (the 2-D one and oneDNN's, measured, add little)."""
+    backend = _cpu_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups)
+    return _columns(x, weight, stride, padding) if mask[0] and backend == "Slow3d" else 0
+
+
+def _cpu_backend(x, weight, stride, padding, dilation, transposed, output_padding, groups) -> str:
+    """The convolution backend PyTorch picks for CPU tensors of these shapes (asked with zero-size stand-ins,
+    expanded); "" where it cannot be asked."""
+    select = getattr(torch._C, "_select_conv_backend", None)
+    if select is None or transposed:
+        return ""
+    cpu = [torch.empty((), dtype=t.dtype).expand(t.shape) for t in (x, weight)]
+    return str(select(*cpu, None, list(stride), list(padding), list(dilation), transposed, list(output_padding),
+                      groups, None)).rsplit(".", 1)[-1]
+
+
+def _columns(x, weight, stride, padding) -> int:
+    """Bytes of the native kernels' unfolded input (none for a 1x1 convolution: a matrix product of the input)."""
+    kernel = weight.shape[2:]
+    if all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(padding):
+        return 0
+    spatial = _output_size(x, weight, stride, padding)
+    return x.shape[0] * weight.shape[1] * math.prod(kernel) * math.prod(spatial) * x.element_size()
+
+
+def _output_size(x, weight, stride, padding) -> list[int]:
+    return [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[2:], padding, weight.shape[2:], stride, strict=True)]
+
+
+_NATIVE_UNFOLDING = ("Slow2d", "Slow3d")  # the CPU backends that convolve through a column buffer
 
 
 class _FlashLike(torch.autograd.Function):
@@ -106,10 +164,29 @@ def meta_vae(module: torch.nn.Module, dtype: torch.dtype, attention: str) -> tor
     kept = _kept_processors(module) if attention == "auto" else {}
     if kept:
         meta.set_attn_processor({**meta.attn_processors, **kept})
+    _copy_settings(module, meta)
     # nn.Module.to: diffusers' own .to() warns about fp32-kept modules, irrelevant for a meta copy;
     # device too: some layers make their parameters on the CPU whatever the default device
     # (AutoencoderKLTemporalDecoder's time mixer)
-    return torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
+    meta = torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
+    for name in SPACE_BUFFERS:  # read as numbers by the adapter (its latent space), never by the forward pass
+        if isinstance(getattr(module, name, None), torch.Tensor):
+            setattr(meta, name, getattr(module, name).detach().to("cpu", copy=True))
+    return meta
+
+
+# buffers holding the pipeline's latent space (LTX-Video keeps its latents_mean/latents_std there, not in
+# its config): a meta copy has no values to read, so it keeps the real ones (a few floats, on the CPU)
+SPACE_BUFFERS = ("latents_mean", "latents_std")
+
+
+def _copy_settings(module: torch.nn.Module, meta: torch.nn.Module) -> None:
+    """The VAE's own switches and sizes set after construction (``enable_tiling()``, ``enable_slicing()``,
+    tile sizes, CogVideoX's and LTX-Video's frame batches, HunyuanVideo's frame-wise passes), which
+    ``from_config`` does not restore and which set how much one call holds at once."""
+    for name, value in vars(module).items():
+        if not name.startswith("_") and name != "training" and type(value) in (bool, int, float):
+            setattr(meta, name, value)
 
 
 def _kept_processors(module: torch.nn.Module) -> dict:
@@ -152,8 +229,10 @@ def peak_bytes(run, attention: str, device: str) -> int:
 
 
 def chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
-    """``run()`` for :func:`peak_bytes`: ``E(D(z))`` of one chunk on the meta copy (for ``grad``: the
-    decoder forward and the backward of the pixel loss)."""
+    """``run()`` for :func:`peak_bytes`: ``E(D(z))`` of one chunk on the meta copy, with the pixel residual
+    ``loop.make_codec`` holds while the encoder runs (for ``grad``: the decoder forward and the backward of
+    the pixel loss). A chunk is ``chunk`` rows of ``pixel``/``latent`` shape: frames, or a video VAE's whole
+    videos ``(3, F, H, W)`` and ``(C, f, h, w)``."""
 
     def run() -> None:
         z = torch.empty((chunk,) + latent, dtype=dtype, device="meta")
@@ -164,6 +243,9 @@ def chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
                 (meta.decode(z, per_video) - x).square().sum().backward()
         else:
             with torch.no_grad():
-                meta.encode(meta.decode(z, per_video))
+                decoded = meta.decode(z, per_video)
+                residual = torch.empty_like(decoded)  # the codec's D(y) - x, squared in place, lives through E
+                meta.encode(decoded)
+                del residual
 
     return run

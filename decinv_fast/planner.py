@@ -9,20 +9,30 @@ runs the VAE's own processors as the run keeps them (``attention.auto_processors
 gets copies of them, so one that calls SDPA counts as a fused kernel and one that computes
 softmax(QK^T)V itself (a subclass of diffusers' ``AttnProcessor``) is traced building the matrix.
 The gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
-The pass traced is ``E(D(z))``; the few pixel-sized temporaries the iteration adds around it (the
-pixel residual, ``residual_blur``'s filtered copy) are smaller than the decoder's own peak, which
-they follow, and are not traced (checked with ``residual_blur`` in tests/test_planner.py). The
-iteration's state (latent-sized buffers, optimizer history, the fp32 master copy fp16 runs keep) is
-counted from the method, its options and ``fp32_master``, as the run allocates it.
+The pass traced is ``E(D(z))`` with the pixel residual ``D(z) - x`` the iteration holds through the
+encoder; its other pixel-sized temporaries (``residual_blur``'s filtered copy) are smaller than the
+decoder's own peak, which they follow, and are not traced (checked with ``residual_blur`` in
+tests/test_planner.py). The iteration's state (latent-sized buffers, optimizer history, the fp32
+master copy fp16 runs keep) is counted from the method, its options and ``fp32_master``, as the run
+allocates it.
+
+A video VAE that compresses time (Wan, CogVideoX, HunyuanVideo, LTX-Video) encodes whole videos, so
+its chunks are whole videos: ``c`` of them are traced as ``(c, 3, F, H, W)`` pixels and
+``(c, C, 1 + (F - 1) / t, h, w)`` latents through the adapter's own ``encode``/``decode`` (Wan's
+per-call feature cache included: it is freed when each call ends), and the state is counted from
+those latents; ``per_chunk`` is keyed by frames, ``c * F``. The meta copy keeps the switches set
+after construction (``enable_tiling()``, frame batches), so a tiled VAE is planned tiled.
 
 It predicts what the allocator hands out (the quantity ``torch.cuda.max_memory_allocated`` reports),
-not the CUDA context. On the CPU it adds oneDNN's per-convolution layout copy and is checked against
-the CPU allocator's measured peak (tests/test_planner.py). cuDNN workspaces and allocator rounding
-on a GPU are not modelled: GPU predictions are unverified until run on a GPU.
+not the CUDA context. On the CPU it adds what each convolution holds besides its output (oneDNN's layout
+copies, the column buffers of PyTorch's native kernels: ``memory_trace.LiveBytes``) and is checked against
+the CPU allocator's measured peak (tests/test_planner.py, tests/test_planner_video.py). cuDNN
+workspaces and allocator rounding on a GPU are not modelled: GPU predictions are unverified until run on a GPU.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -53,7 +63,8 @@ PLANNED_METHODS = (*GRADIENT_FREE_STATE, "grad")
 class MemoryPlan:
     """Predicted peak bytes of an inversion, per chunk size.
 
-    ``per_chunk[c]`` is the whole predicted peak with ``c`` frames per encoder/decoder call:
+    ``per_chunk[c]`` is the whole predicted peak with ``c`` frames per encoder/decoder call (whole videos,
+    multiples of ``F``, for a temporal VAE or a video VAE):
     weights + input pixels + the iteration's state + the transient peak of one chunk.
     ``added_per_chunk[c]`` leaves out weights and input (what the call itself allocates).
     """
@@ -97,7 +108,9 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
 
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
-        shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``.
+        shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``; for a video VAE (Wan, CogVideoX,
+            HunyuanVideo, LTX-Video) ``F`` is ``1 + k * frame_step`` as ``invert`` takes it, and each chunk
+            is whole videos traced as the VAE takes them, ``(c, 3, F, H, W)`` to ``(c, C, f, h, w)`` latents.
         dtype: the run's dtype, as ``invert``'s ``dtype`` (``None``, the default: the VAE's own, the
             dtype ``invert`` runs it in; an fp32 VAE you will run in fp16, pass ``torch.float16``):
             weights, pixels, latents and activations are counted in it (Anderson's and L-BFGS's history
@@ -110,7 +123,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
         attention: ``"sdpa"``/``"xformers"`` (fused kernels), ``"math"`` (the tokens x tokens matrix) or
             ``"auto"``: the VAE's own processors as the run keeps them (its plain ``AttnProcessor`` becomes
             SDPA), traced as they compute (a custom processor that does not call SDPA builds the matrix).
-        chunks: chunk sizes to evaluate (default: powers of two up to the frame count, and it).
+        chunks: chunk sizes in frames to evaluate (default: powers of two up to the frame count, and it;
+            for videos that must stay whole, ``F`` times powers of two).
         memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents, fp64 for
             fp64 latents), or the number of L-BFGS pairs for grad's ``optimizer="lbfgs"``; default 5.
         mixing: Anderson's ``"latent"`` (default) or ``"pixel"`` mixing (the latter adds ``m + 2``
@@ -125,22 +139,23 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     adapter = as_adapter(vae)
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
-    if adapter.encodes_videos:
-        raise ValueError(f"plan models VAEs that encode and decode frame by frame; {adapter.kind} encodes whole "
-                         "videos with causal 3-D convolutions and is not modelled")
     dtype = adapter.dtype if dtype is None else dtype
     shape = _checked_shape(shape, adapter.spatial_factor)
+    per_row = _frames_per_row(adapter, shape)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
     check_fp32_master(fp32_master, run_method)
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
-    per_video = shape[1] if len(shape) == 5 and adapter.temporal else 1
+    per_video = shape[1] if len(shape) == 5 and (adapter.temporal or adapter.encodes_videos) else 1
     meta = as_adapter(meta_vae(adapter.module, dtype, attention))
     h, w = shape[-2:]
     f = adapter.spatial_factor
-    latent = (adapter.latent_channels, h // f, w // f)
+    pixel, latent = (3, h, w), (adapter.latent_channels, h // f, w // f)
+    if adapter.encodes_videos:  # a row is a whole video: (3, F, H, W) pixels, (C, 1 + (F - 1) / t, h, w) latents
+        pixel, latent = (3, per_row, h, w), (latent[0], 1 + (per_row - 1) // adapter.temporal_compression, *latent[1:])
+    rows = frames // per_row
     size = torch.tensor([], dtype=dtype).element_size()
-    latent_bytes = frames * latent[0] * latent[1] * latent[2] * size
+    latent_bytes = rows * math.prod(latent) * size
     weights = sum(p.numel() for p in adapter.module.parameters()) * size
     transient = {}
     for c in chunks or ():
@@ -150,8 +165,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
                              "frames" + (", in whole videos" if per_video > 1 else ""))
     for c in chunks or _candidate_chunks(frames, per_video):
         try:
-            transient[c] = peak_bytes(chunk_pass(meta, c, (3, h, w), latent, dtype, per_video, method), attention,
-                                      device)
+            transient[c] = peak_bytes(chunk_pass(meta, c // per_row, pixel, latent, dtype, per_video, method),
+                                      attention, device)
         except Exception as error:
             own = own_processor_names(adapter.module) if attention == "auto" else ""
             if not own:
@@ -165,7 +180,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     elif method == "grad":
         state = latent_bytes * 4  # z, its gradient, Adam's m and v
     else:
-        state = latent_bytes * GRADIENT_FREE_STATE[method] + frames * 4 * 64  # + norms/history (small)
+        state = latent_bytes * GRADIENT_FREE_STATE[method] + rows * 4 * 64  # + norms/history (small)
         if method == "anderson":
             state += (latent_bytes // size) * math_size * (2 * memory + 2)
             if mixing == "pixel":
@@ -174,6 +189,18 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
             state += (latent_bytes // size) * 4
     return MemoryPlan(shape, dtype, device, method_label, weights, frames * 3 * h * w * size, state, transient,
                       budget_bytes)
+
+
+def _frames_per_row(adapter, shape: tuple[int, ...]) -> int:
+    """Frames per row of the run's pixels: 1, or a whole video for a VAE that encodes videos, whose frame
+    count is refused as ``invert`` refuses it (``inputs.as_videos``)."""
+    if not adapter.encodes_videos:
+        return 1
+    count, step = (shape[1] if len(shape) == 5 else 1), adapter.frame_step
+    if (count - 1) % step:
+        raise ValueError(f"shape: {adapter.kind} takes videos of 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}, "
+                         f"...), since it compresses time after the first frame; got {count} frames")
+    return count
 
 
 def _planned_method(method: str, memory: int | None, mixing: str | None,
@@ -232,15 +259,16 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
 
 def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",
                fp32_master: bool | None = None) -> int:
-    """The largest chunk predicted to fit in the memory free now (CUDA: free device memory;
-    CPU: half of the available RAM). At least one video's frames for temporal VAEs.
+    """The largest chunk, in frames, predicted to fit in the memory free now (CUDA: free device memory;
+    CPU: half of the available RAM). Whole videos for temporal VAEs and video VAEs (at least one).
     ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``), ``attention``
     its attention backend (``"math"`` builds the tokens x tokens matrix) and ``fp32_master`` its master
     copy setting."""
     if adapter.module is None:
         raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
     pixels = frames.pixels
-    shape = (frames.batch, frames.frames, *pixels.shape[1:]) if frames.frames else tuple(pixels.shape)
+    image = pixels.shape[1:2] + pixels.shape[-2:]  # (3, H, W), also of whole videos' (B, 3, F, H, W) rows
+    shape = (frames.batch, frames.frames, *image) if frames.frames else (frames.batch, *image)
     device = pixels.device
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

@@ -43,6 +43,25 @@ def test_the_cpu_prediction_adds_onednn_s_copy_for_a_batch_of_one():
     assert abs(cpu - measured) <= 0.1 * measured and cuda < 0.9 * measured, (cpu, cuda, measured)
 
 
+def test_small_convolutions_of_a_batch_of_one_are_planned_with_their_column_buffers():
+    """PyTorch keeps a batch of one whose ``N * C * H * W`` is at most 20480 out of oneDNN: its native kernels
+    unfold each 3x3 convolution's input (9 times its size). A tiny VAE at 32x32 peaks higher with one frame
+    per call than with two, as measured; left out, one frame per call was predicted 59% low."""
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**tiny_kl_config(latent_channels=16)).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    predicted = plan(vae, x.shape, dtype=torch.float32, device="cpu").added_per_chunk
+    measured = {}
+    for chunk in (1, 2):
+        decinv_fast.invert(vae, x, steps=1, chunk_frames=chunk)  # load kernels outside the measurement
+        _, measured[chunk] = cpu_allocator_peak(lambda c=chunk: decinv_fast.invert(vae, x, steps=1, chunk_frames=c))
+        assert abs(predicted[chunk] - measured[chunk]) <= 0.1 * measured[chunk], (predicted, measured)
+    assert measured[1] > measured[2] and predicted[1] > predicted[2]
+
+
 def test_the_state_counts_each_method_s_own_latent_buffers():
     """Beyond FSM's buffers, Adam's run holds its two moments (and its update a latent of scratch,
     ``tmp`` in ops/_torch.py) and KM's its extrapolated point y."""

@@ -63,7 +63,10 @@ def test_the_flux_and_sd3_layout_sixteen_channels_without_quant_convs(images_32)
         assert out.latents.shape == (2, 16, 4, 4) and bool(torch.isfinite(out.latents).all())
     planned = decinv_fast.plan(vae, (2, 3, 32, 32), device="cpu", method="adam")
     assert planned.weights_bytes == sum(p.numel() * 4 for p in vae.parameters())
-    assert planned.per_chunk[2] > planned.per_chunk[1] > planned.weights_bytes
+    # one frame per call is not the cheaper here: its small convolutions run PyTorch's native kernels on the
+    # CPU, through column buffers (tests/test_plan_accounting.py)
+    assert sorted(planned.per_chunk) == [1, 2]
+    assert min(planned.per_chunk.values()) > planned.weights_bytes + planned.input_bytes + planned.state_bytes
 
 
 def test_latents_mean_and_std_as_sdxl_pipelines_use_them(images_32):

@@ -189,7 +189,10 @@ def _video_adapter(vae, kind: str) -> VaeAdapter:
     config = vae.config
     space = LatentSpace.of(config)
     if kind == "AutoencoderKLLTXVideo":
-        space = LatentSpace(space.scaling, 0.0, tuple(vae.latents_mean.tolist()), tuple(vae.latents_std.tolist()))
+        mean, std = vae.latents_mean, vae.latents_std
+        if mean.is_meta or std.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
+            mean, std = torch.zeros(mean.shape), torch.ones(std.shape)
+        space = LatentSpace(space.scaling, 0.0, tuple(mean.tolist()), tuple(std.tolist()))
     # LTX-Video 0.9.1+ decoders take a timestep; its pipeline's default decode_timestep is 0 (no noise added)
     timestep = bool(getattr(config, "timestep_conditioning", False))
 
@@ -202,12 +205,16 @@ def _video_adapter(vae, kind: str) -> VaeAdapter:
             return vae.decode(raw, temb=torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)).sample
         return vae.decode(raw).sample
 
+    # the ratios the model sets itself (from its patch sizes: LTX-Video), else its config's (vars, not getattr:
+    # diffusers warns when a config value is read as an attribute)
+    own = vars(vae)
     if kind == "AutoencoderKLWan":
         time_factor = 2 ** sum(map(bool, config.temperal_downsample))  # (sic: the config's spelling)
         channels = config.z_dim
     else:
-        time_factor, channels = int(vae.temporal_compression_ratio), config.latent_channels
-    spatial = getattr(vae, "spatial_compression_ratio", None) or 2 ** (len(config.block_out_channels) - 1)
+        time_factor = int(own.get("temporal_compression_ratio") or config.temporal_compression_ratio)
+        channels = config.latent_channels
+    spatial = own.get("spatial_compression_ratio") or 2 ** (len(config.block_out_channels) - 1)
     # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
     # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)

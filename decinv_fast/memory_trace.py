@@ -170,8 +170,9 @@ def meta_vae(module: torch.nn.Module, dtype: torch.dtype, attention: str) -> tor
     # (AutoencoderKLTemporalDecoder's time mixer)
     meta = torch.nn.Module.to(meta, device="meta", dtype=dtype).eval().requires_grad_(False)
     for name in SPACE_BUFFERS:  # read as numbers by the adapter (its latent space), never by the forward pass
-        if isinstance(getattr(module, name, None), torch.Tensor):
-            setattr(meta, name, getattr(module, name).detach().to("cpu", copy=True))
+        buffer = module._buffers.get(name)  # not getattr: diffusers warns on config values read as attributes
+        if buffer is not None and not buffer.is_meta:
+            setattr(meta, name, buffer.detach().to("cpu", copy=True))
     return meta
 
 

@@ -91,3 +91,21 @@ def test_auto_chunk_picks_the_largest_whole_videos_that_fit(monkeypatch):
         assert auto.chunk_frames == chunk
         by_hand = decinv_fast.invert(vae, x, steps=2, chunk_frames=chunk, measure_memory=False)
         assert torch.equal(auto.latents, by_hand.latents)
+
+
+@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx"])
+def test_a_vae_built_on_the_meta_device_plans_as_the_real_one_without_warnings(kind):
+    """``with torch.device("meta"): vae = AutoencoderKLWan(...)`` (no weights, as the README plans the
+    released VAEs): the same prediction; and neither planning nor inverting reads a config value as an
+    attribute (diffusers' FutureWarning)."""
+    import warnings
+
+    real = make_vae(kind)
+    with torch.device("meta"):
+        weightless = type(real).from_config(real.config)
+    frames = KINDS[kind][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predicted = plan(weightless, (1, frames, 3, 32, 32), dtype=torch.float32, device="cuda").per_chunk
+        assert predicted == plan(real, (1, frames, 3, 32, 32), dtype=torch.float32, device="cuda").per_chunk
+        decinv_fast.invert(real, video_of(frames, batch=1), steps=1, measure_memory=False)

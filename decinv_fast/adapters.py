@@ -122,7 +122,7 @@ class LatentSpace:
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         if mean is None or std is None:  # the pipelines apply them only as a pair
             return space
-        channels = getattr(config, "latent_channels", len(mean))
+        channels = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None) or len(mean)  # Wan: z_dim
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise ValueError(f"the VAE's config: latents_mean and latents_std must hold {channels} values (std > 0), "
                              f"got {list(mean)} and {list(std)}")

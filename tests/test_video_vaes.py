@@ -229,3 +229,12 @@ def test_the_command_line_inverts_an_animated_png_with_a_saved_video_vae(tmp_pat
     torch.testing.assert_close(shown["inverted decoded"], decinv_fast.decode(vae, latents)[0])
     torch.testing.assert_close(shown["encoder decoded"],
                                decinv_fast.decode(vae, decinv_fast.encode(vae, np.stack(frames)[None]))[0, 0])
+
+
+def test_a_wan_config_whose_latent_statistics_do_not_match_z_dim_is_named():
+    """Wan's config counts its latent channels as ``z_dim``; the class defaults' 16 statistics on a 4-channel
+    VAE are an error naming the config, not a broadcast failure inside the first step."""
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    with pytest.raises(ValueError, match="the VAE's config: latents_mean and latents_std must hold 4 values"):
+        decinv_fast.encode(vae, video_of(1, batch=1))

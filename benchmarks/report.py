@@ -17,6 +17,7 @@ from benchmarks import harness
 from benchmarks.common import arg_parser
 from benchmarks.report_format import cell, mib, provenance
 from benchmarks.report_stopping import stopping
+from benchmarks.report_video import video_vaes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README = harness.ROOT / "README.md"
@@ -268,7 +269,7 @@ def watermark(records: list[dict]) -> list[str]:
 
 SECTIONS = (("accuracy_vs_time", accuracy), ("reference_loop", reference), ("memory_vs_frames", memory),
             ("overhead", overhead), ("kernels", kernels), ("stopping", stopping), ("mean_gain", mean_gain),
-            ("gradient_memory", gradient_memory), ("watermark_detection", watermark))
+            ("video_vaes", video_vaes), ("gradient_memory", gradient_memory), ("watermark_detection", watermark))
 
 
 def render() -> str:

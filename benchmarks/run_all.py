@@ -28,6 +28,7 @@ BENCHMARKS = (
     "memory_vs_frames",  # ~7
     "stopping",  # ~13 (beyond the paper: Anderson, step size, self-stopping)
     "mean_gain",  # ~8 (auto's gain on the channel means across image sizes)
+    "video_vaes",  # ~8 (video VAEs that compress time: the fixture's accuracy, the released ones' memory)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )
 

@@ -1,0 +1,111 @@
+"""Video VAEs that compress time: accuracy on the trained fixture video VAE, memory of the released ones.
+
+Accuracy: the paper's protocol (``make_target``: ``z*`` drawn from the posterior of held-out clips, ``x``
+its 8-bit decoding; mean per-clip NMSE(z) dB) on ``benchmarks/assets/fixture_video_vae``, a tiny
+``AutoencoderKLWan`` (8x space, 4x time) trained on moving clips of the photographs, over the 12 held-out
+clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 8, 8)``), per method:
+encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
+10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
+
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the four released VAE
+architectures (diffusers' class defaults are their released configurations, built on the meta device: no
+weights needed) at their pipelines' default video sizes, with and without ``vae.enable_tiling()``;
+predictions, not measurements (no GPU here; the planner is checked on the CPU only, tests/test_planner_video.py).
+
+    python -m benchmarks.video_vaes            # ~8 CPU minutes
+    python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import decinv_fast
+from benchmarks import harness
+from benchmarks.common import save, start_run
+from decinv_fast.protocol import make_target
+from decinv_fast.testbed_video import heldout_clips
+from decinv_fast.visual import psnr
+
+BENCHMARK = "video_vaes"
+FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
+RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
+        ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
+        ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
+        ("grad", dict(method="grad", steps=50)))
+# each released VAE at its pipeline's default video size (frames, height, width)
+RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
+            ("AutoencoderKLHunyuanVideo", "HunyuanVideo", (129, 720, 1280)),
+            ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)))
+CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
+           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
+                         released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
+
+
+def accuracy(cfg: dict) -> list[dict]:
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(FIXTURE, local_files_only=True, low_cpu_mem_usage=False).eval()
+    vae.requires_grad_(False)
+    target = make_target(vae, heldout_clips(cfg["size"], cfg["frames"])[cfg["clips"]], seed=0)
+    shape = tuple(target.images.shape)
+
+    def scored(latents: torch.Tensor) -> dict:
+        decoded = decinv_fast.decode(vae, latents)
+        return dict(nmse_db=float(decinv_fast.nmse_db(latents, target.latents, per_sample=True).mean()),
+                    psnr_db=sum(psnr(d, x) for d, x in zip(decoded, target.images, strict=True)) / len(decoded))
+
+    start = time.perf_counter()
+    runs = [("encoder-only", dict(scored(decinv_fast.encode(vae, target.images)), evaluations=0.0,
+                                   seconds=time.perf_counter() - start))]
+    for method, options in cfg["runs"]:
+        out = decinv_fast.invert(vae, target.images, measure_memory=False, **options)
+        runs.append((method, dict(scored(out.latents), cap=options["steps"], lr=options.get("lr"),
+                                  evaluations=float(out.stopped_at.float().mean()), seconds=out.seconds)))
+    records = []
+    for method, metrics in runs:
+        metrics.update(part="accuracy", vae="fixture_video_vae", clips=shape[0])
+        records.append(harness.record(BENCHMARK, method=method, backend="auto", dtype=torch.float32, shape=shape,
+                                      device="cpu", metrics=metrics))
+        print(f"{method:12s} cap {metrics.get('cap', '-')!s:>3}: {metrics['nmse_db']:7.2f} dB, PSNR "
+              f"{metrics['psnr_db']:5.2f} dB, {metrics['evaluations']:.1f} evaluations, {metrics['seconds']:.1f} s",
+              flush=True)
+    return records
+
+
+def memory(cfg: dict) -> list[dict]:
+    import diffusers
+
+    records = []
+    for kind, name, (frames, height, width) in cfg["released"]:
+        shape = (1, frames, 3, height, width)
+        for tiling in (False, True):
+            with torch.device("meta"):
+                vae = getattr(diffusers, kind)()
+            vae = torch.nn.Module.to(vae, torch.bfloat16)
+            if tiling:
+                vae.enable_tiling()
+            for method in ("adam", "auto", "grad"):
+                p = decinv_fast.plan(vae, shape, dtype=torch.bfloat16, device="cuda", method=method)
+                metrics = dict(part="memory", vae=name, kind=kind, tiling=tiling, predicted=True,
+                               predicted_total_bytes=p.per_chunk[frames], weights_bytes=p.weights_bytes,
+                               why="prediction by decinv_fast.plan for device 'cuda'; no GPU here (unverified)")
+                rec = harness.record(BENCHMARK, method=method, backend="planner", dtype=torch.bfloat16, shape=shape,
+                                     device="cpu", metrics=metrics)
+                rec["device"] = "cuda (predicted by decinv_fast.plan, not measured)"
+                records.append(rec)
+                print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:5s}: "
+                      f"{p.per_chunk[frames] / 2**30:8.2f} GiB", flush=True)
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, quick = start_run(CONFIGS, __doc__, argv)
+    records = accuracy(cfg) + memory(cfg)
+    print(f"wrote {save(BENCHMARK, records, quick)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -210,7 +210,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             anderson, auto, ``lr="auto"``, ``mean_gain``) update with torch ops and take ``"auto"``/``"torch"``.
         chunk_frames: frames per encoder/decoder call: an int, ``"auto"`` (the largest chunk the
             memory planner fits in free memory) or ``None`` (all frames at once). Results do not
-            depend on it; peak memory does.
+            depend on it; peak memory does. Whole videos for temporal VAEs and video VAEs.
         cuda_graphs: capture one whole step (all chunks + the fused update) in a CUDA graph and
             replay it (gradient-free methods; falls back to eager with a warning if capture fails,
             and on a device without CUDA graphs, where it only costs the warm-up steps).

@@ -209,14 +209,20 @@ def as_videos(frames: Frames, frame_step: int, kind: str) -> Frames:
     """``frames`` regrouped as whole videos ``(B, 3, F, H, W)`` for a causal 3-D VAE that takes videos of
     ``1 + k * frame_step`` frames (images without a frame axis are 1-frame videos)."""
     count = frames.frames_per_video
-    if (count - 1) % frame_step:
-        fits = 1 + (count - 1) // frame_step * frame_step
-        raise ValueError(f"images: {kind} takes videos of 1 + {frame_step}k frames (1, {1 + frame_step}, "
-                         f"{1 + 2 * frame_step}, ...), since it compresses time after the first frame; got {count} "
-                         f"frames: keep the first {fits}")
+    check_video_frames(count, frame_step, kind, "images")
     h, w = frames.pixels.shape[-2:]
     pixels = frames.pixels.view(frames.batch, count, -1, h, w).transpose(1, 2).contiguous()
     return Frames(pixels, frames.batch, frames.frames, frames.squeezed, videos=True)
+
+
+def check_video_frames(count: int, frame_step: int, kind: str, name: str) -> None:
+    """A video VAE that compresses time takes videos of ``1 + k * frame_step`` frames; another ``count`` is an
+    error naming the argument ``name`` and how many frames to keep."""
+    if (count - 1) % frame_step:
+        fits = 1 + (count - 1) // frame_step * frame_step
+        raise ValueError(f"{name}: {kind} takes videos of 1 + {frame_step}k frames (1, {1 + frame_step}, "
+                         f"{1 + 2 * frame_step}, ...), since it compresses time after the first frame; got {count} "
+                         f"frames: keep the first {fits}")
 
 
 def _stacked(images, wide: bool):

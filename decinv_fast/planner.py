@@ -40,6 +40,7 @@ import torch
 
 from .adapters import as_adapter
 from .attention import check_attention
+from .inputs import check_video_frames
 from .memory import available_ram
 from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
@@ -193,13 +194,11 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
 
 def _frames_per_row(adapter, shape: tuple[int, ...]) -> int:
     """Frames per row of the run's pixels: 1, or a whole video for a VAE that encodes videos, whose frame
-    count is refused as ``invert`` refuses it (``inputs.as_videos``)."""
+    count is refused as ``invert`` refuses it (``inputs.check_video_frames``)."""
     if not adapter.encodes_videos:
         return 1
-    count, step = (shape[1] if len(shape) == 5 else 1), adapter.frame_step
-    if (count - 1) % step:
-        raise ValueError(f"shape: {adapter.kind} takes videos of 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}, "
-                         f"...), since it compresses time after the first frame; got {count} frames")
+    count = shape[1] if len(shape) == 5 else 1
+    check_video_frames(count, adapter.frame_step, adapter.kind, "shape")
     return count
 
 

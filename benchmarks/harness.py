@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @functools.cache
 def git_sha() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted code), or ``DECINV_GIT_SHA`` for a copy without
+    ``.git`` (e.g. a working tree sent to a GPU machine)."""
+    if os.environ.get("DECINV_GIT_SHA"):
+        return os.environ["DECINV_GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:  # not a git checkout (e.g. an unpacked sdist)

@@ -34,7 +34,7 @@ from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21
 from benchmarks.reference_loop import official_loop
 
 BENCHMARK = "gpu_validation"
-STAGES = ("kernels", "exact", "speed", "planner", "video")
+STAGES = ("kernels", "exact", "speed", "planner", "probe", "video")
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)),
             ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
             ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
@@ -85,6 +85,8 @@ def exact_stage(cfg: dict, device: str) -> list[dict]:
     vae = sd21_vae().to(device)
     x = random_images((1, 3, cfg["size"], cfg["size"])).to(device)
     steps = cfg["exact_steps"]
+    # true fp32 convolutions and matmuls: TF32 (torch's default for cuDNN convolutions) rounds to ~1e-3
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, False
     official = official_loop(vae, x, steps=steps, overheads=None)
     records = []
     for backend in ("cuda", "triton", "torch"):
@@ -99,6 +101,7 @@ def exact_stage(cfg: dict, device: str) -> list[dict]:
             records.append(harness.record(BENCHMARK, method="adam vs official loop", backend=name,
                                           dtype=torch.float32, shape=x.shape, device=device, metrics=metrics))
             print(f"exact {name:<28} {metrics}", flush=True)
+    torch.backends.cudnn.allow_tf32 = True  # torch's defaults again
     return records
 
 
@@ -182,16 +185,78 @@ def planner_stage(cfg: dict, device: str) -> list[dict]:
     images = random_images((1, cfg["frames"], 3, cfg["size"], cfg["size"])).to(device, half)
     records = []
     for method in ("adam", "auto", "grad"):
+        # random weights overflow grad's fp16 backward; keep_best returns instead of raising
+        extra = dict(keep_best=True) if method == "grad" else {}
         for chunk in cfg["chunks"]:
             try:
                 metrics = measured_vs_planned(vae, images, dtype=half, device=device, chunk=chunk,
-                                              method=method, steps=2, fit=cfg["fit"])
+                                              method=method, steps=2, fit=cfg["fit"], **extra)
             except Exception as e:  # noqa: BLE001
                 metrics = dict(chunk=chunk, error=f"{type(e).__name__}: {e}")
             records.append(harness.record(BENCHMARK, method=method, backend="planner vs measured",
                                           dtype=half, shape=images.shape, device=device,
                                           metrics=dict(part="planner", vae=VAE_LABELS["sd21"], **metrics)))
             print(f"planner {method:5s} chunk {chunk:>2}: {describe(metrics)}", flush=True)
+    return records
+
+
+def live_at_peak(snapshot: dict) -> tuple[int, list[dict]]:
+    """Replay a CUDA memory-history snapshot: the allocated bytes at their peak and the blocks live then."""
+    live, total, peak, at_peak = {}, 0, 0, {}
+    for event in snapshot["device_traces"][0]:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif event["action"] == "free_requested" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+    return peak, list(at_peak.values())
+
+
+def where(event: dict) -> str:
+    """The innermost Python frame of an allocation in diffusers, decinv_fast or torch.nn (file:line function)."""
+    for frame in event.get("frames", []):
+        name = frame["filename"]
+        if any(part in name for part in ("diffusers", "decinv_fast", "torch/nn")):
+            return f"{name.split('site-packages/')[-1]}:{frame['line']} {frame['name']}"
+    return "elsewhere"
+
+
+def probe_stage(cfg: dict, device: str) -> list[dict]:
+    """What is live at the peak of one adam step (chunks 1 and 4) next to what the planner counts."""
+    if torch.device(device).type != "cuda":
+        print("probe: needs a CUDA device, skipped")
+        return []
+    half = cfg["half"]
+    vae = sd21_vae().to(device, half)
+    images = random_images((1, cfg["frames"], 3, cfg["size"], cfg["size"])).to(device, half)
+    records = []
+    for chunk in (1, 4):
+        p = decinv_fast.plan(vae, tuple(images.shape), dtype=half, device="cuda", chunks=[chunk])
+        free_memory(device)
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
+        out = decinv_fast.invert(vae, images, steps=1, chunk_frames=chunk)
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        peak, blocks = live_at_peak(snapshot)
+        groups: dict[str, list[int]] = {}
+        for b in blocks:
+            groups.setdefault(where(b), []).append(b["size"])
+        top = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:25]
+        metrics = dict(part="probe", chunk=chunk, peak_bytes=out.peak_bytes, replayed_peak_bytes=peak,
+                       predicted_total_bytes=p.per_chunk[chunk], weights_bytes=p.weights_bytes,
+                       input_bytes=p.input_bytes, state_bytes=p.state_bytes, predicted_transient=p.transient[chunk],
+                       live_at_peak=[dict(where=w, count=len(sizes), bytes=sum(sizes), largest=max(sizes))
+                                     for w, sizes in top])
+        records.append(harness.record(BENCHMARK, method="adam", backend="memory at the peak", dtype=half,
+                                      shape=images.shape, device=device, metrics=metrics))
+        print(f"probe chunk {chunk}: peak {out.peak_bytes / GIB:.3f} GiB (replayed {peak / GIB:.3f}), predicted "
+              f"{p.per_chunk[chunk] / GIB:.3f} (transient {p.transient[chunk] / GIB:.3f})", flush=True)
+        for g in metrics["live_at_peak"]:
+            print(f"   {g['bytes'] / 2**20:9.1f} MiB in {g['count']:4d} (largest {g['largest'] / 2**20:7.1f}) "
+                  f"{g['where']}")
+        del out
     return records
 
 
@@ -248,7 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg = CONFIGS["quick" if args.quick else "full"]
     deadline = time.monotonic() + args.budget
     stages = dict(kernels=kernels_stage, exact=exact_stage, speed=speed_stage, planner=planner_stage,
-                  video=lambda c, d: video_stage(c, d, deadline))
+                  probe=probe_stage, video=lambda c, d: video_stage(c, d, deadline))
     records: list[dict] = []
     for stage in args.only:
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 Stages (``--only`` picks some; each stage's records are saved as soon as it ends):
 
+* ``residue``: bytes still allocated after ``invert`` returns (eager, CUDA graphs, auto, grad), three calls each.
 * ``kernels``: the fused Adam update, CUDA extension / Triton / eager torch / torch's fused Adam, timed
   with ``triton.testing.do_bench`` (the GPU half of ``benchmarks/kernels.py``).
 * ``exact``: the SD-2.1 VAE layout (random weights), one 512x512 image, fp32, 5 steps: ``invert`` with
@@ -34,7 +35,7 @@ from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21
 from benchmarks.reference_loop import official_loop
 
 BENCHMARK = "gpu_validation"
-STAGES = ("kernels", "exact", "speed", "planner", "probe", "video")
+STAGES = ("residue", "kernels", "exact", "speed", "planner", "probe", "video")
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)),
             ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
             ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
@@ -66,6 +67,39 @@ def device_bytes(device) -> int:
     from decinv_fast.memory import available_ram
 
     return available_ram()
+
+
+def residue_stage(cfg: dict, device: str) -> list[dict]:
+    """Bytes still allocated after ``invert`` returns and its result is dropped, three calls of each kind
+    (a call that leaves memory behind would show it growing, or a constant a pipeline pays forever)."""
+    import gc
+
+    if torch.device(device).type != "cuda":
+        print("residue: needs a CUDA device, skipped")
+        return []
+    half = cfg["half"]
+    vae = sd21_vae().to(device, half)
+    one = random_images((1, 3, cfg["size"], cfg["size"])).to(device, half)
+    kinds = {"adam": {}, "adam + CUDA graphs": dict(cuda_graphs=True),
+             "adam triton + CUDA graphs": dict(backend="triton", cuda_graphs=True),
+             "fsm + CUDA graphs": dict(method="fsm", cuda_graphs=True), "auto": dict(method="auto"),
+             "grad": dict(method="grad", keep_best=True)}
+    records = []
+    for name, kwargs in kinds.items():
+        gc.collect()
+        free_memory(device)
+        before = torch.cuda.memory_allocated(device)
+        after = []
+        for _ in range(3):
+            out = decinv_fast.invert(vae, one, steps=3, **kwargs)
+            del out
+            gc.collect()
+            after.append(torch.cuda.memory_allocated(device) - before)
+        records.append(harness.record(BENCHMARK, method=kwargs.get("method", "adam"), backend=name, dtype=half,
+                                      shape=one.shape, device=device,
+                                      metrics=dict(part="residue", bytes_left_after_each_call=after, steps=3)))
+        print(f"residue {name:<28} bytes left after calls 1, 2, 3: {after}", flush=True)
+    return records
 
 
 def kernels_stage(cfg: dict, device: str) -> list[dict]:
@@ -312,8 +346,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     quiet()
     cfg = CONFIGS["quick" if args.quick else "full"]
     deadline = time.monotonic() + args.budget
-    stages = dict(kernels=kernels_stage, exact=exact_stage, speed=speed_stage, planner=planner_stage,
-                  probe=probe_stage, video=lambda c, d: video_stage(c, d, deadline))
+    stages = dict(residue=residue_stage, kernels=kernels_stage, exact=exact_stage, speed=speed_stage,
+                  planner=planner_stage, probe=probe_stage, video=lambda c, d: video_stage(c, d, deadline))
     records: list[dict] = []
     for stage in args.only:
         start = time.perf_counter()

@@ -19,7 +19,7 @@ from .attention import auto_processors
 class LiveBytes(TorchDispatchMode):
     """Tracks the bytes of live storages created inside the mode and their peak.
 
-    ``conv_copy=True`` models what a CPU convolution holds besides its output (:func:`cpu_conv_scratch`):
+    ``device="cpu"`` adds what a CPU convolution holds besides its output (:func:`cpu_conv_scratch`):
     oneDNN, for a 2-D batch of one, converts the input to a blocked layout in a temporary buffer of the
     same size while the output is being written; 2-D batches of two or more usually convolve without
     that copy (measured: tests/test_planner.py, benchmarks/memory_vs_frames.py; one exception seen: the
@@ -29,11 +29,16 @@ class LiveBytes(TorchDispatchMode):
     PyTorch keeps out of oneDNN (small batches of one, half precision, ...) unfold their input into a
     column buffer of ``N * C_in * prod(kernel) * prod(output's spatial size)`` elements, 27 times the
     output for a 3x3x3 kernel (measured on AVX-512: tests/test_planner_video.py).
+
+    ``device="cuda"`` adds cuDNN's workspace (:func:`cuda_conv_workspace`): the input and the output
+    again, in the channels-last layout its tensor-core kernels run in (seen on an H100 with torch 2.11,
+    fp16 2-D and bf16 3-D convolutions: benchmarks/gpu_validation.py).
     """
 
-    def __init__(self, conv_copy: bool = False):
+    def __init__(self, device: str | None = None):
         super().__init__()
-        self.conv_copy = conv_copy
+        self.scratch = {"cpu": (cpu_conv_scratch, cpu_conv_backward_scratch),
+                        "cuda": (cuda_conv_workspace, cuda_conv_backward_workspace)}.get(device)
         self.live = 0
         self.peak = 0
         self._refs: dict[int, list] = {}  # storage id -> [tensor count, bytes]
@@ -64,11 +69,29 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, tuple | list) else (out,):
             self._track(t)
-        if self.conv_copy and func is torch.ops.aten.convolution.default:
-            self.peak = max(self.peak, self.live + cpu_conv_scratch(*args))
-        elif self.conv_copy and func is torch.ops.aten.convolution_backward.default:
-            self.peak = max(self.peak, self.live + cpu_conv_backward_scratch(*args))
+        if self.scratch is not None and func is torch.ops.aten.convolution.default:
+            self.peak = max(self.peak, self.live + self.scratch[0](*args))
+        elif self.scratch is not None and func is torch.ops.aten.convolution_backward.default:
+            self.peak = max(self.peak, self.live + self.scratch[1](*args))
         return out
+
+
+def cuda_conv_workspace(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> int:
+    """Bytes cuDNN's workspace holds during a convolution: its input and output in channels-last layout.
+
+    Measured on an H100 (torch 2.11, cuDNN's heuristic choice, benchmarks/gpu_validation.py): at the peak
+    of the SD-2.1 decoder in fp16 the live convolution blocks were exactly the input plus the output again
+    (batches of 1 and 4); the same rule brings the bf16 video VAEs' (3-D) predictions to within a few
+    percent. fp32 was not measured; the rule is applied to it too (an over-prediction is the safe side)."""
+    if transposed:
+        return 0
+    spatial = _output_size(x, weight, stride, padding, dilation)
+    return (x.numel() + x.shape[0] * weight.shape[0] * math.prod(spatial)) * x.element_size()
+
+
+def cuda_conv_backward_workspace(grad, x, weight, *_) -> int:
+    """cuDNN's workspace for a convolution's backward: the output's gradient and the input, channels-last."""
+    return (grad.numel() + x.numel()) * x.element_size()
 
 
 def cpu_conv_scratch(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> int:
@@ -115,8 +138,10 @@ def _columns(x, weight, stride, padding) -> int:
     return x.shape[0] * weight.shape[1] * math.prod(kernel) * math.prod(spatial) * x.element_size()
 
 
-def _output_size(x, weight, stride, padding) -> list[int]:
-    return [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[2:], padding, weight.shape[2:], stride, strict=True)]
+def _output_size(x, weight, stride, padding, dilation=None) -> list[int]:
+    dilation = dilation or [1] * (x.dim() - 2)
+    return [(n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, k, s, d in zip(x.shape[2:], padding, weight.shape[2:], stride, dilation, strict=True)]
 
 
 _NATIVE_UNFOLDING = ("Slow2d", "Slow3d")  # the CPU backends that convolve through a column buffer
@@ -222,8 +247,8 @@ def own_processor_names(module: torch.nn.Module) -> str:
 
 
 def peak_bytes(run, attention: str, device: str) -> int:
-    """Peak bytes of the tensors ``run()`` creates (with the CPU's convolution copies on ``cpu``)."""
-    tracker = LiveBytes(conv_copy=torch.device(device).type == "cpu")
+    """Peak bytes of the tensors ``run()`` creates, with what convolutions hold besides them on ``device``."""
+    tracker = LiveBytes(torch.device(device).type)
     with AttentionModel(math=attention == "math"), tracker:
         run()
     return tracker.peak

@@ -172,7 +172,8 @@ def test_auto_chunk_plans_the_run_s_attention(monkeypatch):
     assert [k["attention"] for k in seen] == ["math", "sdpa"]
     math = plan(vae, (1, 3, 1024, 1024), dtype=torch.float32, attention="math", chunks=[1])
     fused = plan(vae, (1, 3, 1024, 1024), dtype=torch.float32, chunks=[1])
-    assert math.transient[1] > 2 * fused.transient[1]  # 16384 tokens: the scores dominate the peak
+    scores = 16384**2 * 4  # 16384 tokens: the fp32 scores matrix, 1 GiB
+    assert math.transient[1] > fused.transient[1] + scores // 2  # it dominates the peak
 
 
 def test_auto_chunk_plans_the_run_s_optimizer(monkeypatch):

@@ -40,13 +40,22 @@ def arg_parser(doc: str, quick: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def start_run(configs: dict, doc: str, argv: list[str] | None) -> tuple[dict, bool]:
-    """A benchmark's start: parse ``--quick``, silence the libraries, use 2 threads. Returns the
-    config (``configs["quick"]`` or ``configs["full"]``) and whether it is the quick one."""
-    quick = arg_parser(doc, "smoke run: its numbers only check the code").parse_args(argv).quick
+def start_run(configs: dict, doc: str, argv: list[str] | None, parser: argparse.ArgumentParser | None = None):
+    """A benchmark's start: parse ``--quick`` (and ``parser``'s own flags), silence the libraries, use 2
+    threads. Returns the config (``configs["quick"]`` or ``configs["full"]``) and the parsed arguments."""
+    args = (parser or arg_parser(doc, "smoke run: its numbers only check the code")).parse_args(argv)
     quiet()
     torch.set_num_threads(2)
-    return configs["quick" if quick else "full"], quick
+    return configs["quick" if args.quick else "full"], args
+
+
+def replace_predictions(benchmark: str, is_prediction, new: list[dict]) -> list[dict]:
+    """The saved full run's records with its planner predictions (``is_prediction(record)``) replaced by
+    ``new``: after a planner change, the measured records stay as they were measured."""
+    kept = [r for r in harness.load(benchmark) if not is_prediction(r)]
+    if not kept:
+        raise SystemExit(f"no saved results of {benchmark} to keep: run it in full first")
+    return kept + new
 
 
 def quiet() -> None:

@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# what a GPU prediction record says of itself
+PLANNER_CHECK = ("prediction by decinv_fast.plan for device 'cuda' "
+                 "(checked against an H100: benchmarks/gpu_validation.py)")
 ROOT = Path(__file__).resolve().parent.parent
 
 

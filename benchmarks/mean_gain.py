@@ -67,12 +67,12 @@ def measure(name: str, size: int, crops: int, caps: tuple[int, ...]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, quick = start_run(CONFIGS, __doc__, argv)
+    cfg, args = start_run(CONFIGS, __doc__, argv)
     records = []
     for name in VAES:
         for size, crops in cfg["sizes"].items():
             records += measure(name, size, crops, cfg["caps"])
-    print(f"wrote {save(BENCHMARK, records, quick)}")
+    print(f"wrote {save(BENCHMARK, records, args.quick)}")
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def out_of_sample(vae, name: str, cfg: dict, size: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, quick = start_run(CONFIGS, __doc__, argv)
+    cfg, args = start_run(CONFIGS, __doc__, argv)
     records = []
     for size in cfg["sizes"]:
         for name in VAES:
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                 gap = m.get("gap_to_oracle_db") or (m.get("gap_to_best_any_db"), m.get("gap_to_best_returned_db"))
                 print(f"{name:14s} {size:4d} {r['method']:14s} final/last {m['nmse_db'][-1]:7.2f} dB "
                       f"at {m['evaluations'][-1]} evals; gaps {gap}")
-    path = save(BENCHMARK, records, quick)
+    path = save(BENCHMARK, records, args.quick)
     print(f"wrote {path}")
 
 

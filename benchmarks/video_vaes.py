@@ -10,7 +10,8 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the four released VAE
 architectures (diffusers' class defaults are their released configurations, built on the meta device: no
 weights needed) at their pipelines' default video sizes, with and without ``vae.enable_tiling()``;
-predictions, not measurements (no GPU here; the planner is checked on the CPU only, tests/test_planner_video.py).
+predictions (the planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an
+H100, benchmarks/gpu_validation.py).
 
     python -m benchmarks.video_vaes            # ~8 CPU minutes
     python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE
@@ -24,7 +25,7 @@ import torch
 
 import decinv_fast
 from benchmarks import harness
-from benchmarks.common import save, start_run
+from benchmarks.common import arg_parser, replace_predictions, save, start_run
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed_video import heldout_clips
 from decinv_fast.visual import psnr
@@ -91,10 +92,10 @@ def memory(cfg: dict) -> list[dict]:
                 p = decinv_fast.plan(vae, shape, dtype=torch.bfloat16, device="cuda", method=method)
                 metrics = dict(part="memory", vae=name, kind=kind, tiling=tiling, predicted=True,
                                predicted_total_bytes=p.per_chunk[frames], weights_bytes=p.weights_bytes,
-                               why="prediction by decinv_fast.plan for device 'cuda'; no GPU here (unverified)")
+                               why=harness.PLANNER_CHECK)
                 rec = harness.record(BENCHMARK, method=method, backend="planner", dtype=torch.bfloat16, shape=shape,
                                      device="cpu", metrics=metrics)
-                rec["device"] = "cuda (predicted by decinv_fast.plan, not measured)"
+                rec["device"] = "cuda (predicted by decinv_fast.plan)"
                 records.append(rec)
                 print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:5s}: "
                       f"{p.per_chunk[frames] / 2**30:8.2f} GiB", flush=True)
@@ -102,9 +103,16 @@ def memory(cfg: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, quick = start_run(CONFIGS, __doc__, argv)
+    parser = arg_parser(__doc__, quick="smoke run: its numbers only check the code")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="recompute only the planner's predictions of the saved full run (after a planner change)")
+    cfg, args = start_run(CONFIGS, __doc__, argv, parser)
+    if args.memory_only:
+        records = replace_predictions(BENCHMARK, lambda r: r["metrics"]["part"] == "memory", memory(CONFIGS["full"]))
+        print(f"wrote {save(BENCHMARK, records, False)}")
+        return
     records = accuracy(cfg) + memory(cfg)
-    print(f"wrote {save(BENCHMARK, records, quick)}")
+    print(f"wrote {save(BENCHMARK, records, args.quick)}")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,19 @@ def test_a_partial_results_file_is_reported_as_incomplete(tmp_path, monkeypatch)
     text = render()
     assert "*`reference_loop`: results incomplete (StopIteration" in text
     assert "*`kernels`: no results yet (run `python -m benchmarks.kernels`).*" in text
+
+
+def test_gpu_validation_pairs_measured_with_predicted_and_each_residue_with_its_commit():
+    from benchmarks.report_gpu import gpu_validation
+
+    plan = lambda chunk, method, **m: dict(RUN, method=method, shape=[1, 2, 3, 8, 8], metrics=dict(
+        part="planner", chunk=chunk, predicted_total_bytes=2 * 2**30, **m))
+    residue = lambda sha, name, left: dict(RUN, git_sha=sha, method="adam", backend=name, metrics=dict(
+        part="residue", bytes_left_after_each_call=left))
+    records = [plan(1, "adam", measured=True, peak_bytes=3 * 2**30, measured_over_predicted=1.5),
+               plan(2, "adam", measured=False, why="too big"), plan(1, "grad", error="FloatingPointError: nan"),
+               residue("old", "graphs", [2**20, 2 * 2**20, 3 * 2**20]), residue("new", "graphs", [2**20] * 3)]
+    lines = gpu_validation(records)
+    assert "| adam | 3.00 (2.00, 1.50x) | – (2.00) |" in lines
+    assert "| grad | FloatingPointError: nan |  |" in lines
+    assert "| call | git old | git new |" in lines and "| graphs | 1, 2, 3 | 1, 1, 1 |" in lines

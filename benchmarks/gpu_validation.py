@@ -1,24 +1,28 @@
 """What only a GPU can show, measured on one CUDA GPU in one run (``scripts/gpu_session.sh`` drives it).
 
-Stages (``--only`` picks some; each stage's records are saved as soon as it ends):
+Stages, in this order (``--only`` picks some; each stage's records are saved as soon as it ends):
 
+* ``planner``: ``invert``'s measured CUDA allocator peak (weights included, 2 steps) next to
+  ``decinv_fast.plan``'s prediction, SD-2.1 layout, 16 frames of 512x512 in fp16 (the README's GPU
+  claim), chunks 1-16, adam, auto and grad, where predicted to fit.
+* ``video``: the same for the released video VAE architectures (diffusers' class defaults, random
+  weights) at their pipelines' default sizes, bf16, one step: adam whole and tiled, auto whole.
 * ``residue``: bytes still allocated after ``invert`` returns (eager, CUDA graphs, auto, grad), three calls each.
 * ``kernels``: the fused Adam update, CUDA extension / Triton / eager torch / torch's fused Adam, timed
   with ``triton.testing.do_bench`` (the GPU half of ``benchmarks/kernels.py``).
-* ``exact``: the SD-2.1 VAE layout (random weights), one 512x512 image, fp32, 5 steps: ``invert`` with
-  every update backend, with and without CUDA graphs, against the official code's control flow
-  (``benchmarks/reference_loop.py``) on the same GPU: max |dz| and ||dz|| / ||z||.
-* ``speed``: seconds per inversion step and per call's fixed cost, from two step counts
-  (``t(S2) - t(S1)`` over ``S2 - S1``, best of two, variants interleaved): fp16 adam on each backend,
+* ``exact``: the SD-2.1 VAE layout (random weights), one 512x512 image, fp32 with TF32 off, 5 steps:
+  ``invert`` with every update backend, with and without CUDA graphs, against the official code's
+  control flow (``benchmarks/reference_loop.py``) on the same GPU: max |dz| and ||dz|| / ||z||.
+* ``speed``: seconds per inversion step and the rest of a call, from two step counts
+  (``t(S2) - t(S1)`` over ``S2 - S1``, best of two each, after a warm-up): fp16 adam on each backend,
   eager and CUDA graphs, fsm, a 16-frame video in chunks of 4, and the official loop in fp32 next to
   ``invert`` in fp32.
-* ``planner``: ``invert``'s measured CUDA allocator peak (weights included, 2 steps) next to
-  ``decinv_fast.plan``'s prediction, SD-2.1 layout, 16 frames of 512x512 in fp16 (the README's GPU
-  claim), chunks 1-16, adam and auto, grad where predicted to fit.
-* ``video``: the same for the released video VAE architectures (diffusers' class defaults, random
-  weights) at their pipelines' default sizes, bf16, one adam step, whole and tiled, where predicted to fit.
+* ``probe``: what is live at the peak of one adam step (chunks 1 and 4), from CUDA's memory history,
+  next to the planner's count.
 
-    python -m benchmarks.gpu_validation                 # on a GPU (~6-9 minutes on an H100)
+Memory comes first: a fresh process holds nothing that the peaks would count.
+
+    python -m benchmarks.gpu_validation                 # on a GPU (~9 minutes on an H100)
     python -m benchmarks.gpu_validation --quick         # smoke run at toy sizes (also on the CPU)
 """
 
@@ -35,7 +39,7 @@ from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21
 from benchmarks.reference_loop import official_loop
 
 BENCHMARK = "gpu_validation"
-STAGES = ("residue", "kernels", "exact", "speed", "planner", "probe", "video")
+STAGES = ("planner", "video", "residue", "kernels", "exact", "speed", "probe")
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)),
             ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
             ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),

@@ -120,3 +120,13 @@ def available_ram() -> int:
     except OSError:
         pass
     return 8 * 2**30
+
+
+def cuda_budget(device: torch.device, share: float = 0.9) -> int:
+    """Bytes this process's allocator can hold on ``device``: what it holds now plus ``share`` of what it
+    could still get, the driver's free memory and what its own cache keeps reserved but unused (blocks
+    earlier calls freed, which the driver does not count as free)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    cached = torch.cuda.memory_reserved(device) - allocated
+    return int(share * (free + cached)) + allocated

@@ -44,7 +44,7 @@ import torch
 from .adapters import as_adapter
 from .attention import check_attention
 from .inputs import check_video_frames
-from .memory import available_ram
+from .memory import available_ram, cuda_budget
 from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
     AUTO,
@@ -261,8 +261,9 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
 
 def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",
                fp32_master: bool | None = None) -> int:
-    """The largest chunk, in frames, predicted to fit in the memory free now (CUDA: free device memory;
-    CPU: half of the available RAM). Whole videos for temporal VAEs and video VAEs (at least one).
+    """The largest chunk, in frames, predicted to fit in the memory free now (CUDA: 90% of the device
+    memory this process can still get, its allocator's unused cache included; CPU: half of the available
+    RAM). Whole videos for temporal VAEs and video VAEs (at least one).
     ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``), ``attention``
     its attention backend (``"math"`` builds the tokens x tokens matrix) and ``fp32_master`` its master
     copy setting."""
@@ -273,8 +274,7 @@ def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "au
     shape = (frames.batch, frames.frames, *image) if frames.frames else (frames.batch, *image)
     device = pixels.device
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * 0.9) + torch.cuda.memory_allocated(device)
+        budget = cuda_budget(device)
     else:
         budget = available_ram() // 2
     own = {}  # the options plan() takes for this method, as the run has them

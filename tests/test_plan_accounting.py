@@ -92,6 +92,19 @@ def test_auto_chunk_fits_half_the_available_ram(monkeypatch):
         assert decinv_fast.invert(vae, x, steps=1, chunk_frames="auto", measure_memory=False).chunk_frames == chunk
 
 
+def test_the_cuda_budget_counts_the_allocator_s_unused_cache_as_available(monkeypatch):
+    """Blocks an earlier call freed stay reserved by torch's cache, which the driver does not count as free:
+    the budget adds them back (without, a second call's ``chunk_frames="auto"`` planned in less memory)."""
+    from decinv_fast.memory import cuda_budget
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 23 * gib)  # 20 GiB cached, unused
+    assert cuda_budget(torch.device("cuda", 0)) == int(0.9 * 30 * gib) + 3 * gib
+    assert cuda_budget(torch.device("cuda", 0), share=1.0) == 33 * gib
+
+
 def test_auto_chunk_plans_the_run_s_anderson_options(monkeypatch):
     seen = []
     monkeypatch.setattr(planner, "plan", lambda *a, **k: seen.append(k) or plan(*a, **k))

@@ -29,8 +29,9 @@ on the CPU oneDNN's layout copies or the column buffers of PyTorch's native kern
 CPU allocator's measured peak (tests/test_planner.py, tests/test_planner_video.py); on CUDA cuDNN's
 workspace, the input and output again, checked once on an H100 (benchmarks/gpu_validation.py: the SD-2.1
 layout in fp16 within 0.85-1.07x of the measured peak, the released video VAEs in bf16 within 0.84-1.18x;
-large chunks are over-predicted, the safe side for ``chunk_frames="auto"``). Allocator rounding is not
-modelled.
+large chunks are over-predicted, the safe side for ``chunk_frames="auto"``). It predicts a process's first
+call: cuDNN picks its algorithms at first use, and later calls can peak lower (HunyuanVideo untiled: about
+10 GiB). Allocator rounding is not modelled.
 """
 
 from __future__ import annotations

@@ -31,3 +31,30 @@ def test_step_cost_separates_the_per_step_time_from_the_rest_of_a_call(monkeypat
 
 def test_the_session_script_parses():
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_session.sh")]).returncode == 0
+
+
+def test_the_stages_run_through_on_the_cpu_with_a_tiny_vae(monkeypatch):
+    """The exact, speed and planner stages end to end (a tiny VAE standing in for the SD-2.1 layout, toy
+    sizes): every record is written; what cannot run on the CPU (the CUDA and Triton backends) is recorded
+    as an error, the torch backend's rows as results."""
+    import torch
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    def tiny(seed: int = 0):
+        torch.manual_seed(seed)
+        return AutoencoderKL(**tiny_kl_config()).eval().requires_grad_(False)
+
+    monkeypatch.setattr(gpu_validation, "sd21_vae", tiny)
+    cfg = dict(gpu_validation.CONFIGS["quick"], size=32, frames=2, chunks=(1, 2), video_chunk=1, steps=(1, 2),
+               exact_steps=1)
+    exact = gpu_validation.exact_stage(cfg, "cpu")
+    by_backend = {r["backend"]: r["metrics"] for r in exact}
+    assert by_backend["invert torch"]["max_abs_diff"] == 0.0  # the official loop, bit for bit on the CPU
+    assert "BackendUnavailable" in by_backend["invert cuda"]["error"]
+    speed = {r["backend"]: r["metrics"] for r in gpu_validation.speed_stage(cfg, "cpu")}
+    assert speed["invert fp16, torch"]["seconds_per_step"] > 0 and "error" in speed["invert fp16, cuda"]
+    planner = gpu_validation.planner_stage(cfg, "cpu")
+    assert [(r["method"], r["metrics"]["chunk"]) for r in planner] == [
+        (m, c) for m in ("adam", "auto", "grad") for c in (1, 2)]
+    assert all(r["metrics"]["measured"] and r["metrics"]["measured_over_predicted"] > 0 for r in planner)

@@ -94,15 +94,20 @@ def test_auto_chunk_fits_half_the_available_ram(monkeypatch):
 
 def test_the_cuda_budget_counts_the_allocator_s_unused_cache_as_available(monkeypatch):
     """Blocks an earlier call freed stay reserved by torch's cache, which the driver does not count as free:
-    the budget adds them back (without, a second call's ``chunk_frames="auto"`` planned in less memory)."""
+    the budget adds them back (without, a second call's ``chunk_frames="auto"`` planned in less memory).
+    A per-process cap (``set_per_process_memory_fraction``) bounds it."""
     from decinv_fast.memory import cuda_budget
 
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * gib)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 23 * gib)  # 20 GiB cached, unused
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0, raising=False)
     assert cuda_budget(torch.device("cuda", 0)) == int(0.9 * 30 * gib) + 3 * gib
     assert cuda_budget(torch.device("cuda", 0), share=1.0) == 33 * gib
+    # a process capped at a quarter of the card (20 GiB) can get 17 GiB more, not 30
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.25, raising=False)
+    assert cuda_budget(torch.device("cuda", 0), share=1.0) == 20 * gib
 
 
 def test_auto_chunk_plans_the_run_s_anderson_options(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from benchmarks import gpu_validation
 from benchmarks.gpu_validation import live_at_peak, step_cost, where
 
@@ -33,6 +35,7 @@ def test_the_session_script_parses():
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_session.sh")]).returncode == 0
 
 
+@pytest.mark.filterwarnings("ignore:cuda_graphs=True on a cpu device", "ignore:CUDA graph capture failed")
 def test_the_stages_run_through_on_the_cpu_with_a_tiny_vae(monkeypatch):
     """The exact, speed and planner stages end to end (a tiny VAE standing in for the SD-2.1 layout, toy
     sizes): every record is written; what cannot run on the CPU (the CUDA and Triton backends) is recorded

@@ -37,13 +37,10 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21_vae
 from benchmarks.reference_loop import official_loop
+from benchmarks.video_vaes import RELEASED
 
 BENCHMARK = "gpu_validation"
 STAGES = ("planner", "video", "residue", "kernels", "exact", "speed", "probe")
-RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)),
-            ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
-            ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
-            ("AutoencoderKLHunyuanVideo", "HunyuanVideo", (129, 720, 1280)))
 CONFIGS = {
     "full": dict(size=512, frames=16, chunks=(1, 2, 4, 8, 16), video_chunk=4, steps=(5, 25), exact_steps=5,
                  released=RELEASED, fit=0.9, half=torch.float16, video_dtype=torch.bfloat16),
@@ -60,8 +57,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def free_memory(device) -> None:
+    harness.sync(device)
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
 
@@ -124,7 +121,15 @@ def exact_stage(cfg: dict, device: str) -> list[dict]:
     x = random_images((1, 3, cfg["size"], cfg["size"])).to(device)
     steps = cfg["exact_steps"]
     # true fp32 convolutions and matmuls: TF32 (torch's default for cuDNN convolutions) rounds to ~1e-3
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, False
+    try:
+        return _exact_runs(vae, x, steps, device)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _exact_runs(vae, x: torch.Tensor, steps: int, device: str) -> list[dict]:
     official = official_loop(vae, x, steps=steps, overheads=None)
     records = []
     for backend in ("cuda", "triton", "torch"):
@@ -139,7 +144,6 @@ def exact_stage(cfg: dict, device: str) -> list[dict]:
             records.append(harness.record(BENCHMARK, method="adam vs official loop", backend=name,
                                           dtype=torch.float32, shape=x.shape, device=device, metrics=metrics))
             print(f"exact {name:<28} {metrics}", flush=True)
-    torch.backends.cudnn.allow_tf32 = True  # torch's defaults again
     return records
 
 
@@ -182,9 +186,8 @@ def speed_stage(cfg: dict, device: str) -> list[dict]:
         try:
             run(cfg["steps"][0])  # warm-up: kernels, cuDNN algorithm choice
             per_step, fixed = step_cost(run, cfg["steps"], device)
-            peak = None if kwargs is None else decinv_fast.invert(vae, images, steps=2, **kwargs).peak_bytes
             metrics = dict(part="speed", seconds_per_step=per_step, fixed_seconds=fixed, step_counts=list(cfg["steps"]),
-                           peak_bytes=peak, vae=VAE_LABELS["sd21"])
+                           vae=VAE_LABELS["sd21"])
         except Exception as e:  # noqa: BLE001
             metrics = dict(part="speed", error=f"{type(e).__name__}: {e}")
         records.append(harness.record(BENCHMARK, method="adam" if "fsm" not in name else "fsm", backend=name,
@@ -217,10 +220,15 @@ def measured_vs_planned(vae, images, *, dtype, device, chunk, method, steps, fit
     return metrics
 
 
+def sd21_video(cfg: dict, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The SD-2.1 layout and one video of ``cfg["frames"]`` frames, both in ``cfg["half"]`` on ``device``."""
+    vae = sd21_vae().to(device, cfg["half"])
+    return vae, random_images((1, cfg["frames"], 3, cfg["size"], cfg["size"])).to(device, cfg["half"])
+
+
 def planner_stage(cfg: dict, device: str) -> list[dict]:
     half = cfg["half"]
-    vae = sd21_vae().to(device, half)
-    images = random_images((1, cfg["frames"], 3, cfg["size"], cfg["size"])).to(device, half)
+    vae, images = sd21_video(cfg, device)
     records = []
     for method in ("adam", "auto", "grad"):
         # random weights overflow grad's fp16 backward; keep_best returns instead of raising
@@ -267,8 +275,7 @@ def probe_stage(cfg: dict, device: str) -> list[dict]:
         print("probe: needs a CUDA device, skipped")
         return []
     half = cfg["half"]
-    vae = sd21_vae().to(device, half)
-    images = random_images((1, cfg["frames"], 3, cfg["size"], cfg["size"])).to(device, half)
+    vae, images = sd21_video(cfg, device)
     records = []
     for chunk in (1, 4):
         p = decinv_fast.plan(vae, tuple(images.shape), dtype=half, device="cuda", chunks=[chunk])

@@ -77,6 +77,14 @@ def record(benchmark: str, *, method: str, backend: str, dtype, shape, device, m
     }
 
 
+def planner_record(benchmark: str, *, method: str, dtype, shape, metrics: dict) -> dict:
+    """A record of ``decinv_fast.plan``'s prediction for a GPU (computed here, on the CPU): its device says so."""
+    rec = record(benchmark, method=method, backend="planner", dtype=dtype, shape=shape, device="cpu",
+                 metrics=dict(metrics, predicted=True, why=PLANNER_CHECK))
+    rec["device"] = "cuda (predicted by decinv_fast.plan)"
+    return rec
+
+
 def save(benchmark: str, records: list[dict]) -> Path:
     """Write ``records`` to ``results/<benchmark>.json``, replacing the previous run's."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -169,14 +169,10 @@ def gpu_claim(vae) -> list[dict]:
         p = decinv_fast.plan(vae, shape, dtype=dtype, device="cuda", method=method, chunks=chunks)
         for c in chunks:
             series = names[method].format(c=c) + (" (all frames)" if c == shape[1] else "")
-            metrics = dict(series=series, kind="gpu prediction", frames=shape[1], chunk=c, predicted=True,
+            metrics = dict(series=series, kind="gpu prediction", frames=shape[1], chunk=c,
                            predicted_total_bytes=p.per_chunk[c], predicted_added_bytes=p.added_per_chunk[c],
-                           weights_bytes=p.weights_bytes,
-                           why=harness.PLANNER_CHECK)
-            rec = harness.record(BENCHMARK, method=method, backend="planner", dtype=dtype, shape=shape, device="cpu",
-                                 metrics=metrics)
-            rec["device"] = "cuda (predicted by decinv_fast.plan)"
-            records.append(rec)
+                           weights_bytes=p.weights_bytes)
+            records.append(harness.planner_record(BENCHMARK, method=method, dtype=dtype, shape=shape, metrics=metrics))
             print(f"GPU prediction, 16x512x512 {str(dtype).replace('torch.', '')}: {series:<28} "
                   f"{p.per_chunk[c] / 2**30:6.2f} GiB total ({p.added_per_chunk[c] / 2**30:.2f} GiB added)")
     return records

@@ -122,5 +122,5 @@ def _residue(rows: list[dict]) -> list[str]:
         cells = {r["git_sha"]: ", ".join(f"{b / 2**20:.0f}" for b in r["metrics"]["bytes_left_after_each_call"])
                  for r in rows if r["backend"] == name}
         out.append(f"| {name} | " + " | ".join(cells.get(s, "") for s in shas) + " |")
-    notes = list(dict.fromkeys(r["metrics"]["note"] for r in rows if r["metrics"].get("note")))
-    return out + ([""] + [f"{shas[0]}: {n}." for n in notes] if notes else []) + [""]
+    notes = dict.fromkeys((r["git_sha"], r["metrics"]["note"]) for r in rows if r["metrics"].get("note"))
+    return out + ([""] + [f"{sha}: {note}." for sha, note in notes] if notes else []) + [""]

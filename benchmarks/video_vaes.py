@@ -90,13 +90,10 @@ def memory(cfg: dict) -> list[dict]:
                 vae.enable_tiling()
             for method in ("adam", "auto", "grad"):
                 p = decinv_fast.plan(vae, shape, dtype=torch.bfloat16, device="cuda", method=method)
-                metrics = dict(part="memory", vae=name, kind=kind, tiling=tiling, predicted=True,
-                               predicted_total_bytes=p.per_chunk[frames], weights_bytes=p.weights_bytes,
-                               why=harness.PLANNER_CHECK)
-                rec = harness.record(BENCHMARK, method=method, backend="planner", dtype=torch.bfloat16, shape=shape,
-                                     device="cpu", metrics=metrics)
-                rec["device"] = "cuda (predicted by decinv_fast.plan)"
-                records.append(rec)
+                metrics = dict(part="memory", vae=name, kind=kind, tiling=tiling,
+                               predicted_total_bytes=p.per_chunk[frames], weights_bytes=p.weights_bytes)
+                records.append(harness.planner_record(BENCHMARK, method=method, dtype=torch.bfloat16, shape=shape,
+                                                      metrics=metrics))
                 print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:5s}: "
                       f"{p.per_chunk[frames] / 2**30:8.2f} GiB", flush=True)
     return records

@@ -12,11 +12,12 @@ An adapter works on *frames*: ``encode`` maps ``(N, 3, H, W)`` pixels in [-1, 1]
 latents and ``decode`` maps them back. Videos are flattened to frames by the caller; a temporal
 VAE's decoder is told how many consecutive frames form one video (``frames_per_video``).
 
-A causal 3-D video VAE (Wan, CogVideoX, HunyuanVideo, LTX-Video) compresses time as well: its latents
-are ``(N, C, 1 + (F - 1) / t, h, w)`` for ``(N, 3, F, H, W)`` videos, and its causal convolutions
-mix every frame with the ones before it, so frames cannot be encoded on their own. Its adapter works
-on whole *videos* (``temporal_compression`` is ``t``): ``encode`` maps ``(N, 3, F, H, W)`` to
-``(N, C, f, h, w)``, the layout its pipelines decode, and the caller hands it videos, not frames.
+A causal 3-D video VAE (Wan, CogVideoX, HunyuanVideo, LTX-Video, ...: :mod:`.video_adapters`)
+compresses time as well: its latents are ``(N, C, 1 + (F - 1) / t, h, w)`` for ``(N, 3, F, H, W)``
+videos, and its causal convolutions mix every frame with the ones before it, so frames cannot be
+encoded on their own. Its adapter works on whole *videos* (``temporal_compression`` is ``t``):
+``encode`` maps ``(N, 3, F, H, W)`` to ``(N, C, f, h, w)``, the layout its pipelines decode, and the
+caller hands it videos, not frames.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ from torch import nn
 
 from .options import caller_stacklevel
 
-# the causal 3-D video VAEs of diffusers, whose latents compress time (see the module's docstring)
-VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo")
+# the diffusers VAEs that work frame by frame (AutoencoderDC and AutoencoderKLFlux2 need diffusers >= 0.32 / 0.36)
+IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder", "AutoencoderDC",
+                   "AutoencoderKLFlux2")
+# the causal 3-D video VAEs of diffusers, whose latents compress time (see the module's docstring;
+# Qwen-Image's is Wan 2.1's architecture, used for images as 1-frame videos)
+VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
+                   "AutoencoderKLQwenImage", "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi",
+                   "AutoencoderKLLTX2Video")
 VAE_KINDS = (
-    "a diffusers AutoencoderKL, AutoencoderTiny or AutoencoderKLTemporalDecoder, a video VAE ("
-    + ", ".join(VIDEO_VAE_KINDS) + "), or an (encode_fn, decode_fn) pair"
+    "a diffusers " + ", ".join(IMAGE_VAE_KINDS) + ", a video VAE (" + ", ".join(VIDEO_VAE_KINDS)
+    + "), or an (encode_fn, decode_fn) pair"
 )
 
 
@@ -60,6 +67,8 @@ class VaeAdapter:
     temporal_compression: int | None = None
     frame_step: int | None = None  # a video VAE takes videos of 1 + k * frame_step frames
     space: LatentSpace | None = None  # a diffusers VAE's pipeline latent space
+    pixel_channels: int | None = None  # the images' channels, when the config's in_channels counts others too
+    min_latent_size: int = 1  # the smallest latent height and width its decoder takes
 
     @property
     def encodes_videos(self) -> bool:
@@ -107,12 +116,14 @@ def offload_execution_device(module: nn.Module) -> torch.device | None:
 class LatentSpace:
     """The pipeline's latent space of a VAE: ``(raw - shift_factor) * scaling_factor``, or, when the
     config sets per-channel ``latents_mean`` and ``latents_std`` (SDXL-family pipelines use them, e.g.
-    Playground v2.5), ``(raw - latents_mean) * scaling_factor / latents_std`` as those pipelines do."""
+    Playground v2.5), ``(raw - latents_mean) * scaling_factor / latents_std`` as those pipelines do;
+    with ``patch`` > 1 (FLUX.2), of the raw latent's ``patch x patch`` patches as channels (:func:`patchify`)."""
 
     scaling: float = 1.0
     shift: float = 0.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    patch: int = 1  # FLUX.2: 2x2 patches of the raw latent become channels before the per-channel scaling
 
     @classmethod
     def of(cls, config) -> LatentSpace:
@@ -133,6 +144,8 @@ class LatentSpace:
 
     def to_latent(self, raw: torch.Tensor) -> torch.Tensor:
         """Latents ``(N, C, ...)`` in the pipeline's space from the encoder's raw ones."""
+        if self.patch > 1:
+            raw = patchify(raw, self.patch)
         if self.mean is not None:
             mean, std = self._per_channel(raw)
             z = (raw - mean) * self.scaling / std
@@ -146,12 +159,27 @@ class LatentSpace:
         """What the decoder takes, from pipeline-space latents."""
         if self.mean is not None:
             mean, std = self._per_channel(z)
-            return z * std / self.scaling + mean
-        return z / self.scaling + self.shift if self.shift else z / self.scaling
+            raw = z * std / self.scaling + mean
+        else:
+            raw = z / self.scaling + self.shift if self.shift else z / self.scaling
+        return unpatchify(raw, self.patch) if self.patch > 1 else raw
 
     def _per_channel(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, len(self.mean)) + (1,) * (t.dim() - 2)
         return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(shape) for v in (self.mean, self.std))
+
+
+def patchify(raw: torch.Tensor, p: int) -> torch.Tensor:
+    """``(N, C, h, w)`` to ``(N, C * p * p, h / p, w / p)``: channel ``c * p * p + dy * p + dx`` holds the
+    pixel ``(dy, dx)`` of each ``p x p`` patch of channel ``c``, as the FLUX.2 pipelines order them."""
+    n, c, h, w = raw.shape
+    return raw.reshape(n, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4).reshape(n, c * p * p, h // p, w // p)
+
+
+def unpatchify(z: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`."""
+    n, c, h, w = z.shape
+    return z.reshape(n, c // (p * p), p, p, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (p * p), h * p, w * p)
 
 
 def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
@@ -182,44 +210,40 @@ def _tiny_adapter(vae) -> VaeAdapter:
     return VaeAdapter("AutoencoderTiny", encode, decode, factor, vae.config.latent_channels, vae, space=space)
 
 
-def _video_adapter(vae, kind: str) -> VaeAdapter:
-    """A causal 3-D video VAE, in the latent space its pipeline uses: LTX-Video keeps ``latents_mean`` and
-    ``latents_std`` as buffers of the model (its pipeline reads them there), the others in the config
-    (Wan) or a ``scaling_factor`` alone (CogVideoX, HunyuanVideo); see :class:`LatentSpace`."""
-    config = vae.config
-    space = LatentSpace.of(config)
-    if kind == "AutoencoderKLLTXVideo":
-        mean, std = vae.latents_mean, vae.latents_std
-        if mean.is_meta or std.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
-            mean, std = torch.zeros(mean.shape), torch.ones(std.shape)
-        space = LatentSpace(space.scaling, 0.0, tuple(mean.tolist()), tuple(std.tolist()))
-    # LTX-Video 0.9.1+ decoders take a timestep; its pipeline's default decode_timestep is 0 (no noise added)
-    timestep = bool(getattr(config, "timestep_conditioning", False))
+def _dc_adapter(vae) -> VaeAdapter:
+    """SANA's deep-compression autoencoder: a deterministic encoder (``.latent``, no distribution); its
+    pipelines decode ``latents / scaling_factor``."""
+    space = LatentSpace.of(vae.config)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return space.to_latent(vae.encode(x).latent)
+
+    def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        return vae.decode(space.to_raw(z)).sample
+
+    factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    return VaeAdapter("AutoencoderDC", encode, decode, factor, vae.config.latent_channels, vae, space=space)
+
+
+def _flux2_adapter(vae) -> VaeAdapter:
+    """FLUX.2's VAE in its pipelines' latent space: the raw latent's 2x2 patches as channels, normalised by
+    the running statistics of the VAE's batch norm (``vae.bn``, never run):
+    ``(patchify(raw) - running_mean) / sqrt(running_var + batch_norm_eps)``, ``(N, 4 C, H / 16, W / 16)``;
+    the pipelines' token packing (a row-major flatten of that) is left to them."""
+    mean, var = vae.bn.running_mean, vae.bn.running_var
+    if mean.is_meta or var.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
+        mean, var = torch.zeros(mean.shape), torch.ones(var.shape)
+    std = torch.sqrt(var + vae.config.batch_norm_eps)  # in the buffers' dtype, as the pipelines compute it
+    space = LatentSpace(1.0, 0.0, tuple(mean.tolist()), tuple(std.tolist()), patch=2)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         return space.to_latent(vae.encode(x).latent_dist.mode())
 
     def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
-        raw = space.to_raw(z)
-        if timestep:
-            return vae.decode(raw, temb=torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)).sample
-        return vae.decode(raw).sample
+        return vae.decode(space.to_raw(z)).sample
 
-    # the ratios the model sets itself (from its patch sizes: LTX-Video), else its config's (vars, not getattr:
-    # diffusers warns when a config value is read as an attribute)
-    own = vars(vae)
-    if kind == "AutoencoderKLWan":
-        time_factor = 2 ** sum(map(bool, config.temperal_downsample))  # (sic: the config's spelling)
-        channels = config.z_dim
-    else:
-        time_factor = int(own.get("temporal_compression_ratio") or config.temporal_compression_ratio)
-        channels = config.latent_channels
-    spatial = own.get("spatial_compression_ratio") or 2 ** (len(config.block_out_channels) - 1)
-    # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
-    # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
-    step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
-    return VaeAdapter(kind, encode, decode, int(spatial), channels, vae, temporal_compression=time_factor,
-                      frame_step=step, space=space)
+    factor = 2 ** len(vae.config.block_out_channels)  # the encoder's 2 ** (blocks - 1), times the 2x2 patches
+    return VaeAdapter("AutoencoderKLFlux2", encode, decode, factor, 4 * vae.config.latent_channels, vae, space=space)
 
 
 def _callable_adapter(pair) -> VaeAdapter:
@@ -260,20 +284,20 @@ def as_adapter(vae) -> VaeAdapter:
     name = type(vae).__name__
     if hasattr(vae, "vae") and hasattr(vae, "components"):  # a DiffusionPipeline
         raise TypeError(f"vae must be {VAE_KINDS}; got the pipeline {name}: pass its VAE, pipe.vae")
-    try:
-        from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, AutoencoderTiny
-    except ImportError:  # pragma: no cover - diffusers is a hard dependency
-        AutoencoderKL = AutoencoderKLTemporalDecoder = AutoencoderTiny = ()
-    if isinstance(vae, AutoencoderKLTemporalDecoder):
-        return _kl_adapter(vae, "AutoencoderKLTemporalDecoder", temporal=True)
-    if isinstance(vae, AutoencoderKL):
-        return _kl_adapter(vae, "AutoencoderKL", temporal=False)
-    if isinstance(vae, AutoencoderTiny):
-        return _tiny_adapter(vae)
     import diffusers
+
+    image_adapters = {"AutoencoderKL": lambda v: _kl_adapter(v, "AutoencoderKL", False),
+                      "AutoencoderTiny": _tiny_adapter,
+                      "AutoencoderKLTemporalDecoder": lambda v: _kl_adapter(v, "AutoencoderKLTemporalDecoder", True),
+                      "AutoencoderDC": _dc_adapter, "AutoencoderKLFlux2": _flux2_adapter}
+    for kind in IMAGE_VAE_KINDS:  # exact classes: none of these subclasses another
+        image_vae = getattr(diffusers, kind, None)  # None: a kind newer than the installed diffusers
+        if image_vae is not None and isinstance(vae, image_vae):
+            return image_adapters[kind](vae)
+    from .video_adapters import video_adapter
 
     for kind in VIDEO_VAE_KINDS:
         video_vae = getattr(diffusers, kind, None)
         if video_vae is not None and isinstance(vae, video_vae):
-            return _video_adapter(vae, kind)
+            return video_adapter(vae, kind)
     raise TypeError(f"vae must be {VAE_KINDS}; got {name}")

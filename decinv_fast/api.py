@@ -15,7 +15,7 @@ from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
 from .graphs import GraphedStep
-from .inputs import Frames, as_videos, to_frames
+from .inputs import Frames, as_videos, check_latent_size, to_frames
 from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import (
@@ -71,11 +71,12 @@ def _check_compile(compile) -> None:
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
-    channels = None
-    if adapter.module is not None:
+    channels = adapter.pixel_channels
+    if adapter.module is not None and channels is None:
         channels = getattr(adapter.module.config, "in_channels", None)
     frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
                        spatial_factor=adapter.spatial_factor, channels=channels)
+    check_latent_size(*frames.pixels.shape[-2:], adapter, "images")
     if adapter.encodes_videos:
         return as_videos(frames, adapter.frame_step, adapter.kind)
     if adapter.temporal and frames.frames is None and frames.batch > 1:
@@ -176,10 +177,13 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
     but solves ``E(D(z)) = E(x)`` with forward passes only (Hong et al., NeurIPS 2024).
 
     Args:
-        vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder``, a video
-            VAE that compresses time (``AutoencoderKLWan``, ``AutoencoderKLCogVideoX``,
-            ``AutoencoderKLHunyuanVideo``, ``AutoencoderKLLTXVideo``: whole videos of ``1 + 4k`` frames,
-            ``1 + 8k`` for CogVideoX and LTX-Video, to ``(B, C, f, h, w)`` latents) or an
+        vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder``,
+            ``AutoencoderDC`` (SANA), ``AutoencoderKLFlux2`` (FLUX.2: its pipelines' 2x2-patched, normalised
+            ``(B, 4 C, H / 16, W / 16)`` latents), a video VAE that compresses time (``AutoencoderKLWan``,
+            ``AutoencoderKLQwenImage``, ``AutoencoderKLCogVideoX``, ``AutoencoderKLHunyuanVideo``,
+            ``AutoencoderKLHunyuanVideo15``, ``AutoencoderKLLTXVideo``, ``AutoencoderKLLTX2Video``,
+            ``AutoencoderKLMochi``: whole videos of ``1 + k * t`` frames for its time compression ``t``
+            (``1 + 8k`` for CogVideoX), images as 1-frame videos, to ``(B, C, f, h, w)`` latents) or an
             ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (a pipeline's
             ``output_type="pt"`` is [0, 1]: pass ``images * 2 - 1``; a tensor wholly in [0, 1] warns), uint8 tensor,
@@ -352,6 +356,10 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     if adapter.latent_channels is not None and channels != adapter.latent_channels:
         raise ValueError(f"latents have {channels} channels (dim {channel_dim} of shape {tuple(latents.shape)}); "
                          f"this {adapter.kind} decodes {adapter.latent_channels}")
+    if adapter.min_latent_size > 1 and min(latents.shape[-2:]) < adapter.min_latent_size:
+        smallest = adapter.min_latent_size
+        raise ValueError(f"latents of {latents.shape[-2]}x{latents.shape[-1]}: this {adapter.kind} decodes latents "
+                         f"of at least {smallest}x{smallest}")
     check_finite("latents", latents)
     squeezed = latents.dim() == ranks[0]
     z = latents[None] if squeezed else latents

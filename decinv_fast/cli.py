@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .adapters import VIDEO_VAE_KINDS, as_adapter
+from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS, as_adapter
 from .attention import ATTENTION
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder", *VIDEO_VAE_KINDS)
+VAE_CLASSES = (*IMAGE_VAE_KINDS, *VIDEO_VAE_KINDS)
 
 
 def lr_arg(spec: str) -> float | str:

@@ -215,6 +215,15 @@ def as_videos(frames: Frames, frame_step: int, kind: str) -> Frames:
     return Frames(pixels, frames.batch, frames.frames, frames.squeezed, videos=True)
 
 
+def check_latent_size(h: int, w: int, adapter, name: str) -> None:
+    """A decoder that needs latents of at least ``adapter.min_latent_size`` a side (LTX-2's pads by
+    reflection) is refused smaller images, naming the size it takes, before the VAE fails obscurely."""
+    smallest, f = adapter.min_latent_size, adapter.spatial_factor
+    if smallest > 1 and min(h, w) < smallest * f:
+        raise ValueError(f"{name}: height {h} and width {w}: {adapter.kind} decodes latents of at least {smallest}x"
+                         f"{smallest}, images of at least {smallest * f}x{smallest * f} pixels")
+
+
 def check_video_frames(count: int, frame_step: int, kind: str, name: str) -> None:
     """A video VAE that compresses time takes videos of ``1 + k * frame_step`` frames; another ``count`` is an
     error naming the argument ``name`` and how many frames to keep."""

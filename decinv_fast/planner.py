@@ -44,7 +44,7 @@ import torch
 
 from .adapters import as_adapter
 from .attention import check_attention
-from .inputs import check_video_frames
+from .inputs import check_latent_size, check_video_frames
 from .memory import available_ram, cuda_budget
 from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
@@ -146,6 +146,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
     dtype = adapter.dtype if dtype is None else dtype
     shape = _checked_shape(shape, adapter.spatial_factor)
+    check_latent_size(*shape[-2:], adapter, "shape")
     per_row = _frames_per_row(adapter, shape)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
     check_fp32_master(fp32_master, run_method)

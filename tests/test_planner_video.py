@@ -1,9 +1,9 @@
-"""The memory planner on causal 3-D video VAEs (Wan, CogVideoX, HunyuanVideo, LTX-Video): chunks of whole
+"""The memory planner on causal 3-D video VAEs (Wan, CogVideoX, HunyuanVideo, LTX-Video, ...): chunks of whole
 videos, traced as the VAE takes them, against the CPU allocator's measured peak, and ``chunk_frames="auto"``."""
 
 import pytest
 import torch
-from test_video_vaes import KINDS, make_vae, video_of
+from video_vae_models import KINDS, make_vae, video_of
 
 import decinv_fast
 import decinv_fast.planner as planner
@@ -14,7 +14,7 @@ from decinv_fast.planner import plan
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx"])
+@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2"])
 @pytest.mark.parametrize("method", ["adam", "auto"])
 @pytest.mark.parametrize("videos_per_chunk", [2, 1])
 def test_prediction_within_25_percent_of_measured(kind, method, videos_per_chunk):
@@ -93,7 +93,7 @@ def test_auto_chunk_picks_the_largest_whole_videos_that_fit(monkeypatch):
         assert torch.equal(auto.latents, by_hand.latents)
 
 
-@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx"])
+@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2"])
 def test_a_vae_built_on_the_meta_device_plans_as_the_real_one_without_warnings(kind):
     """``with torch.device("meta"): vae = AutoencoderKLWan(...)`` (no weights, as the README plans the
     released VAEs): the same prediction; and neither planning nor inverting reads a config value as an

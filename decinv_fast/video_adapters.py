@@ -1,0 +1,100 @@
+"""Adapters of the causal 3-D video VAEs of diffusers, in the latent space each one's pipelines use.
+
+Their latents compress time: ``(N, 3, F, H, W)`` videos encode to ``(N, C, 1 + (F - 1) / t, h, w)``
+latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (see
+:class:`~decinv_fast.adapters.VaeAdapter`). The latent spaces, as the pipelines decode them:
+
+- ``(raw - latents_mean) * scaling_factor / latents_std`` with the constants in the config (Wan, Qwen-Image,
+  Mochi: ``LatentSpace.of``) or kept as buffers of the model (LTX-Video, LTX-2);
+- ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import LatentSpace, VaeAdapter
+
+# the kinds whose latents_mean / latents_std are buffers of the model (their pipelines read them there)
+BUFFER_SPACE = ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video")
+# the kinds whose config spells the sizes as Wan's does (z_dim, temperal_downsample)
+WAN_CONFIG = ("AutoencoderKLWan", "AutoencoderKLQwenImage")
+# HunyuanVideo 1.5's attention mask breaks for a batch of more than one video (diffusers 0.42): one per call
+ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
+
+
+def video_adapter(vae, kind: str) -> VaeAdapter:
+    """The adapter of ``vae``, a diffusers video VAE of class ``kind`` (one of ``VIDEO_VAE_KINDS``)."""
+    config = vae.config
+    space = _buffer_space(vae, LatentSpace.of(config)) if kind in BUFFER_SPACE else LatentSpace.of(config)
+    # LTX-Video 0.9.1+ and LTX-2 decoders may take a timestep; their pipelines' default decode_timestep is 0
+    # (no noise added), the deterministic decode
+    timestep = bool(getattr(config, "timestep_conditioning", False))
+    one_per_call = kind in ONE_VIDEO_PER_CALL
+    _check_decoded_frames(vae, kind)
+
+    def raw_of(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(x).latent_dist.mode()
+
+    def pixels_of(raw: torch.Tensor) -> torch.Tensor:
+        if timestep:
+            return vae.decode(raw, temb=torch.zeros(raw.shape[0], dtype=raw.dtype, device=raw.device)).sample
+        return vae.decode(raw).sample
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return space.to_latent(_per_video(raw_of, x) if one_per_call else raw_of(x))
+
+    def decode(z: torch.Tensor, frames_per_video: int) -> torch.Tensor:
+        raw = space.to_raw(z)
+        return _per_video(pixels_of, raw) if one_per_call else pixels_of(raw)
+
+    time_factor, spatial, channels = _sizes(vae, kind)
+    # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
+    # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
+    step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
+    # Mochi's in_channels counts its Fourier features too: each pixel channel and a sine and a cosine of it
+    # at each of its frequencies (two), 3 * (1 + 2 * 2) = 15
+    pixels = config.in_channels // 5 if kind == "AutoencoderKLMochi" else None
+    # LTX-2's decoder pads by reflection, which needs at least 2 latent pixels a side
+    smallest = 2 if getattr(config, "decoder_spatial_padding_mode", None) == "reflect" else 1
+    return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
+                      frame_step=step, space=space, pixel_channels=pixels, min_latent_size=smallest)
+
+
+def _buffer_space(vae, space: LatentSpace) -> LatentSpace:
+    """LTX-Video's and LTX-2's latent space: the config's ``scaling_factor``, the model's buffers."""
+    mean, std = vae.latents_mean, vae.latents_std
+    if mean.is_meta or std.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
+        mean, std = torch.zeros(mean.shape), torch.ones(std.shape)
+    return LatentSpace(space.scaling, 0.0, tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def _sizes(vae, kind: str) -> tuple[int, int, int]:
+    """Time and space compression and latent channels: the ratios the model sets itself (from its patch
+    sizes: LTX-Video; from its expansions: Mochi), else its config's (vars, not getattr: diffusers warns
+    when a config value is read as an attribute)."""
+    config, own = vae.config, vars(vae)
+    if kind in WAN_CONFIG:
+        time_factor = 2 ** sum(map(bool, config.temperal_downsample))  # (sic: the config's spelling)
+        channels = config.z_dim
+    else:
+        time_factor = int(own.get("temporal_compression_ratio") or config.temporal_compression_ratio)
+        channels = config.latent_channels
+    spatial = own.get("spatial_compression_ratio") or 2 ** (len(config.block_out_channels) - 1)
+    return time_factor, int(spatial), channels
+
+
+def _per_video(run, batch: torch.Tensor) -> torch.Tensor:
+    """``run`` on each video of ``batch`` on its own, concatenated."""
+    if batch.shape[0] == 1:
+        return run(batch)
+    return torch.cat([run(one) for one in batch.split(1)])
+
+
+def _check_decoded_frames(vae, kind: str) -> None:
+    """Mochi's decoder drops the frames its causal padding added (``drop_last_temporal_frames``, its
+    default and its pipeline's); without that it decodes ``6 f`` frames, which no video it encoded has."""
+    if kind == "AutoencoderKLMochi" and not vars(vae).get("drop_last_temporal_frames", True):
+        raise ValueError("vae: this AutoencoderKLMochi has drop_last_temporal_frames=False, so it decodes 6 frames "
+                         "per latent frame and never the 1 + 6k frames it encoded; set vae.drop_last_temporal_frames "
+                         "= True (its default, as MochiPipeline decodes)")

@@ -4,7 +4,7 @@ planner, and the command line. (Qwen-Image's VAE encodes images as 1-frame video
 
 import pytest
 import torch
-from diffusers import AutoencoderDC, AutoencoderKLFlux2
+from video_vae_models import vae_class
 
 import decinv_fast
 from decinv_fast import reference
@@ -20,7 +20,7 @@ KINDS = ("dc", "flux2")
 def make_vae(kind: str):
     torch.manual_seed(0)
     if kind == "dc":  # SANA's block types at factor 4 (the released VAEs: 32); RMS norms, as SANA 1.0's decoder
-        vae = AutoencoderDC(latent_channels=4, attention_head_dim=4,
+        vae = vae_class("AutoencoderDC")(latent_channels=4, attention_head_dim=4,
                             encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
                             decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
                             encoder_block_out_channels=(8, 16, 16), decoder_block_out_channels=(8, 16, 16),
@@ -29,7 +29,7 @@ def make_vae(kind: str):
                             downsample_block_type="Conv", upsample_block_type="interpolate",
                             decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
     else:  # factor 8 and 4 latent channels: 16 pipeline channels at 1/16 of the pixels
-        vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 4,
+        vae = vae_class("AutoencoderKLFlux2")(down_block_types=("DownEncoderBlock2D",) * 4,
                                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4,
                                  layers_per_block=1, latent_channels=4, norm_num_groups=4)
         # its batch norm is never run; checkpoints ship its running statistics, the pipelines' normalisation

@@ -7,9 +7,10 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the four released VAE
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for seven released VAE
 architectures (diffusers' class defaults are their released configurations, built on the meta device: no
-weights needed) at their pipelines' default video sizes, with and without ``vae.enable_tiling()``;
+weights needed; Qwen-Image's is an image VAE, a 1-frame video) at their pipelines' default sizes, with and
+without ``vae.enable_tiling()``;
 predictions (the planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an
 H100, benchmarks/gpu_validation.py).
 
@@ -39,7 +40,10 @@ RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1
 # each released VAE at its pipeline's default video size (frames, height, width)
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
             ("AutoencoderKLHunyuanVideo", "HunyuanVideo", (129, 720, 1280)),
-            ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)))
+            ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
+            ("AutoencoderKLHunyuanVideo15", "HunyuanVideo 1.5", (121, 480, 848)),
+            ("AutoencoderKLMochi", "Mochi 1", (19, 480, 848)),
+            ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)))
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
            "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}

@@ -52,13 +52,24 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
     # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
-    # Mochi's in_channels counts its Fourier features too: each pixel channel and a sine and a cosine of it
-    # at each of its frequencies (two), 3 * (1 + 2 * 2) = 15
-    pixels = config.in_channels // 5 if kind == "AutoencoderKLMochi" else None
-    # LTX-2's decoder pads by reflection, which needs at least 2 latent pixels a side
-    smallest = 2 if getattr(config, "decoder_spatial_padding_mode", None) == "reflect" else 1
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
-                      frame_step=step, space=space, pixel_channels=pixels, min_latent_size=smallest)
+                      frame_step=step, space=space, pixel_channels=_pixel_channels(config, kind),
+                      min_latent_size=_smallest_latent(config))
+
+
+def _pixel_channels(config, kind: str) -> int | None:
+    """The videos' channels where the config's ``in_channels`` counts more: Mochi's counts its Fourier
+    features (each pixel channel and a sine and a cosine of it at two frequencies: 3 * 5 = 15); Wan 2.2's
+    VAE (``patch_size`` 2) its pixels' 2x2 patches (3 * 4 = 12)."""
+    if kind == "AutoencoderKLMochi":
+        return config.in_channels // 5
+    patch = getattr(config, "patch_size", None) if kind in WAN_CONFIG else None
+    return config.in_channels // patch**2 if patch else None
+
+
+def _smallest_latent(config) -> int:
+    """LTX-2's decoder pads by reflection, which needs at least 2 latent pixels a side."""
+    return 2 if getattr(config, "decoder_spatial_padding_mode", None) == "reflect" else 1
 
 
 def _buffer_space(vae, space: LatentSpace) -> LatentSpace:

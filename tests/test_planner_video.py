@@ -14,7 +14,7 @@ from decinv_fast.planner import plan
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2"])
+@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2", "wan22"])
 @pytest.mark.parametrize("method", ["adam", "auto"])
 @pytest.mark.parametrize("videos_per_chunk", [2, 1])
 def test_prediction_within_25_percent_of_measured(kind, method, videos_per_chunk):
@@ -93,7 +93,7 @@ def test_auto_chunk_picks_the_largest_whole_videos_that_fit(monkeypatch):
         assert torch.equal(auto.latents, by_hand.latents)
 
 
-@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2"])
+@pytest.mark.parametrize("kind", ["wan", "hunyuan", "cogvideox", "ltx", "qwen", "hunyuan15", "mochi", "ltx2", "wan22"])
 def test_a_vae_built_on_the_meta_device_plans_as_the_real_one_without_warnings(kind):
     """``with torch.device("meta"): vae = AutoencoderKLWan(...)`` (no weights, as the README plans the
     released VAEs): the same prediction; and neither planning nor inverting reads a config value as an

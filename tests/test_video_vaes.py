@@ -32,7 +32,7 @@ def pipeline_latents(kind: str, vae, rows: torch.Tensor) -> tuple[torch.Tensor, 
     """``E(x)`` as each pipeline scales it, and the pipeline's way back to what its decoder takes."""
     raw = per_video(lambda one: vae.encode(one).latent_dist.mode(), rows)
     view = (1, -1, 1, 1, 1)
-    if kind in ("wan", "qwen"):  # pipeline_wan, pipeline_qwenimage: latents / (1 / std) + mean before decoding
+    if kind in ("wan", "wan22", "qwen"):  # pipeline_wan, pipeline_qwenimage: latents / (1 / std) + mean
         mean = torch.tensor(vae.config.latents_mean).view(view)
         inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(view)
         return (raw - mean) * inverse_std, lambda z: z / inverse_std + mean
@@ -131,6 +131,16 @@ def test_a_frame_count_the_vae_cannot_reproduce_is_refused(kind, frames, needed,
         decinv_fast.invert(vae, video_of(frames, batch=1), steps=1)
     with pytest.raises(ValueError, match=f"{needed} frames"):
         decinv_fast.encode(vae, video_of(frames, batch=1))
+
+
+def test_wan_2_2_takes_three_channel_videos_though_its_config_counts_their_patches():
+    """Wan 2.2's VAE patchifies the pixels 2x2 before its encoder: its config's in_channels is 12, its videos have
+    3 channels, and its latents are 1/16 of their size."""
+    vae = make_vae("wan22")
+    assert vae.config.in_channels == 12 and as_adapter(vae).spatial_factor == 16
+    assert decinv_fast.invert(vae, video_of(5), steps=1).latents.shape == (2, 4, 2, 2, 2)
+    with pytest.raises(ValueError, match="images: expected 3 channels, got 12"):
+        decinv_fast.encode(vae, torch.zeros(1, 5, 12, 32, 32))
 
 
 def test_mochi_takes_three_channel_videos_and_refuses_a_decoder_that_keeps_its_padding_frames():

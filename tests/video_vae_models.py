@@ -15,7 +15,8 @@ def vae_class(name: str):
 
 # each kind with a frame count it takes (1 + 4k; CogVideoX and LTX-Video 1 + 8k, Mochi 1 + 6k) and its latent frames
 KINDS = {"wan": (5, 2), "cogvideox": (9, 3), "hunyuan": (5, 2), "ltx": (9, 2), "ltx-timestep": (9, 2),
-         "qwen": (5, 2), "hunyuan15": (5, 2), "mochi": (7, 2), "ltx2": (5, 2), "ltx2-timestep": (5, 2)}
+         "qwen": (5, 2), "hunyuan15": (5, 2), "mochi": (7, 2), "ltx2": (5, 2), "ltx2-timestep": (5, 2),
+         "wan22": (5, 2)}
 WAN_STATS = dict(latents_mean=[0.1, 0.2, -0.1, 0.0], latents_std=[1.5, 2.0, 0.8, 1.0])
 
 
@@ -55,6 +56,11 @@ def make_vae(kind: str):
         vae = vae_class("AutoencoderKLWan" if kind == "wan" else "AutoencoderKLQwenImage")(
             base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1] if kind == "wan" else [1, 2, 2, 2], num_res_blocks=1,
             temperal_downsample=[False, True, True], **WAN_STATS)
+    elif kind == "wan22":  # Wan 2.2's VAE (TI2V-5B): residual blocks on the pixels' 2x2 patches (12 channels), 16x
+        vae = vae_class("AutoencoderKLWan")(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1],
+                                            num_res_blocks=1, temperal_downsample=[False, True, True], is_residual=True,
+                                            patch_size=2, scale_factor_spatial=16, in_channels=12, out_channels=12,
+                                            **WAN_STATS)
     elif kind == "cogvideox":
         vae = vae_class("AutoencoderKLCogVideoX")(block_out_channels=(8,) * 4, latent_channels=4,
                                                   layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)

@@ -20,7 +20,7 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}  # read with imageio 
 VIDEO_EXTRA = "pip install 'decinv-fast[video]'"
 SIXTEEN_BIT = 65535
 TIFF_SUFFIXES = {".tif", ".tiff"}
-TIFFFILE_ADVICE = "pip install tifffile, with which decinv reads it at its depth"
+TIFFFILE_ADVICE = "pip install 'decinv-fast[tiff]' (tifffile), with which decinv reads it at its depth"
 
 
 class UsageError(ValueError):

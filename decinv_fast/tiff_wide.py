@@ -1,7 +1,7 @@
 """TIFFs that PIL cannot hold at their depth, read with ``tifffile`` where it is installed.
 
 PIL opens a 16-bit colour TIFF as 8-bit RGB (the low byte of every sample is lost), and cannot open
-float colour TIFFs or float16 / float64 grayscale ones at all. ``tifffile`` (``pip install tifffile``;
+float colour TIFFs or float16 / float64 grayscale ones at all. ``tifffile`` (``pip install 'decinv-fast[tiff]'``;
 scikit-image brings it) reads them at their own depth. Every other TIFF stays with PIL, which reads it
 at its depth already. Only the first image of a file is read, as PIL does (:func:`full_images`
 counts the others, so that the command line can say so).

@@ -304,7 +304,7 @@ def test_sixteen_bit_colour_tiff_is_read_at_sixteen_bits_or_refused_without_tiff
     assert main(["invert", str(tmp_path / "rgb16.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'rgb16.tif'}: 16-bit colour TIFF, which PIL reads at 8 bits")
-    assert "pip install tifffile" in err and "16-bit PNG" in err and "\n" not in err
+    assert "pip install 'decinv-fast[tiff]' (tifffile)" in err and "16-bit PNG" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("writer", ["pil_int32", "tifffile_uint32"])

@@ -85,7 +85,7 @@ def test_without_tifffile_a_float_colour_tiff_says_what_to_install(tmp_path, cap
     assert main(["invert", str(tmp_path / "rgb.tif"), "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"decinv: error: {tmp_path / 'rgb.tif'}: PIL cannot open this TIFF") and "\n" not in err
-    assert "pip install tifffile" in err
+    assert "pip install 'decinv-fast[tiff]' (tifffile)" in err
 
 
 def test_a_sixteen_bit_tiff_inverts_as_its_eight_bit_original_alone_and_in_a_folder(tmp_path):

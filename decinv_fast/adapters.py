@@ -31,9 +31,9 @@ from torch import nn
 
 from .options import caller_stacklevel
 
-# the diffusers VAEs that work frame by frame (AutoencoderDC and AutoencoderKLFlux2 need diffusers >= 0.32 / 0.36)
+# the diffusers VAEs that work frame by frame (the last three are newer than the floor, diffusers 0.30)
 IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder", "AutoencoderDC",
-                   "AutoencoderKLFlux2")
+                   "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage")
 # the causal 3-D video VAEs of diffusers, whose latents compress time (see the module's docstring;
 # Qwen-Image's is Wan 2.1's architecture, used for images as 1-frame videos)
 VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
@@ -193,8 +193,9 @@ def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
             return vae.decode(space.to_raw(z), num_frames=frames_per_video).sample
         return vae.decode(space.to_raw(z)).sample
 
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return VaeAdapter(kind, encode, decode, factor, vae.config.latent_channels, vae, temporal, space=space)
+    # the ratio the model sets itself (HunyuanImage 2.1's: 32 from 5 blocks), else one halving per block after the first
+    factor = vars(vae).get("spatial_compression_ratio") or 2 ** (len(vae.config.block_out_channels) - 1)
+    return VaeAdapter(kind, encode, decode, int(factor), vae.config.latent_channels, vae, temporal, space=space)
 
 
 def _tiny_adapter(vae) -> VaeAdapter:
@@ -289,7 +290,8 @@ def as_adapter(vae) -> VaeAdapter:
     image_adapters = {"AutoencoderKL": lambda v: _kl_adapter(v, "AutoencoderKL", False),
                       "AutoencoderTiny": _tiny_adapter,
                       "AutoencoderKLTemporalDecoder": lambda v: _kl_adapter(v, "AutoencoderKLTemporalDecoder", True),
-                      "AutoencoderDC": _dc_adapter, "AutoencoderKLFlux2": _flux2_adapter}
+                      "AutoencoderDC": _dc_adapter, "AutoencoderKLFlux2": _flux2_adapter,
+                      "AutoencoderKLHunyuanImage": lambda v: _kl_adapter(v, "AutoencoderKLHunyuanImage", False)}
     for kind in IMAGE_VAE_KINDS:  # exact classes: none of these subclasses another
         image_vae = getattr(diffusers, kind, None)  # None: a kind newer than the installed diffusers
         if image_vae is not None and isinstance(vae, image_vae):

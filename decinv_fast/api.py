@@ -178,13 +178,13 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
 
     Args:
         vae: a diffusers ``AutoencoderKL``, ``AutoencoderTiny``, ``AutoencoderKLTemporalDecoder``,
-            ``AutoencoderDC`` (SANA), ``AutoencoderKLFlux2`` (FLUX.2: its pipelines' 2x2-patched, normalised
-            ``(B, 4 C, H / 16, W / 16)`` latents), a video VAE that compresses time (``AutoencoderKLWan``,
-            ``AutoencoderKLQwenImage``, ``AutoencoderKLCogVideoX``, ``AutoencoderKLHunyuanVideo``,
-            ``AutoencoderKLHunyuanVideo15``, ``AutoencoderKLLTXVideo``, ``AutoencoderKLLTX2Video``,
-            ``AutoencoderKLMochi``: whole videos of ``1 + k * t`` frames for its time compression ``t``
-            (``1 + 8k`` for CogVideoX), images as 1-frame videos, to ``(B, C, f, h, w)`` latents) or an
-            ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
+            ``AutoencoderDC`` (SANA), ``AutoencoderKLHunyuanImage`` (HunyuanImage 2.1), ``AutoencoderKLFlux2``
+            (FLUX.2: its pipelines' 2x2-patched, normalised ``(B, 4 C, H / 16, W / 16)`` latents), a video VAE
+            that compresses time (``AutoencoderKLWan``, ``AutoencoderKLQwenImage``, ``AutoencoderKLCogVideoX``,
+            ``AutoencoderKLHunyuanVideo``, ``AutoencoderKLHunyuanVideo15``, ``AutoencoderKLLTXVideo``,
+            ``AutoencoderKLLTX2Video``, ``AutoencoderKLMochi``: whole videos of ``1 + k * t`` frames for its
+            time compression ``t`` (``1 + 8k`` for CogVideoX), images as 1-frame videos, to ``(B, C, f, h, w)``
+            latents) or an ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (a pipeline's
             ``output_type="pt"`` is [0, 1]: pass ``images * 2 - 1``; a tensor wholly in [0, 1] warns), uint8 tensor,
             PIL image(s), a list of lists of PIL frames (videos, as pipelines return ``.frames``),

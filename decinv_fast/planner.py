@@ -16,7 +16,7 @@ tests/test_planner.py). The iteration's state (latent-sized buffers, optimizer h
 master copy fp16 runs keep) is counted from the method, its options and ``fp32_master``, as the run
 allocates it.
 
-A video VAE that compresses time (Wan, CogVideoX, HunyuanVideo, LTX-Video) encodes whole videos, so
+A video VAE that compresses time (Wan, CogVideoX, HunyuanVideo, LTX-Video, ...) encodes whole videos, so
 its chunks are whole videos: ``c`` of them are traced as ``(c, 3, F, H, W)`` pixels and
 ``(c, C, 1 + (F - 1) / t, h, w)`` latents through the adapter's own ``encode``/``decode`` (Wan's
 per-call feature cache included: it is freed when each call ends), and the state is counted from
@@ -114,7 +114,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``; for a video VAE (Wan, CogVideoX,
-            HunyuanVideo, LTX-Video) ``F`` is ``1 + k * frame_step`` as ``invert`` takes it, and each chunk
+            HunyuanVideo, LTX-Video, ...) ``F`` is ``1 + k * frame_step`` as ``invert`` takes it, and each chunk
             is whole videos traced as the VAE takes them, ``(c, 3, F, H, W)`` to ``(c, C, f, h, w)`` latents.
         dtype: the run's dtype, as ``invert``'s ``dtype`` (``None``, the default: the VAE's own, the
             dtype ``invert`` runs it in; an fp32 VAE you will run in fp16, pass ``torch.float16``):

@@ -1,6 +1,7 @@
-"""SANA's deep-compression autoencoder (``AutoencoderDC``) and FLUX.2's VAE (``AutoencoderKLFlux2``): latents
-in their pipelines' space, every method equal to the reference, batches equal to one-by-one runs, the
-planner, and the command line. (Qwen-Image's VAE encodes images as 1-frame videos: tests/test_video_vaes.py.)"""
+"""SANA's deep-compression autoencoder (``AutoencoderDC``), FLUX.2's VAE (``AutoencoderKLFlux2``) and HunyuanImage
+2.1's (``AutoencoderKLHunyuanImage``): latents in their pipelines' space, every method equal to the reference,
+batches equal to one-by-one runs, the planner, and the command line. (Qwen-Image's VAE encodes images as
+1-frame videos: tests/test_video_vaes.py.)"""
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from decinv_fast.planner import plan
 from decinv_fast.protocol import make_target
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-KINDS = ("dc", "flux2")
+KINDS = ("dc", "flux2", "hunyuanimage")
 
 
 def make_vae(kind: str):
@@ -28,6 +29,10 @@ def make_vae(kind: str):
                             encoder_qkv_multiscales=((), (), (5,)), decoder_qkv_multiscales=((), (), (5,)),
                             downsample_block_type="Conv", upsample_block_type="interpolate",
                             decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+    elif kind == "hunyuanimage":  # HunyuanImage 2.1's (32x, 64 channels), at 8x; its group norms take 32 channels
+        vae = vae_class("AutoencoderKLHunyuanImage")(in_channels=3, out_channels=3, latent_channels=8,
+                                                     block_out_channels=(32,) * 4, layers_per_block=1,
+                                                     spatial_compression_ratio=8, sample_size=32, scaling_factor=0.75)
     else:  # factor 8 and 4 latent channels: 16 pipeline channels at 1/16 of the pixels
         vae = vae_class("AutoencoderKLFlux2")(down_block_types=("DownEncoderBlock2D",) * 4,
                                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8,) * 4,
@@ -53,6 +58,9 @@ def pipeline_latents(kind: str, vae, x: torch.Tensor) -> tuple[torch.Tensor, obj
     if kind == "dc":  # pipeline_sana: vae.decode(latents / scaling_factor); its controlnet: encode(x).latent * s
         s = vae.config.scaling_factor
         return vae.encode(x).latent * s, lambda z: z / s
+    if kind == "hunyuanimage":  # pipeline_hunyuanimage: vae.decode(latents / scaling_factor)
+        s = vae.config.scaling_factor
+        return vae.encode(x).latent_dist.mode() * s, lambda z: z / s
     raw = vae.encode(x).latent_dist.mode()  # pipeline_flux2._encode_vae_image, then its decode side
     n, c, h, w = raw.shape
     patched = raw.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, c * 4, h // 2, w // 2)
@@ -71,7 +79,7 @@ def test_latents_and_decodings_are_the_pipelines(image_vae):
     x = images()
     expected, to_raw = pipeline_latents(kind, vae, x)
     z = decinv_fast.encode(vae, x)
-    assert z.shape == ((2, 4, 8, 8) if kind == "dc" else (2, 16, 2, 2))
+    assert z.shape == {"dc": (2, 4, 8, 8), "flux2": (2, 16, 2, 2), "hunyuanimage": (2, 8, 4, 4)}[kind]
     assert torch.equal(z, expected)
     assert torch.equal(decinv_fast.decode(vae, z), vae.decode(to_raw(z)).sample)
 
@@ -139,7 +147,7 @@ def test_flux2_takes_multiples_of_16_and_samples_targets_in_its_space():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_command_line_inverts_with_a_saved_vae(tmp_path, kind):
-    """``decinv invert image.png --vae <a saved AutoencoderDC / AutoencoderKLFlux2>``: the latents of
+    """``decinv invert image.png --vae <a saved AutoencoderDC / ...Flux2 / ...HunyuanImage>``: the latents of
     ``invert`` on the same pixels."""
     import numpy as np
     from cli_runs import run_invert

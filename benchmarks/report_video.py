@@ -29,7 +29,7 @@ def video_vaes(records: list[dict]) -> list[str]:
             "on an H100): the released "
             "architectures (diffusers' class defaults, built on the meta device), one video at its pipeline's "
             "default size, bf16, all frames in one call; total allocator peak with weights, GiB. The gradient-based "
-            "baseline back-propagates through the whole video.", "",
+            "baseline back-propagates through the whole video." + _recomputed(runs, plans), "",
             "| VAE | frames x height x width | `enable_tiling()` | adam | auto | grad |",
             "|---|---|---|---:|---:|---:|"]
     for key in dict.fromkeys((r["metrics"]["vae"], r["metrics"]["tiling"]) for r in plans):
@@ -39,3 +39,12 @@ def video_vaes(records: list[dict]) -> list[str]:
                            for m in ("adam", "auto", "grad"))
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
+
+
+def _recomputed(runs: list[dict], plans: list[dict]) -> str:
+    """Where the predictions come from a later ``--memory-only`` run than the accuracy table, its commit."""
+    shas = sorted({r["git_sha"] for r in plans} - {runs[0]["git_sha"]})
+    if not shas:
+        return ""
+    return (f" Predictions recomputed with `python -m benchmarks.video_vaes --memory-only` at git "
+            f"{', '.join(shas)}.")

@@ -7,9 +7,10 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for seven released VAE
-architectures (diffusers' class defaults are their released configurations, built on the meta device: no
-weights needed; Qwen-Image's is an image VAE, a 1-frame video) at their pipelines' default sizes, with and
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for eight released VAE
+architectures (diffusers' class defaults are their released configurations, LTX-2's with the changes of
+``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's is an image VAE, a 1-frame
+video) at their pipelines' default sizes, with and
 without ``vae.enable_tiling()``;
 predictions (the planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an
 H100, benchmarks/gpu_validation.py).
@@ -43,7 +44,12 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLLTXVideo", "LTX-Video 0.9", (161, 512, 704)),
             ("AutoencoderKLHunyuanVideo15", "HunyuanVideo 1.5", (121, 480, 848)),
             ("AutoencoderKLMochi", "Mochi 1", (19, 480, 848)),
+            ("AutoencoderKLLTX2Video", "LTX-2", (121, 512, 768)),
             ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)))
+# where the released configuration differs from diffusers' class defaults (LTX-2's, as diffusers' conversion
+# script scripts/convert_ltx2_to_diffusers.py writes it: the class would compute 64x / 16x from its patch sizes)
+RELEASED_CONFIG = {"AutoencoderKLLTX2Video": dict(decoder_causal=False, spatial_compression_ratio=32,
+                                                  temporal_compression_ratio=8)}
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
            "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
@@ -81,14 +87,12 @@ def accuracy(cfg: dict) -> list[dict]:
 
 
 def memory(cfg: dict) -> list[dict]:
-    import diffusers
-
     records = []
     for kind, name, (frames, height, width) in cfg["released"]:
         shape = (1, frames, 3, height, width)
         for tiling in (False, True):
             with torch.device("meta"):
-                vae = getattr(diffusers, kind)()
+                vae = released_vae(kind)
             vae = torch.nn.Module.to(vae, torch.bfloat16)
             if tiling:
                 vae.enable_tiling()
@@ -101,6 +105,13 @@ def memory(cfg: dict) -> list[dict]:
                 print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:5s}: "
                       f"{p.per_chunk[frames] / 2**30:8.2f} GiB", flush=True)
     return records
+
+
+def released_vae(kind: str):
+    """The released architecture of the diffusers VAE class ``kind`` (random weights)."""
+    import diffusers
+
+    return getattr(diffusers, kind)(**RELEASED_CONFIG.get(kind, {}))
 
 
 def main(argv: list[str] | None = None) -> None:

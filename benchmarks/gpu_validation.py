@@ -324,7 +324,7 @@ def video_stage(cfg: dict, device: str, deadline: float) -> list[dict]:
             print(f"video {name}: skipped (time budget)")
             continue
         torch.manual_seed(0)
-        vae = released_vae(kind).eval().requires_grad_(False).to(device, cfg["video_dtype"])
+        vae = released_vae(kind, name).eval().requires_grad_(False).to(device, cfg["video_dtype"])
         images = random_images((1, frames, 3, height, width)).to(device, cfg["video_dtype"])
         for tiling, method in ((False, "adam"), (True, "adam"), (False, "auto")):  # most telling first
             if time.monotonic() > deadline:

@@ -7,13 +7,12 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for eight released VAE
-architectures (diffusers' class defaults are their released configurations, LTX-2's with the changes of
-``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's is an image VAE, a 1-frame
-video) at their pipelines' default sizes, with and
-without ``vae.enable_tiling()``;
-predictions (the planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an
-H100, benchmarks/gpu_validation.py).
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for nine released VAE
+architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
+changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's is an image VAE, a
+1-frame video) at their pipelines' default sizes, with and without ``vae.enable_tiling()``; predictions (the
+planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an H100,
+benchmarks/gpu_validation.py).
 
     python -m benchmarks.video_vaes            # ~8 CPU minutes
     python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE
@@ -45,11 +44,18 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLHunyuanVideo15", "HunyuanVideo 1.5", (121, 480, 848)),
             ("AutoencoderKLMochi", "Mochi 1", (19, 480, 848)),
             ("AutoencoderKLLTX2Video", "LTX-2", (121, 512, 768)),
+            ("AutoencoderKLWan", "Wan 2.2 TI2V-5B", (81, 480, 832)),
             ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)))
-# where the released configuration differs from diffusers' class defaults (LTX-2's, as diffusers' conversion
-# script scripts/convert_ltx2_to_diffusers.py writes it: the class would compute 64x / 16x from its patch sizes)
-RELEASED_CONFIG = {"AutoencoderKLLTX2Video": dict(decoder_causal=False, spatial_compression_ratio=32,
-                                                  temporal_compression_ratio=8)}
+# where the released configuration differs from diffusers' class defaults, by name: as diffusers' conversion
+# scripts write them (scripts/convert_ltx2_to_diffusers.py: the class would compute 64x / 16x from LTX-2's
+# patch sizes; scripts/convert_wan_to_diffusers.py, Wan 2.2's VAE, whose latent statistics, which set no
+# memory, stand as zeros and ones here)
+RELEASED_CONFIG = {
+    "LTX-2": dict(decoder_causal=False, spatial_compression_ratio=32, temporal_compression_ratio=8),
+    "Wan 2.2 TI2V-5B": dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+                            out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+                            latents_mean=[0.0] * 48, latents_std=[1.0] * 48),
+}
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
            "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
@@ -92,7 +98,7 @@ def memory(cfg: dict) -> list[dict]:
         shape = (1, frames, 3, height, width)
         for tiling in (False, True):
             with torch.device("meta"):
-                vae = released_vae(kind)
+                vae = released_vae(kind, name)
             vae = torch.nn.Module.to(vae, torch.bfloat16)
             if tiling:
                 vae.enable_tiling()
@@ -107,11 +113,11 @@ def memory(cfg: dict) -> list[dict]:
     return records
 
 
-def released_vae(kind: str):
-    """The released architecture of the diffusers VAE class ``kind`` (random weights)."""
+def released_vae(kind: str, name: str):
+    """The released architecture ``name`` of the diffusers VAE class ``kind`` (random weights)."""
     import diffusers
 
-    return getattr(diffusers, kind)(**RELEASED_CONFIG.get(kind, {}))
+    return getattr(diffusers, kind)(**RELEASED_CONFIG.get(name, {}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,21 +111,22 @@ def test_a_vae_built_on_the_meta_device_plans_as_the_real_one_without_warnings(k
         decinv_fast.invert(real, video_of(frames, batch=1), steps=1, measure_memory=False)
 
 
-@pytest.mark.parametrize("kind, frames, size", [
-    ("AutoencoderKLWan", 5, 32), ("AutoencoderKLQwenImage", 5, 32), ("AutoencoderKLMochi", 7, 32),
-    pytest.param("AutoencoderKLHunyuanVideo15", 5, 32, marks=pytest.mark.slow),  # 1.26 G parameters: 5 GB, ~17 s
-    pytest.param("AutoencoderKLLTX2Video", 9, 64, marks=pytest.mark.slow),  # 1.22 G; its decoder needs 2x2 latents
+@pytest.mark.parametrize("kind, name, frames, size", [
+    ("AutoencoderKLWan", "Wan 2.1", 5, 32), ("AutoencoderKLWan", "Wan 2.2 TI2V-5B", 5, 32),
+    ("AutoencoderKLQwenImage", "Qwen-Image", 5, 32), ("AutoencoderKLMochi", "Mochi 1", 7, 32),
+    pytest.param("AutoencoderKLHunyuanVideo15", "HunyuanVideo 1.5", 5, 32, marks=pytest.mark.slow),  # 1.26 G: 5 GB
+    pytest.param("AutoencoderKLLTX2Video", "LTX-2", 9, 64, marks=pytest.mark.slow),  # its decoder needs 2x2 latents
 ])
-def test_the_released_architectures_are_predicted_within_5_percent_of_measured(kind, frames, size):
-    """The VAEs as released (diffusers' class defaults, LTX-2's as benchmarks.video_vaes.RELEASED_CONFIG sets
-    it; random weights), one short video, one step. Measured / predicted MiB: Wan 2.1's (127 M parameters, 16
+def test_the_released_architectures_are_predicted_within_5_percent_of_measured(kind, name, frames, size):
+    """The VAEs as released (diffusers' class defaults, LTX-2's and Wan 2.2's as benchmarks.video_vaes.RELEASED_CONFIG
+    sets them; random weights), one short video, one step. Measured / predicted MiB: Wan 2.1's (127 M parameters, 16
     latent channels) 58.4 / 58.3 (at 64x64: 81.4 and 81.2; HunyuanVideo's architecture 135.6 and 135.4);
-    Qwen-Image's (Wan 2.1's) the same; Mochi's (460 M) 57.9 / 57.0; HunyuanVideo 1.5's (1.26 G) 434.6 / 434.5;
-    LTX-2's (1.22 G, 9 frames at 64x64) 32.8 / 32.4."""
+    Qwen-Image's (Wan 2.1's) the same; Wan 2.2's (705 M) 113.9 / 113.8; Mochi's (460 M) 57.9 / 57.0;
+    HunyuanVideo 1.5's (1.26 G) 434.6 / 434.5; LTX-2's (1.22 G, 9 frames at 64x64) 32.8 / 32.4."""
     from benchmarks.video_vaes import released_vae
 
     torch.manual_seed(0)
-    vae = released_vae(kind).eval().requires_grad_(False)
+    vae = released_vae(kind, name).eval().requires_grad_(False)
     x = torch.rand(1, frames, 3, size, size) * 2 - 1
     run = dict(steps=1, method="adam", measure_memory=False)
     decinv_fast.invert(vae, x, **run)  # load kernels outside the measurement

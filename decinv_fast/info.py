@@ -1,4 +1,5 @@
-"""``decinv_fast.info()``: versions and which update backends can run here, and why not."""
+"""``decinv_fast.info()``: versions, which update backends can run here (and why not), and which VAE
+classes the installed diffusers has."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from ._dispatch import available_backends
 
 
 def info() -> dict:
-    """A dict of versions and backend availability (each backend: ``"available"`` or the reason)."""
+    """A dict of versions, backend availability (each backend: ``"available"`` or the reason) and the VAE
+    classes ``invert`` takes (each: ``"available"``, or why not: a class newer than the installed diffusers)."""
     import diffusers
+
+    from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS
 
     return {
         "decinv_fast": __import__("decinv_fast").__version__,
@@ -21,4 +25,6 @@ def info() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "diffusers": diffusers.__version__,
         "backends": available_backends(),
+        "vae_classes": {kind: "available" if getattr(diffusers, kind, None) else
+                        f"not in diffusers {diffusers.__version__}" for kind in IMAGE_VAE_KINDS + VIDEO_VAE_KINDS},
     }

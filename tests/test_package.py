@@ -90,3 +90,13 @@ def test_info_reports_versions_and_every_backend():
     assert report["backends"]["torch"] == "available"
     if _extension.extension_error() is not None:
         assert report["backends"]["cuda"] == _extension.extension_error()
+    assert report["vae_classes"]["AutoencoderKLFlux2"] == "available"  # diffusers 0.42.1 has every kind
+
+
+def test_info_names_vae_classes_the_installed_diffusers_lacks(monkeypatch):
+    import diffusers
+
+    monkeypatch.setattr(diffusers, "AutoencoderKLMochi", None)  # as as_adapter reads an older diffusers
+    classes = decinv_fast.info()["vae_classes"]
+    assert classes["AutoencoderKLMochi"] == f"not in diffusers {diffusers.__version__}"
+    assert classes["AutoencoderKL"] == "available" and len(classes) == 14

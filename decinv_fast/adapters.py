@@ -69,6 +69,7 @@ class VaeAdapter:
     space: LatentSpace | None = None  # a diffusers VAE's pipeline latent space
     pixel_channels: int | None = None  # the images' channels, when the config's in_channels counts others too
     min_latent_size: int = 1  # the smallest latent height and width its decoder takes
+    random_decoder: bool = False  # its decoder draws noise in every call (drawn from a fixed seed: video_adapters)
 
     @property
     def encodes_videos(self) -> bool:

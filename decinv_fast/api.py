@@ -71,9 +71,7 @@ def _check_compile(compile) -> None:
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
-    channels = adapter.pixel_channels
-    if adapter.module is not None and channels is None:
-        channels = getattr(adapter.module.config, "in_channels", None)
+    channels = adapter.pixel_channels or getattr(getattr(adapter.module, "config", None), "in_channels", None)
     frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
                        spatial_factor=adapter.spatial_factor, channels=channels)
     check_latent_size(*frames.pixels.shape[-2:], adapter, "images")
@@ -157,6 +155,9 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if cuda_graphs and compile:
         raise ValueError("cuda_graphs=True and compile=True are alternatives; choose one")
     adapter = _working_vae(vae, as_adapter(vae), dtype)
+    if cuda_graphs and adapter.random_decoder:
+        raise ValueError(f"cuda_graphs=True: {adapter.kind}'s decoder draws noise (decoder_inject_noise), which "
+                         "invert fixes by seeding each call: not in a captured graph")
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention, fp32_master)
     master = None if fp32_master is None else bool(fp32_master)
@@ -356,8 +357,7 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     if adapter.latent_channels is not None and channels != adapter.latent_channels:
         raise ValueError(f"latents have {channels} channels (dim {channel_dim} of shape {tuple(latents.shape)}); "
                          f"this {adapter.kind} decodes {adapter.latent_channels}")
-    if adapter.min_latent_size > 1 and min(latents.shape[-2:]) < adapter.min_latent_size:
-        smallest = adapter.min_latent_size
+    if min(latents.shape[-2:]) < (smallest := adapter.min_latent_size):
         raise ValueError(f"latents of {latents.shape[-2]}x{latents.shape[-1]}: this {adapter.kind} decodes latents "
                          f"of at least {smallest}x{smallest}")
     check_finite("latents", latents)

@@ -11,6 +11,8 @@ latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (se
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .adapters import LatentSpace, VaeAdapter
@@ -21,6 +23,8 @@ BUFFER_SPACE = ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video")
 WAN_CONFIG = ("AutoencoderKLWan", "AutoencoderKLQwenImage")
 # HunyuanVideo 1.5's attention mask breaks for a batch of more than one video (diffusers 0.42): one per call
 ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
+# the seed of the noise a noise-injecting decoder (LTX-Video 0.9.1+) adds in every call, fixed (see _fixed_noise)
+DECODER_NOISE_SEED = 0
 
 
 def video_adapter(vae, kind: str) -> VaeAdapter:
@@ -30,6 +34,7 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     # LTX-Video 0.9.1+ and LTX-2 decoders may take a timestep; their pipelines' default decode_timestep is 0
     # (no noise added), the deterministic decode
     timestep = bool(getattr(config, "timestep_conditioning", False))
+    noisy = any(getattr(config, "decoder_inject_noise", None) or ())
     one_per_call = kind in ONE_VIDEO_PER_CALL
     _check_decoded_frames(vae, kind)
 
@@ -37,9 +42,10 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
         return vae.encode(x).latent_dist.mode()
 
     def pixels_of(raw: torch.Tensor) -> torch.Tensor:
-        if timestep:
-            return vae.decode(raw, temb=torch.zeros(raw.shape[0], dtype=raw.dtype, device=raw.device)).sample
-        return vae.decode(raw).sample
+        with _fixed_noise(raw.device) if noisy else contextlib.nullcontext():
+            if timestep:
+                return vae.decode(raw, temb=torch.zeros(raw.shape[0], dtype=raw.dtype, device=raw.device)).sample
+            return vae.decode(raw).sample
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         return space.to_latent(_per_video(raw_of, x) if one_per_call else raw_of(x))
@@ -54,7 +60,23 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
                       frame_step=step, space=space, pixel_channels=_pixel_channels(config, kind),
-                      min_latent_size=_smallest_latent(config))
+                      min_latent_size=_smallest_latent(config), random_decoder=noisy)
+
+
+@contextlib.contextmanager
+def _fixed_noise(device: torch.device):
+    """LTX-Video 0.9.1+'s decoder adds noise drawn from the global RNG in every call
+    (``decoder_inject_noise``; not scaled by the decode timestep), so each decoding of one latent
+    differs. Inside this context its draws come from a fixed seed: ``D`` is a function (the
+    iteration's fixed point exists, batches equal one-by-one runs, runs repeat), and the caller's RNG
+    state is left as it was. The pipeline decoded the given video with another draw, a difference no
+    latent removes."""
+    index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else None
+    with torch.random.fork_rng(devices=[] if index is None else [index], device_type="cuda"):
+        torch.random.default_generator.manual_seed(DECODER_NOISE_SEED)
+        if index is not None:
+            torch.cuda.default_generators[index].manual_seed(DECODER_NOISE_SEED)
+        yield
 
 
 def _pixel_channels(config, kind: str) -> int | None:

@@ -5,7 +5,7 @@ reference run on whole videos."""
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from video_vae_models import KINDS, make_vae, video_of
+from video_vae_models import KINDS, make_vae, tiny_ltx, video_of
 
 import decinv_fast
 from decinv_fast import reference
@@ -153,6 +153,37 @@ def test_mochi_takes_three_channel_videos_and_refuses_a_decoder_that_keeps_its_p
     vae.drop_last_temporal_frames = False
     with pytest.raises(ValueError, match="vae: this AutoencoderKLMochi has drop_last_temporal_frames=False"):
         decinv_fast.invert(vae, video_of(7, batch=1), steps=1)
+
+
+def test_a_noise_injecting_ltx_decoder_decodes_with_one_fixed_draw():
+    """LTX-Video 0.9.1+'s decoder adds noise drawn from the global RNG in every call (decoder_inject_noise, its
+    released config): invert and decode draw it from a fixed seed, so D is a function (runs repeat, a batch
+    equals its videos alone, every method is the reference on that D), and the caller's RNG is left as it was."""
+    torch.manual_seed(0)
+    vae = tiny_ltx(timestep_conditioning=True, decoder_inject_noise=(True,) * 3 + (False,) * 2).eval()
+    vae.requires_grad_(False)
+    for name, scale in vae.named_parameters():
+        if "per_channel_scale" in name:
+            scale.fill_(0.5)  # trained in the released VAE; zero at initialisation
+    video = video_of(9)
+    z = decinv_fast.encode(vae, video)
+    a = as_adapter(vae)
+    raw, temb = a.space.to_raw(z), torch.zeros(2)
+    assert not torch.equal(vae.decode(raw, temb=temb).sample, vae.decode(raw, temb=temb).sample)  # random
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        expected = vae.decode(raw, temb=temb).sample.transpose(1, 2)
+    state = torch.get_rng_state()
+    assert torch.equal(decinv_fast.decode(vae, z), expected) and torch.equal(decinv_fast.decode(vae, z), expected)
+    out = decinv_fast.invert(vae, video, method="fsm", lr=0.5, steps=3, measure_memory=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    rows = video.transpose(1, 2).contiguous()
+    ref = reference.fsm(a.encode, lambda z: a.decode(z, 1), rows, steps=3, rho=0.5, schedule="paper")
+    assert torch.equal(out.latents, ref.latents)
+    alone = decinv_fast.invert(vae, video[1:], method="fsm", lr=0.5, steps=3, measure_memory=False)
+    torch.testing.assert_close(alone.latents, out.latents[1:], rtol=1e-4, atol=5e-5)
+    with pytest.raises(ValueError, match="cuda_graphs=True: AutoencoderKLLTXVideo's decoder draws noise"):
+        decinv_fast.invert(vae, video, steps=1, cuda_graphs=True)
 
 
 def test_ltx2_refuses_images_too_small_for_its_reflecting_decoder():

@@ -110,7 +110,7 @@ def cmd_invert(args) -> int:
     if video:  # a video file: its (F, C, h, w) latents, a video VAE's (C, f, h, w)
         latents = latents[0]
     meta = _metadata(args, result, clip_aware=clip_aware, compile=compile, files=files,
-                     layout=_layout(as_adapter(vae).encodes_videos, video, files is not None))
+                     layout=_layout(videos := as_adapter(vae).encodes_videos, video, files is not None))
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
     except (OSError, SafetensorError) as exc:
@@ -118,7 +118,7 @@ def cmd_invert(args) -> int:
     print(f"wrote {args.out}: latents {tuple(latents.shape)} {latents.dtype}, residual "
           f"{float(result.residuals[0]):.4g} -> {float(result.residuals[-1]):.4g} in {result.seconds:.1f} s")
     if args.png:
-        _write_panel(args.png, vae, images, result, dtype)
+        _write_panel(args.png, vae, images, result, dtype, videos)
     return 0
 
 
@@ -151,15 +151,16 @@ def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | Non
     return meta
 
 
-def _write_panel(png: str, vae, images, result, dtype) -> None:
-    """The ``--png`` panel of the first image (or frame): input, reconstructions and their errors."""
+def _write_panel(png: str, vae, images, result, dtype, videos: bool) -> None:
+    """The ``--png`` panel of the first image (or frame): input, reconstructions and their errors;
+    ``videos``: the VAE encodes whole videos."""
     from . import api
     from .inputs import to_frames
     from .visual import error_image, panel
 
     frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
     first = frames.pixels[:1]
-    if as_adapter(vae).encodes_videos:  # its latents are of whole videos: decode the first video, show its first frame
+    if videos:  # its latents are of whole videos: decode the first video, show its first frame
         z_enc = api.encode(vae, frames.pixels[None, :frames.frames_per_video])
         z_inv = result.latents.reshape(-1, *result.latents.shape[-4:])[:1]
     else:

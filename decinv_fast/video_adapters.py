@@ -32,7 +32,7 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     config = vae.config
     space = _buffer_space(vae, LatentSpace.of(config)) if kind in BUFFER_SPACE else LatentSpace.of(config)
     # LTX-Video 0.9.1+ and LTX-2 decoders may take a timestep; their pipelines' default decode_timestep is 0
-    # (no noise added), the deterministic decode
+    # (and then no noise is mixed into the latent); a decoder that injects noise of its own: see _fixed_noise
     timestep = bool(getattr(config, "timestep_conditioning", False))
     noisy = any(getattr(config, "decoder_inject_noise", None) or ())
     one_per_call = kind in ONE_VIDEO_PER_CALL

@@ -5,6 +5,7 @@
 """
 
 from ._dispatch import BackendUnavailable
+from .adapters import as_adapter
 from .api import decode, encode, invert, nmse_db
 from .diffusion import invert_to_noise
 from .fixture import load_fixture_vae
@@ -15,5 +16,5 @@ from .result import InversionResult
 __version__ = "0.1.0"
 __all__ = [
     "invert", "encode", "decode", "nmse_db", "plan", "invert_to_noise", "load_fixture_vae", "InversionResult", "info",
-    "BackendUnavailable",
+    "BackendUnavailable", "as_adapter",
 ]

@@ -70,6 +70,7 @@ class VaeAdapter:
     pixel_channels: int | None = None  # the images' channels, when the config's in_channels counts others too
     min_latent_size: int = 1  # the smallest latent height and width its decoder takes
     random_decoder: bool = False  # its decoder draws noise in every call (drawn from a fixed seed: video_adapters)
+    decode_timestep: float | None = None  # as_adapter's option (kept for the copies a run in another dtype makes)
 
     @property
     def encodes_videos(self) -> bool:
@@ -272,8 +273,18 @@ def check_output_finite(what: str, adapter: VaeAdapter, out: torch.Tensor) -> No
         raise FloatingPointError(f"the {what} is non-finite in {out.dtype}; {advice}{upcast_hint(adapter, out.dtype)}")
 
 
-def as_adapter(vae) -> VaeAdapter:
-    """Wrap ``vae`` in a :class:`VaeAdapter`, or raise a ``TypeError`` naming the accepted kinds."""
+def as_adapter(vae, *, decode_timestep: float | None = None) -> VaeAdapter:
+    """Wrap ``vae`` in a :class:`VaeAdapter`, or raise a ``TypeError`` naming the accepted kinds.
+
+    ``decode_timestep``: for a decoder with timestep conditioning (LTX-Video 0.9.1+, LTX-2), the
+    ``decode_timestep`` its pipeline decoded with (``None``: 0, the pipelines' default). Pass the
+    adapter to ``invert``, ``encode``, ``decode``, ``plan`` as the VAE. A pipeline with
+    ``decode_noise_scale`` s decodes ``(1 - s) z + s * noise``: that mixture is the latent ``invert``
+    finds."""
+    if decode_timestep is not None and isinstance(vae, VaeAdapter | tuple | list):
+        raise ValueError("decode_timestep is an option of a diffusers VAE whose decoder takes a timestep; got "
+                         + ("an adapter (set it when making the adapter)" if isinstance(vae, VaeAdapter) else
+                            "callables"))
     if isinstance(vae, VaeAdapter):
         return vae
     if isinstance(vae, tuple | list) and len(vae) == 2:
@@ -296,11 +307,13 @@ def as_adapter(vae) -> VaeAdapter:
     for kind in IMAGE_VAE_KINDS:  # exact classes: none of these subclasses another
         image_vae = getattr(diffusers, kind, None)  # None: a kind newer than the installed diffusers
         if image_vae is not None and isinstance(vae, image_vae):
+            if decode_timestep is not None:
+                raise ValueError(f"decode_timestep: {kind}'s decoder takes no timestep")
             return image_adapters[kind](vae)
     from .video_adapters import video_adapter
 
     for kind in VIDEO_VAE_KINDS:
         video_vae = getattr(diffusers, kind, None)
         if video_vae is not None and isinstance(vae, video_vae):
-            return video_adapter(vae, kind)
+            return video_adapter(vae, kind, decode_timestep)
     raise TypeError(f"vae must be {VAE_KINDS}; got {name}")

@@ -46,7 +46,7 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its .to() warns about fp32-kept modules; VAEs have none
     try:
-        return as_adapter(copy.deepcopy(adapter.module).to(dtype))
+        return as_adapter(copy.deepcopy(adapter.module).to(dtype), decode_timestep=adapter.decode_timestep)
     finally:
         diffusers_logging.set_verbosity(level)
 

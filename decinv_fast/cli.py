@@ -94,6 +94,8 @@ def cmd_invert(args) -> int:
     check_outputs(args.out, args.png)  # before the input is read and the VAE loaded
     images, files = read_input(Path(args.input))
     vae = load_vae(args.vae, dtype, args.device)
+    if args.decode_timestep is not None:  # LTX-Video 0.9.1+ / LTX-2: the decode timestep of the pipeline's run
+        vae = as_adapter(vae, decode_timestep=args.decode_timestep)
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
     clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
@@ -143,7 +145,7 @@ def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | Non
             "last_step_residual": f"{float(result.residuals[-1]):.6g}", "returned_residual": ",".join(at_returned),
             "tol": str(args.tol), "keep_best": str(result.keep_best), "patience": str(result.patience),
             "chunk_frames": str(args.chunk_frames), "chunk": str(result.chunk_frames), "attention": args.attention,
-            "compile": str(compile), "cuda_graphs": str(args.cuda_graphs),
+            "compile": str(compile), "cuda_graphs": str(args.cuda_graphs), "decode_timestep": str(args.decode_timestep),
             "returned_step": ",".join(str(k) for k in returned),  # one per sample
             "stop_reason": ",".join(result.stop_reason)}
     if files is not None:
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--compile", action="store_true", help="torch.compile the decoder+encoder pass (inductor)")
     fast.add_argument("--compile-backend", default=None, metavar="NAME",
                       help="torch.compile it with this backend instead (implies --compile)")
+    inv.add_argument("--decode-timestep", type=float, default=None, metavar="T",
+                     help="the decode_timestep the LTX pipeline decoded with (a decoder with timestep conditioning)")
     inv.add_argument("--clip-aware", action="store_true",
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
     inv.add_argument("--lbfgs", action="store_true",

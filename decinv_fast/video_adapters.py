@@ -12,6 +12,7 @@ latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (se
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -27,13 +28,15 @@ ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
 DECODER_NOISE_SEED = 0
 
 
-def video_adapter(vae, kind: str) -> VaeAdapter:
-    """The adapter of ``vae``, a diffusers video VAE of class ``kind`` (one of ``VIDEO_VAE_KINDS``)."""
+def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAdapter:
+    """The adapter of ``vae``, a diffusers video VAE of class ``kind`` (one of ``VIDEO_VAE_KINDS``);
+    ``decode_timestep``: see :func:`~decinv_fast.adapters.as_adapter`."""
     config = vae.config
     space = _buffer_space(vae, LatentSpace.of(config)) if kind in BUFFER_SPACE else LatentSpace.of(config)
     # LTX-Video 0.9.1+ and LTX-2 decoders may take a timestep; their pipelines' default decode_timestep is 0
     # (and then no noise is mixed into the latent); a decoder that injects noise of its own: see _fixed_noise
     timestep = bool(getattr(config, "timestep_conditioning", False))
+    at = _checked_timestep(decode_timestep, timestep, kind)
     noisy = any(getattr(config, "decoder_inject_noise", None) or ())
     one_per_call = kind in ONE_VIDEO_PER_CALL
     _check_decoded_frames(vae, kind)
@@ -44,7 +47,7 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     def pixels_of(raw: torch.Tensor) -> torch.Tensor:
         with _fixed_noise(raw.device) if noisy else contextlib.nullcontext():
             if timestep:
-                return vae.decode(raw, temb=torch.zeros(raw.shape[0], dtype=raw.dtype, device=raw.device)).sample
+                return vae.decode(raw, temb=torch.full((raw.shape[0],), at, dtype=raw.dtype, device=raw.device)).sample
             return vae.decode(raw).sample
 
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,21 @@ def video_adapter(vae, kind: str) -> VaeAdapter:
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
                       frame_step=step, space=space, pixel_channels=_pixel_channels(config, kind),
-                      min_latent_size=_smallest_latent(config), random_decoder=noisy)
+                      min_latent_size=_smallest_latent(config), random_decoder=noisy, decode_timestep=decode_timestep)
+
+
+def _checked_timestep(decode_timestep, conditioned: bool, kind: str) -> float:
+    """The decode timestep to run with: 0 by default (the pipelines'), else a finite number >= 0 for a
+    decoder that takes one."""
+    if decode_timestep is None:
+        return 0.0
+    if not conditioned:
+        raise ValueError(f"decode_timestep: {kind}'s decoder takes no timestep (its config's timestep_conditioning "
+                         "is off)")
+    if isinstance(decode_timestep, bool) or not isinstance(decode_timestep, int | float) or not (
+            math.isfinite(decode_timestep) and decode_timestep >= 0):
+        raise ValueError(f"decode_timestep must be a finite number >= 0 (the pipeline's), got {decode_timestep!r}")
+    return float(decode_timestep)
 
 
 @contextlib.contextmanager

@@ -142,3 +142,27 @@ def test_a_folder_of_images_of_two_sizes_is_one_line_naming_them(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err == f"decinv: error: {folder}: the images of a folder (a batch) must have one size; got 1.png 32x32, " \
                   "2.png 40x32"
+
+
+def test_a_decode_timestep_reaches_the_ltx_decoder(tmp_path, capsys):
+    """``--decode-timestep 0.05`` with a saved LTX-Video 0.9.1-style VAE: the latents of ``invert`` on that
+    decoder, recorded in the metadata; a VAE whose decoder takes no timestep is a one-line error."""
+    from video_vae_models import make_vae
+
+    from decinv_fast import as_adapter
+
+    make_vae("ltx-timestep").save_pretrained(tmp_path / "ltx")
+    frames = pan_clip(bundled_photo(), 9, 32)
+    clip = [Image.fromarray(f) for f in frames]
+    clip[0].save(tmp_path / "clip.png", save_all=True, append_images=clip[1:])
+    latents, meta = run_invert(tmp_path / "clip.png", tmp_path / "z.st", "--vae", str(tmp_path / "ltx"),
+                               "--decode-timestep", "0.05")
+    assert meta["decode_timestep"] == "0.05"
+    at = as_adapter(make_vae("ltx-timestep"), decode_timestep=0.05)
+    assert torch.equal(latents, invert(at, np.stack(frames)[None], steps=1).latents[0])
+    plain = run_invert(tmp_path / "clip.png", tmp_path / "p.st", "--vae", str(tmp_path / "ltx"))[0]
+    assert not torch.equal(plain, latents)
+    make_vae("wan").save_pretrained(tmp_path / "wan")
+    assert main(["invert", str(tmp_path / "clip.png"), "--vae", str(tmp_path / "wan"), "--decode-timestep", "0.05",
+                 "--quiet", "--out", str(tmp_path / "w.st")]) == 2
+    assert "decode_timestep: AutoencoderKLWan's decoder takes no timestep" in capsys.readouterr().err

@@ -186,6 +186,37 @@ def test_a_noise_injecting_ltx_decoder_decodes_with_one_fixed_draw():
         decinv_fast.invert(vae, video, steps=1, cuda_graphs=True)
 
 
+@pytest.mark.parametrize("kind", ["ltx-timestep", "ltx2-timestep"])
+def test_a_decode_timestep_is_the_one_the_decoder_runs_with(kind):
+    """LTX pipelines decode with ``decode_timestep`` (0 by default; a caller can pass another):
+    ``as_adapter(vae, decode_timestep=t)`` decodes as they do with ``t``, in every function that takes a VAE and
+    in the converted copy a run in another dtype makes; a VAE without timestep conditioning refuses it."""
+    vae = make_vae(kind)
+    video = video_of(KINDS[kind][0])
+    at = decinv_fast.as_adapter(vae, decode_timestep=0.05)
+    z = decinv_fast.encode(at, video)
+    expected = vae.decode(at.space.to_raw(z), temb=torch.full((2,), 0.05)).sample.transpose(1, 2)
+    torch.testing.assert_close(decinv_fast.decode(at, z), expected)
+    assert not torch.allclose(decinv_fast.decode(vae, z), expected, atol=1e-3)  # timestep 0: another decoder
+    rows = video.transpose(1, 2).contiguous()
+    ref = reference.fsm(at.encode, lambda z: at.decode(z, 1), rows, steps=2, rho=0.5, schedule="paper")
+    out = decinv_fast.invert(at, video, method="fsm", lr=0.5, steps=2, measure_memory=False)
+    assert torch.equal(out.latents, ref.latents)
+    wide = decinv_fast.invert(at, video, method="fsm", lr=0.5, steps=2, dtype=torch.float64, measure_memory=False)
+    torch.testing.assert_close(wide.latents.float(), out.latents, rtol=1e-3, atol=1e-4)
+    assert decinv_fast.plan(at, video.shape, device="cpu").per_chunk == decinv_fast.plan(vae, video.shape,
+                                                                                          device="cpu").per_chunk
+    for bad in (-0.1, float("nan"), "0.05", True):
+        with pytest.raises(ValueError, match=r"decode_timestep must be a finite number >= 0"):
+            decinv_fast.as_adapter(vae, decode_timestep=bad)
+    with pytest.raises(ValueError, match="decode_timestep: AutoencoderKLWan's decoder takes no timestep"):
+        decinv_fast.as_adapter(make_vae("wan"), decode_timestep=0.05)
+    with pytest.raises(ValueError, match="decode_timestep: AutoencoderKLLTXVideo's decoder takes no timestep"):
+        decinv_fast.as_adapter(make_vae("ltx"), decode_timestep=0.05)
+    with pytest.raises(ValueError, match="decode_timestep is an option of a diffusers VAE"):
+        decinv_fast.as_adapter(at, decode_timestep=0.05)
+
+
 def test_ltx2_refuses_images_too_small_for_its_reflecting_decoder():
     """LTX-2's decoder pads by reflection, which needs latents of 2x2 or more: smaller images, latents and
     planned shapes are refused naming the size it takes (not a padding error from inside the VAE)."""

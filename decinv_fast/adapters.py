@@ -171,6 +171,21 @@ class LatentSpace:
         return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(shape) for v in (self.mean, self.std))
 
 
+def buffer_statistics(mean: torch.Tensor, spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel latent statistics a model keeps as buffers (LTX's, FLUX.2's batch norm); a VAE built on
+    the meta device (to plan with) has their shapes only, and zeros and ones stand in."""
+    if mean.is_meta or spread.is_meta:
+        return torch.zeros(mean.shape), torch.ones(spread.shape)
+    return mean, spread
+
+
+def spatial_ratio(vae) -> int:
+    """The ratio a model sets itself (HunyuanImage 2.1's 32 from 5 blocks, LTX-Video's from its patch sizes,
+    Mochi's from its expansions; vars, not getattr: diffusers warns when a config value is read as an
+    attribute), else one halving per block after the first."""
+    return int(vars(vae).get("spatial_compression_ratio") or 2 ** (len(vae.config.block_out_channels) - 1))
+
+
 def patchify(raw: torch.Tensor, p: int) -> torch.Tensor:
     """``(N, C, h, w)`` to ``(N, C * p * p, h / p, w / p)``: channel ``c * p * p + dy * p + dx`` holds the
     pixel ``(dy, dx)`` of each ``p x p`` patch of channel ``c``, as the FLUX.2 pipelines order them."""
@@ -195,9 +210,7 @@ def _kl_adapter(vae, kind: str, temporal: bool) -> VaeAdapter:
             return vae.decode(space.to_raw(z), num_frames=frames_per_video).sample
         return vae.decode(space.to_raw(z)).sample
 
-    # the ratio the model sets itself (HunyuanImage 2.1's: 32 from 5 blocks), else one halving per block after the first
-    factor = vars(vae).get("spatial_compression_ratio") or 2 ** (len(vae.config.block_out_channels) - 1)
-    return VaeAdapter(kind, encode, decode, int(factor), vae.config.latent_channels, vae, temporal, space=space)
+    return VaeAdapter(kind, encode, decode, spatial_ratio(vae), vae.config.latent_channels, vae, temporal, space=space)
 
 
 def _tiny_adapter(vae) -> VaeAdapter:
@@ -233,9 +246,7 @@ def _flux2_adapter(vae) -> VaeAdapter:
     the running statistics of the VAE's batch norm (``vae.bn``, never run):
     ``(patchify(raw) - running_mean) / sqrt(running_var + batch_norm_eps)``, ``(N, 4 C, H / 16, W / 16)``;
     the pipelines' token packing (a row-major flatten of that) is left to them."""
-    mean, var = vae.bn.running_mean, vae.bn.running_var
-    if mean.is_meta or var.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
-        mean, var = torch.zeros(mean.shape), torch.ones(var.shape)
+    mean, var = buffer_statistics(vae.bn.running_mean, vae.bn.running_var)
     std = torch.sqrt(var + vae.config.batch_norm_eps)  # in the buffers' dtype, as the pipelines compute it
     space = LatentSpace(1.0, 0.0, tuple(mean.tolist()), tuple(std.tolist()), patch=2)
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .adapters import LatentSpace, VaeAdapter
+from .adapters import LatentSpace, VaeAdapter, buffer_statistics, spatial_ratio
 
 # the kinds whose latents_mean / latents_std are buffers of the model (their pipelines read them there)
 BUFFER_SPACE = ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video")
@@ -113,16 +113,13 @@ def _smallest_latent(config) -> int:
 
 def _buffer_space(vae, space: LatentSpace) -> LatentSpace:
     """LTX-Video's and LTX-2's latent space: the config's ``scaling_factor``, the model's buffers."""
-    mean, std = vae.latents_mean, vae.latents_std
-    if mean.is_meta or std.is_meta:  # a VAE built on the meta device (to plan with): shapes only, no values
-        mean, std = torch.zeros(mean.shape), torch.ones(std.shape)
+    mean, std = buffer_statistics(vae.latents_mean, vae.latents_std)
     return LatentSpace(space.scaling, 0.0, tuple(mean.tolist()), tuple(std.tolist()))
 
 
 def _sizes(vae, kind: str) -> tuple[int, int, int]:
-    """Time and space compression and latent channels: the ratios the model sets itself (from its patch
-    sizes: LTX-Video; from its expansions: Mochi), else its config's (vars, not getattr: diffusers warns
-    when a config value is read as an attribute)."""
+    """Time and space compression and latent channels: the ratios the model sets itself, else its config's
+    (vars, not getattr: diffusers warns when a config value is read as an attribute)."""
     config, own = vae.config, vars(vae)
     if kind in WAN_CONFIG:
         time_factor = 2 ** sum(map(bool, config.temperal_downsample))  # (sic: the config's spelling)
@@ -130,8 +127,7 @@ def _sizes(vae, kind: str) -> tuple[int, int, int]:
     else:
         time_factor = int(own.get("temporal_compression_ratio") or config.temporal_compression_ratio)
         channels = config.latent_channels
-    spatial = own.get("spatial_compression_ratio") or 2 ** (len(config.block_out_channels) - 1)
-    return time_factor, int(spatial), channels
+    return time_factor, spatial_ratio(vae), channels
 
 
 def _per_video(run, batch: torch.Tensor) -> torch.Tensor:

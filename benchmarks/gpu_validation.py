@@ -37,7 +37,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21_vae
 from benchmarks.reference_loop import official_loop
-from benchmarks.video_vaes import RELEASED, released_vae
+from benchmarks.video_vaes import RELEASED, released_shape, released_vae
 
 BENCHMARK = "gpu_validation"
 STAGES = ("planner", "video", "residue", "kernels", "exact", "speed", "probe")
@@ -325,7 +325,7 @@ def video_stage(cfg: dict, device: str, deadline: float) -> list[dict]:
             continue
         torch.manual_seed(0)
         vae = released_vae(kind, name).eval().requires_grad_(False).to(device, cfg["video_dtype"])
-        images = random_images((1, frames, 3, height, width)).to(device, cfg["video_dtype"])
+        images = random_images(released_shape(kind, frames, height, width)).to(device, cfg["video_dtype"])
         for tiling, method in ((False, "adam"), (True, "adam"), (False, "auto")):  # most telling first
             if time.monotonic() > deadline:
                 break

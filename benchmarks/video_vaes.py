@@ -27,6 +27,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import arg_parser, replace_predictions, save, start_run
+from decinv_fast.adapters import RGBA_KINDS
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed_video import heldout_clips
 from decinv_fast.visual import psnr
@@ -45,7 +46,8 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLMochi", "Mochi 1", (19, 480, 848)),
             ("AutoencoderKLLTX2Video", "LTX-2", (121, 512, 768)),
             ("AutoencoderKLWan", "Wan 2.2 TI2V-5B", (81, 480, 832)),
-            ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)))
+            ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)),
+            ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", (1, 1024, 1024)))
 # where the released configuration differs from diffusers' class defaults, by name: as diffusers' conversion
 # scripts write them (scripts/convert_ltx2_to_diffusers.py: the class would compute 64x / 16x from LTX-2's
 # patch sizes; scripts/convert_wan_to_diffusers.py, Wan 2.2's VAE, whose latent statistics, which set no
@@ -95,7 +97,7 @@ def accuracy(cfg: dict) -> list[dict]:
 def memory(cfg: dict) -> list[dict]:
     records = []
     for kind, name, (frames, height, width) in cfg["released"]:
-        shape = (1, frames, 3, height, width)
+        shape = released_shape(kind, frames, height, width)
         for tiling in (False, True):
             with torch.device("meta"):
                 vae = released_vae(kind, name)
@@ -118,6 +120,11 @@ def released_vae(kind: str, name: str):
     import diffusers
 
     return getattr(diffusers, kind)(**RELEASED_CONFIG.get(name, {}))
+
+
+def released_shape(kind: str, frames: int, height: int, width: int) -> tuple[int, ...]:
+    """The pixel shape of one video of a released VAE: RGBA for Qwen-Image 2.1's."""
+    return (1, frames, 4 if kind in RGBA_KINDS else 3, height, width)
 
 
 def main(argv: list[str] | None = None) -> None:

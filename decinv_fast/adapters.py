@@ -35,10 +35,13 @@ from .options import caller_stacklevel
 IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDecoder", "AutoencoderDC",
                    "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage")
 # the causal 3-D video VAEs of diffusers, whose latents compress time (see the module's docstring;
-# Qwen-Image's is Wan 2.1's architecture, used for images as 1-frame videos)
+# Qwen-Image's is Wan 2.1's architecture, used for images as 1-frame videos; Qwen-Image 2.1's is Wan's made
+# for still RGBA images only)
 VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
                    "AutoencoderKLQwenImage", "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi",
-                   "AutoencoderKLLTX2Video")
+                   "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21")
+# the kinds whose images are RGBA: their config's in_channels (4)
+RGBA_KINDS = ("AutoencoderKLQwenImage21",)
 VAE_KINDS = (
     "a diffusers " + ", ".join(IMAGE_VAE_KINDS) + ", a video VAE (" + ", ".join(VIDEO_VAE_KINDS)
     + "), or an (encode_fn, decode_fn) pair"
@@ -65,7 +68,7 @@ class VaeAdapter:
     module: nn.Module | None = None
     temporal: bool = False
     temporal_compression: int | None = None
-    frame_step: int | None = None  # a video VAE takes videos of 1 + k * frame_step frames
+    frame_step: int | None = None  # a video VAE takes videos of 1 + k * frame_step frames (0: 1-frame ones only)
     space: LatentSpace | None = None  # a diffusers VAE's pipeline latent space
     pixel_channels: int | None = None  # the images' channels, when the config's in_channels counts others too
     min_latent_size: int = 1  # the smallest latent height and width its decoder takes
@@ -75,6 +78,13 @@ class VaeAdapter:
     @property
     def encodes_videos(self) -> bool:
         return self.temporal_compression is not None
+
+    @property
+    def image_channels(self) -> int | None:
+        """The channels of the images it takes: 3 (RGB), 4 for Qwen-Image 2.1's RGBA VAE; ``None`` for
+        callables (unknown until called)."""
+        config = getattr(self.module, "config", None)  # Qwen-Image's spells it input_channels
+        return self.pixel_channels or getattr(config, "in_channels", None) or getattr(config, "input_channels", None)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._in_dtype_of(pixels, self.encode_fn(pixels))

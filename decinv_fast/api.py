@@ -71,9 +71,8 @@ def _check_compile(compile) -> None:
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
-    channels = adapter.pixel_channels or getattr(getattr(adapter.module, "config", None), "in_channels", None)
     frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
-                       spatial_factor=adapter.spatial_factor, channels=channels)
+                       spatial_factor=adapter.spatial_factor, channels=adapter.image_channels)
     check_latent_size(*frames.pixels.shape[-2:], adapter, "images")
     if adapter.encodes_videos:
         return as_videos(frames, adapter.frame_step, adapter.kind)
@@ -185,8 +184,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``AutoencoderKLHunyuanVideo``, ``AutoencoderKLHunyuanVideo15``, ``AutoencoderKLLTXVideo``,
             ``AutoencoderKLLTX2Video``, ``AutoencoderKLMochi``: whole videos of ``1 + k * t`` frames for its
             time compression ``t`` (``1 + 8k`` for CogVideoX), images as 1-frame videos, to ``(B, C, f, h, w)``
-            latents) or an ``(encode_fn, decode_fn)`` pair mapping ``(N, 3, H, W)`` pixels to latents and back.
-        images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (a pipeline's
+            latents; ``AutoencoderKLQwenImage21``: RGBA stills only) or an ``(encode_fn, decode_fn)`` pair.
+        images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (4 channels, RGBA, for
+            Qwen-Image 2.1's VAE; PIL images are converted to RGBA for it, as its pipelines do; a pipeline's
             ``output_type="pt"`` is [0, 1]: pass ``images * 2 - 1``; a tensor wholly in [0, 1] warns), uint8 tensor,
             PIL image(s), a list of lists of PIL frames (videos, as pipelines return ``.frames``),
             NumPy ``(H, W, 3)`` / ``(B, H, W, 3)`` / ``(B, F, H, W, 3)`` uint8 or float in [0, 1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS, as_adapter
+from .adapters import IMAGE_VAE_KINDS, RGBA_KINDS, VIDEO_VAE_KINDS, as_adapter
 from .attention import ATTENTION
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
@@ -68,19 +68,35 @@ def load_vae(spec: str, dtype: torch.dtype, device: str):
 
     if spec == "fixture":
         return load_fixture_vae(dtype, device)
-    path = Path(spec)
-    if (path / "vae" / "config.json").is_file():
-        path = path / "vae"
-    if not (path / "config.json").is_file():
-        raise UsageError(f"--vae {spec}: no config.json there (give a diffusers VAE folder or 'fixture')")
-    name = json.loads((path / "config.json").read_text()).get("_class_name")
-    if name not in VAE_CLASSES:
-        raise UsageError(f"--vae {spec}: class {name!r} is not one of {VAE_CLASSES}")
+    path, config = _vae_config(spec)
+    name = config.get("_class_name")
     import diffusers
 
     vae = getattr(diffusers, name).from_pretrained(path, torch_dtype=dtype, local_files_only=True,
                                               low_cpu_mem_usage=False)  # no notice to install accelerate
     return vae.to(device).eval().requires_grad_(False)
+
+
+def _vae_config(spec: str) -> tuple[Path, dict]:
+    """A VAE folder's path (a pipeline folder's ``vae/``) and its config, of a class ``invert`` takes."""
+    path = Path(spec)
+    if (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--vae {spec}: no config.json there (give a diffusers VAE folder or 'fixture')")
+    config = json.loads((path / "config.json").read_text())
+    if config.get("_class_name") not in VAE_CLASSES:
+        raise UsageError(f"--vae {spec}: class {config.get('_class_name')!r} is not one of {VAE_CLASSES}")
+    return path, config
+
+
+def image_channels(spec: str) -> int:
+    """The channels of the images ``--vae`` takes, from its config (the input is read before the weights
+    load): 4 for a VAE of RGBA images (Qwen-Image 2.1's), else 3."""
+    if spec == "fixture":
+        return 3
+    config = _vae_config(spec)[1]
+    return int(config.get("in_channels", 4)) if config["_class_name"] in RGBA_KINDS else 3
 
 
 def cmd_invert(args) -> int:
@@ -92,7 +108,7 @@ def cmd_invert(args) -> int:
     if args.lbfgs and args.method != "grad":
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
     check_outputs(args.out, args.png)  # before the input is read and the VAE loaded
-    images, files = read_input(Path(args.input))
+    images, files = read_input(Path(args.input), image_channels(args.vae))
     vae = load_vae(args.vae, dtype, args.device)
     if args.decode_timestep is not None:  # LTX-Video 0.9.1+ / LTX-2: the decode timestep of the pipeline's run
         vae = as_adapter(vae, decode_timestep=args.decode_timestep)
@@ -158,7 +174,7 @@ def _write_panel(png: str, vae, images, result, dtype, videos: bool) -> None:
     ``videos``: the VAE encodes whole videos."""
     from . import api
     from .inputs import to_frames
-    from .visual import error_image, panel
+    from .visual import error_image, over_white, panel
 
     frames = to_frames(images, device=result.latents.device, dtype=dtype, spatial_factor=None, channels=None)
     first = frames.pixels[:1]
@@ -169,6 +185,8 @@ def _write_panel(png: str, vae, images, result, dtype, videos: bool) -> None:
         z_enc = api.encode(vae, first)
         z_inv = result.latents.reshape(-1, *result.latents.shape[-3:])[:1]
     enc_rec, inv_rec = (api.decode(vae, z).reshape(-1, *first.shape[1:])[0] for z in (z_enc, z_inv))
+    if first.shape[1] == 4:  # RGBA: shown (and compared) over white
+        first, enc_rec, inv_rec = over_white(first), over_white(enc_rec), over_white(inv_rec)
     panel({"input": first[0], "encoder decoded": enc_rec, "inverted decoded": inv_rec,
            "error x10 (encoder)": error_image(enc_rec, first[0]),
            "error x10 (inverted)": error_image(inv_rec, first[0])}).save(png)

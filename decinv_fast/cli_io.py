@@ -34,8 +34,10 @@ def natural_key(path: Path) -> tuple:
     return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], path.name
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit and float images.
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit and float images;
+    ``(H, W, 4)`` with ``channels=4`` (a VAE of RGBA images, Qwen-Image 2.1's): its alpha kept, opaque
+    where it has none, as ``convert("RGBA")`` converts.
 
     The EXIF orientation is applied (as diffusers' ``load_image`` does). Images are read at their own
     depth, not rounded to 8 bits: grayscale that ``convert("RGB")`` would clip at 255 (nearly all white),
@@ -50,19 +52,19 @@ def read_image(path: Path) -> np.ndarray:
     Other modes are converted to RGB. A TIFF of several full-size images gives its first, said on stderr
     (thumbnails are not counted)."""
     if png16.is_png16_colour(path):
-        return _png16_pixels(path)
+        return _png16_pixels(path, channels)
     if path.suffix.lower() not in TIFF_SUFFIXES:
-        return _pil_pixels(path)
-    pixels = _wide_tiff_pixels(path)
-    pixels = _pil_pixels(path) if pixels is None else pixels
+        return _pil_pixels(path, channels)
+    pixels = _wide_tiff_pixels(path, channels)
+    pixels = _pil_pixels(path, channels) if pixels is None else pixels
     if (count := full_images(path)) > 1:
         print(f"decinv: {path}: a TIFF of {count} images; reading the first (one image per file: save the others "
               "as files of a folder for a batch)", file=sys.stderr)
     return pixels
 
 
-def _pil_pixels(path: Path) -> np.ndarray:
-    """An image PIL opens at its depth -> ``(H, W, 3)`` (the checks of :func:`read_image`)."""
+def _pil_pixels(path: Path, channels: int) -> np.ndarray:
+    """An image PIL opens at its depth -> ``(H, W, channels)`` (the checks of :func:`read_image`)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -82,18 +84,18 @@ def _pil_pixels(path: Path) -> np.ndarray:
         advice = "" if tifffile_installed() else f"{TIFFFILE_ADVICE}, or "  # installed: a layout it does not read
         raise UsageError(f"{path}: 16-bit colour TIFF, which PIL reads at 8 bits (mode {image.mode}), losing the low "
                          f"byte of every sample: {advice}save it as a 16-bit PNG")
-    pixels = _pixels(image, path)
-    top = round(float(pixels.max()) * SIXTEEN_BIT) if bits == 32 and image.mode == "I" else 0
+    pixels = _pixels(image, path, channels)
+    top = round(float(pixels[..., :3].max()) * SIXTEEN_BIT) if bits == 32 and image.mode == "I" else 0
     if 0 < top <= 255:
         raise UsageError(f"{path}: 32-bit integer image with no value above {top}: 8-bit values? read as 16-bit "
                          f"(value / {SIXTEEN_BIT}) it is nearly black; save it as 8 or 16 bits, or as float in [0, 1]")
     return pixels
 
 
-def _png16_pixels(path: Path) -> np.ndarray:
-    """A 16-bit colour PNG (which PIL reads at 8 bits) -> ``(H, W, 3)`` float32 ``value / 65535``, its
-    EXIF orientation applied as ``ImageOps.exif_transpose`` applies it; alpha is dropped, as
-    ``convert("RGB")`` drops it, and gray + alpha is gray in each channel."""
+def _png16_pixels(path: Path, channels: int) -> np.ndarray:
+    """A 16-bit colour PNG (which PIL reads at 8 bits) -> ``(H, W, channels)`` float32 ``value / 65535``,
+    its EXIF orientation applied as ``ImageOps.exif_transpose`` applies it; gray + alpha is gray in each
+    colour channel; alpha as :func:`_oriented_pixels` keeps it."""
     from PIL import Image
 
     try:
@@ -102,11 +104,11 @@ def _png16_pixels(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: 16-bit colour PNG: {error}") from None
     with Image.open(path) as opened:
         orientation = opened.getexif().get(0x0112, 1)
-    return _oriented_rgb(samples, orientation) / SIXTEEN_BIT
+    return _oriented_pixels(samples, orientation, channels) / SIXTEEN_BIT
 
 
-def _wide_tiff_pixels(path: Path) -> np.ndarray | None:
-    """A TIFF that PIL cannot hold at its depth (see :mod:`.tiff_wide`) -> ``(H, W, 3)`` float32: 16-bit
+def _wide_tiff_pixels(path: Path, channels: int) -> np.ndarray | None:
+    """A TIFF that PIL cannot hold at its depth (see :mod:`.tiff_wide`) -> ``(H, W, channels)`` float32: 16-bit
     samples as ``value / 65535``, float ones as they are (checked to lie in [0, 1]), its orientation
     applied as for a PIL image; ``None`` for other TIFFs (and without tifffile)."""
     try:
@@ -117,17 +119,25 @@ def _wide_tiff_pixels(path: Path) -> np.ndarray | None:
         return None
     samples, orientation = found
     if samples.dtype == np.uint16:
-        return _oriented_rgb(samples, orientation) / SIXTEEN_BIT
-    _check_unit_floats(samples[..., :3], path, f"float image ({samples.dtype} TIFF)")
-    return _oriented_rgb(samples, orientation)
+        return _oriented_pixels(samples, orientation, channels) / SIXTEEN_BIT
+    pixels = _oriented_pixels(samples, orientation, channels)
+    _check_unit_floats(pixels, path, f"float image ({samples.dtype} TIFF)")
+    return pixels
 
 
-def _oriented_rgb(samples: np.ndarray, orientation: int) -> np.ndarray:
-    """``(H, W, channels)`` samples -> ``(H, W, 3)`` float32 with the EXIF/TIFF ``orientation`` applied as
-    ``ImageOps.exif_transpose`` applies it; alpha is dropped, as ``convert("RGB")`` drops it, and gray
-    (+ alpha) is gray in each channel."""
-    rgb = samples[..., :3] if samples.shape[-1] >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(ORIENTED[orientation](rgb) if orientation in ORIENTED else rgb, dtype=np.float32)
+def _oriented_pixels(samples: np.ndarray, orientation: int, channels: int) -> np.ndarray:
+    """``(H, W, c)`` samples -> ``(H, W, channels)`` float32 with the EXIF/TIFF ``orientation`` applied as
+    ``ImageOps.exif_transpose`` applies it; gray (+ alpha) is gray in each colour channel. Alpha (the 2nd
+    sample of gray + alpha, the 4th of colour) is dropped for 3 channels, as ``convert("RGB")`` drops it,
+    and kept for 4, opaque (the samples' full scale) where there is none, as ``convert("RGBA")`` does."""
+    c = samples.shape[-1]
+    pixels = samples[..., :3] if c >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
+    if channels == 4:
+        full = np.iinfo(samples.dtype).max if samples.dtype.kind in "ui" else 1.0
+        alpha = samples[..., 3:4] if c >= 4 else samples[..., 1:2] if c == 2 else np.full_like(samples[..., :1], full)
+        pixels = np.concatenate([pixels, alpha], axis=-1)
+    return np.ascontiguousarray(ORIENTED[orientation](pixels) if orientation in ORIENTED else pixels,
+                                dtype=np.float32)
 
 
 # EXIF orientation -> the array operation ImageOps.exif_transpose does (its PIL transpose method)
@@ -164,25 +174,31 @@ def _check_unit_floats(values: np.ndarray, path: Path, what: str) -> None:
                          "(rescale it, e.g. divide [0, 255] values by 255)")
 
 
-def _pixels(image, path: Path) -> np.ndarray:
-    """A PIL image (or one frame) -> ``(H, W, 3)`` uint8, or float32 in [0, 1] (see :func:`read_image`)."""
+def _pixels(image, path: Path, channels: int) -> np.ndarray:
+    """A PIL image (or one frame) -> ``(H, W, channels)`` uint8, or float32 in [0, 1] (see :func:`read_image`)."""
     mode = image.mode
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         _check_unit_floats(values, path, "float image (PIL mode F)")
-        return np.repeat(values[..., None], 3, axis=-1)
+        return _gray(values, channels)
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image).astype(np.float32)
         lo, hi = float(values.min()), float(values.max())
         if lo < 0 or hi > SIXTEEN_BIT:
             raise UsageError(f"{path}: integer image (PIL mode {mode}) with values in [{lo:.0f}, {hi:.0f}]; "
                              f"only 8- and 16-bit ones ([0, {SIXTEEN_BIT}]) are read")
-        return np.repeat(values[..., None] / SIXTEEN_BIT, 3, axis=-1)
-    return np.asarray(image.convert("RGB"))
+        return _gray(values / SIXTEEN_BIT, channels)
+    return np.asarray(image.convert("RGBA" if channels == 4 else "RGB"))
 
 
-def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
-    """A folder's images, in natural order of their names -> ``(B, H, W, 3)`` and the names in batch
+def _gray(values: np.ndarray, channels: int) -> np.ndarray:
+    """``(H, W)`` gray in [0, 1] -> the same in each colour channel (and opaque alpha for 4 channels)."""
+    pixels = np.repeat(values[..., None], 3, axis=-1)
+    return np.concatenate([pixels, np.ones_like(values[..., None])], axis=-1) if channels == 4 else pixels
+
+
+def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
+    """A folder's images, in natural order of their names -> ``(B, H, W, channels)`` and the names in batch
     order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
     GIF is an image like the others. Other files are skipped, named on stderr (hidden ones silently)."""
@@ -200,7 +216,7 @@ def read_folder(path: Path) -> tuple[np.ndarray, list[str]]:
         raise UsageError(f"{path}: a folder is a batch of still images, but {', '.join(animated)} "
                          f"{'has' if len(animated) == 1 else 'have'} more than one frame; pass such a file on its "
                          "own to invert it as a video")
-    images = [read_image(p) for p in files]
+    images = [read_image(p, channels) for p in files]
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
         sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(files, images, strict=True))
@@ -215,8 +231,8 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
-def read_frames(path: Path) -> np.ndarray:
-    """Every frame of a GIF (or animated WebP or PNG) -> ``(1, F, H, W, 3)``, each frame read as
+def read_frames(path: Path, channels: int = 3) -> np.ndarray:
+    """Every frame of a GIF (or animated WebP or PNG) -> ``(1, F, H, W, channels)``, each frame read as
     :func:`read_image` reads a picture (without its EXIF orientation). PIL reads the frames of a 16-bit
     colour animated PNG at 8 bits (:mod:`.png16` reads stills only): said on stderr, not silently."""
     from PIL import Image, ImageSequence
@@ -225,13 +241,13 @@ def read_frames(path: Path) -> np.ndarray:
         print(f"decinv: {path}: a 16-bit colour animated PNG, whose frames are read at 8 bits (PIL drops the low "
               "byte of every sample); for 16 bits pass the frames as an array to decinv_fast.invert", file=sys.stderr)
     with Image.open(path) as image:
-        frames = [_pixels(frame, path) for frame in ImageSequence.Iterator(image)]
+        frames = [_pixels(frame, path, channels) for frame in ImageSequence.Iterator(image)]
     return _stack(frames)[None]  # a batch of one video
 
 
-def read_video(path: Path) -> np.ndarray:
-    """A video file -> ``(1, F, H, W, 3)`` uint8, with diffusers' ``load_video`` (imageio + ffmpeg,
-    the ``video`` extra)."""
+def read_video(path: Path, channels: int = 3) -> np.ndarray:
+    """A video file -> ``(1, F, H, W, channels)`` uint8, with diffusers' ``load_video`` (imageio + ffmpeg,
+    the ``video`` extra; opaque for 4 channels)."""
     try:
         import imageio  # noqa: F401
         import imageio_ffmpeg  # noqa: F401
@@ -247,7 +263,7 @@ def read_video(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: cannot read it as a video ({first})") from exc
     if not frames:
         raise UsageError(f"{path}: the video has no frames")
-    return np.stack([np.asarray(f.convert("RGB")) for f in frames])[None]
+    return np.stack([np.asarray(f.convert("RGBA" if channels == 4 else "RGB")) for f in frames])[None]
 
 
 def _animation_frames(path: Path) -> int:
@@ -261,21 +277,22 @@ def _animation_frames(path: Path) -> int:
         return getattr(image, "n_frames", 1) if image.format in ANIMATIONS else 1
 
 
-def read_input(path: Path) -> tuple[np.ndarray, list[str] | None]:
+def read_input(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str] | None]:
     """``decinv invert``'s input -> ``(images, file names)``: an image file ``(H, W, 3)``, a folder
     ``(B, H, W, 3)`` with its file names in batch order, a video (a GIF, an animated WebP or PNG, a
-    video file) ``(1, F, H, W, 3)``; file names only for a folder. Suffixes in any case."""
+    video file) ``(1, F, H, W, 3)``; file names only for a folder; 4 for 3 with ``channels=4`` (RGBA,
+    see :func:`read_image`). Suffixes in any case."""
     if path.is_dir():
-        return read_folder(path)
+        return read_folder(path, channels)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix in FRAME_SUFFIXES or (suffix in IMAGE_SUFFIXES and _animation_frames(path) > 1):
-        return read_frames(path), None
+        return read_frames(path, channels), None
     if suffix in IMAGE_SUFFIXES:
-        return read_image(path), None
+        return read_image(path, channels), None
     if suffix in VIDEO_SUFFIXES:
-        return read_video(path), None
+        return read_video(path, channels), None
     known = sorted(IMAGE_SUFFIXES | FRAME_SUFFIXES | VIDEO_SUFFIXES)
     raise UsageError(f"{path}: unknown file type {suffix!r} (known: {', '.join(known)})")
 

@@ -8,6 +8,8 @@ an image pipeline's ``output_type="np"``) or ``(B, F, H, W, 3)`` (a batch of vid
 pipeline's), uint8 in [0, 255] or float in [0, 1]; a list of tensors or NumPy arrays of one shape
 (stacked as a batch; each item one image, or one video: ``(F, 3, H, W)`` / ``(F, H, W, 3)``).
 NumPy arrays read as tensors do, channels last: one video is ``video[None]``, a batch of one.
+For a VAE of RGBA images (Qwen-Image 2.1's) read 4 for 3: PIL images are converted to RGBA, as its
+pipelines convert them (opaque where they have no alpha).
 Every rejection is a ``ValueError``/``TypeError`` that names the argument and says what to do.
 """
 
@@ -74,7 +76,9 @@ def _from_unit_hwc(array: np.ndarray, wide: bool) -> torch.Tensor:
     return pixels.reshape(lead + pixels.shape[1:])
 
 
-def _from_pil(images, wide: bool) -> tuple[torch.Tensor, bool]:
+def _from_pil(images, wide: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
+    """PIL images as their pipelines convert them: to RGB, or to RGBA (opaque where they have no alpha)
+    for a VAE of 4-channel images (Qwen-Image 2.1's)."""
     from PIL import Image
 
     single = isinstance(images, Image.Image)
@@ -82,17 +86,19 @@ def _from_pil(images, wide: bool) -> tuple[torch.Tensor, bool]:
     sizes = {im.size for im in items}
     if len(sizes) != 1:
         raise ValueError(f"images: all PIL images must have the same size, got {sorted(sizes)}")
-    arrays = np.stack([np.asarray(im.convert("RGB")) for im in items])
+    mode = "RGBA" if channels == 4 else "RGB"
+    arrays = np.stack([np.asarray(im.convert(mode)) for im in items])
     return _from_uint8_hwc(arrays, wide), single
 
 
-def _from_numpy(array: np.ndarray, wide: bool) -> tuple[torch.Tensor, bool]:
+def _from_numpy(array: np.ndarray, wide: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
     if array.dtype != np.uint8 and array.dtype.kind != "f":
         raise TypeError(f"images: NumPy images must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
-    if array.ndim not in (3, 4, 5) or array.shape[-1] != 3:
+    c = channels or (4 if array.shape[-1:] == (4,) else 3)  # callables (channels unknown) take RGB or RGBA
+    if array.ndim not in (3, 4, 5) or array.shape[-1] != c:
         raise ValueError(
-            "images: NumPy images must be (H, W, 3), (B, H, W, 3) images or (B, F, H, W, 3) videos; "
-            f"got shape {array.shape}"
+            f"images: NumPy images must be (H, W, {c}), (B, H, W, {c}) images or (B, F, H, W, {c}) videos"
+            f"{' (RGBA: this VAE takes 4 channels)' if c == 4 else ''}; got shape {array.shape}"
         )
     if array.size == 0:
         raise ValueError("images: empty array")
@@ -150,8 +156,12 @@ def _check_channels(images, c: int, channels: int | None) -> None:
     if isinstance(images, torch.Tensor) and images.shape[-1] == channels:
         hint = (f"; tensors are channels-first, (B, {channels}, H, W), and this one looks channels-last: pass "
                 "images.movedim(-1, -3)")
+    elif c == 3 and channels == 4:
+        hint = ("; this VAE takes RGBA images (Qwen-Image 2.1's): add an opaque alpha channel, 1 in [-1, 1] (255 as "
+                "uint8), as its pipelines convert RGB images (PIL images are converted so here)")
     elif isinstance(images, torch.Tensor) and c == 4:
-        hint = "; 4 channels look like latents (output_type='latent'): invert takes images"
+        hint = ("; 4 channels look like latents (output_type='latent'): invert takes images (RGBA ones: this VAE "
+                "takes RGB, drop the alpha, images[..., :3, :, :])")
     raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(images.shape)}){hint}")
 
 
@@ -164,7 +174,7 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
     wide = dtype == torch.float64  # integer and NumPy pixels are converted in float32, in float64 for float64 runs
-    images = _stacked(images, wide)
+    images = _stacked(images, wide, channels)
     if isinstance(images, torch.Tensor):
         if device is not None and images.device != device:
             raise ValueError(
@@ -175,11 +185,12 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
             _check_channels(images, images.shape[-3], channels)  # before the range: latents are not pixels
         pixels, squeezed = _from_tensor(images, wide)
     elif isinstance(images, np.ndarray):
-        pixels, squeezed = _from_numpy(images, wide)
+        pixels, squeezed = _from_numpy(images, wide, channels)
     elif _is_pil(images):
-        pixels, squeezed = _from_pil(images, wide)
+        pixels, squeezed = _from_pil(images, wide, channels)
     elif isinstance(images, list | tuple) and all(_is_pil(video) and not _is_pil_image(video) for video in images):
-        videos = [_from_pil(video, wide)[0] for video in images]  # a list of lists of frames: a batch of videos
+        # a list of lists of frames: a batch of videos
+        videos = [_from_pil(video, wide, channels)[0] for video in images]
         if len({v.shape for v in videos}) != 1:
             raise ValueError(f"images: the videos differ in frames or size: {sorted({tuple(v.shape) for v in videos})}")
         pixels, squeezed = torch.stack(videos), False
@@ -227,14 +238,18 @@ def check_latent_size(h: int, w: int, adapter, name: str) -> None:
 def check_video_frames(count: int, frame_step: int, kind: str, name: str) -> None:
     """A video VAE that compresses time takes videos of ``1 + k * frame_step`` frames; another ``count`` is an
     error naming the argument ``name`` and how many frames to keep."""
-    if (count - 1) % frame_step:
+    if frame_step == 0 and count != 1:
+        raise ValueError(f"{name}: {kind} encodes still images only, as 1-frame videos (its convolutions fold the "
+                         f"frame away), got {count} frames; pass images, (B, C, H, W), or invert the frames as a "
+                         "batch of images")
+    if frame_step and (count - 1) % frame_step:
         fits = 1 + (count - 1) // frame_step * frame_step
         raise ValueError(f"{name}: {kind} takes videos of 1 + {frame_step}k frames (1, {1 + frame_step}, "
                          f"{1 + 2 * frame_step}, ...), since it compresses time after the first frame; got {count} "
                          f"frames: keep the first {fits}")
 
 
-def _stacked(images, wide: bool):
+def _stacked(images, wide: bool, channels: int | None):
     """A list of tensors, or of NumPy arrays, as one batch (each item one image or one video)."""
     if not isinstance(images, list | tuple) or not images:
         return images
@@ -244,7 +259,8 @@ def _stacked(images, wide: bool):
         if any(item.ndim not in (3, 4) for item in images):
             raise ValueError("images: a list of NumPy arrays holds (H, W, 3) images or (F, H, W, 3) videos")
         # an (H, W, 3) image comes back as a batch of one; an (F, H, W, 3) video as its F frames
-        items = [_from_numpy(item, wide)[0][0] if item.ndim == 3 else _from_numpy(item, wide)[0] for item in images]
+        items = [_from_numpy(item, wide, channels)[0][0] if item.ndim == 3 else _from_numpy(item, wide, channels)[0]
+                 for item in images]
     else:
         return images
     shapes = {tuple(item.shape) for item in items}

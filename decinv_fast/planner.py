@@ -113,7 +113,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
 
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
-        shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)``; for a video VAE (Wan, CogVideoX,
+        shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)`` (4 channels for Qwen-Image 2.1's RGBA
+            VAE); for a video VAE (Wan, CogVideoX,
             HunyuanVideo, LTX-Video, ...) ``F`` is ``1 + k * frame_step`` as ``invert`` takes it, and each chunk
             is whole videos traced as the VAE takes them, ``(c, 3, F, H, W)`` to ``(c, C, f, h, w)`` latents.
         dtype: the run's dtype, as ``invert``'s ``dtype`` (``None``, the default: the VAE's own, the
@@ -145,7 +146,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     if adapter.module is None:
         raise TypeError("plan needs a diffusers VAE (its config defines the layers); got callables")
     dtype = adapter.dtype if dtype is None else dtype
-    shape = _checked_shape(shape, adapter.spatial_factor)
+    channels = adapter.image_channels or 3
+    shape = _checked_shape(shape, adapter.spatial_factor, channels)
     check_latent_size(*shape[-2:], adapter, "shape")
     per_row = _frames_per_row(adapter, shape)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
@@ -156,9 +158,10 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     meta = as_adapter(meta_vae(adapter.module, dtype, attention))
     h, w = shape[-2:]
     f = adapter.spatial_factor
-    pixel, latent = (3, h, w), (adapter.latent_channels, h // f, w // f)
+    pixel, latent = (channels, h, w), (adapter.latent_channels, h // f, w // f)
     if adapter.encodes_videos:  # a row is a whole video: (3, F, H, W) pixels, (C, 1 + (F - 1) / t, h, w) latents
-        pixel, latent = (3, per_row, h, w), (latent[0], 1 + (per_row - 1) // adapter.temporal_compression, *latent[1:])
+        pixel = (channels, per_row, h, w)
+        latent = (latent[0], 1 + (per_row - 1) // adapter.temporal_compression, *latent[1:])
     rows = frames // per_row
     size = torch.tensor([], dtype=dtype).element_size()
     latent_bytes = rows * math.prod(latent) * size
@@ -190,10 +193,10 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
         if method == "anderson":
             state += (latent_bytes // size) * math_size * (2 * memory + 2)
             if mixing == "pixel":
-                state += frames * 3 * h * w * math_size * (memory + 2)
+                state += frames * channels * h * w * math_size * (memory + 2)
         if keeps_fp32_master(dtype, fp32_master):  # loop.GradientFreeIteration's master, y.float()
             state += (latent_bytes // size) * 4
-    return MemoryPlan(shape, dtype, device, method_label, weights, frames * 3 * h * w * size, state, transient,
+    return MemoryPlan(shape, dtype, device, method_label, weights, frames * channels * h * w * size, state, transient,
                       budget_bytes)
 
 
@@ -229,14 +232,16 @@ def _planned_method(method: str, memory: int | None, mixing: str | None,
     return method, option(options, "memory"), option(options, "mixing"), option(options, "optimizer")
 
 
-def _checked_shape(shape, factor: int) -> tuple[int, ...]:
-    """``shape`` as ints, refused as ``invert`` would refuse images of that shape."""
+def _checked_shape(shape, factor: int, channels: int) -> tuple[int, ...]:
+    """``shape`` as ints, refused as ``invert`` would refuse images of that shape (``channels``: 3, or 4 for
+    an RGBA VAE)."""
     try:  # ints of any kind (torch.Size, NumPy), not floats or bools
         dims = tuple(operator.index(d) for d in shape if not isinstance(d, bool))
     except TypeError:
         dims = ()
-    if len(dims) not in (4, 5) or len(dims) != len(shape) or min(dims) < 1 or dims[-3] != 3:
-        raise ValueError(f"shape must be (B, 3, H, W) or (B, F, 3, H, W) of positive ints, got {shape!r}")
+    if len(dims) not in (4, 5) or len(dims) != len(shape) or min(dims) < 1 or dims[-3] != channels:
+        raise ValueError(f"shape must be (B, {channels}, H, W) or (B, F, {channels}, H, W) of positive ints"
+                         f"{' (this VAE takes RGBA images)' if channels == 4 else ''}, got {shape!r}")
     h, w = dims[-2:]
     if h % factor or w % factor:
         raise ValueError(f"shape: height {h} and width {w} must be multiples of {factor} (the VAE's downsampling "
@@ -272,7 +277,7 @@ def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "au
     if adapter.module is None:
         raise ValueError("chunk_frames='auto' needs a diffusers VAE to plan with; give an int for callables")
     pixels = frames.pixels
-    image = pixels.shape[1:2] + pixels.shape[-2:]  # (3, H, W), also of whole videos' (B, 3, F, H, W) rows
+    image = pixels.shape[1:2] + pixels.shape[-2:]  # (C, H, W), also of whole videos' (B, C, F, H, W) rows
     shape = (frames.batch, frames.frames, *image) if frames.frames else (frames.batch, *image)
     device = pixels.device
     if device.type == "cuda":

@@ -4,8 +4,8 @@ Their latents compress time: ``(N, 3, F, H, W)`` videos encode to ``(N, C, 1 + (
 latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (see
 :class:`~decinv_fast.adapters.VaeAdapter`). The latent spaces, as the pipelines decode them:
 
-- ``(raw - latents_mean) * scaling_factor / latents_std`` with the constants in the config (Wan, Qwen-Image,
-  Mochi: ``LatentSpace.of``) or kept as buffers of the model (LTX-Video, LTX-2);
+- ``(raw - latents_mean) * scaling_factor / latents_std`` with the constants in the config (Wan, Qwen-Image
+  and 2.1, Mochi: ``LatentSpace.of``) or kept as buffers of the model (LTX-Video, LTX-2);
 - ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5).
 """
 
@@ -21,7 +21,9 @@ from .adapters import LatentSpace, VaeAdapter, buffer_statistics, spatial_ratio
 # the kinds whose latents_mean / latents_std are buffers of the model (their pipelines read them there)
 BUFFER_SPACE = ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video")
 # the kinds whose config spells the sizes as Wan's does (z_dim, temperal_downsample)
-WAN_CONFIG = ("AutoencoderKLWan", "AutoencoderKLQwenImage")
+WAN_CONFIG = ("AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21")
+# Qwen-Image 2.1's VAE folds the single frame of a still image away in its convolutions: 1-frame videos only
+STILLS_ONLY = ("AutoencoderKLQwenImage21",)
 # HunyuanVideo 1.5's attention mask breaks for a batch of more than one video (diffusers 0.42): one per call
 ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
 # the seed of the noise a noise-injecting decoder (LTX-Video 0.9.1+) adds in every call, fixed (see _fixed_noise)
@@ -61,6 +63,7 @@ def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAd
     # CogVideoX encodes and decodes in batches of frames (num_latent_frames_batch_size latent frames), and
     # gets the count back only when those batches come out whole: 1 + 8k frames (its pipelines use 49)
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
+    step = 0 if kind in STILLS_ONLY else step
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
                       frame_step=step, space=space, pixel_channels=_pixel_channels(config, kind),
                       min_latent_size=_smallest_latent(config), random_decoder=noisy, decode_timestep=decode_timestep)

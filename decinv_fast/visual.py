@@ -43,6 +43,12 @@ def panel(columns: dict[str, torch.Tensor], scale: int = 1) -> Image.Image:
     return out
 
 
+def over_white(pixels: torch.Tensor) -> torch.Tensor:
+    """RGBA pixels ``(..., 4, H, W)`` in [-1, 1] composited over white: ``(..., 3, H, W)``, as they look."""
+    alpha = (pixels[..., 3:, :, :].clamp(-1, 1) + 1) / 2
+    return pixels[..., :3, :, :] * alpha + (1 - alpha)
+
+
 def error_image(estimate: torch.Tensor, truth: torch.Tensor, gain: float = 10.0) -> torch.Tensor:
     """``|estimate - truth| * gain`` shown from black (0) to white, as a [-1, 1] image."""
     return ((estimate.float() - truth.float()).abs() * gain).clamp(0, 2) - 1

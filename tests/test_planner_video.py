@@ -116,18 +116,20 @@ def test_a_vae_built_on_the_meta_device_plans_as_the_real_one_without_warnings(k
     ("AutoencoderKLQwenImage", "Qwen-Image", 5, 32), ("AutoencoderKLMochi", "Mochi 1", 7, 32),
     pytest.param("AutoencoderKLHunyuanVideo15", "HunyuanVideo 1.5", 5, 32, marks=pytest.mark.slow),  # 1.26 G: 5 GB
     pytest.param("AutoencoderKLLTX2Video", "LTX-2", 9, 64, marks=pytest.mark.slow),  # its decoder needs 2x2 latents
+    ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", 1, 64),  # RGBA stills
 ])
 def test_the_released_architectures_are_predicted_within_5_percent_of_measured(kind, name, frames, size):
     """The VAEs as released (diffusers' class defaults, LTX-2's and Wan 2.2's as benchmarks.video_vaes.RELEASED_CONFIG
     sets them; random weights), one short video, one step. Measured / predicted MiB: Wan 2.1's (127 M parameters, 16
     latent channels) 58.4 / 58.3 (at 64x64: 81.4 and 81.2; HunyuanVideo's architecture 135.6 and 135.4);
     Qwen-Image's (Wan 2.1's) the same; Wan 2.2's (705 M) 113.9 / 113.8; Mochi's (460 M) 57.9 / 57.0;
-    HunyuanVideo 1.5's (1.26 G) 434.6 / 434.5; LTX-2's (1.22 G, 9 frames at 64x64) 32.8 / 32.4."""
-    from benchmarks.video_vaes import released_vae
+    HunyuanVideo 1.5's (1.26 G) 434.6 / 434.5; LTX-2's (1.22 G, 9 frames at 64x64) 32.8 / 32.4; Qwen-Image 2.1's
+    (338 M, one RGBA 64x64 image) 52.2 / 50.5."""
+    from benchmarks.video_vaes import released_shape, released_vae
 
     torch.manual_seed(0)
     vae = released_vae(kind, name).eval().requires_grad_(False)
-    x = torch.rand(1, frames, 3, size, size) * 2 - 1
+    x = torch.rand(released_shape(kind, frames, size, size)) * 2 - 1
     run = dict(steps=1, method="adam", measure_memory=False)
     decinv_fast.invert(vae, x, **run)  # load kernels outside the measurement
     _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, **run))

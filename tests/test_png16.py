@@ -95,6 +95,20 @@ def test_alpha_is_dropped_and_gray_alpha_is_gray(tmp_path):
                                   np.repeat(samples[..., :1], 3, axis=-1) / np.float32(65535))
 
 
+def test_alpha_is_kept_for_an_rgba_vae(tmp_path):
+    """``channels=4`` (Qwen-Image 2.1's VAE): RGBA and gray + alpha keep their alpha, RGB is opaque."""
+    samples = _samples(5, 6, 4)
+    write_png16(tmp_path / "rgba.png", samples, 6)
+    write_png16(tmp_path / "la.png", samples[..., :2], 4)
+    write_png16(tmp_path / "rgb.png", samples[..., :3], 2)
+    np.testing.assert_array_equal(cli_io.read_image(tmp_path / "rgba.png", 4), samples / np.float32(65535))
+    gray_alpha = np.concatenate([np.repeat(samples[..., :1], 3, axis=-1), samples[..., 1:2]], axis=-1)
+    np.testing.assert_array_equal(cli_io.read_image(tmp_path / "la.png", 4), gray_alpha / np.float32(65535))
+    rgb = cli_io.read_image(tmp_path / "rgb.png", 4)
+    np.testing.assert_array_equal(rgb[..., :3], samples[..., :3] / np.float32(65535))
+    assert (rgb[..., 3] == 1).all()
+
+
 def test_other_pngs_stay_with_pil(tmp_path, photo_png):
     Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(tmp_path / "gray16.png")
     assert Image.open(tmp_path / "gray16.png").mode == "I;16"

@@ -40,6 +40,19 @@ def test_alpha_is_dropped(tmp_path):
                                   samples[..., :3].astype(np.float32) / 65535)
 
 
+def test_alpha_is_kept_for_an_rgba_vae(tmp_path):
+    """``channels=4`` (Qwen-Image 2.1's VAE): 16-bit RGBA keeps its alpha, 16-bit RGB and float RGB are opaque."""
+    samples = _rgb16(shape=(5, 7, 4))
+    tifffile.imwrite(tmp_path / "rgba.tiff", samples, photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "rgb.tiff", samples[..., :3], photometric="rgb")
+    tifffile.imwrite(tmp_path / "float.tiff", samples[..., :3] / np.float32(65535), photometric="rgb")
+    np.testing.assert_array_equal(cli_io.read_image(tmp_path / "rgba.tiff", 4), samples.astype(np.float32) / 65535)
+    for name in ("rgb.tiff", "float.tiff"):
+        read = cli_io.read_image(tmp_path / name, 4)
+        np.testing.assert_allclose(read[..., :3], samples[..., :3].astype(np.float32) / 65535, rtol=1e-6)
+        assert (read[..., 3] == 1).all(), name
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_float_colour_and_gray_are_read_as_they_are(tmp_path, dtype):
     """Float colour TIFFs (and float16 / float64 gray ones) PIL cannot open at all; float32 gray is PIL's mode

@@ -43,6 +43,15 @@ def tiny_ltx2(**overrides):
     return with_statistics(vae_class("AutoencoderKLLTX2Video")(**config))
 
 
+def tiny_qwen21():
+    """Qwen-Image 2.1's VAE (RGBA images, still ones only, 16x; the released one has 64 latent channels), with
+    4 latent channels and 8 base channels."""
+    torch.manual_seed(0)
+    vae = vae_class("AutoencoderKLQwenImage21")(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1, 1],
+                                                num_res_blocks=1, **WAN_STATS)
+    return vae.eval().requires_grad_(False)
+
+
 def with_statistics(vae):
     """LTX's latents_mean / latents_std are buffers, filled by its checkpoints as here."""
     vae.latents_mean.copy_(torch.linspace(-0.2, 0.3, 8))

@@ -7,10 +7,10 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for nine released VAE
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for ten released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
-changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's is an image VAE, a
-1-frame video) at their pipelines' default sizes, with and without ``vae.enable_tiling()``; predictions (the
+changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
+2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1) at their pipelines' default sizes, with and without ``vae.enable_tiling()``; predictions (the
 planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an H100,
 benchmarks/gpu_validation.py).
 

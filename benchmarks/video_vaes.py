@@ -10,9 +10,9 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for ten released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
 changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
-2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1) at their pipelines' default sizes, with and without ``vae.enable_tiling()``; predictions (the
-planner is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an H100,
-benchmarks/gpu_validation.py).
+2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1) at their pipelines' default sizes, with and
+without ``vae.enable_tiling()``; predictions (the planner is checked against measured peaks on the CPU,
+tests/test_planner_video.py, and on an H100, benchmarks/gpu_validation.py).
 
     python -m benchmarks.video_vaes            # ~8 CPU minutes
     python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE

@@ -20,10 +20,13 @@ class LiveBytes(TorchDispatchMode):
     """Tracks the bytes of live storages created inside the mode and their peak.
 
     ``device="cpu"`` adds what a CPU convolution holds besides its output (:func:`cpu_conv_scratch`):
-    oneDNN, for a 2-D batch of one, converts the input to a blocked layout in a temporary buffer of the
-    same size while the output is being written; 2-D batches of two or more usually convolve without
-    that copy (measured: tests/test_planner.py, benchmarks/memory_vs_frames.py; one exception seen: the
-    full-width SD layout at 64x64 with a batch of two copies after all, and is predicted 14% low).
+    oneDNN converts the weights of every 2-D convolution it runs to its blocked layout, a temporary copy
+    (45.6 MiB for one of Qwen-Image 2.1's 1152-channel 3x3 convolutions), and, for a batch of one, the
+    input too, in a buffer of the same size, while the output is being written; 2-D batches of two or
+    more usually convolve without the input's copy (measured: tests/test_planner.py,
+    benchmarks/memory_vs_frames.py; exceptions seen: the full-width SD layout at 64x64 with a batch of
+    two copies after all, and is predicted 14% low; Qwen-Image 2.1's VAE on two 32x32 images peaks with
+    a second copy of those weights, 45.6 MiB above the prediction).
     3-D convolutions (the video VAEs') copy their input and weights at any batch, or, with fewer input
     channels than a SIMD register holds floats, their output padded to that many channels. Convolutions
     PyTorch keeps out of oneDNN (small batches of one, half precision, ...) unfold their input into a
@@ -107,7 +110,8 @@ def cpu_conv_scratch(x, weight, bias, stride, padding, dilation, transposed, out
             spatial = _output_size(x, weight, stride, padding)
             return x.shape[0] * -(-weight.shape[0] // block) * block * math.prod(spatial) * size
         return (x.numel() + weight.numel()) * size  # its input and weights in the blocked layout
-    return x.numel() * size if x.shape[0] == 1 else 0
+    copies = weight.numel() if backend.startswith("Mkldnn") else 0  # oneDNN's blocked weights
+    return (copies + (x.numel() if x.shape[0] == 1 else 0)) * size
 
 
 def cpu_conv_backward_scratch(grad, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,

@@ -7,7 +7,7 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for ten released VAE
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for eleven released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
 changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
 2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1) at their pipelines' default sizes, with and
@@ -47,7 +47,8 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLLTX2Video", "LTX-2", (121, 512, 768)),
             ("AutoencoderKLWan", "Wan 2.2 TI2V-5B", (81, 480, 832)),
             ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)),
-            ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", (1, 1024, 1024)))
+            ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", (1, 1024, 1024)),
+            ("AutoencoderKLMagvit", "EasyAnimate V5.1", (49, 512, 512)))
 # where the released configuration differs from diffusers' class defaults, by name: as diffusers' conversion
 # scripts write them (scripts/convert_ltx2_to_diffusers.py: the class would compute 64x / 16x from LTX-2's
 # patch sizes; scripts/convert_wan_to_diffusers.py, Wan 2.2's VAE, whose latent statistics, which set no

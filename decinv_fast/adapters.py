@@ -39,7 +39,7 @@ IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDec
 # for still RGBA images only)
 VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
                    "AutoencoderKLQwenImage", "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi",
-                   "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21")
+                   "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21", "AutoencoderKLMagvit")
 # the kinds whose images are RGBA: their config's in_channels (4)
 RGBA_KINDS = ("AutoencoderKLQwenImage21",)
 VAE_KINDS = (

@@ -6,7 +6,7 @@ latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (se
 
 - ``(raw - latents_mean) * scaling_factor / latents_std`` with the constants in the config (Wan, Qwen-Image
   and 2.1, Mochi: ``LatentSpace.of``) or kept as buffers of the model (LTX-Video, LTX-2);
-- ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5).
+- ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5, EasyAnimate's Magvit).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def pipeline_latents(kind: str, vae, rows: torch.Tensor) -> tuple[torch.Tensor, 
         mean, std = (torch.as_tensor(v).view(view) for v in stats)
         s = vae.config.scaling_factor
         return (raw - mean) * s / std, lambda z: z * std / s + mean
-    s = vae.config.scaling_factor  # CogVideoX, HunyuanVideo (1.5): 1 / scaling_factor * latents
+    s = vae.config.scaling_factor  # CogVideoX, HunyuanVideo (1.5), EasyAnimate: 1 / scaling_factor * latents
     return raw * s, lambda z: z / s
 
 

@@ -28,7 +28,8 @@ def video_vaes(records: list[dict]) -> list[str]:
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
             "on an H100): the released "
             "architectures (diffusers' class defaults, built on the meta device), one video at its pipeline's "
-            "default size (Qwen-Image 2.1's images RGBA), bf16, all frames in one call; total allocator peak with "
+            "default size (an image VAE's: one image; Qwen-Image 2.1's images RGBA), bf16, all frames in one call; "
+            "total allocator peak with "
             "weights, GiB. The gradient-based "
             "baseline back-propagates through the whole video." + _recomputed(runs, plans), "",
             "| VAE | frames x height x width | `enable_tiling()` | adam | auto | grad |",

@@ -7,10 +7,11 @@ clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
 10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
 
-Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for eleven released VAE
+Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
 changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
-2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1) at their pipelines' default sizes, with and
+2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1; so are FLUX.2's, SANA's and HunyuanImage
+2.1's, whose configurations are the conversion scripts') at their pipelines' default sizes, with and
 without ``vae.enable_tiling()``; predictions (the planner is checked against measured peaks on the CPU,
 tests/test_planner_video.py, and on an H100, benchmarks/gpu_validation.py).
 
@@ -48,17 +49,38 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLWan", "Wan 2.2 TI2V-5B", (81, 480, 832)),
             ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)),
             ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", (1, 1024, 1024)),
-            ("AutoencoderKLMagvit", "EasyAnimate V5.1", (49, 512, 512)))
+            ("AutoencoderKLMagvit", "EasyAnimate V5.1", (49, 512, 512)),
+            # image VAEs (one frame): FLUX.2's (class defaults), SANA's DC-AE at SANA 1.0's and SANA 4K's sizes,
+            # HunyuanImage 2.1's
+            ("AutoencoderKLFlux2", "FLUX.2", (1, 1024, 1024)), ("AutoencoderDC", "SANA 1.0", (1, 1024, 1024)),
+            ("AutoencoderDC", "SANA 4K", (1, 4096, 4096)),
+            ("AutoencoderKLHunyuanImage", "HunyuanImage 2.1", (1, 2048, 2048)))
 # where the released configuration differs from diffusers' class defaults, by name: as diffusers' conversion
 # scripts write them (scripts/convert_ltx2_to_diffusers.py: the class would compute 64x / 16x from LTX-2's
 # patch sizes; scripts/convert_wan_to_diffusers.py, Wan 2.2's VAE, whose latent statistics, which set no
 # memory, stand as zeros and ones here)
+SANA_DC_AE = dict(  # dc-ae-f32c32-sana-1.0, as scripts/convert_dcae_to_diffusers.py builds it
+    latent_channels=32, encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    encoder_layers_per_block=(2, 2, 2, 3, 3, 3), decoder_layers_per_block=(3,) * 6,
+    encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)), decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    downsample_block_type="conv", upsample_block_type="interpolate", decoder_norm_types="rms_norm",
+    decoder_act_fns="silu", scaling_factor=0.41407)
 RELEASED_CONFIG = {
+    "SANA 1.0": SANA_DC_AE, "SANA 4K": SANA_DC_AE,
+    # scripts/convert_hunyuanimage_to_diffusers.py
+    "HunyuanImage 2.1": dict(in_channels=3, out_channels=3, latent_channels=64,
+                             block_out_channels=(128, 256, 512, 512, 1024, 1024), layers_per_block=2,
+                             spatial_compression_ratio=32, sample_size=384, scaling_factor=0.75289),
     "LTX-2": dict(decoder_causal=False, spatial_compression_ratio=32, temporal_compression_ratio=8),
     "Wan 2.2 TI2V-5B": dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
                             out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
                             latents_mean=[0.0] * 48, latents_std=[1.0] * 48),
 }
+# diffusers 0.42's AutoencoderKLHunyuanImage.tiled_encode unpacks a 5-D shape from 4-D images: no tiled row
+TILING_FAILS = ("HunyuanImage 2.1",)
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
            "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
@@ -99,7 +121,7 @@ def memory(cfg: dict) -> list[dict]:
     records = []
     for kind, name, (frames, height, width) in cfg["released"]:
         shape = released_shape(kind, frames, height, width)
-        for tiling in (False, True):
+        for tiling in (False, True) if name not in TILING_FAILS else (False,):
             with torch.device("meta"):
                 vae = released_vae(kind, name)
             vae = torch.nn.Module.to(vae, torch.bfloat16)

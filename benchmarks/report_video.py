@@ -26,12 +26,11 @@ def video_vaes(records: list[dict]) -> list[str]:
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
-            "on an H100): the released "
-            "architectures (diffusers' class defaults, built on the meta device), one video at its pipeline's "
-            "default size (an image VAE's: one image; Qwen-Image 2.1's images RGBA), bf16, all frames in one call; "
-            "total allocator peak with "
-            "weights, GiB. The gradient-based "
-            "baseline back-propagates through the whole video." + _recomputed(runs, plans), "",
+            "on an H100): the released architectures (diffusers' class defaults, or its conversion scripts' "
+            "configurations: `RELEASED_CONFIG`; built on the meta device), one video at its pipeline's default size "
+            "(an image VAE's: one image; Qwen-Image 2.1's images RGBA), bf16, all frames in one call; total "
+            "allocator peak with weights, GiB. The gradient-based baseline back-propagates through the whole video."
+            + _recomputed(runs, plans), "",
             "| VAE | frames x height x width | `enable_tiling()` | adam | auto | grad |",
             "|---|---|---|---:|---:|---:|"]
     for key in dict.fromkeys((r["metrics"]["vae"], r["metrics"]["tiling"]) for r in plans):

@@ -10,8 +10,8 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
 changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
-2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1; so are FLUX.2's, SANA's and HunyuanImage
-2.1's, whose configurations are the conversion scripts') at their pipelines' default sizes, with and
+2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1; FLUX.2's, SANA's and HunyuanImage 2.1's one
+image each, the last two as diffusers' conversion scripts configure them) at their pipelines' default sizes, with and
 without ``vae.enable_tiling()``; predictions (the planner is checked against measured peaks on the CPU,
 tests/test_planner_video.py, and on an H100, benchmarks/gpu_validation.py).
 

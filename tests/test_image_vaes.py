@@ -5,12 +5,12 @@ batches equal to one-by-one runs, the planner, and the command line. (Qwen-Image
 
 import pytest
 import torch
+from vae_checks import assert_auto_batches_equal_one_by_one_runs, assert_planned_within_25_percent
 from video_vae_models import vae_class
 
 import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
-from decinv_fast.memory import cpu_allocator_peak
 from decinv_fast.planner import plan
 from decinv_fast.protocol import make_target
 
@@ -98,25 +98,13 @@ def test_every_method_is_the_reference(image_vae, method, options):
 
 
 def test_auto_batches_equal_one_by_one_runs(image_vae):
-    kind, vae = image_vae
-    x = images()
-    whole = decinv_fast.invert(vae, x, method="auto", steps=4, measure_memory=False)
-    for i in range(2):
-        alone = decinv_fast.invert(vae, x[i:i + 1], method="auto", steps=4, measure_memory=False)
-        torch.testing.assert_close(alone.latents, whole.latents[i:i + 1], rtol=1e-4, atol=5e-5)
-        assert alone.returned_step.tolist() == whole.returned_step[i:i + 1].tolist()
+    assert_auto_batches_equal_one_by_one_runs(image_vae[1], images())
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("method", ["adam", "auto"])
 def test_planner_prediction_within_25_percent_of_measured(kind, method):
-    vae = make_vae(kind)
-    x = images(4)
-    run = dict(steps=1, method=method, chunk_frames=2, measure_memory=False)
-    decinv_fast.invert(vae, x, **run)  # load kernels outside the measurement
-    _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, **run))
-    predicted = plan(vae, x.shape, dtype=torch.float32, device="cpu", method=method).added_per_chunk[2]
-    assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
+    assert_planned_within_25_percent(make_vae(kind), images(4), method)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vae_checks import assert_auto_batches_equal_one_by_one_runs, assert_planned_within_25_percent
 from video_vae_models import WAN_STATS, make_vae, tiny_qwen21
 
 import decinv_fast
 from decinv_fast import reference
 from decinv_fast.adapters import as_adapter
-from decinv_fast.memory import cpu_allocator_peak
 from decinv_fast.planner import plan
 from decinv_fast.protocol import make_target
 
@@ -63,12 +63,7 @@ def test_every_method_is_the_reference(vae, method, options):
 
 
 def test_auto_batches_equal_one_by_one_runs(vae):
-    x = rgba()
-    whole = decinv_fast.invert(vae, x, method="auto", steps=4, measure_memory=False)
-    for i in range(2):
-        alone = decinv_fast.invert(vae, x[i:i + 1], method="auto", steps=4, measure_memory=False)
-        torch.testing.assert_close(alone.latents, whole.latents[i:i + 1], rtol=1e-4, atol=5e-5)
-        assert alone.returned_step.tolist() == whole.returned_step[i:i + 1].tolist()
+    assert_auto_batches_equal_one_by_one_runs(vae, rgba())
 
 
 def test_pil_and_numpy_images_are_read_as_its_pipelines_read_them(vae):
@@ -117,12 +112,7 @@ def test_videos_are_refused_naming_what_it_takes(vae):
 
 @pytest.mark.parametrize("method", ["adam", "auto"])
 def test_planner_prediction_within_25_percent_of_measured(vae, method):
-    x = rgba(4)
-    run = dict(steps=1, method=method, chunk_frames=2, measure_memory=False)
-    decinv_fast.invert(vae, x, **run)  # load kernels outside the measurement
-    _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, **run))
-    predicted = plan(vae, x.shape, dtype=torch.float32, device="cpu", method=method).added_per_chunk[2]
-    assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
+    assert_planned_within_25_percent(vae, rgba(4), method)
 
 
 def test_the_planner_counts_four_channels_and_refuses_three(vae):

@@ -50,6 +50,7 @@ RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogV
             ("AutoencoderKLQwenImage", "Qwen-Image", (1, 1024, 1024)),
             ("AutoencoderKLQwenImage21", "Qwen-Image 2.1", (1, 1024, 1024)),
             ("AutoencoderKLMagvit", "EasyAnimate V5.1", (49, 512, 512)),
+            ("AutoencoderKLCosmos", "Cosmos 1.0", (121, 704, 1280)),
             # image VAEs (one frame): FLUX.2's (class defaults), SANA's DC-AE at SANA 1.0's and SANA 4K's sizes,
             # HunyuanImage 2.1's
             ("AutoencoderKLFlux2", "FLUX.2", (1, 1024, 1024)), ("AutoencoderDC", "SANA 1.0", (1, 1024, 1024)),

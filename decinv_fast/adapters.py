@@ -39,7 +39,7 @@ IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDec
 # for still RGBA images only)
 VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
                    "AutoencoderKLQwenImage", "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi",
-                   "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21", "AutoencoderKLMagvit")
+                   "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21", "AutoencoderKLMagvit", "AutoencoderKLCosmos")
 # the kinds whose images are RGBA: their config's in_channels (4)
 RGBA_KINDS = ("AutoencoderKLQwenImage21",)
 VAE_KINDS = (
@@ -136,6 +136,7 @@ class LatentSpace:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     patch: int = 1  # FLUX.2: 2x2 patches of the raw latent become channels before the per-channel scaling
+    frames: int = 1  # Cosmos: statistics per channel and latent frame, for up to this many latent frames
 
     @classmethod
     def of(cls, config) -> LatentSpace:
@@ -177,6 +178,13 @@ class LatentSpace:
         return unpatchify(raw, self.patch) if self.patch > 1 else raw
 
     def _per_channel(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frames > 1:  # (1, C, frames, 1, 1), the first f of them for f latent frames, as Cosmos's pipelines
+            f = t.shape[2]
+            if f > self.frames:
+                raise ValueError(f"latents: {f} latent frames, but the VAE's latents_mean / latents_std cover "
+                                 f"{self.frames} (its pipelines take no more)")
+            return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(1, -1, self.frames, 1, 1)[:, :, :f]
+                         for v in (self.mean, self.std))
         shape = (1, len(self.mean)) + (1,) * (t.dim() - 2)
         return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(shape) for v in (self.mean, self.std))
 
@@ -193,7 +201,8 @@ def spatial_ratio(vae) -> int:
     """The ratio a model sets itself (HunyuanImage 2.1's 32 from 5 blocks, LTX-Video's from its patch sizes,
     Mochi's from its expansions; vars, not getattr: diffusers warns when a config value is read as an
     attribute), else one halving per block after the first."""
-    return int(vars(vae).get("spatial_compression_ratio") or 2 ** (len(vae.config.block_out_channels) - 1))
+    own = vars(vae).get("spatial_compression_ratio") or getattr(vae.config, "spatial_compression_ratio", None)
+    return int(own or 2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def patchify(raw: torch.Tensor, p: int) -> torch.Tensor:

@@ -181,7 +181,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             ``AutoencoderDC`` (SANA), ``AutoencoderKLHunyuanImage`` (HunyuanImage 2.1), ``AutoencoderKLFlux2``
             (FLUX.2: its pipelines' 2x2-patched, normalised ``(B, 4 C, H / 16, W / 16)`` latents), a video VAE
             that compresses time (``adapters.VIDEO_VAE_KINDS``: Wan's, Qwen-Image's, CogVideoX's, HunyuanVideo's and
-            1.5's, LTX-Video's, LTX-2's, Mochi's, EasyAnimate's Magvit: whole videos of ``1 + k * t`` frames for its
+            1.5's, LTX-Video's, LTX-2's, Mochi's, EasyAnimate's, Cosmos's: whole videos of ``1 + k * t`` frames for its
             time compression ``t`` (``1 + 8k`` for CogVideoX), images as 1-frame videos, to ``(B, C, f, h, w)``
             latents; ``AutoencoderKLQwenImage21``: RGBA stills only) or an ``(encode_fn, decode_fn)`` pair.
         images: ``(B, 3, H, W)`` or video ``(B, F, 3, H, W)`` float tensor in [-1, 1] (4 channels, RGBA, for

@@ -6,7 +6,9 @@ latents, and decode back to ``F`` frames only for ``F = 1 + k * frame_step`` (se
 
 - ``(raw - latents_mean) * scaling_factor / latents_std`` with the constants in the config (Wan, Qwen-Image
   and 2.1, Mochi: ``LatentSpace.of``) or kept as buffers of the model (LTX-Video, LTX-2);
-- ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5, EasyAnimate's Magvit).
+- ``raw * scaling_factor`` (CogVideoX, HunyuanVideo, HunyuanVideo 1.5, EasyAnimate's Magvit);
+- Cosmos 1.0's: ``(raw - latents_mean) * sigma_data / latents_std``, the statistics per channel and latent
+  frame, ``sigma_data`` its scheduler's (:data:`COSMOS_SIGMA_DATA`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ BUFFER_SPACE = ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video")
 WAN_CONFIG = ("AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21")
 # Qwen-Image 2.1's VAE folds the single frame of a still image away in its convolutions: 1-frame videos only
 STILLS_ONLY = ("AutoencoderKLQwenImage21",)
+# Cosmos 1.0's pipelines scale by their scheduler's sigma_data, not the VAE's: EDMEulerScheduler's default, 0.5
+COSMOS_SIGMA_DATA = 0.5
 # HunyuanVideo 1.5's attention mask breaks for a batch of more than one video (diffusers 0.42): one per call
 ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
 # the seed of the noise a noise-injecting decoder (LTX-Video 0.9.1+) adds in every call, fixed (see _fixed_noise)
@@ -34,7 +38,10 @@ def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAd
     """The adapter of ``vae``, a diffusers video VAE of class ``kind`` (one of ``VIDEO_VAE_KINDS``);
     ``decode_timestep``: see :func:`~decinv_fast.adapters.as_adapter`."""
     config = vae.config
-    space = _buffer_space(vae, LatentSpace.of(config)) if kind in BUFFER_SPACE else LatentSpace.of(config)
+    if kind == "AutoencoderKLCosmos":
+        space = _cosmos_space(config)
+    else:
+        space = _buffer_space(vae, LatentSpace.of(config)) if kind in BUFFER_SPACE else LatentSpace.of(config)
     # LTX-Video 0.9.1+ and LTX-2 decoders may take a timestep; their pipelines' default decode_timestep is 0
     # (and then no noise is mixed into the latent); a decoder that injects noise of its own: see _fixed_noise
     timestep = bool(getattr(config, "timestep_conditioning", False))
@@ -118,6 +125,20 @@ def _buffer_space(vae, space: LatentSpace) -> LatentSpace:
     """LTX-Video's and LTX-2's latent space: the config's ``scaling_factor``, the model's buffers."""
     mean, std = buffer_statistics(vae.latents_mean, vae.latents_std)
     return LatentSpace(space.scaling, 0.0, tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def _cosmos_space(config) -> LatentSpace:
+    """Cosmos 1.0's latent space: its pipelines' ``(raw - mean) * sigma_data / std`` with statistics per
+    channel and latent frame (the config's lists, ``latent_channels`` times the frames they cover), or
+    ``raw * sigma_data`` without them."""
+    mean, std, channels = config.latents_mean, config.latents_std, config.latent_channels
+    if mean is None or std is None:
+        return LatentSpace(COSMOS_SIGMA_DATA)
+    if len(mean) != len(std) or len(mean) % channels or min(std) <= 0:
+        raise ValueError(f"the VAE's config: latents_mean and latents_std must hold {channels} values per latent "
+                         f"frame (std > 0), got {len(mean)} and {len(std)} values")
+    return LatentSpace(COSMOS_SIGMA_DATA, 0.0, tuple(map(float, mean)), tuple(map(float, std)),
+                       frames=len(mean) // channels)
 
 
 def _sizes(vae, kind: str) -> tuple[int, int, int]:

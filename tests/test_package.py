@@ -99,4 +99,4 @@ def test_info_names_vae_classes_the_installed_diffusers_lacks(monkeypatch):
     monkeypatch.setattr(diffusers, "AutoencoderKLMochi", None)  # as as_adapter reads an older diffusers
     classes = decinv_fast.info()["vae_classes"]
     assert classes["AutoencoderKLMochi"] == f"not in diffusers {diffusers.__version__}"
-    assert classes["AutoencoderKL"] == "available" and len(classes) == 16
+    assert classes["AutoencoderKL"] == "available" and len(classes) == 17

@@ -16,7 +16,8 @@ def vae_class(name: str):
 # each kind with a frame count it takes (1 + 4k; CogVideoX and LTX-Video 1 + 8k, Mochi 1 + 6k) and its latent frames
 KINDS = {"wan": (5, 2), "cogvideox": (9, 3), "hunyuan": (5, 2), "ltx": (9, 2), "ltx-timestep": (9, 2),
          "qwen": (5, 2), "hunyuan15": (5, 2), "mochi": (7, 2), "ltx2": (5, 2), "ltx2-timestep": (5, 2),
-         "wan22": (5, 2), "magvit": (5, 2)}
+         "wan22": (5, 2), "magvit": (5, 2), "cosmos": (9, 2)}
+COSMOS_STATS = ([0.1 * i - 0.5 for i in range(12)], [0.6 + 0.05 * i for i in range(12)])  # 4 channels x 3 frames
 WAN_STATS = dict(latents_mean=[0.1, 0.2, -0.1, 0.0], latents_std=[1.5, 2.0, 0.8, 1.0])
 
 
@@ -89,6 +90,10 @@ def make_vae(kind: str):
     elif kind == "magvit":  # EasyAnimate's (8x space, 4x time; the released one: widths 128-512, 16 channels)
         vae = vae_class("AutoencoderKLMagvit")(block_out_channels=(16,) * 4, latent_channels=4, layers_per_block=1,
                                                norm_num_groups=8)
+    elif kind == "cosmos":  # Cosmos 1.0's (8x space and time); statistics per channel for 3 latent frames
+        vae = vae_class("AutoencoderKLCosmos")(encoder_block_out_channels=(8,) * 4, decode_block_out_channels=(8,) * 4,
+                                               latent_channels=4, attention_resolutions=(), resolution=32,
+                                               num_layers=1, latents_mean=COSMOS_STATS[0], latents_std=COSMOS_STATS[1])
     elif kind.startswith("ltx2"):
         vae = tiny_ltx2(timestep_conditioning=kind == "ltx2-timestep")
     else:

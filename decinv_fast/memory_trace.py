@@ -24,12 +24,13 @@ class LiveBytes(TorchDispatchMode):
     (45.6 MiB for one of Qwen-Image 2.1's 1152-channel 3x3 convolutions), and, for a batch of one, the
     input too, in a buffer of the same size, while the output is being written; 2-D batches of two or
     more usually convolve without the input's copy (measured: tests/test_planner.py,
-    benchmarks/memory_vs_frames.py; exceptions seen: the full-width SD layout at 64x64 with a batch of
-    two copies after all, and is predicted 14% low; Qwen-Image 2.1's VAE on two 32x32 images peaks with
-    a second copy of those weights, 45.6 MiB above the prediction). Not modelled: a channels-last
+    benchmarks/memory_vs_frames.py; one exception seen: the full-width SD layout at 64x64 with a batch of
+    two copies after all, and is predicted 14% low). Not modelled: a channels-last
     activation (SANA's and HunyuanImage 2.1's attention hand one on) stays channels-last through the CPU's
     convolutions and group norms, which copy each weight to that layout, but not through the meta
-    kernels, whose outputs are contiguous: their released VAEs are predicted 38-75% low at 64-128 px.
+    kernels, whose outputs are contiguous: their released VAEs are predicted 38-75% low at 64-128 px, and
+    Qwen-Image 2.1's on two 32x32 images 45.6 MiB low (its attention's output is channels-last for a batch
+    of two, not of one).
     Mimicking the layout fixed those two but broke FLUX.2's (whose attention output the CPU's kernels,
     unlike the meta ones, stride as contiguous for a batch of one), so it was left out.
     3-D convolutions (the video VAEs') copy their input and weights at any batch, or, with fewer input

@@ -325,7 +325,7 @@ def video_stage(cfg: dict, device: str, deadline: float) -> list[dict]:
             continue
         torch.manual_seed(0)
         vae = released_vae(kind, name).eval().requires_grad_(False).to(device, cfg["video_dtype"])
-        images = random_images(released_shape(kind, frames, height, width)).to(device, cfg["video_dtype"])
+        images = random_images(released_shape(vae, frames, height, width)).to(device, cfg["video_dtype"])
         for tiling, method in ((False, "adam"), (True, "adam"), (False, "auto")):  # most telling first
             if time.monotonic() > deadline:
                 break

@@ -28,7 +28,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import arg_parser, replace_predictions, save, start_run
-from decinv_fast.adapters import RGBA_KINDS
+from decinv_fast.adapters import as_adapter
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed_video import heldout_clips
 from decinv_fast.visual import psnr
@@ -121,10 +121,10 @@ def accuracy(cfg: dict) -> list[dict]:
 def memory(cfg: dict) -> list[dict]:
     records = []
     for kind, name, (frames, height, width) in cfg["released"]:
-        shape = released_shape(kind, frames, height, width)
         for tiling in (False, True) if name not in TILING_FAILS else (False,):
             with torch.device("meta"):
                 vae = released_vae(kind, name)
+            shape = released_shape(vae, frames, height, width)
             vae = torch.nn.Module.to(vae, torch.bfloat16)
             if tiling:
                 vae.enable_tiling()
@@ -146,9 +146,9 @@ def released_vae(kind: str, name: str):
     return getattr(diffusers, kind)(**RELEASED_CONFIG.get(name, {}))
 
 
-def released_shape(kind: str, frames: int, height: int, width: int) -> tuple[int, ...]:
-    """The pixel shape of one video of a released VAE: RGBA for Qwen-Image 2.1's."""
-    return (1, frames, 4 if kind in RGBA_KINDS else 3, height, width)
+def released_shape(vae, frames: int, height: int, width: int) -> tuple[int, ...]:
+    """The pixel shape of one video of ``vae``, in the channels it takes (RGBA for Qwen-Image 2.1's)."""
+    return (1, frames, as_adapter(vae).image_channels, height, width)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,6 @@ IMAGE_VAE_KINDS = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLTemporalDec
 VIDEO_VAE_KINDS = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo",
                    "AutoencoderKLQwenImage", "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi",
                    "AutoencoderKLLTX2Video", "AutoencoderKLQwenImage21", "AutoencoderKLMagvit", "AutoencoderKLCosmos")
-# the kinds whose images are RGBA: their config's in_channels (4)
-RGBA_KINDS = ("AutoencoderKLQwenImage21",)
 VAE_KINDS = (
     "a diffusers " + ", ".join(IMAGE_VAE_KINDS) + ", a video VAE (" + ", ".join(VIDEO_VAE_KINDS)
     + "), or an (encode_fn, decode_fn) pair"
@@ -70,7 +68,6 @@ class VaeAdapter:
     temporal_compression: int | None = None
     frame_step: int | None = None  # a video VAE takes videos of 1 + k * frame_step frames (0: 1-frame ones only)
     space: LatentSpace | None = None  # a diffusers VAE's pipeline latent space
-    pixel_channels: int | None = None  # the images' channels, when the config's in_channels counts others too
     min_latent_size: int = 1  # the smallest latent height and width its decoder takes
     random_decoder: bool = False  # its decoder draws noise in every call (drawn from a fixed seed: video_adapters)
     decode_timestep: float | None = None  # as_adapter's option (kept for the copies a run in another dtype makes)
@@ -81,10 +78,9 @@ class VaeAdapter:
 
     @property
     def image_channels(self) -> int | None:
-        """The channels of the images it takes: 3 (RGB), 4 for Qwen-Image 2.1's RGBA VAE; ``None`` for
-        callables (unknown until called)."""
-        config = getattr(self.module, "config", None)  # Qwen-Image's spells it input_channels
-        return self.pixel_channels or getattr(config, "in_channels", None) or getattr(config, "input_channels", None)
+        """The channels of the images it takes (:func:`config_image_channels`); ``None`` for callables
+        (unknown until called)."""
+        return None if self.module is None else config_image_channels(self.module.config, self.kind)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._in_dtype_of(pixels, self.encode_fn(pixels))
@@ -187,6 +183,16 @@ class LatentSpace:
                          for v in (self.mean, self.std))
         shape = (1, len(self.mean)) + (1,) * (t.dim() - 2)
         return tuple(torch.tensor(v, dtype=t.dtype, device=t.device).view(shape) for v in (self.mean, self.std))
+
+
+def config_image_channels(config, kind: str) -> int | None:
+    """The channels of the images a diffusers VAE of class ``kind`` with this config takes: 3 (RGB), 4 for
+    Qwen-Image 2.1's RGBA VAE. Its ``in_channels`` (Qwen-Image's spells it ``input_channels``), less what
+    Mochi's and Wan 2.2's count besides the pixels (:func:`~decinv_fast.video_adapters.pixel_channels`)."""
+    from .video_adapters import pixel_channels
+
+    return (pixel_channels(config, kind) or getattr(config, "in_channels", None)
+            or getattr(config, "input_channels", None))
 
 
 def buffer_statistics(mean: torch.Tensor, spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

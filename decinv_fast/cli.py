@@ -7,11 +7,12 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors import SafetensorError
 
-from .adapters import IMAGE_VAE_KINDS, RGBA_KINDS, VIDEO_VAE_KINDS, as_adapter
+from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS, as_adapter, config_image_channels
 from .attention import ATTENTION
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
@@ -95,8 +96,8 @@ def image_channels(spec: str) -> int:
     load): 4 for a VAE of RGBA images (Qwen-Image 2.1's), else 3."""
     if spec == "fixture":
         return 3
-    config = _vae_config(spec)[1]
-    return int(config.get("in_channels", 4)) if config["_class_name"] in RGBA_KINDS else 3
+    config = _vae_config(spec)[1]  # read as the adapter reads it (a dict for its config's attributes)
+    return config_image_channels(SimpleNamespace(**config), config["_class_name"]) or 3
 
 
 def cmd_invert(args) -> int:

@@ -72,7 +72,7 @@ def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAd
     step = time_factor * (int(vae.num_latent_frames_batch_size) if kind == "AutoencoderKLCogVideoX" else 1)
     step = 0 if kind in STILLS_ONLY else step
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
-                      frame_step=step, space=space, pixel_channels=_pixel_channels(config, kind),
+                      frame_step=step, space=space,
                       min_latent_size=_smallest_latent(config), random_decoder=noisy, decode_timestep=decode_timestep)
 
 
@@ -106,7 +106,7 @@ def _fixed_noise(device: torch.device):
         yield
 
 
-def _pixel_channels(config, kind: str) -> int | None:
+def pixel_channels(config, kind: str) -> int | None:
     """The videos' channels where the config's ``in_channels`` counts more: Mochi's counts its Fourier
     features (each pixel channel and a sine and a cosine of it at two frequencies: 3 * 5 = 15); Wan 2.2's
     VAE (``patch_size`` 2) its pixels' 2x2 patches (3 * 4 = 12)."""

@@ -136,7 +136,7 @@ def test_the_released_architectures_are_predicted_within_5_percent_of_measured(k
 
     torch.manual_seed(0)
     vae = released_vae(kind, name).eval().requires_grad_(False)
-    x = torch.rand(released_shape(kind, frames, size, size)) * 2 - 1
+    x = torch.rand(released_shape(vae, frames, size, size)) * 2 - 1
     run = dict(steps=1, method="adam", measure_memory=False)
     decinv_fast.invert(vae, x, **run)  # load kernels outside the measurement
     _, measured = cpu_allocator_peak(lambda: decinv_fast.invert(vae, x, **run))

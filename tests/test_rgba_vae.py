@@ -146,6 +146,8 @@ def test_the_command_line_reads_rgba_files_for_it(tmp_path, vae):
 
     vae.save_pretrained(tmp_path / "vae")
     assert (image_channels(str(tmp_path / "vae")), image_channels("fixture")) == (4, 3)
+    make_vae("wan22").save_config(tmp_path / "wan22")  # its config's in_channels (12) count 2x2 patches of RGB
+    assert image_channels(str(tmp_path / "wan22")) == 3
     pixels = rgba_uint8()
     Image.fromarray(pixels, "RGBA").save(tmp_path / "rgba.png")
     latents, meta = run_invert(tmp_path / "rgba.png", tmp_path / "z.st", "--vae", str(tmp_path / "vae"),

@@ -126,18 +126,25 @@ def _wide_tiff_pixels(path: Path, channels: int) -> np.ndarray | None:
 
 
 def _oriented_pixels(samples: np.ndarray, orientation: int, channels: int) -> np.ndarray:
-    """``(H, W, c)`` samples -> ``(H, W, channels)`` float32 with the EXIF/TIFF ``orientation`` applied as
-    ``ImageOps.exif_transpose`` applies it; gray (+ alpha) is gray in each colour channel. Alpha (the 2nd
-    sample of gray + alpha, the 4th of colour) is dropped for 3 channels, as ``convert("RGB")`` drops it,
-    and kept for 4, opaque (the samples' full scale) where there is none, as ``convert("RGBA")`` does."""
-    c = samples.shape[-1]
-    pixels = samples[..., :3] if c >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
-    if channels == 4:
-        full = np.iinfo(samples.dtype).max if samples.dtype.kind in "ui" else 1.0
-        alpha = samples[..., 3:4] if c >= 4 else samples[..., 1:2] if c == 2 else np.full_like(samples[..., :1], full)
-        pixels = np.concatenate([pixels, alpha], axis=-1)
+    """``(H, W, c)`` samples -> ``(H, W, channels)`` float32 (:func:`_in_channels`) with the EXIF/TIFF
+    ``orientation`` applied as ``ImageOps.exif_transpose`` applies it."""
+    pixels = _in_channels(samples, channels)
     return np.ascontiguousarray(ORIENTED[orientation](pixels) if orientation in ORIENTED else pixels,
                                 dtype=np.float32)
+
+
+def _in_channels(samples: np.ndarray, channels: int) -> np.ndarray:
+    """``(H, W, c)`` samples -> ``(H, W, channels)``: gray (+ alpha) is gray in each colour channel. Alpha
+    (the 2nd sample of gray + alpha, the 4th of colour) is dropped for 3 channels, as ``convert("RGB")``
+    drops it, and kept for 4, opaque (the samples' full scale) where there is none, as ``convert("RGBA")``
+    does."""
+    c = samples.shape[-1]
+    pixels = samples[..., :3] if c >= 3 else np.repeat(samples[..., :1], 3, axis=-1)
+    if channels != 4:
+        return pixels
+    full = np.iinfo(samples.dtype).max if samples.dtype.kind in "ui" else 1.0
+    alpha = samples[..., 3:4] if c >= 4 else samples[..., 1:2] if c == 2 else np.full_like(samples[..., :1], full)
+    return np.concatenate([pixels, alpha], axis=-1)
 
 
 # EXIF orientation -> the array operation ImageOps.exif_transpose does (its PIL transpose method)
@@ -180,21 +187,16 @@ def _pixels(image, path: Path, channels: int) -> np.ndarray:
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         _check_unit_floats(values, path, "float image (PIL mode F)")
-        return _gray(values, channels)
+        return _in_channels(values[..., None], channels)
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(image).astype(np.float32)
         lo, hi = float(values.min()), float(values.max())
         if lo < 0 or hi > SIXTEEN_BIT:
             raise UsageError(f"{path}: integer image (PIL mode {mode}) with values in [{lo:.0f}, {hi:.0f}]; "
                              f"only 8- and 16-bit ones ([0, {SIXTEEN_BIT}]) are read")
-        return _gray(values / SIXTEEN_BIT, channels)
+        return _in_channels(values[..., None] / SIXTEEN_BIT, channels)
     return np.asarray(image.convert("RGBA" if channels == 4 else "RGB"))
 
-
-def _gray(values: np.ndarray, channels: int) -> np.ndarray:
-    """``(H, W)`` gray in [0, 1] -> the same in each colour channel (and opaque alpha for 4 channels)."""
-    pixels = np.repeat(values[..., None], 3, axis=-1)
-    return np.concatenate([pixels, np.ones_like(values[..., None])], axis=-1) if channels == 4 else pixels
 
 
 def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:

@@ -114,9 +114,9 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     Args:
         vae: a diffusers VAE (its config is used; its weights are not touched).
         shape: pixel shape ``(B, 3, H, W)`` or ``(B, F, 3, H, W)`` (4 channels for Qwen-Image 2.1's RGBA
-            VAE); for a video VAE (Wan, CogVideoX,
-            HunyuanVideo, LTX-Video, ...) ``F`` is ``1 + k * frame_step`` as ``invert`` takes it, and each chunk
-            is whole videos traced as the VAE takes them, ``(c, 3, F, H, W)`` to ``(c, C, f, h, w)`` latents.
+            VAE); for a video VAE (Wan, CogVideoX, HunyuanVideo, LTX-Video, ...) ``F`` is ``1 + k * frame_step``
+            as ``invert`` takes it, and each chunk is whole videos traced as the VAE takes them,
+            ``(c, 3, F, H, W)`` to ``(c, C, f, h, w)`` latents.
         dtype: the run's dtype, as ``invert``'s ``dtype`` (``None``, the default: the VAE's own, the
             dtype ``invert`` runs it in; an fp32 VAE you will run in fp16, pass ``torch.float16``):
             weights, pixels, latents and activations are counted in it (Anderson's and L-BFGS's history

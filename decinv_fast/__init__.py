@@ -6,10 +6,11 @@
 
 from ._dispatch import BackendUnavailable
 from .adapters import as_adapter
-from .api import decode, encode, invert, nmse_db
+from .api import decode, encode, invert
 from .diffusion import invert_to_noise
 from .fixture import load_fixture_vae
 from .info import info
+from .metrics import nmse_db
 from .planner import plan
 from .result import InversionResult
 

@@ -51,6 +51,11 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
         diffusers_logging.set_verbosity(level)
 
 
+def _check_dtype(dtype) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
+
+
 def _check_flags(**flags) -> None:
     """Each on/off argument is a bool, or None where that means the default."""
     for name, value in flags.items():
@@ -122,8 +127,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")
     _check_flags(keep_best=keep_best, fp32_master=fp32_master, cuda_graphs=cuda_graphs)
     _check_compile(compile)
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
+    _check_dtype(dtype)
     if tol is not None:
         check_positive("tol", tol)
     if patience is not None:
@@ -328,6 +332,7 @@ def _ran(stop_step: torch.Tensor, k: int) -> torch.Tensor:
 def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int | str | None = None) -> torch.Tensor:
     """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes).
     ``chunk_frames``: frames per encoder call, as for :func:`invert` (``None``: all at once)."""
+    _check_dtype(dtype)
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, "fsm", {})
@@ -350,6 +355,10 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
             raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
                              "whole videos")
         raise ValueError("latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor")
+    if not latents.is_floating_point():
+        raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
+    if latents.numel() == 0:
+        raise ValueError(f"latents: empty batch (shape {tuple(latents.shape)})")
     if adapter.device is not None and latents.device != adapter.device:
         raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
     channels = latents.shape[channel_dim]
@@ -381,18 +390,3 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     else:
         pixels = pixels.reshape(z.shape[:-3] + pixels.shape[1:])
     return pixels[0] if squeezed else pixels
-
-
-def nmse_db(estimate: torch.Tensor, truth: torch.Tensor, *, per_sample: bool = False):
-    """``10 log10(||estimate - truth||² / ||truth||²)``: one float, or a ``(B,)`` tensor per sample.
-    A ``truth`` of zero norm (with ``per_sample``: any sample's) is a ``ValueError``, not NaN."""
-    if estimate.shape != truth.shape:
-        raise ValueError(f"estimate {tuple(estimate.shape)} and truth {tuple(truth.shape)} differ in shape")
-    samples = truth.reshape(truth.shape[0] if per_sample else 1, -1)
-    if not bool(samples.float().square().sum(1).gt(0).all()):  # 0/0 or x/0: an error, not NaN or inf
-        raise ValueError(f"truth is all zeros{' for some sample' if per_sample else ''}; "
-                         "NMSE is normalised by ||truth||² and undefined there")
-    if per_sample:
-        return 10 * torch.log10(reference.nmse(estimate, truth))
-    ratio = reference.nmse(estimate.reshape(1, -1), truth.reshape(1, -1))[0]
-    return float(10 * torch.log10(ratio))

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .api import decode, encode, invert, nmse_db
+from .api import decode, encode, invert
 from .fixture import load_fixture_vae
 from .inputs import to_frames
 from .memory import PeakMemory
+from .metrics import nmse_db
 from .options import check_int
 from .protocol import make_target
 from .visual import convergence_plot, error_image, panel, psnr

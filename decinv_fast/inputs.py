@@ -25,6 +25,8 @@ from .options import caller_stacklevel, check_finite
 
 # Decoder outputs overshoot [-1, 1] a little; values beyond this are another convention (e.g. [0, 255]).
 FLOAT_RANGE_LIMIT = 1.5
+PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
@@ -86,6 +88,13 @@ def _from_pil(images, wide: bool, channels: int | None) -> tuple[torch.Tensor, b
     sizes = {im.size for im in items}
     if len(sizes) != 1:
         raise ValueError(f"images: all PIL images must have the same size, got {sorted(sizes)}")
+    if min(sizes.pop()) == 0:
+        raise ValueError(f"images: empty PIL image (size {items[0].size})")
+    for im in items:  # convert() would clip 16-bit and float samples to 8 bits without a word
+        if im.mode.startswith("I") or im.mode == "F":
+            raise ValueError(f"images: PIL mode {im.mode!r} holds more than 8 bits a sample, which converting to "
+                             "RGB would lose; pass a float tensor or array in [-1, 1] (for 16 bits: "
+                             "np.asarray(im) / 65535 * 2 - 1) or use the command line, which reads them whole")
     mode = "RGBA" if channels == 4 else "RGB"
     arrays = np.stack([np.asarray(im.convert(mode)) for im in items])
     return _from_uint8_hwc(arrays, wide), single
@@ -124,7 +133,8 @@ def _from_tensor(images: torch.Tensor, wide: bool) -> tuple[torch.Tensor, bool]:
         )
     if images.numel() == 0:
         raise ValueError(f"images: empty batch (shape {tuple(images.shape)})")
-    if images.dtype == torch.bool or images.is_complex():
+    images = images.detach()  # the checks below read values; the run never differentiates through them
+    if images.dtype not in PIXEL_DTYPES:
         raise TypeError(f"images: unsupported dtype {images.dtype}; use float in [-1, 1] or uint8")
     if not images.is_floating_point():
         lo, hi = int(images.min()), int(images.max())

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -150,6 +151,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     shape = _checked_shape(shape, adapter.spatial_factor, channels)
     check_latent_size(*shape[-2:], adapter, "shape")
     per_row = _frames_per_row(adapter, shape)
+    if isinstance(chunks, Iterator):  # read once: a generator would be spent by the checks
+        chunks = list(chunks)
     _check_arguments(dtype, device, budget_bytes, attention, chunks)
     check_fp32_master(fp32_master, run_method)
     method_label, method = method, run_method

@@ -38,6 +38,8 @@ from decinv_fast.options import AUTO
     ([torch.zeros(1, 1, 3, 32, 32)], r"\(3, H, W\) images or \(F, 3, H, W\) videos"),
     ([torch.zeros(3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.uint8)], "several dtypes"),
     ("image.png", "images must be"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint16), "unsupported dtype torch.uint16"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.float8_e4m3fn), "unsupported dtype"),
 ])
 def test_bad_images(tiny_kl, images, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
@@ -245,3 +247,47 @@ def test_nmse_db_zero_truth_is_an_error_not_nan():
         decinv_fast.nmse_db(torch.zeros(2, 4), torch.zeros(2, 4))
     assert decinv_fast.nmse_db(truth + 0.1, truth) == pytest.approx(10 * math.log10(0.08 / 4), abs=1e-4)
     assert decinv_fast.nmse_db(truth, truth) == float("-inf")  # exact: -inf dB, not an error
+
+
+@pytest.mark.parametrize("mode,size,match", [("I;16", (32, 32), "PIL mode 'I;16' holds more than 8 bits"),
+                                             ("F", (32, 32), "PIL mode 'F'"), ("RGB", (32, 0), "empty PIL image")])
+def test_pil_images_that_would_lose_samples_or_hold_none(tiny_kl, mode, size, match):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=match):
+        decinv_fast.invert(tiny_kl, Image.new(mode, size), steps=1)
+
+
+def test_images_that_require_grad_run_without_autograd_warnings(tiny_kl, images_32):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decinv_fast.invert(tiny_kl, images_32.clone().requires_grad_(), steps=1, measure_memory=False)
+
+
+def test_decode_latents_that_are_no_real_floats_or_none(tiny_kl):
+    z = torch.zeros(1, 4, 4, 4)
+    for bad in (z > 0, z.long(), z.to(torch.complex64)):
+        with pytest.raises(TypeError, match=f"latents must be a float tensor, got {bad.dtype}"):
+            decinv_fast.decode(tiny_kl, bad)
+    with pytest.raises(ValueError, match="latents: empty batch"):
+        decinv_fast.decode(tiny_kl, z[:0])
+
+
+@pytest.mark.parametrize("dtype", ["fp16", torch.int8, torch.complex64])
+def test_encode_checks_dtype_as_invert_does(tiny_kl, images_32, dtype):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        decinv_fast.encode(tiny_kl, images_32, dtype=dtype)
+
+
+def test_nmse_db_refuses_what_it_cannot_score():
+    z = torch.ones(2, 4)
+    for estimate, truth, error, match in [
+        (z * float("nan"), z, ValueError, "estimate: 8 value"), (z, z * float("inf"), ValueError, "truth: 8 value"),
+        (z.numpy(), z, TypeError, "estimate must be a real float tensor, got ndarray"),
+        (z, z.to(torch.complex64), TypeError, "truth must be a real float tensor, got Tensor of torch.complex64"),
+        (z, z.to("meta"), ValueError, "estimate is on cpu but truth on meta"),
+    ]:
+        with pytest.raises(error, match=match):
+            decinv_fast.nmse_db(estimate, truth)
+    with pytest.raises(ValueError, match="per_sample must be True or False"):
+        decinv_fast.nmse_db(z, z, per_sample="yes")

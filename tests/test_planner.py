@@ -129,8 +129,8 @@ def test_auto_is_planned_as_its_anderson_run():
     vae, shape = new_fixture_vae(), torch.Size([2, 3, 64, 64])  # a torch.Size shape, as from x.shape
     auto = plan(vae, shape, dtype=torch.float32, method="auto", chunks=[1, 2])
     settings = {k: AUTO["options"][k] for k in ("memory", "mixing")}
-    anderson = plan(vae, shape, dtype=torch.float32, method=AUTO["method"], chunks=[1, 2], **settings)
-    assert auto.method == "auto" and auto.per_chunk == anderson.per_chunk
+    anderson = plan(vae, shape, dtype=torch.float32, method=AUTO["method"], chunks=(c for c in (1, 2)), **settings)
+    assert auto.method == "auto" and auto.per_chunk == anderson.per_chunk  # a generator's chunks are read once
     assert auto.state_bytes > plan(vae, shape, dtype=torch.float32, method="anderson", chunks=[1]).state_bytes
 
 

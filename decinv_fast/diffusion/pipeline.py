@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import as_adapter
-from ..api import decode, encode, invert, nmse_db
+from ..api import decode, encode, invert
 from ..inputs import to_frames
+from ..metrics import nmse_db
 from ..options import METHODS
 from ..result import InversionResult
 from .denoiser import as_denoiser

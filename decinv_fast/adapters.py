@@ -289,7 +289,19 @@ def _callable_adapter(pair) -> VaeAdapter:
     encode_fn, decode_fn = pair
     if not (callable(encode_fn) and callable(decode_fn)):
         raise TypeError(f"vae must be {VAE_KINDS}; got a pair whose items are not both callable")
-    return VaeAdapter("callables", encode_fn, lambda z, frames: decode_fn(z), None, None)
+    return VaeAdapter("callables", _returns_tensor(encode_fn, "encode_fn"),
+                      _returns_tensor(lambda z, frames: decode_fn(z), "decode_fn"), None, None)
+
+
+def _returns_tensor(fn, name: str):
+    """``fn``, refusing an output that is not a tensor with an error naming the function."""
+    def checked(*args):
+        out = fn(*args)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"vae: {name} returned {type(out).__name__}; an (encode_fn, decode_fn) pair must "
+                            "return tensors (for a diffusers VAE's output, pass the VAE itself)")
+        return out
+    return checked
 
 
 def upcast_hint(adapter: VaeAdapter, dtype: torch.dtype) -> str:

@@ -20,9 +20,9 @@ from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import (
     AUTO,
-    DTYPES,
     METHODS,
     caller_stacklevel,
+    check_dtype,
     check_finite,
     check_flag,
     check_fp32_master,
@@ -39,7 +39,7 @@ from .result import InversionResult
 def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
     """The adapter to run with: the user's VAE, or a converted copy if ``dtype`` differs (the
     user's VAE is never modified)."""
-    if adapter.module is None or dtype is None or adapter.dtype == dtype:
+    if adapter.module is None or _weight_dtypes(adapter) == {dtype} or (dtype is None and _one_weight_dtype(adapter)):
         return adapter
     from diffusers.utils import logging as diffusers_logging
 
@@ -51,9 +51,16 @@ def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
         diffusers_logging.set_verbosity(level)
 
 
-def _check_dtype(dtype) -> None:
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or None, got {dtype!r}")
+def _weight_dtypes(adapter: VaeAdapter) -> set[torch.dtype]:
+    return set() if adapter.module is None else {p.dtype for p in adapter.module.parameters() if p.is_floating_point()}
+
+
+def _one_weight_dtype(adapter: VaeAdapter) -> bool:
+    """True, or a TypeError naming ``vae`` if its weights mix float dtypes (e.g. a half decoder only)."""
+    if len(dtypes := _weight_dtypes(adapter)) > 1:
+        raise TypeError(f"vae: its weights mix dtypes {sorted(map(str, dtypes))}; pass dtype= to run a converted "
+                        "copy (the VAE is left as it is), or convert it with vae.to(dtype)")
+    return True
 
 
 def _check_flags(**flags) -> None:
@@ -127,7 +134,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")
     _check_flags(keep_best=keep_best, fp32_master=fp32_master, cuda_graphs=cuda_graphs)
     _check_compile(compile)
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if tol is not None:
         check_positive("tol", tol)
     if patience is not None:
@@ -332,7 +339,7 @@ def _ran(stop_step: torch.Tensor, k: int) -> torch.Tensor:
 def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int | str | None = None) -> torch.Tensor:
     """The encoder-only latent ``E(x)`` that ``invert`` improves on (same space and shapes).
     ``chunk_frames``: frames per encoder call, as for :func:`invert` (``None``: all at once)."""
-    _check_dtype(dtype)
+    check_dtype(dtype)
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, "fsm", {})
@@ -347,7 +354,7 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     VAEs): a long video's peak is one chunk's decoder activations, not the whole video's."""
     if chunk_frames is not None and (not is_int(chunk_frames) or chunk_frames < 1):
         raise ValueError(f"chunk_frames must be a positive int or None (frames per decoder call), got {chunk_frames!r}")
-    adapter = as_adapter(vae)
+    _one_weight_dtype(adapter := as_adapter(vae))
     videos = adapter.encodes_videos
     ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
     if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:

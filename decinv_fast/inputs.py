@@ -216,6 +216,9 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
         raise ValueError("images: empty batch")
     c, h, w = pixels.shape[-3:]
     _check_channels(images, c, channels)
+    if spatial_factor is not None and min(h, w) < spatial_factor:
+        raise ValueError(f"images: height {h} and width {w}: the VAE downsamples by {spatial_factor}, so images "
+                         f"must be at least {spatial_factor}x{spatial_factor} pixels")
     if spatial_factor is not None and (h % spatial_factor or w % spatial_factor):
         raise ValueError(
             f"images: height {h} and width {w} must be multiples of {spatial_factor} (the VAE's "

@@ -78,6 +78,11 @@ def check_finite(name: str, values, unit: str = "value(s)") -> None:
         raise ValueError(f"{name}: {bad} {unit} are NaN or infinite")
 
 
+def check_dtype(dtype) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} or None (the VAE's), got {dtype!r}")
+
+
 def check_flag(name: str, value) -> None:
     """An on/off argument must be a bool: a string such as "no" would silently mean on."""
     if not isinstance(value, bool):

@@ -50,8 +50,8 @@ from .memory import available_ram, cuda_budget
 from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
     AUTO,
-    DTYPES,
     OPTION_DEFAULTS,
+    check_dtype,
     check_fp32_master,
     check_int,
     check_options,
@@ -253,8 +253,7 @@ def _checked_shape(shape, factor: int, channels: int) -> tuple[int, ...]:
 
 
 def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} or None (the VAE's), got {dtype!r}")
+    check_dtype(dtype)
     try:
         torch.device(device)
     except (RuntimeError, TypeError):

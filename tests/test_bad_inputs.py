@@ -291,3 +291,27 @@ def test_nmse_db_refuses_what_it_cannot_score():
             decinv_fast.nmse_db(estimate, truth)
     with pytest.raises(ValueError, match="per_sample must be True or False"):
         decinv_fast.nmse_db(z, z, per_sample="yes")
+
+
+def test_a_vae_whose_weights_mix_dtypes(tiny_kl, images_32):
+    vae = copy.deepcopy(tiny_kl)
+    vae.decoder.half()  # as a half-converted decoder beside an fp32 encoder would be
+    for call in (lambda: decinv_fast.invert(vae, images_32, steps=1), lambda: decinv_fast.encode(vae, images_32),
+                 lambda: decinv_fast.decode(vae, torch.zeros(1, 4, 4, 4))):
+        with pytest.raises(TypeError, match=r"vae: its weights mix dtypes \['torch.float16', 'torch.float32'\]"):
+            call()
+    result = decinv_fast.invert(vae, images_32, steps=1, dtype=torch.float32)  # a converted copy runs
+    assert result.latents.dtype == torch.float32 and vae.decoder.conv_in.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("broken", ["encode_fn", "decode_fn"])
+def test_a_callable_pair_that_returns_no_tensor(tiny_kl, images_32, broken):
+    encode_fn, decode_fn = (lambda x: decinv_fast.encode(tiny_kl, x)), (lambda z: decinv_fast.decode(tiny_kl, z))
+    pair = ((lambda x: (encode_fn(x),)), decode_fn) if broken == "encode_fn" else (encode_fn, lambda z: z.numpy())
+    with pytest.raises(TypeError, match=f"vae: {broken} returned (tuple|ndarray); an"):
+        decinv_fast.invert(pair, images_32, steps=1)
+
+
+def test_images_smaller_than_the_downsampling(tiny_kl):
+    with pytest.raises(ValueError, match="images: height 4 and width 4: the VAE downsamples by 8, so images must be"):
+        decinv_fast.invert(tiny_kl, torch.zeros(1, 3, 4, 4), steps=1)

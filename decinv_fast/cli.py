@@ -85,7 +85,12 @@ def _vae_config(spec: str) -> tuple[Path, dict]:
         path = path / "vae"
     if not (path / "config.json").is_file():
         raise UsageError(f"--vae {spec}: no config.json there (give a diffusers VAE folder or 'fixture')")
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--vae {spec}: {path / 'config.json'} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"--vae {spec}: {path / 'config.json'} is not a JSON object (a diffusers config)")
     if config.get("_class_name") not in VAE_CLASSES:
         raise UsageError(f"--vae {spec}: class {config.get('_class_name')!r} is not one of {VAE_CLASSES}")
     return path, config
@@ -108,7 +113,7 @@ def cmd_invert(args) -> int:
     dtype = DTYPES[args.dtype]
     if args.lbfgs and args.method != "grad":
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
-    check_outputs(args.out, args.png)  # before the input is read and the VAE loaded
+    check_outputs(args.out, args.png, args.input)  # before the input is read and the VAE loaded
     images, files = read_input(Path(args.input), image_channels(args.vae))
     vae = load_vae(args.vae, dtype, args.device)
     if args.decode_timestep is not None:  # LTX-Video 0.9.1+ / LTX-2: the decode timestep of the pipeline's run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,20 @@ def natural_key(path: Path) -> tuple:
     return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], path.name
 
 
+@contextmanager
+def _naming(path: Path):
+    """PIL's errors reading one file (truncated, corrupt, a decompression bomb) -> a :class:`UsageError`
+    naming the file (in a folder's batch, which one)."""
+    from PIL import Image
+
+    try:
+        yield
+    except UsageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{path}: {str(exc).strip() or type(exc).__name__}") from exc
+
+
 def read_image(path: Path, channels: int = 3) -> np.ndarray:
     """One image file -> ``(H, W, 3)``: uint8, or float32 in [0, 1] for 16-bit and float images;
     ``(H, W, 4)`` with ``channels=4`` (a VAE of RGBA images, Qwen-Image 2.1's): its alpha kept, opaque
@@ -50,7 +65,13 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     those ranges, NaN or infinity, signed 16-bit TIFFs (no [0, 65535] reading) and 32-bit integer TIFFs
     whose values are at most 255, not all 0 (8-bit values, most likely: read as 16 bits, nearly black).
     Other modes are converted to RGB. A TIFF of several full-size images gives its first, said on stderr
-    (thumbnails are not counted)."""
+    (thumbnails are not counted). A file PIL cannot read (truncated, corrupt) is an error naming it."""
+    with _naming(path):
+        return _read_image(path, channels)
+
+
+def _read_image(path: Path, channels: int) -> np.ndarray:
+    """:func:`read_image`, its errors not yet naming the file."""
     if png16.is_png16_colour(path):
         return _png16_pixels(path, channels)
     if path.suffix.lower() not in TIFF_SUFFIXES:
@@ -203,13 +224,14 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, channels)`` and the names in batch
     order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
-    GIF is an image like the others. Other files are skipped, named on stderr (hidden ones silently)."""
+    GIF is an image like the others. Other files are skipped, named on stderr; hidden ones (names starting
+    with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
     suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
-    entries = sorted((p for p in path.iterdir() if p.is_file()), key=natural_key)
+    entries = _folder_entries(path)
     files = [p for p in entries if p.suffix.lower() in suffixes]
     if not files:
         raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(suffixes))})")
-    skipped = [p.name for p in entries if p.suffix.lower() not in suffixes and not p.name.startswith(".")]
+    skipped = [p.name for p in entries if p.suffix.lower() not in suffixes]
     if skipped:
         print(f"decinv: {path}: skipping {len(skipped)} file(s) that are not images ({', '.join(skipped)}); "
               f"images are {', '.join(sorted(suffixes))}", file=sys.stderr)
@@ -224,6 +246,11 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
         sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(files, images, strict=True))
         raise UsageError(f"{path}: the images of a folder (a batch) must have one size; got {sizes}")
     return _stack(images), [p.name for p in files]
+
+
+def _folder_entries(path: Path) -> list[Path]:
+    """A folder's files but its hidden ones (names starting with "."), in natural order of their names."""
+    return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:
@@ -242,7 +269,7 @@ def read_frames(path: Path, channels: int = 3) -> np.ndarray:
     if png16.is_png16_colour(path):
         print(f"decinv: {path}: a 16-bit colour animated PNG, whose frames are read at 8 bits (PIL drops the low "
               "byte of every sample); for 16 bits pass the frames as an array to decinv_fast.invert", file=sys.stderr)
-    with Image.open(path) as image:
+    with _naming(path), Image.open(path) as image:
         frames = [_pixels(frame, path, channels) for frame in ImageSequence.Iterator(image)]
     return _stack(frames)[None]  # a batch of one video
 
@@ -275,7 +302,7 @@ def _animation_frames(path: Path) -> int:
 
     if path.suffix.lower() in TIFF_SUFFIXES:  # not opened here: PIL cannot open every TIFF read_image reads
         return 1
-    with Image.open(path) as image:
+    with _naming(path), Image.open(path) as image:
         return getattr(image, "n_frames", 1) if image.format in ANIMATIONS else 1
 
 
@@ -317,8 +344,26 @@ def check_output(flag: str, name: str) -> None:
         raise UsageError(f"{flag} {name}: folder {path.parent} is not writable")
 
 
-def check_outputs(out: str, png: str | None) -> None:
-    """Both output paths, and that PIL can write ``--png``'s image type (from its suffix)."""
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: :func:`os.path.samefile` where both exist (links, a file system
+    that ignores case), else their resolved paths compared."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _input_files(source: Path) -> list[Path]:
+    """The files ``decinv invert`` reads of its input: the file, or a folder's images (not its hidden files)."""
+    if source.is_dir():
+        suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
+        return [p for p in _folder_entries(source) if p.suffix.lower() in suffixes]
+    return [source] if source.is_file() else []
+
+
+def check_outputs(out: str, png: str | None, source: str | None = None) -> None:
+    """Both output paths, and that PIL can write ``--png``'s image type (from its suffix); neither may be
+    a file of the input ``source`` (it would be overwritten) nor the other one (the panel would replace the
+    latents)."""
     check_output("--out", out)
     if png is not None:
         from PIL import Image
@@ -327,3 +372,11 @@ def check_outputs(out: str, png: str | None) -> None:
         suffix = Path(png).suffix.lower()
         if Image.registered_extensions().get(suffix) not in Image.SAVE:
             raise UsageError(f"--png {png}: PIL cannot write image type {suffix or '(no suffix)'!r}; use e.g. .png")
+        if _same_file(Path(out), Path(png)):
+            raise UsageError(f"--png {png} is also the --out file; the panel would overwrite the latents: choose "
+                             "another path for one of them")
+    inputs = [] if source is None else _input_files(Path(source))
+    for flag, name in (("--out", out), ("--png", png)):
+        if name is not None and any(_same_file(Path(name), p) for p in inputs):
+            what = "the input file" if inputs == [Path(source)] else f"an input image (of folder {source})"
+            raise UsageError(f"{flag} {name} is {what}; choose another path")

@@ -36,7 +36,9 @@ def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
     upcast = upcast_hint(iteration.adapter, dtype)
     if plan.method == "grad" and half:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
-    return f"try a smaller lr, or dtype=torch.float32{upcast}" if half else "try a smaller lr"
+    step = ("try a smaller lr" if option(plan.options, "mean_gain") == 1.0
+            else "try a smaller rho x mean_gain (about 1.5 at most)")
+    return f"{step}, or dtype=torch.float32{upcast}" if half else step
 
 
 GREW, GREW_FLOOR = 1.5, 0.01  # a last relative residual above 1.5x the first and 1 % is a diverging run

@@ -174,6 +174,9 @@ def test_divergence_is_an_error_not_nan(tiny_kl, images_32):
     told = "non-finite.*try a smaller lr; or pass keep_best=True to return each sample's best point$"
     with pytest.raises(FloatingPointError, match=told):
         decinv_fast.invert(tiny_kl, images_32, method="fsm", lr=1e30, steps=4)
+    told = "non-finite.*try a smaller rho x mean_gain .*; or pass keep_best=True"  # the gain is the cause here
+    with pytest.raises(FloatingPointError, match=told):
+        decinv_fast.invert(tiny_kl, images_32, method="fsm", lr="auto", mean_gain=1e30, steps=4)
 
 
 def test_divergence_names_the_samples_that_diverged():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,28 @@ def lr_arg(spec: str) -> float | str:
         return float(spec)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number or 'auto': {spec!r}") from None
+
+
+def count_arg(spec: str) -> int:
+    """``--steps``, ``--patience``, ``--frames``: a positive int, refused by argparse before any model loads."""
+    try:
+        value = int(spec)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive int: {spec!r}")
+    return value
+
+
+def tol_arg(spec: str) -> float:
+    """``--tol``: a positive, finite number."""
+    try:
+        value = float(spec)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a positive number: {spec!r}")
+    return value
 
 
 def chunk_arg(spec: str) -> int | str:
@@ -219,14 +242,19 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decinv", description="Gradient-free decoder inversion for latent diffusion")
     sub = p.add_subparsers(dest="command", required=True)
-    inv = sub.add_parser("invert", help="invert an image, a folder of images or a video")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    inv = sub.add_parser("invert", help="invert an image, a folder of images or a video", formatter_class=defaults)
     inv.add_argument("input", help="image file, folder of images (a batch, in natural order of the names: 2.png "
                      "before 10.png), or video (GIF, animated WebP or PNG; .mp4 etc. with the video extra)")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
-    inv.add_argument("--steps", type=int, default=50)
-    inv.add_argument("--method", default="adam", choices=METHODS)
-    inv.add_argument("--lr", type=lr_arg, default=None, help="step size; 'auto' for fsm, km, anderson")
-    inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    inv.add_argument("--steps", type=count_arg, default=50, help="iterations at most (every method)")
+    inv.add_argument("--method", default="adam", choices=METHODS,
+                     help="adam: the paper's; auto: faster and stops on its own (README: Beyond the paper)")
+    inv.add_argument("--lr", type=lr_arg, default=None,
+                     help="step size (None: the method's, 0.01 for adam and grad, 1 for fsm, km, anderson); "
+                     "'auto' for fsm, km, anderson")
+    inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                     help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N")
     inv.add_argument("--chunk-frames", type=chunk_arg, default=None,
@@ -235,9 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"{AUTO['patience']})")
     stop.add_argument("--keep-best", action="store_true",
                       help="return each sample's iterate with the lowest pixel error, not the last one")
-    stop.add_argument("--patience", type=int, default=None,
+    stop.add_argument("--patience", type=count_arg, default=None,
                       help="stop a sample after this many steps without a lower pixel error")
-    stop.add_argument("--tol", type=float, default=None, help="stop a sample once its relative residual is below TOL")
+    stop.add_argument("--tol", type=tol_arg, default=None, help="stop a sample once its relative residual is below TOL")
     fast = inv.add_argument_group("speed and memory (GPU)")
     fast.add_argument("--attention", default="auto", choices=ATTENTION,
                       help="VAE attention for the call (auto: the VAE's own, plain math replaced by SDPA)")
@@ -252,15 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take pixels at 0 and 255 as clipped by the generator's pipeline (always on with auto)")
     inv.add_argument("--lbfgs", action="store_true",
                      help="with --method grad: L-BFGS with a line search instead of the paper's Adam")
-    inv.add_argument("--out", default="latents.safetensors")
+    inv.add_argument("--out", default="latents.safetensors", help="the latents (safetensors, with metadata)")
     inv.add_argument("--png", default=None, help="also write a panel: input, reconstructions, errors")
     inv.add_argument("--quiet", action="store_true", help="no progress bar")
     inv.set_defaults(func=cmd_invert)
-    demo = sub.add_parser("demo", help="the bundled demo: a photograph and a 16-frame pan, fixture VAE")
-    demo.add_argument("--out", default="demo_output")
-    demo.add_argument("--steps", type=int, default=50)
-    demo.add_argument("--frames", type=int, default=16)
-    demo.add_argument("--quiet", action="store_true")
+    demo = sub.add_parser("demo", help="the bundled demo: a photograph and a 16-frame pan, fixture VAE",
+                          formatter_class=defaults)
+    demo.add_argument("--out", default="demo_output", help="folder for panel.png and convergence.png")
+    demo.add_argument("--steps", type=count_arg, default=50, help="iterations at most for each row")
+    demo.add_argument("--frames", type=count_arg, default=16, help="frames of the pan")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     return p
 

@@ -78,7 +78,6 @@ def test_invert_folder_and_gif(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["invert", "missing.png"], "no such file"),
     (["invert", "{bad_size}"], "multiples of 8"),
-    (["invert", "{photo}", "--steps", "0"], "steps"),
     (["invert", "{photo}", "--vae", "/nonexistent"], "config.json"),
 ])
 def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
@@ -195,6 +194,22 @@ def test_speed_options_reach_invert(tmp_path, monkeypatch):
         assert main(["invert", str(gif), "--steps", "2", "--out", str(out), "--quiet", "--cuda-graphs"]) == 0
     assert torch.equal(read_latents(out)[0], read_latents(base)[0])
     assert read_latents(out)[1]["cuda_graphs"] == "True"
+
+
+@pytest.mark.parametrize("args,message", [(["--steps", "0"], "argument --steps: not a positive int: '0'"),
+                                          (["--patience", "-1"], "argument --patience: not a positive int"),
+                                          (["--tol", "nan"], "argument --tol: not a positive number: 'nan'"),
+                                          (["--tol", "-1"], "argument --tol: not a positive number")])
+def test_bad_counts_are_usage_lines_before_anything_loads(tmp_path, photo_png, capsys, monkeypatch, args, message):
+    from decinv_fast import cli
+
+    monkeypatch.setattr(cli, "load_vae", lambda *a: pytest.fail("the VAE loaded before the options were checked"))
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", str(photo_png), *args, "--quiet", "--out", str(tmp_path / "o.st")])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--frames", "0"])
+    assert "argument --frames: not a positive int" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec", ["0", "two", "-1"])

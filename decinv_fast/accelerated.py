@@ -71,7 +71,7 @@ class AcceleratedIteration(GradientFreeIteration):
             self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
             pixels = None if self.residual is None else self.residual.numel() // batch
             self.mixer = AndersonMixer(self.per_sample(self.y), option(plan.options, "memory"), pixels=pixels,
-                                       safeguard=option(plan.options, "safeguard"))
+                                       safeguard=option(plan.options, "safeguard"), steps=plan.steps)
         else:
             self.mixer = None
 

@@ -37,21 +37,24 @@ class AndersonMixer:
     (no copy of the history per step)."""
 
     def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6, pixels: int | None = None,
-                 safeguard: bool = True):
+                 safeguard: bool = True, steps: int | None = None):
         """``pixels``: elements of a sample's image, to mix by the pixel residual (``None``: latent);
-        ``safeguard``: reject mixed steps that raise the pixel error (off: every step is accepted)."""
+        ``safeguard``: reject mixed steps that raise the pixel error (off: every step is accepted);
+        ``steps``: the run's, which bound the differences it can ever hold: the buffers keep
+        ``min(memory, steps + 1)`` columns (the same results, to rounding: the columns never filled have no weight)."""
         check_int("memory (Anderson history m)", memory, 0)
         batch, n = y.shape
         device = y.device
         self.dtype = dtype = math_dtype(y.dtype)  # the mixing math: fp32, or fp64 for fp64 latents
         self.m, self.reg, self.safeguard = memory, reg, safeguard
+        self.slots = slots = memory if steps is None else min(memory, steps + 1)
         self.pixel_mixing = pixels is not None
         if self.pixel_mixing:  # the residual history the mixing weights are fitted to
-            self.dr = torch.zeros(batch, memory, pixels, dtype=dtype, device=device)
+            self.dr = torch.zeros(batch, slots, pixels, dtype=dtype, device=device)
             self.acc_r = torch.zeros(batch, pixels, dtype=dtype, device=device)
-        self.dy = torch.zeros(batch, memory, n, dtype=dtype, device=device)
-        self.dg = torch.zeros(batch, memory, n, dtype=dtype, device=device)
-        self.valid = torch.zeros(batch, memory, dtype=torch.bool, device=device)
+        self.dy = torch.zeros(batch, slots, n, dtype=dtype, device=device)
+        self.dg = torch.zeros(batch, slots, n, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, slots, dtype=torch.bool, device=device)
         self.slot = 0
         self.started = False  # is there an accepted point to difference against
         self.acc_y = y.to(dtype, copy=True)  # the last accepted point, its g and its pixel error
@@ -82,7 +85,7 @@ class AndersonMixer:
                 self.dr[:, self.slot] = torch.where(keep, residual - self.acc_r, self.dr[:, self.slot])
             self.valid[:, self.slot] = torch.where(accept, push, self.valid[:, self.slot])
             self.valid &= accept[:, None]  # a rejection forgets the sample's history
-            self.slot = (self.slot + 1) % self.m
+            self.slot = (self.slot + 1) % self.slots
         mixed, used = self._mix(y, g, residual)
         nxt = torch.where(reject[:, None], self.acc_y + self.acc_g, mixed)
         # accepted points become the reference; rejected samples restart from theirs with a plain step
@@ -105,7 +108,7 @@ class AndersonMixer:
         gram = torch.bmm(fit, fit.transpose(1, 2)) * (mask[:, :, None] * mask[:, None, :])  # (B, m, m)
         rhs = torch.bmm(fit, target[:, :, None])[..., 0] * mask
         scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
-        eye = torch.eye(self.m, dtype=self.dtype, device=y.device)
+        eye = torch.eye(self.slots, dtype=self.dtype, device=y.device)
         # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there
         system = gram + (self.reg * scale)[:, None, None] * eye + torch.diag_embed(1 - mask)
         gamma, _ = torch.linalg.solve_ex(system, rhs)

@@ -32,3 +32,19 @@ def test_after_a_rejection_the_mixing_restarts_from_the_accepted_point(pixels):
     want = fresh.step(restart, g3, torch.tensor([1.0]), None if pixels is None else r3)
     assert not torch.equal(want, restart + g3)  # a mixed step, not a plain one
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mixing", ["latent", "pixel"])
+def test_a_history_longer_than_the_run_stores_only_what_the_run_can_fill(tiny_kl, images_32, monkeypatch, mixing):
+    """memory=8 over 3 steps: the latents of buffers of all 8 columns, to rounding; memory=10**6 allocates no
+    10**6 columns (it used to ask for terabytes)."""
+    import decinv_fast
+    from decinv_fast import accelerated
+
+    kw = dict(method="anderson", steps=3, mixing=mixing, measure_memory=False)
+    capped = decinv_fast.invert(tiny_kl, images_32, memory=8, **kw).latents
+    monkeypatch.setattr(accelerated, "AndersonMixer", lambda *a, steps, **k: AndersonMixer(*a, **k))
+    full = decinv_fast.invert(tiny_kl, images_32, memory=8, **kw).latents
+    monkeypatch.undo()
+    torch.testing.assert_close(capped, full, rtol=1e-5, atol=1e-6)  # the solver rounds a smaller system apart
+    assert torch.isfinite(decinv_fast.invert(tiny_kl, images_32, memory=10**6, **kw).latents).all()

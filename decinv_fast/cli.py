@@ -227,11 +227,16 @@ def _progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
+def _say(line: str) -> None:
+    print(f"decinv demo: {line}", file=sys.stderr, flush=True)
+
+
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
 
     try:
-        rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=_progress(args))
+        log = None if args.quiet or _progress(args) else _say  # no progress bar (a log): a line a row
+        rows = run_demo(args.out, steps=args.steps, frames=args.frames, progress=_progress(args), log=log)
     except ImportError as exc:  # the demo extra missing: one line, as for the video extra
         raise UsageError(str(exc)) from exc
     print(format_table(rows))

@@ -12,8 +12,11 @@ from decinv_fast.demo import METHODS, format_table, run_demo
 
 
 def test_demo_runs_every_method_and_writes_its_figures(tmp_path):
-    rows = run_demo(tmp_path, steps=2, frames=2, frame_size=32, chunk_frames=1, progress=False)
+    told: list[str] = []
+    rows = run_demo(tmp_path, steps=2, frames=2, frame_size=32, chunk_frames=1, progress=False, log=told.append)
     methods = ["encoder-only"] + [name for name, _ in METHODS]
+    assert [line.split(",")[0] for line in told] == [f"{case}: {name}" for case in ("image 256x256", "video 2x32x32")
+                                                     for name, _ in METHODS]  # a word as each row is done
     assert [r.method for r in rows] == methods * 2  # the image, then the clip
     assert all(math.isfinite(r.nmse_db) and math.isfinite(r.psnr_db) for r in rows)
     assert all(r.steps is None if r.method == "encoder-only" else 1 <= r.steps <= 2 for r in rows)
@@ -141,3 +144,20 @@ def test_format_table_puts_each_value_in_its_column():
     assert lines[0].split() == ["case", "method", "NMSE(z)", "dB", "PSNR", "dB", "steps", "seconds", "peak", "MiB"]
     assert lines[2].split() == ["image", "8x8", "encoder-only", "-12.25", "28.50", "–", "0.25", "n/a"]
     assert lines[3].split() == ["image", "8x8", "adam", "-20.00", "31.25", "1.5", "2.00", "3.0"]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_command_line_demo_says_each_row_without_a_terminal(tmp_path, monkeypatch, capsys, quiet):
+    import decinv_fast.demo as demo
+    from decinv_fast.cli import main
+
+    def fake_demo(out, *, steps, frames, progress, log):
+        assert not progress  # pytest's stderr is no terminal: no bar
+        if log is not None:
+            log("image 256x256: gradient-free fp32, 1.0 s")
+        return []
+
+    monkeypatch.setattr(demo, "run_demo", fake_demo)
+    assert main(["demo", "--out", str(tmp_path / "d"), *(["--quiet"] if quiet else [])]) == 0
+    said = "decinv demo: image 256x256: gradient-free fp32, 1.0 s" in capsys.readouterr().err
+    assert said != quiet

@@ -36,6 +36,10 @@ def load_fixture_vae(dtype: torch.dtype = torch.float32, device: str | torch.dev
     another saved VAE of the fixture's kind (e.g. a training checkpoint) instead."""
     from diffusers import AutoencoderKL
 
+    from .options import DTYPES
+
+    if dtype not in DTYPES:  # from_pretrained would load a string such as "fp16" as float32, with a log line
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     folder = fixture_dir() if folder is None else Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"fixture VAE missing at {folder}; run scripts/train_fixture_vae.py")

@@ -101,3 +101,5 @@ def test_load_fixture_vae_honours_dtype_and_folder_and_is_frozen(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in other.state_dict().items())
     with pytest.raises(FileNotFoundError, match="fixture VAE missing at"):
         load_fixture_vae(folder=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="dtype must be one of .* got 'fp16'"):
+        load_fixture_vae(dtype="fp16")

@@ -60,12 +60,9 @@ def chunk_arg(spec: str) -> int | str:
     if spec == "auto":
         return spec
     try:
-        chunk = int(spec)
-    except ValueError:
-        chunk = 0
-    if chunk < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number of frames or 'auto': {spec!r}")
-    return chunk
+        return count_arg(spec)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a positive number of frames or 'auto': {spec!r}") from None
 
 
 def device_arg(spec: str) -> str:

@@ -38,6 +38,8 @@ def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
     step = ("try a smaller lr" if option(plan.options, "mean_gain") == 1.0
             else "try a smaller rho x mean_gain (about 1.5 at most)")
+    if iteration.adapter.module is None:  # the pair's decoder is run unchecked each step, as a VAE's is
+        step += " (or check that decode_fn returns finite pixels)"
     return f"{step}, or dtype=torch.float32{upcast}" if half else step
 
 

@@ -318,3 +318,12 @@ def test_a_callable_pair_that_returns_no_tensor(tiny_kl, images_32, broken):
 def test_images_smaller_than_the_downsampling(tiny_kl):
     with pytest.raises(ValueError, match="images: height 4 and width 4: the VAE downsamples by 8, so images must be"):
         decinv_fast.invert(tiny_kl, torch.zeros(1, 3, 4, 4), steps=1)
+
+
+def test_a_callable_pair_whose_decoder_goes_non_finite_is_told_to_check_it(tiny_kl, images_32):
+    def decode_fn(z):
+        return tiny_kl.decode(z).sample * float("nan")
+
+    pair = (lambda x: tiny_kl.encode(x).latent_dist.mode(), decode_fn)
+    with pytest.raises(FloatingPointError, match=r"smaller lr \(or check that decode_fn returns finite pixels\)"):
+        decinv_fast.invert(pair, images_32, method="fsm", steps=2)

@@ -14,7 +14,8 @@ def test_a_non_finite_step_is_an_error_without_keep_best():
     and pointing at keep_best (tol makes the loop look at every step and stop at the first bad one)."""
     x = torch.full((1, 3, 4, 4), 1.4)
     one = (r"non-finite values in torch.float32 in sample\(s\) \[0\] of 1 \(method='fsm', lr=1.5\); try a smaller "
-           r"lr; or pass keep_best=True to return each sample's best point$")
+           r"lr \(or check that decode_fn returns finite pixels\); or pass keep_best=True to return each sample's "
+           r"best point$")
     with pytest.raises(FloatingPointError, match=one):  # one sample of one: no "the others stayed finite"
         decinv_fast.invert(CUBE, x, method="fsm", lr=1.5, schedule="constant", steps=12, tol=1e-9)
 
@@ -46,7 +47,8 @@ def test_with_keep_best_a_diverging_sample_stops_and_the_others_run_on(name, sto
     assert bool(torch.isfinite(pixel).all()) and int(batch.returned_step[1]) == int(pixel.argmin())
     for i in range(3):
         if i == 1:
-            with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[0\] of 1 after .*\(keep_best\); try a smaller lr$"):
+            told = r"sample\(s\) \[0\] of 1 after .*\(keep_best\); try a smaller lr \(or check that decode_fn returns"
+            with pytest.warns(RuntimeWarning, match=told + r" finite pixels\)$"):
                 alone = decinv_fast.invert(CUBE, x[i:i + 1], **run)
         else:
             alone = decinv_fast.invert(CUBE, x[i:i + 1], **run)
@@ -144,7 +146,7 @@ def test_a_diverging_fp64_gradient_run_is_told_to_take_a_smaller_lr():
     """Half precision's underflow is grad's likeliest cause in fp16/bf16 only: an fp64 run that diverges was told
     to use float32, a step down."""
     x = torch.full((1, 3, 4, 4), -0.5, dtype=torch.float64)
-    told = r"torch.float64 .*\(method='grad', lr=1e\+30\); try a smaller lr; or pass keep_best=True"
+    told = r"torch.float64 .*\(method='grad', lr=1e\+30\); try a smaller lr \(or check that decode_fn .*\); or pass"
     with pytest.raises(FloatingPointError, match=told):
         decinv_fast.invert(CUBE, x, method="grad", lr=1e30, schedule="constant", steps=4)
 

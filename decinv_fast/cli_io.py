@@ -16,6 +16,7 @@ from .tiff_wide import TiffError, full_images, read_wide_tiff, tifffile_installe
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 FRAME_SUFFIXES = {".gif"}  # read frame by frame with PIL (so is an animated WebP or PNG)
+FOLDER_SUFFIXES = IMAGE_SUFFIXES | FRAME_SUFFIXES  # a folder's files read as its batch's images
 ANIMATIONS = {"GIF", "WEBP", "PNG"}  # PIL formats whose frames are an animation (not MPO's or TIFF's extra images)
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv"}  # read with imageio + ffmpeg
 VIDEO_EXTRA = "pip install 'decinv-fast[video]'"
@@ -226,7 +227,7 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
     GIF is an image like the others. Other files are skipped, named on stderr; hidden ones (names starting
     with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
-    suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
+    suffixes = FOLDER_SUFFIXES
     entries = _folder_entries(path)
     files = [p for p in entries if p.suffix.lower() in suffixes]
     if not files:
@@ -354,9 +355,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _input_files(source: Path) -> list[Path]:
     """The files ``decinv invert`` reads of its input: the file, or a folder's images (not its hidden files)."""
-    if source.is_dir():
-        suffixes = IMAGE_SUFFIXES | FRAME_SUFFIXES
-        return [p for p in _folder_entries(source) if p.suffix.lower() in suffixes]
+    if source.is_dir():  # read_folder's selection
+        return [p for p in _folder_entries(source) if p.suffix.lower() in FOLDER_SUFFIXES]
     return [source] if source.is_file() else []
 
 

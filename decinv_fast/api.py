@@ -75,9 +75,9 @@ def _check_compile(compile) -> None:
     if isinstance(compile, str):
         import torch._dynamo
 
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if compile not in backends:
-            raise ValueError(f"compile must be True, False or a torch.compile backend {backends}, got {compile!r}")
+        if compile not in torch._dynamo.list_backends(exclude_tags=()):  # debug ones (aot_eager, ...) too
+            usual = torch._dynamo.list_backends()  # the message lists those meant for use
+            raise ValueError(f"compile must be True, False or a torch.compile backend {usual}, got {compile!r}")
     elif not isinstance(compile, bool):
         raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
 
@@ -132,7 +132,8 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     steps = int(steps)
     if schedule is not None and schedule not in reference.SCHEDULES:
         raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")
-    _check_flags(keep_best=keep_best, fp32_master=fp32_master, cuda_graphs=cuda_graphs)
+    _check_flags(keep_best=keep_best, fp32_master=fp32_master)
+    check_flag("cuda_graphs", cuda_graphs)
     _check_compile(compile)
     check_dtype(dtype)
     if tol is not None:
@@ -274,7 +275,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | No
             is then the largest per-element move of a steepest-descent step and ``schedule`` does not
             apply; it returns the best point it evaluated, see ``decinv_fast.lbfgs``).
     """
-    _check_flags(progress=progress, measure_memory=measure_memory)
+    check_flag("progress", progress)  # no None here: its default is not "the method decides"
+    check_flag("measure_memory", measure_memory)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(step, latents) or None, got {callback!r}")
     # grad needs autograd even when called under torch.inference_mode (e.g. inside a pipeline's __call__),

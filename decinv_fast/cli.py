@@ -241,10 +241,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, but not "(default: None)": where None stands for "not
+    given", the option's help says what that means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decinv", description="Gradient-free decoder inversion for latent diffusion")
     sub = p.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = _DefaultsFormatter
     inv = sub.add_parser("invert", help="invert an image, a folder of images or a video", formatter_class=defaults)
     inv.add_argument("input", help="image file, folder of images (a batch, in natural order of the names: 2.png "
                      "before 10.png), or video (GIF, animated WebP or PNG; .mp4 etc. with the video extra)")
@@ -253,21 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--method", default="adam", choices=METHODS,
                      help="adam: the paper's; auto: faster and stops on its own (README: Beyond the paper)")
     inv.add_argument("--lr", type=lr_arg, default=None,
-                     help="step size (None: the method's, 0.01 for adam and grad, 1 for fsm, km, anderson); "
-                     "'auto' for fsm, km, anderson")
+                     help="step size, or 'auto' for fsm, km, anderson (default: the method's: 0.01 for adam and grad, "
+                     "1 for fsm, km, anderson)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N")
     inv.add_argument("--chunk-frames", type=chunk_arg, default=None,
-                     help="frames per encoder/decoder call, or 'auto' (the largest the free memory holds)")
+                     help="frames per encoder/decoder call, or 'auto' (the largest the free memory holds) "
+                     "(default: all at once)")
     stop = inv.add_argument_group(f"stopping (every method; auto stops on its own: keeps its best, patience "
                                   f"{AUTO['patience']})")
     stop.add_argument("--keep-best", action="store_true",
                       help="return each sample's iterate with the lowest pixel error, not the last one")
     stop.add_argument("--patience", type=count_arg, default=None,
-                      help="stop a sample after this many steps without a lower pixel error")
-    stop.add_argument("--tol", type=tol_arg, default=None, help="stop a sample once its relative residual is below TOL")
+                      help="stop a sample after this many steps without a lower pixel error (default: never)")
+    stop.add_argument("--tol", type=tol_arg, default=None, help="stop a sample once its relative residual is below TOL "
+                      "(default: never)")
     fast = inv.add_argument_group("speed and memory (GPU)")
     fast.add_argument("--attention", default="auto", choices=ATTENTION,
                       help="VAE attention for the call (auto: the VAE's own, plain math replaced by SDPA)")

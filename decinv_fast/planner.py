@@ -122,8 +122,8 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
             dtype ``invert`` runs it in; an fp32 VAE you will run in fp16, pass ``torch.float16``):
             weights, pixels, latents and activations are counted in it (Anderson's and L-BFGS's history
             in fp32, fp64 for fp64).
-        device: the device the prediction is for (``"cuda"`` or ``"cpu"``); ``"cpu"`` adds oneDNN's
-            per-convolution layout copy (see the module docstring).
+        device: the device the prediction is for (``"cuda"``, ``"cuda:N"``, an index or ``"cpu"``; the plan
+            keeps its name); ``"cpu"`` adds oneDNN's per-convolution layout copy (see the module docstring).
         budget_bytes: if given, ``plan.chunk`` is the largest chunk predicted to fit.
         method: ``"adam"``, ``"fsm"``, ``"km"``, ``"anderson"``, ``"auto"`` (planned as the Anderson
             run it is, ``options.AUTO``) or ``"grad"`` (traced forward and backward).
@@ -153,7 +153,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     per_row = _frames_per_row(adapter, shape)
     if isinstance(chunks, Iterator):  # read once: a generator would be spent by the checks
         chunks = list(chunks)
-    _check_arguments(dtype, device, budget_bytes, attention, chunks)
+    device = _check_arguments(dtype, device, budget_bytes, attention, chunks)
     check_fp32_master(fp32_master, run_method)
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)
@@ -252,12 +252,15 @@ def _checked_shape(shape, factor: int, channels: int) -> tuple[int, ...]:
     return dims
 
 
-def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
+def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> str:
+    """Refuse bad arguments; returns ``device`` as its name (``0`` is ``"cuda:0"``)."""
     check_dtype(dtype)
     try:
-        torch.device(device)
+        named = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must name a torch device ('cuda', 'cpu'), got {device!r}") from None
+        named = None
+    if named is None or named.type not in ("cuda", "cpu"):  # the rules model these two only
+        raise ValueError(f"device must be a CUDA device or 'cpu' (a name, index or torch.device), got {device!r}")
     if budget_bytes is not None:
         check_int("budget_bytes", budget_bytes, 1)
     check_attention(attention)
@@ -266,6 +269,7 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> None:
             raise ValueError(f"chunks must be a non-empty list of chunk sizes, got {chunks!r}")
         for c in chunks:
             check_int("chunks[...] (frames per encoder/decoder call)", c, 1)
+    return str(named)
 
 
 def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",

@@ -74,6 +74,9 @@ def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
     (dict(keep_best="no"), "keep_best must be True or False"), (dict(fp32_master="no"), "fp32_master"),
     (dict(cuda_graphs="yes"), "cuda_graphs"), (dict(progress="no"), "progress"),
     (dict(measure_memory="x"), "measure_memory"), (dict(callback=5), "callback must be callable"),
+    # None is no on/off value where the default is not the method's choice (measure_memory=None meant off)
+    (dict(measure_memory=None), "measure_memory must be True or False, got None"),
+    (dict(progress=None), "progress must be True or False"), (dict(cuda_graphs=None), "cuda_graphs must be"),
     (dict(compile="nope"), "torch.compile backend"), (dict(compile=2), "compile"),
     # auto runs its own schedule and keeps its best: asking otherwise is refused, not ignored
     (dict(method="auto", schedule="cosine"), "method='auto' runs schedule='constant'"),

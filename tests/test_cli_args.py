@@ -21,6 +21,16 @@ def test_the_defaults_are_invert_s():
     assert cli.DTYPES[args.dtype] == torch.float32 and args.attention == defaults["attention"]
 
 
+def test_help_shows_the_defaults_but_never_none(capsys):
+    """A default of None means "not given": ``--help`` says what that means instead of "(default: None)"."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["invert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 50)" in text and "(default: adam)" in text and "(default: latents.safetensors)" in text
+    assert "None" not in text
+    assert "default: the method's: 0.01 for adam" in text and "below TOL (default: never)" in text
+
+
 def test_a_plain_run_records_its_unevaluated_last_iterate(tmp_path, photo_png):
     """Adam returns the last update's result, which no step evaluated: its residual is "-", its step the
     number of steps, and the optimizer field says the method has none of grad's."""

@@ -108,6 +108,10 @@ def test_math_attention_materialises_the_score_matrix():
     ((2, 3, 64, 64), dict(chunks=[4]), "chunks: 4 frames per call is not possible for 2 frame"),
     ((1, 3, 64, 64), dict(dtype=torch.int8), "dtype"),
     ((1, 3, 64, 64), dict(device="tpu"), "device"),
+    # the rules model a CUDA device and the CPU only: no meta (where the trace runs) or other backends
+    ((1, 3, 64, 64), dict(device="meta"), "device must be a CUDA device or 'cpu'"),
+    ((1, 3, 64, 64), dict(device=torch.device("mps")), "device must be a CUDA device or 'cpu'.*mps"),
+    ((1, 3, 64, 64), dict(device=None), "device must be"),
     ((1, 3, 64, 64), dict(budget_bytes=-5), "budget_bytes"),
     ((1, 3, 64, 64), dict(attention="flash"), "attention"),
     ((1, 3, 64, 64), dict(chunks=[0]), "chunks"),
@@ -118,6 +122,14 @@ def test_math_attention_materialises_the_score_matrix():
 def test_bad_arguments(shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan(new_fixture_vae(), shape, **{"dtype": torch.float32, **kwargs})
+
+
+def test_the_plan_names_its_device():
+    """An index or a torch.device is planned as the CUDA device or CPU it names, and the plan says which."""
+    vae = new_fixture_vae()
+    devices = [plan(vae, (1, 3, 64, 64), dtype=torch.float32, device=d, chunks=[1]).device
+               for d in (0, torch.device("cuda", 1), torch.device("cpu"), "cuda")]
+    assert devices == ["cuda:0", "cuda:1", "cpu", "cuda"]
 
 
 def test_callables_cannot_be_planned():

@@ -12,6 +12,7 @@ inversion step, exact after it) or by plain DDIM inversion. Both are approximate
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,9 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         raise ValueError(f"diffusion must be one of {DIFFUSION_METHODS}, got {diffusion!r}")
     gamma = check_gamma(gamma, inverse=True) if diffusion == "bdia" else None
     grid = as_schedule(scheduler, num_inference_steps)
+    if cond is not None and not isinstance(cond, Mapping):
+        raise TypeError(f"cond must be a dict of the eps model's keyword arguments (as at generation) or None, "
+                        f"got {type(cond).__name__}")
     denoiser = as_denoiser(eps_model, **(cond or {}))
     adapter = as_adapter(vae)
     dtype = invert_options.get("dtype")

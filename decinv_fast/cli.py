@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -125,6 +127,34 @@ def image_channels(spec: str) -> int:
     return config_image_channels(SimpleNamespace(**config), config["_class_name"]) or 3
 
 
+# the API's argument spellings in its errors, as the command line spells them (``--method auto``)
+FLAG_NAMES = ((r"\blr='auto' \(rho='auto'\)", "--lr auto"), (r"\bmethod='(\w+)'", r"--method \1"),
+              (r"\bcuda_graphs=True", "--cuda-graphs"), (r"\bcompile=True", "--compile"),
+              (r"^compile works", "--compile works"), (r"\bkeep_best=True", "--keep-best"),
+              (r"^compile must be True, False or a torch\.compile backend", "--compile-backend must name a "
+               "torch.compile backend"), (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
+              (r"^decode_timestep:", "--decode-timestep:"), (r"\bdtype=torch\.(\w+)", r"--dtype \1"),
+              (r"\blr=(\d[\w.+-]*)", r"--lr \1"), (r"\ba smaller lr\b", "a smaller --lr"))
+
+
+def flag_names(message: str) -> str:
+    """An API error's message with the flags for the arguments it names."""
+    for pattern, flag in FLAG_NAMES:
+        message = re.sub(pattern, flag, message)
+    return message
+
+
+@contextlib.contextmanager
+def _flag_names():
+    """Errors of the API called inside, reworded with the command line's flags (one line, as any)."""
+    try:
+        yield
+    except FloatingPointError as exc:  # a diverged run
+        raise FloatingPointError(flag_names(str(exc))) from exc
+    except (ValueError, TypeError) as exc:
+        raise UsageError(flag_names(str(exc))) from exc
+
+
 def cmd_invert(args) -> int:
     from safetensors.torch import save_file
 
@@ -137,7 +167,8 @@ def cmd_invert(args) -> int:
     images, files = read_input(Path(args.input), image_channels(args.vae))
     vae = load_vae(args.vae, dtype, args.device)
     if args.decode_timestep is not None:  # LTX-Video 0.9.1+ / LTX-2: the decode timestep of the pipeline's run
-        vae = as_adapter(vae, decode_timestep=args.decode_timestep)
+        with _flag_names():
+            vae = as_adapter(vae, decode_timestep=args.decode_timestep)
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
     clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
@@ -145,10 +176,11 @@ def cmd_invert(args) -> int:
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
-    result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                        progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
-                        patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
-                        cuda_graphs=args.cuda_graphs, compile=compile, **options)
+    with _flag_names():
+        result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
+                            progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
+                            patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
+                            cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     video = images.ndim == 5
     if video:  # a video file: its (F, C, h, w) latents, a video VAE's (C, f, h, w)
@@ -307,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
-    """A warning as the command line shows it: ``decinv: warning: ...`` (no source file and line)."""
-    return f"decinv: warning: {message}\n"
+    """A warning as the command line shows it: ``decinv: warning: ...`` (no source file and line), naming
+    the flags where it names the API's arguments."""
+    return f"decinv: warning: {flag_names(str(message))}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

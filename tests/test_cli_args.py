@@ -106,3 +106,38 @@ def test_a_folder_names_the_files_it_skips_but_not_hidden_ones(tmp_path, capsys)
         (tmp_path / name).unlink()
     cli_io.read_folder(tmp_path)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--method", "auto", "--lr", "0.5"], "--method auto chooses its own step size and options; use --method anderson"),
+    (["--method", "anderson", "--cuda-graphs"], "--cuda-graphs works with adam, fsm and km"),
+    (["--cuda-graphs", "--compile"], "--cuda-graphs and --compile are alternatives"),
+    (["--method", "grad", "--compile"], "--compile works with the gradient-free methods; --method grad runs"),
+    (["--method", "adam", "--lr", "auto"], "--lr auto is for methods"),
+    (["--compile-backend", "inductr"], "--compile-backend must name a torch.compile backend"),
+    (["--decode-timestep", "0.05"], "--decode-timestep: AutoencoderKL's decoder takes no timestep"),
+])
+def test_errors_of_the_api_name_the_flags(photo_png, tmp_path, capsys, flags, message):
+    """The API's errors reach the command line in its spelling: ``--method auto``, not ``method='auto'``."""
+    assert main(["invert", str(photo_png), "--steps", "1", "--out", str(tmp_path / "z.st"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("decinv: error: ") and message in err and "=" not in err
+    assert not (tmp_path / "z.st").exists()
+
+
+def test_a_diverging_run_s_warning_names_the_flags(photo_png, tmp_path):
+    """As the command line prints it (its warning format; pytest records the warning itself)."""
+    with pytest.warns(RuntimeWarning, match="inversion diverged") as record:
+        assert main(["invert", str(photo_png), "--steps", "20", "--method", "fsm", "--lr", "50",
+                     "--out", str(tmp_path / "z.st")]) == 0
+    err = cli._one_line(record[0].message, RuntimeWarning, "api.py", 1)
+    assert err.startswith("decinv: warning: inversion diverged") and "(--method fsm)" in err
+    assert "--lr 50.0 is likely too large" in err and "pass --keep-best to return" in err
+
+
+def test_flag_names_reword_the_divergence_error():
+    message = ("inversion diverged: non-finite values in torch.float16 in sample(s) [0] of 1 (method='fsm', lr=2.5); "
+               "try a smaller lr, or dtype=torch.float32; or pass keep_best=True to return each sample's best point")
+    assert cli.flag_names(message) == (
+        "inversion diverged: non-finite values in torch.float16 in sample(s) [0] of 1 (--method fsm, --lr 2.5); "
+        "try a smaller --lr, or --dtype float32; or pass --keep-best to return each sample's best point")

@@ -165,4 +165,4 @@ def test_a_decode_timestep_reaches_the_ltx_decoder(tmp_path, capsys):
     make_vae("wan").save_pretrained(tmp_path / "wan")
     assert main(["invert", str(tmp_path / "clip.png"), "--vae", str(tmp_path / "wan"), "--decode-timestep", "0.05",
                  "--quiet", "--out", str(tmp_path / "w.st")]) == 2
-    assert "decode_timestep: AutoencoderKLWan's decoder takes no timestep" in capsys.readouterr().err
+    assert "error: --decode-timestep: AutoencoderKLWan's decoder takes no timestep" in capsys.readouterr().err

@@ -47,7 +47,8 @@ def _naming(path: Path):
     except UsageError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UsageError(f"{path}: {str(exc).strip() or type(exc).__name__}") from exc
+        text = str(exc).strip() or type(exc).__name__
+        raise UsageError(text if str(path) in text else f"{path}: {text}") from exc  # PIL's may name it already
 
 
 def read_image(path: Path, channels: int = 3) -> np.ndarray:

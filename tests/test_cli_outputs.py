@@ -73,6 +73,15 @@ def test_a_truncated_image_in_a_folder_is_named(tmp_path, capsys):
     assert err.startswith(f"{tmp_path / 'a.png'}: ") and "truncated" in err, err
 
 
+def test_a_file_that_is_no_image_is_named_once(tmp_path, capsys):
+    """PIL's own message names the file already: not prefixed with it again."""
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    assert main(["invert", str(tmp_path), "--quiet", "--out", str(tmp_path / "z.st")]) == 2
+    err = _error(capsys)
+    assert "cannot identify image file" in err and err.count(str(tmp_path / "b.png")) == 1, err
+
+
 def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, photo_png, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32x32 is over twice as many: PIL's error, not its warning
     assert main(["invert", str(photo_png), "--quiet", "--out", str(tmp_path / "z.st")]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,15 @@ def psnr(estimate: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def panel(columns: dict[str, torch.Tensor], scale: int = 1) -> Image.Image:
-    """Side-by-side ``(3, H, W)`` images in [-1, 1], each titled; errors can be passed pre-scaled."""
+    """Side-by-side ``(3, H, W)`` images in [-1, 1], each titled; errors can be passed pre-scaled.
+
+    Images are enlarged ``scale`` times (nearest neighbour), or more where a title would not fit
+    over its column otherwise (a 32x32 input): by the smallest whole factor that fits the widest."""
     tiles = [Image.fromarray(to_uint8(img.cpu()).permute(1, 2, 0).numpy()) for img in columns.values()]
     w, h = tiles[0].size
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max(draw.textlength(name) for name in columns) + 6  # 3 pixels of margin each side
+    scale = max(scale, math.ceil(widest / w))
     w, h = w * scale, h * scale
     title = 14
     out = Image.new("RGB", (w * len(tiles), h + title), "white")

@@ -29,7 +29,7 @@ def test_invert_one_image_with_panel(tmp_path, photo_png):
     latents, meta = read_latents(out)
     assert latents.shape == (4, 4, 4)
     assert meta["method"] == "adam" and meta["steps"] == "2" and meta["vae"] == "fixture"
-    assert Image.open(panel).size[0] == 5 * 32
+    assert Image.open(panel).size == (5 * 128, 14 + 128)  # 32x32 enlarged 4x: the titles fit their columns
 
 
 def test_invert_with_the_self_stopping_method(tmp_path, photo_png):
@@ -386,7 +386,7 @@ def test_output_paths_are_checked_before_the_run(tmp_path, photo_png, capsys, mo
 def test_panel_in_a_new_folder_and_write_errors(tmp_path, photo_png, capsys, monkeypatch):
     panel, out = tmp_path / "new" / "deeper" / "panel.png", tmp_path / "other" / "z.st"
     run_invert(photo_png, out, "--png", str(panel))
-    assert Image.open(panel).size[0] == 5 * 32
+    assert Image.open(panel).size == (5 * 128, 14 + 128)  # 32x32 enlarged 4x: the titles fit their columns
     too_long = str(tmp_path / ("z" * 300 + ".safetensors"))
     assert main(["invert", str(photo_png), "--quiet", "--out", too_long]) == 2
     assert "not a usable file name" in capsys.readouterr().err

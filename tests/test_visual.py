@@ -36,12 +36,25 @@ def test_psnr_is_in_db_of_a_peak_to_peak_2_range():
 
 
 def test_panel_lays_titled_columns_side_by_side_and_scales_them():
-    black, white = torch.full((3, 4, 6), -1.0), torch.full((3, 4, 6), 1.0)
+    black, white = torch.full((3, 4, 20), -1.0), torch.full((3, 4, 20), 1.0)
     image = panel({"black": black, "white": white}, scale=2)
-    assert image.size == (2 * 12, 14 + 8)  # two 12-pixel columns under a 14-pixel title row
+    assert image.size == (2 * 40, 14 + 8)  # two 40-pixel columns under a 14-pixel title row
     pixels = np.asarray(image)
-    assert (pixels[14:, :12] == 0).all() and (pixels[14:, 12:] == 255).all()
-    assert (pixels[:14] < 255).any() and (pixels[:14, :12] < 255).any()  # the titles, black on white
+    assert (pixels[14:, :40] == 0).all() and (pixels[14:, 40:] == 255).all()
+    assert (pixels[:14] < 255).any() and (pixels[:14, :40] < 255).any()  # the titles, black on white
+
+
+def test_panel_enlarges_narrow_images_until_each_title_fits_its_column():
+    """A 32-pixel image under "error x10 (inverted)" (91 pixels of text): each title stays over its own
+    column, not over the next."""
+    tiles = {"input": torch.full((3, 32, 32), -1.0), "error x10 (inverted)": torch.full((3, 32, 32), -1.0)}
+    image = panel(tiles)
+    assert image.size == (2 * 128, 14 + 128)  # the smallest whole factor that fits 91 + 6 pixels: 4
+    title = np.asarray(image)[:14]
+    inked = np.nonzero((title < 255).any(axis=(0, 2)))[0]
+    assert inked.max() < 2 * 128 and (inked[inked >= 128] >= 128 + 3).all()  # the second title starts in its column
+    assert inked[inked < 128].max() < 128 - 3  # the first ends before the second column
+    assert panel(tiles, scale=5).size == (2 * 160, 14 + 160)  # a larger scale asked for is kept
 
 
 def test_error_image_is_black_at_no_error_and_white_from_2_over_gain():

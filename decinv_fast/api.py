@@ -22,6 +22,7 @@ from .options import (
     AUTO,
     METHODS,
     caller_stacklevel,
+    check_compile,
     check_dtype,
     check_finite,
     check_flag,
@@ -39,7 +40,11 @@ from .result import InversionResult
 def _working_vae(vae, adapter: VaeAdapter, dtype: torch.dtype | None):
     """The adapter to run with: the user's VAE, or a converted copy if ``dtype`` differs (the
     user's VAE is never modified)."""
-    if adapter.module is None or _weight_dtypes(adapter) == {dtype} or (dtype is None and _one_weight_dtype(adapter)):
+    if adapter.module is None:
+        return adapter
+    if dtype is None:  # its own dtype: one, or an error
+        return _one_weight_dtype(adapter)
+    if _weight_dtypes(adapter) == {dtype}:
         return adapter
     from diffusers.utils import logging as diffusers_logging
 
@@ -55,31 +60,12 @@ def _weight_dtypes(adapter: VaeAdapter) -> set[torch.dtype]:
     return set() if adapter.module is None else {p.dtype for p in adapter.module.parameters() if p.is_floating_point()}
 
 
-def _one_weight_dtype(adapter: VaeAdapter) -> bool:
-    """True, or a TypeError naming ``vae`` if its weights mix float dtypes (e.g. a half decoder only)."""
+def _one_weight_dtype(adapter: VaeAdapter) -> VaeAdapter:
+    """``adapter``, or a TypeError naming ``vae`` if its weights mix float dtypes (e.g. a half decoder only)."""
     if len(dtypes := _weight_dtypes(adapter)) > 1:
         raise TypeError(f"vae: its weights mix dtypes {sorted(map(str, dtypes))}; pass dtype= to run a converted "
                         "copy (the VAE is left as it is), or convert it with vae.to(dtype)")
-    return True
-
-
-def _check_flags(**flags) -> None:
-    """Each on/off argument is a bool, or None where that means the default."""
-    for name, value in flags.items():
-        if value is not None:
-            check_flag(name, value)
-
-
-def _check_compile(compile) -> None:
-    """``compile``: a bool, or the name of a ``torch.compile`` backend."""
-    if isinstance(compile, str):
-        import torch._dynamo
-
-        if compile not in torch._dynamo.list_backends(exclude_tags=()):  # debug ones (aot_eager, ...) too
-            usual = torch._dynamo.list_backends()  # the message lists those meant for use
-            raise ValueError(f"compile must be True, False or a torch.compile backend {usual}, got {compile!r}")
-    elif not isinstance(compile, bool):
-        raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+    return adapter
 
 
 def _frames_for(adapter: VaeAdapter, images, dtype: torch.dtype | None) -> Frames:
@@ -132,9 +118,10 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     steps = int(steps)
     if schedule is not None and schedule not in reference.SCHEDULES:
         raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")
-    _check_flags(keep_best=keep_best, fp32_master=fp32_master)
+    if keep_best is not None:  # None: the method's default (fp32_master's check is check_fp32_master's)
+        check_flag("keep_best", keep_best)
     check_flag("cuda_graphs", cuda_graphs)
-    _check_compile(compile)
+    check_compile(compile)
     check_dtype(dtype)
     if tol is not None:
         check_positive("tol", tol)
@@ -356,7 +343,7 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     VAEs): a long video's peak is one chunk's decoder activations, not the whole video's."""
     if chunk_frames is not None and (not is_int(chunk_frames) or chunk_frames < 1):
         raise ValueError(f"chunk_frames must be a positive int or None (frames per decoder call), got {chunk_frames!r}")
-    _one_weight_dtype(adapter := as_adapter(vae))
+    adapter = _one_weight_dtype(as_adapter(vae))
     videos = adapter.encodes_videos
     ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
     if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:

@@ -89,6 +89,18 @@ def check_flag(name: str, value) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_compile(compile) -> None:
+    """``compile``: a bool, or the name of a ``torch.compile`` backend."""
+    if isinstance(compile, str):
+        import torch._dynamo
+
+        if compile not in torch._dynamo.list_backends(exclude_tags=()):  # debug ones (aot_eager, ...) too
+            usual = torch._dynamo.list_backends()  # the message lists those meant for use
+            raise ValueError(f"compile must be True, False or a torch.compile backend {usual}, got {compile!r}")
+    elif not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+
+
 def check_fp32_master(fp32_master, method: str) -> None:
     """``fp32_master``: None or a bool, and not ``True`` for ``grad`` (``invert`` and ``plan`` alike)."""
     if fp32_master is not None:

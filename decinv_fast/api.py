@@ -102,7 +102,7 @@ def _chunk_for(adapter: VaeAdapter, frames: Frames, chunk_frames, method: str, o
     return min(chunk_frames // frames.frames_per_row, total)  # rows of frames.pixels: frames, or whole videos
 
 
-def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
+def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float | str | None = None,
                 schedule: str | None = None, dtype: torch.dtype | None = None, tol: float | None = None,
                 backend: str = "auto", chunk_frames: int | str | None = None, cuda_graphs: bool = False,
                 compile: bool | str = False, fp32_master: bool | None = None, keep_best: bool | None = None,
@@ -164,7 +164,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     return adapter, frames, plan
 
 
-def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | None = None,
+def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | str | None = None,
            schedule: str | None = None, dtype: torch.dtype | None = None, tol: float | None = None,
            progress: bool = False, backend: str = "auto", chunk_frames: int | str | None = None,
            cuda_graphs: bool = False, compile: bool | str = False, attention: str = "auto",

@@ -128,13 +128,21 @@ def image_channels(spec: str) -> int:
 
 
 # the API's argument spellings in its errors, as the command line spells them (``--method auto``)
-FLAG_NAMES = ((r"\blr='auto' \(rho='auto'\)", "--lr auto"), (r"\bmethod='(\w+)'", r"--method \1"),
-              (r"\bcuda_graphs=True", "--cuda-graphs"), (r"\bcompile=True", "--compile"),
-              (r"^compile works", "--compile works"), (r"\bkeep_best=True", "--keep-best"),
-              (r"^compile must be True, False or a torch\.compile backend", "--compile-backend must name a "
-               "torch.compile backend"), (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
-              (r"^decode_timestep:", "--decode-timestep:"), (r"\bdtype=torch\.(\w+)", r"--dtype \1"),
-              (r"\blr=(\d[\w.+-]*)", r"--lr \1"), (r"\ba smaller lr\b", "a smaller --lr"))
+FLAG_NAMES = (
+    (r"\blr='auto' \(rho='auto'\)", "--lr auto"),
+    (r"\bmethod='(\w+)'", r"--method \1"),
+    (r"\bcuda_graphs=True", "--cuda-graphs"),
+    (r"\bcompile=True", "--compile"),
+    (r"^compile works", "--compile works"),
+    (r"^compile must be True, False or a torch\.compile backend", "--compile-backend must name a torch.compile "
+     "backend"),
+    (r"\bkeep_best=True", "--keep-best"),
+    (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
+    (r"^decode_timestep:", "--decode-timestep:"),
+    (r"\bdtype=torch\.(\w+)", r"--dtype \1"),
+    (r"\blr=(\d[\w.+-]*)", r"--lr \1"),
+    (r"\ba smaller lr\b", "a smaller --lr"),
+)
 
 
 def flag_names(message: str) -> str:

@@ -154,7 +154,7 @@ def test_the_command_line_reads_rgba_files_for_it(tmp_path, vae):
                                "--png", str(tmp_path / "panel.png"))
     assert meta["layout"] == "C,f,h,w" and latents.shape == (4, 1, 2, 2)
     assert torch.equal(latents, decinv_fast.invert(vae, pixels, steps=1, measure_memory=False).latents)
-    assert Image.open(tmp_path / "panel.png").size == (5 * 32, 32 + 14)
+    assert Image.open(tmp_path / "panel.png").size == (5 * 128, 128 + 14)  # 32x32 enlarged 4x: the titles fit
 
     Image.fromarray(pixels[..., :3], "RGB").save(tmp_path / "rgb.png")
     opaque = np.concatenate([pixels[..., :3], np.full_like(pixels[..., :1], 255)], axis=-1)

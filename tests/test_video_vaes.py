@@ -311,7 +311,7 @@ def test_the_command_line_inverts_an_animated_png_with_a_saved_video_vae(tmp_pat
     assert latents.shape == (4, 2, 4, 4) and meta["layout"] == "C,f,h,w"
     direct = decinv_fast.invert(make_vae("wan"), np.stack(frames)[None], steps=1, measure_memory=False)
     assert torch.equal(latents, direct.latents[0])
-    assert Image.open(tmp_path / "panel.png").size[0] == 5 * 32
+    assert Image.open(tmp_path / "panel.png").size[0] == 5 * 128  # 32x32 enlarged 4x: the titles fit
     vae = make_vae("wan")  # the panel shows the first frame of each whole-video decoding
     torch.testing.assert_close(shown["inverted decoded"], decinv_fast.decode(vae, latents)[0])
     torch.testing.assert_close(shown["encoder decoded"],

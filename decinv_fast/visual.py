@@ -14,7 +14,11 @@ from .options import check_finite
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> ``uint8`` in [0, 255] (same shape and device), rounded as an 8-bit image
-    file stores them. NaN/inf pixels are an error: a cast would turn them into arbitrary bytes."""
+    file stores them. NaN/inf pixels are an error: a cast would turn them into arbitrary bytes; so are
+    integer pixels (already 8-bit ones would be read as values in [-1, 1] and saturate)."""
+    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
+        got = pixels.dtype if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        raise TypeError(f"pixels must be a float tensor in [-1, 1], got {got}")
     check_finite("pixels", pixels)
     return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 

@@ -62,3 +62,12 @@ def test_error_image_is_black_at_no_error_and_white_from_2_over_gain():
     estimate = torch.tensor([[[0.05, -0.1], [0.5, 0.0]]])
     torch.testing.assert_close(error_image(estimate, truth), torch.tensor([[[-0.5, 0.0], [1.0, -1.0]]]))
     torch.testing.assert_close(error_image(estimate, truth, gain=1.0), torch.tensor([[[-0.95, -0.9], [-0.5, -1.0]]]))
+
+
+def test_to_uint8_refuses_pixels_that_are_not_floats_in_minus_one_to_one():
+    """8-bit pixels (e.g. a generated image already converted) would saturate: 100 read as 100 in [-1, 1]."""
+    with pytest.raises(TypeError, match="pixels must be a float tensor in .-1, 1., got torch.uint8"):
+        to_uint8(torch.tensor([0, 100, 255], dtype=torch.uint8))
+    with pytest.raises(TypeError, match="got list"):
+        to_uint8([0.5])
+    assert to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]

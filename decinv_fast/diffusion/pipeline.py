@@ -21,7 +21,7 @@ from ..adapters import as_adapter
 from ..api import decode, encode, invert
 from ..inputs import to_frames
 from ..metrics import nmse_db
-from ..options import METHODS
+from ..options import METHODS, check_dtype, check_finite
 from ..result import InversionResult
 from .denoiser import as_denoiser
 from .samplers import bdia_invert_from_z0, check_gamma, ddim_invert
@@ -44,7 +44,8 @@ class NoiseInversion:
         decoder_residual: ``invert``'s last recorded relative residual ``||E(D(z)) - E(x)|| / ||E(x)||``
             (for ``"grad"``: ``||D(z) - x|| / ||x||``) at the point its last update started from, one
             step before ``z0`` (``"auto"`` may return an earlier point still); ``None`` for ``"encoder"``.
-        pixel_residual: ``||D(z0) - x|| / ||x||`` of ``z0`` itself, for every method (one extra decoder pass).
+        pixel_residual: ``||D(z0) - x|| / ||x||`` of ``z0`` itself, for every method (one extra decoder pass);
+            ``||D(z0) - x||`` for an all mid-grey batch (``x = 0``).
         z0_nmse_db, zT_nmse_db: ``NMSE`` in dB against ``true_z0`` / ``true_zT`` when given.
         decoder_seconds, diffusion_seconds: wall time of each stage.
         model_calls: eps-model evaluations of the diffusion stage.
@@ -76,13 +77,19 @@ class NoiseInversion:
         return f"NoiseInversion(z0/zT {tuple(self.z0.shape)}, {facts})"
 
 
-def _check_truth(name: str, truth, estimate: torch.Tensor) -> torch.Tensor | None:
+def _check_truth(name: str, truth, latent: tuple) -> None:
+    """A known answer: a finite, not all-zero float tensor of the latents' shape ``latent`` (a ``None``
+    entry: any size; a pair's latent channels and size are known only once it has encoded)."""
     if truth is None:
-        return None
-    if not isinstance(truth, torch.Tensor) or truth.shape != estimate.shape:
-        got = tuple(truth.shape) if isinstance(truth, torch.Tensor) else type(truth).__name__
-        raise ValueError(f"{name} must be a tensor shaped like the estimate {tuple(estimate.shape)}, got {got}")
-    return truth
+        return
+    if not isinstance(truth, torch.Tensor) or not truth.is_floating_point() or truth.dim() != 4 or any(
+            want is not None and got != want for got, want in zip(truth.shape, latent, strict=True)):
+        got = f"{tuple(truth.shape)} {truth.dtype}" if isinstance(truth, torch.Tensor) else type(truth).__name__
+        want = ", ".join("?" if n is None else str(n) for n in latent)
+        raise ValueError(f"{name} must be a float tensor of the latents' shape ({want}), got {got}")
+    check_finite(name, truth)
+    if not bool(truth.ne(0).any()):
+        raise ValueError(f"{name} is all zeros: its NMSE is normalised by ||{name}||² and undefined")
 
 
 def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", diffusion: str = "bdia",
@@ -123,16 +130,18 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
     denoiser = as_denoiser(eps_model, **(cond or {}))
     adapter = as_adapter(vae)
     dtype = invert_options.get("dtype")
+    check_dtype(dtype)
     frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
                        spatial_factor=adapter.spatial_factor, channels=None)
     if frames.frames is not None:
-        raise ValueError(f"images: videos are not supported here, got shape {(frames.batch, frames.frames)} + frames")
+        raise ValueError(f"images: videos are not supported here, got {frames.batch} video(s) of {frames.frames} "
+                         "frames; pass images (B, 3, H, W)")
     pixels = frames.pixels
-    for name, truth in (("true_z0", true_z0), ("true_zT", true_zT)):
-        if truth is not None and (not isinstance(truth, torch.Tensor) or truth.dim() != 4
-                                  or truth.shape[0] != pixels.shape[0]):
-            got = tuple(truth.shape) if isinstance(truth, torch.Tensor) else type(truth).__name__
-            raise ValueError(f"{name} must be a (B, C, h, w) tensor with B={pixels.shape[0]} like images, got {got}")
+    f = adapter.spatial_factor
+    latent = (pixels.shape[0], adapter.latent_channels, *((None, None) if f is None else
+                                                          (pixels.shape[-2] // f, pixels.shape[-1] // f)))
+    _check_truth("true_z0", true_z0, latent)  # before the stages run: their errors would otherwise come last
+    _check_truth("true_zT", true_zT, latent)
 
     start = time.perf_counter()
     if method == "encoder":
@@ -145,7 +154,8 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         decoder = invert(vae, pixels, method=method, **invert_options)
         z0, decoder_residual = decoder.latents, float(decoder.residuals[-1])
     recon = decode(vae, z0).float()
-    pixel_residual = float((recon - pixels.float()).norm() / pixels.float().norm())
+    norm = pixels.float().norm()  # a uniform mid-grey batch (all 0): the residual is absolute, not infinite
+    pixel_residual = float((recon - pixels.float()).norm() / torch.where(norm > 0, norm, torch.ones_like(norm)))
     decoder_seconds = time.perf_counter() - start
 
     weight = denoiser.parameter
@@ -158,8 +168,8 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         zT = ddim_invert(denoiser, grid, z0_model)
     diffusion_seconds = time.perf_counter() - start
 
-    true_z0 = _check_truth("true_z0", true_z0, z0)
-    true_zT = _check_truth("true_zT", true_zT, zT)
+    for name, truth, estimate in (("true_z0", true_z0, z0), ("true_zT", true_zT, zT)):  # a pair's latents
+        _check_truth(name, truth, tuple(estimate.shape))
     return NoiseInversion(
         z0=z0, zT=zT, method=method, diffusion=diffusion, gamma=gamma, decoder=decoder,
         decoder_residual=decoder_residual, pixel_residual=pixel_residual,

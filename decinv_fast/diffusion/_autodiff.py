@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .denoiser import Denoiser, as_denoiser
 
@@ -98,7 +99,11 @@ def model_parameters(binding: Binding, params) -> list[torch.Tensor]:
         return []
     if isinstance(params, torch.Tensor):
         params = [params]
-    out = list(params)
+    try:
+        out = list(params)
+    except TypeError:
+        raise TypeError(f"params must be None, a tensor or an iterable of tensors requiring grad (e.g. "
+                        f"unet.parameters()), got {type(params).__name__}") from None
     for k, p in enumerate(out):
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise TypeError(f"params[{k}] must be a floating-point tensor, got {type(p).__name__}")
@@ -166,3 +171,30 @@ def check_loss_and_gradients(caller: str, loss: float, grads, where: str, hint: 
         raise FloatingPointError(f"{caller}: the loss is {loss}{where}")
     if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
         raise FloatingPointError(f"{caller}: the gradient has NaN/inf values{where} (loss {loss:.6g}); {hint}")
+
+
+def scalar_loss(value) -> torch.Tensor:
+    """``loss(z0)``'s value as a 0-dim tensor, or a ``ValueError`` saying what came back instead."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"loss must return a scalar tensor, got {got}")
+    return value.reshape(())
+
+
+def single_backward(caller: str):
+    """``once_differentiable`` for a custom Function's ``backward``, and a clear error where a double backward is
+    asked for (``create_graph=True`` runs the backward with grad mode on): torch's own one would only come later,
+    as "element 0 of tensors does not require grad" or a tensor "not used in the graph"."""
+    def decorate(backward):
+        inner = once_differentiable(backward)
+
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(f"{caller}: double backward (create_graph=True through it) is not supported; its "
+                                   "backward pass is a custom sweep, differentiable once")
+            return inner(ctx, *grads)
+
+        return wrapper
+
+    return decorate

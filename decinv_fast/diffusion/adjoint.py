@@ -104,10 +104,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._autodiff import Binding, bind, check_loss_and_gradients, model_parameters, needs_autograd
+from ._autodiff import (
+    Binding,
+    bind,
+    check_loss_and_gradients,
+    model_parameters,
+    needs_autograd,
+    scalar_loss,
+    single_backward,
+)
 from .adjoint_solver import SCHEMES, solve_adjoint
+from .checks import check_state, one_line
 from .ei import StepNoise, forward_pass, setup_pass
 from .schedule import Schedule
 
@@ -147,7 +155,7 @@ class _AdjointSample(torch.autograd.Function):
         return z0
 
     @staticmethod
-    @once_differentiable
+    @single_backward("adjoint_sample")
     def backward(ctx, grad_z0: torch.Tensor):
         spec = ctx.spec
         z_T, z0, *rest = ctx.saved_tensors
@@ -204,7 +212,7 @@ def _apply(binding: Binding, schedule, z_T, order, states, noise, params, scheme
     return _AdjointSample.apply(spec, z_T, *binding.tensors(), *params)
 
 
-@dataclass
+@dataclass(repr=False)
 class AdjointGradients:
     """What :func:`adjoint_gradients` returns.
 
@@ -224,6 +232,11 @@ class AdjointGradients:
     params: tuple
     model_calls: int
 
+    def __repr__(self) -> str:
+        """One line: the loss, shapes and dtypes (the dataclass default would print every tensor)."""
+        return one_line("AdjointGradients", loss=float(self.loss), z0=self.z0, z_T=self.z_T, cond=self.cond,
+                        params=self.params, model_calls=self.model_calls)
+
 
 @needs_autograd
 def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 1, states: str = "recompute",
@@ -239,8 +252,7 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
     """
     if not callable(loss):
         raise TypeError(f"loss must be a callable loss(z0) -> scalar tensor, got {type(loss).__name__}")
-    if not isinstance(z_T, torch.Tensor):
-        raise TypeError(f"z_T must be a floating-point tensor, got {type(z_T).__name__}")
+    check_state("z_T", z_T)  # before requires_grad_, which refuses integer tensors in its own words
     binding = bind(model, cond, grad_cond)
     leaves = [t.detach().requires_grad_(True) for t in binding.tensors()]
     binding = Binding(binding.model, binding.guidance_scale, {**binding.cond, **dict(zip(binding.grad_names, leaves,
@@ -250,15 +262,12 @@ def adjoint_gradients(model, schedule, z_T: torch.Tensor, loss, *, order: int = 
     inputs = [start, *leaves, *params]
     with torch.enable_grad():
         z0 = _apply(binding, schedule, start, order, states, noise, params, scheme)
-        value = loss(z0)
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"loss must return a scalar tensor, got {shape}")
-        grads = torch.autograd.grad(value.reshape(()), inputs, allow_unused=True)
+        value = scalar_loss(loss(z0))
+        grads = torch.autograd.grad(value, inputs, allow_unused=True)
     check_loss_and_gradients("adjoint_gradients", float(value.detach()), grads, "",
                              "the loss or the model has a singular point there")
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
     n_cond = len(leaves)
-    return AdjointGradients(value.detach().reshape(()), z0.detach(), grads[0],
+    return AdjointGradients(value.detach(), z0.detach(), grads[0],
                             dict(zip(binding.grad_names, grads[1:1 + n_cond], strict=True)),
                             tuple(grads[1 + n_cond:]), binding.calls[0])

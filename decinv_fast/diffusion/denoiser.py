@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..options import check_finite, is_real
+from .checks import check_state
 
 
 def _kind(model) -> str:
@@ -77,6 +78,9 @@ class Denoiser:
         self.negative_encoder_hidden_states = negative_encoder_hidden_states
         self.negative_added_cond_kwargs = _negative_added(negative_added_cond_kwargs, cond, self.guided)
         self.cond = cond
+        _check_finite_conditioning(encoder_hidden_states=encoder_hidden_states,
+                                   negative_encoder_hidden_states=negative_encoder_hidden_states,
+                                   negative_added_cond_kwargs=self.negative_added_cond_kwargs, **cond)
         self.calls = 0
 
     @property
@@ -99,10 +103,7 @@ class Denoiser:
 
     def check(self, z: torch.Tensor, name: str) -> None:
         """Raise a clear error if ``z`` (argument ``name``) cannot go through this model."""
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            got = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
-            raise TypeError(f"{name} must be a floating-point tensor, got {got}")
-        check_finite(name, z)
+        check_state(name, z)
         weight = self.parameter
         if weight is not None and z.dtype != weight.dtype:
             raise TypeError(
@@ -125,6 +126,10 @@ class Denoiser:
             if emb.dim() != 3 or emb.shape[0] not in (1, z.shape[0]):
                 raise ValueError(f"{label} must be (B or 1, L, D) with B={z.shape[0]}, got shape {tuple(emb.shape)}")
         neg, pos = self.negative_encoder_hidden_states, self.encoder_hidden_states
+        width = _embedding_width(self.model) if pos is not None and self.kind == "unet2d_condition" else None
+        if width is not None and pos.shape[-1] != width:
+            raise ValueError(f"encoder_hidden_states must be (B or 1, L, {width}) for this UNet (its "
+                             f"cross_attention_dim), got shape {tuple(pos.shape)}")
         if neg is not None and neg.shape[1:] != pos.shape[1:]:
             raise ValueError(
                 f"negative_encoder_hidden_states {tuple(neg.shape)} and encoder_hidden_states {tuple(pos.shape)} "
@@ -151,7 +156,11 @@ class Denoiser:
         else:
             out = self.model(z, t, return_dict=False, **kwargs)
         if not isinstance(out, torch.Tensor):
-            out = out.sample if hasattr(out, "sample") else out[0]
+            got = type(out).__name__
+            out = out.sample if hasattr(out, "sample") else out[0] if isinstance(out, tuple | list) and out else out
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"the eps model returned {got}, not a tensor shaped like z {tuple(z.shape)} (nor an "
+                                "output with .sample or a tuple whose first item is one)")
         if out.dim() == z.dim() and out.shape[1] == 2 * z.shape[1] and out.shape[2:] == z.shape[2:]:
             out = out[:, : z.shape[1]]
         if out.shape != z.shape:
@@ -178,6 +187,26 @@ class Denoiser:
                                                          self.encoder_hidden_states, batch)
         uncond, cond = self._call(torch.cat([z, z]), t, **kwargs).chunk(2)
         return uncond + self.guidance_scale * (cond - uncond)
+
+
+def _check_finite_conditioning(**cond) -> None:
+    """A ``ValueError`` naming the key (``added_cond_kwargs['text_embeds']`` inside a dict) of a floating conditioning
+    tensor with NaN/inf: an input error, before the pass (where it would surface as a non-finite eps)."""
+    for key, value in cond.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for inner, item in items:
+            if isinstance(item, torch.Tensor) and (item.is_floating_point() or item.is_complex()):
+                check_finite(key if inner is None else f"{key}[{inner!r}]", item)
+
+
+def _embedding_width(model) -> int | None:
+    """The width ``D`` a ``UNet2DConditionModel`` takes its ``encoder_hidden_states`` in (``cross_attention_dim``),
+    or ``None`` where it is not one number (per-block widths, or an ``encoder_hid_dim`` projection first)."""
+    config = model.config
+    width = config.get("cross_attention_dim")
+    if config.get("encoder_hid_dim") is not None or isinstance(width, bool) or not isinstance(width, int):
+        return None
+    return width
 
 
 def _twice(value, batch: int):

@@ -145,7 +145,8 @@ class StepNoise:
             raise ValueError(f"noise has {len(items)} steps but the schedule has N={num_steps}")
         for k, xi in enumerate(items):
             if not isinstance(xi, torch.Tensor) or not xi.is_floating_point() or xi.shape != like.shape:
-                got = tuple(xi.shape) if isinstance(xi, torch.Tensor) else type(xi).__name__
+                got = type(xi).__name__ if not isinstance(xi, torch.Tensor) else (
+                    f"shape {tuple(xi.shape)}" if xi.is_floating_point() else f"{xi.dtype}, shape {tuple(xi.shape)}")
                 raise ValueError(f"noise[{k}] must be a floating tensor shaped like z {tuple(like.shape)}, got {got}")
             check_finite(f"noise[{k}]", xi)
         self.seed, self.items = None, items
@@ -214,14 +215,15 @@ def ei_sample(model, schedule, z_T: torch.Tensor, *, order: int = 1, noise=None,
 
     Runs in the caller's grad mode (keeps the graph when autograd is on).
     """
-    denoiser, grid, order, steps_noise = setup_pass(model, schedule, z_T, order, noise, cond)
+    denoiser, grid, order, steps_noise = setup_pass(model, schedule, z_T, order, noise, cond, callback)
     return forward_pass(denoiser, grid, z_T, order, steps_noise, callback)
 
 
-def setup_pass(model, schedule, z_T, order, noise, cond: dict) -> tuple[Denoiser, Schedule, int, StepNoise | None]:
+def setup_pass(model, schedule, z_T, order, noise, cond: dict, callback=None
+               ) -> tuple[Denoiser, Schedule, int, StepNoise | None]:
     """Validate the arguments of a sampling pass (errors name the argument)."""
     order = check_order(order)
-    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond, callback)
     if noise is not None and order != 1:
         raise ValueError(f"order={order}: the SDE variant (noise given) is first order only; use order=1")
     steps_noise = None if noise is None else StepNoise(noise, grid.num_steps, z_T)

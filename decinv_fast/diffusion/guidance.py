@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import is_int, is_real
-from ._autodiff import check_loss_and_gradients, needs_autograd
+from ..options import check_flag, is_int, is_real
+from ._autodiff import check_loss_and_gradients, needs_autograd, scalar_loss
 from .adjoint import adjoint_sample
+from .checks import check_callback, check_state, one_line
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
 from .schedule import as_schedule
@@ -35,9 +36,12 @@ from .schedule import as_schedule
 log = logging.getLogger(__name__)
 
 METHODS = ("adjoint", "reversible", "autograd")
+# the sampler options each method takes, with their defaults (an option given to a method that does not use it
+# is refused, as invert refuses options of other methods)
+METHOD_OPTIONS = {"adjoint": {"order": 1, "states": "recompute"}, "reversible": {"gamma": 0.96}, "autograd": {}}
 
 
-@dataclass
+@dataclass(repr=False)
 class NoiseOptimization:
     """What :func:`optimize_noise` found.
 
@@ -57,6 +61,12 @@ class NoiseOptimization:
     seconds: float
     method: str
 
+    def __repr__(self) -> str:
+        """One line: the method, shapes and dtypes, the first and final loss (not every tensor in full)."""
+        return one_line("NoiseOptimization", method=self.method, z_T=self.z_T, cond=self.cond,
+                        first_loss=self.losses[0], final_loss=self.losses[-1], iterations=len(self.losses) - 1,
+                        seconds=self.seconds)
+
 
 def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     if method not in METHODS:
@@ -65,9 +75,16 @@ def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
         raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
     if not is_real(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    names = (optimize,) if isinstance(optimize, str) else tuple(optimize)
+    if isinstance(optimize, str):
+        names = (optimize,)
+    elif isinstance(optimize, Sequence) and all(isinstance(name, str) for name in optimize):
+        names = tuple(optimize)
+    else:
+        raise TypeError(f"optimize must be 'z_T', a conditioning keyword or a sequence of them, got {optimize!r}")
     if not names:
         raise ValueError("optimize must name at least one of 'z_T' and the conditioning keywords")
+    if len(set(names)) != len(names):
+        raise ValueError(f"optimize names {sorted({n for n in names if names.count(n) > 1})} more than once: {names}")
     for name in names:
         if name == "z_T":
             continue
@@ -78,11 +95,22 @@ def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     return names
 
 
+def _sampler_options(method: str, **given) -> dict:
+    """The sampler options of ``method`` (its defaults where not given; the sampler checks their values); ``given``
+    holds the options the caller passed (not ``None``), and one that ``method`` does not use is an error naming it."""
+    unused = sorted(name for name, value in given.items() if value is not None and name not in METHOD_OPTIONS[method])
+    if unused:
+        takes = {m: sorted(o) for m, o in METHOD_OPTIONS.items() if o}
+        raise TypeError(f"option(s) {unused} are not used by method={method!r} (sampler options by method: {takes})")
+    defaults = METHOD_OPTIONS[method]
+    return {name: default if given[name] is None else given[name] for name, default in defaults.items()}
+
+
 @needs_autograd
 def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor], *,
                    method: str = "adjoint", iterations: int = 20, lr: float = 0.05,
-                   optimize: str | Sequence[str] = ("z_T",), gamma: float = 0.96, order: int = 1,
-                   states: str = "recompute", keep_norm: bool = False,
+                   optimize: str | Sequence[str] = ("z_T",), gamma: float | None = None, order: int | None = None,
+                   states: str | None = None, keep_norm: bool = False,
                    callback: Callable[[int, float], None] | None = None, **cond) -> NoiseOptimization:
     """Optimise ``z_T`` (and/or conditioning) so that ``loss(sample)`` decreases.
 
@@ -94,19 +122,24 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
         method: ``"adjoint"``, ``"reversible"`` or ``"autograd"`` (module docstring).
         iterations: Adam steps.
         lr: Adam learning rate.
-        optimize: ``"z_T"`` and/or names of conditioning tensors in ``cond``.
-        gamma: BDIA's gamma for ``"reversible"`` (in (0, 1]).
-        order, states: AdjointDEIS options for ``"adjoint"`` (:func:`.adjoint.adjoint_sample`).
+        optimize: ``"z_T"`` and/or names of conditioning tensors in ``cond`` (each once).
+        gamma: BDIA's gamma for ``"reversible"`` (in (0, 1]; default 0.96).
+        order, states: AdjointDEIS options for ``"adjoint"`` (:func:`.adjoint.adjoint_sample`; default 1 and
+            ``"recompute"``). A sampler option given to a method that does not use it is a ``TypeError``.
         keep_norm: after every step rescale each sample's ``z_T`` to norm ``sqrt(C h w)``, keeping it
-            on the shell where Gaussian noise lives.
+            on the shell where Gaussian noise lives. Only an optimised ``z_T`` is rescaled: when
+            ``optimize`` leaves ``z_T`` out, ``z_T`` is returned as given.
         callback: ``callback(iteration, loss)`` after every loss evaluation.
 
     Returns a :class:`NoiseOptimization`; the model's parameters are not changed. A NaN/inf loss or
-    gradient raises ``FloatingPointError`` naming the iteration, before the step that would spread it.
+    gradient raises ``FloatingPointError`` naming the iteration, before the step that would spread it;
+    a NaN/inf final loss (after the last step) names the final evaluation.
     """
     names = _check(method, iterations, lr, optimize, cond)
-    if not isinstance(z_T, torch.Tensor) or not z_T.is_floating_point():
-        raise TypeError(f"z_T must be a floating-point tensor, got {type(z_T).__name__}")
+    options = _sampler_options(method, gamma=gamma, order=order, states=states)
+    check_state("z_T", z_T)
+    check_flag("keep_norm", keep_norm)
+    check_callback(callback)
     if not callable(loss):
         raise TypeError(f"loss must be a callable loss(z0) -> scalar tensor, got {type(loss).__name__}")
     z = z_T.detach().clone().requires_grad_("z_T" in names)
@@ -117,16 +150,13 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
 
     def sample(z_now: torch.Tensor) -> torch.Tensor:
         if method == "adjoint":
-            return adjoint_sample(model, schedule, z_now, order=order, states=states, params=(), **live)
+            return adjoint_sample(model, schedule, z_now, params=(), **options, **live)
         if method == "reversible":
-            return reversible_bdia_sample(model, schedule, z_now, gamma=gamma, params=(), **live).z0
+            return reversible_bdia_sample(model, schedule, z_now, params=(), **options, **live).z0
         return ei_sample(model, schedule, z_now, order=1, **live)
 
     def evaluate() -> torch.Tensor:
-        value = loss(sample(z))
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise ValueError(f"loss must return a scalar tensor, got {type(value).__name__}")
-        return value.reshape(())
+        return scalar_loss(loss(sample(z)))
 
     losses, start = [], time.perf_counter()
     with torch.enable_grad():
@@ -149,7 +179,9 @@ def optimize_noise(model, schedule, z_T: torch.Tensor, loss: Callable[[torch.Ten
             log.debug("optimize_noise %s: iteration %d loss %.6g", method, it, losses[-1])
     with torch.no_grad():
         z0 = sample(z)
-        losses.append(float(loss(z0)))
+        losses.append(float(scalar_loss(loss(z0))))
+    check_loss_and_gradients("optimize_noise", losses[-1], [], " after the last step (the final loss)",
+                             "try a smaller lr or a loss without singular points")
     if callback is not None:
         callback(iterations, losses[-1])
     return NoiseOptimization(z.detach(), {k: live[k].detach() for k in names if k != "z_T"}, z0.detach(), losses,

@@ -34,11 +34,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ._autodiff import Accumulator, Binding, Node, bind, model_parameters
-from .denoiser import as_denoiser
-from .samplers import BdiaPair, bdia_pass, bdia_sample, check_gamma
+from ._autodiff import Accumulator, Binding, Node, bind, model_parameters, single_backward
+from .samplers import BdiaPair, bdia_pass, bdia_sample, check_gamma, prepare
 from .schedule import Schedule, as_schedule
 from .steps import bdia_inverse_step, ddim_coefficients
 
@@ -58,15 +56,13 @@ class _ReversibleBdia(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: _Spec, z_T: torch.Tensor, *inputs: torch.Tensor):
-        z0, z1 = bdia_sample(spec.binding.denoiser(), spec.grid, z_T, gamma=spec.gamma)
-        if z1 is z_T:  # one step: the pair's upper state is the input itself
-            z1 = z_T.clone()
+        z0, z1 = bdia_sample(spec.binding.denoiser(), spec.grid, z_T, gamma=spec.gamma)  # z1 never z_T itself
         ctx.spec = spec
         ctx.save_for_backward(z_T, z0, z1, *inputs[:len(spec.binding.grad_names)])
         return z0, z1
 
     @staticmethod
-    @once_differentiable
+    @single_backward("reversible_bdia_sample")
     def backward(ctx, grad_z0, grad_z1):
         spec = ctx.spec
         z_T, z0, z1, *cond_values = ctx.saved_tensors
@@ -129,5 +125,9 @@ def reversible_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, 
 
 
 def unrolled_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, **cond) -> BdiaPair:
-    """The same BDIA pass without ``no_grad``: autograd keeps every step (the baseline to compare with)."""
-    return bdia_pass(as_denoiser(model, **cond), as_schedule(schedule), z_T, gamma)
+    """The same BDIA pass without ``no_grad``: autograd keeps every step (the baseline to compare with).
+
+    Its arguments are checked as :func:`.samplers.bdia_sample` checks them (``gamma`` in [0, 1])."""
+    gamma = check_gamma(gamma, inverse=False)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
+    return bdia_pass(denoiser, grid, z_T, gamma, caller="unrolled_bdia_sample")

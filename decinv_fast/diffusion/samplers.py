@@ -22,18 +22,16 @@ but the error of ``z_1`` is carried to ``z_T`` (and amplified by about ``gamma^{
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from ..options import check_finite, is_real
+from ..options import check_finite
+from .checks import check_callback, check_gamma
 from .denoiser import Denoiser, as_denoiser
 from .schedule import Schedule, as_schedule
 from .steps import bdia_inverse_step, bdia_step, ddim_step
-
-log = logging.getLogger(__name__)
 
 Callback = Callable[[int, torch.Tensor], None] | None
 
@@ -45,21 +43,12 @@ class BdiaPair(NamedTuple):
     z1: torch.Tensor
 
 
-def check_gamma(gamma, *, inverse: bool) -> float:
-    """``gamma`` in [0, 1] for sampling, in (0, 1] for inversion (it is divided by)."""
-    ok = is_real(gamma)
-    low_ok = ok and (gamma > 0 if inverse else gamma >= 0)
-    if not (low_ok and gamma <= 1):
-        where = "(0, 1] for inversion (it divides every step)" if inverse else "[0, 1]"
-        raise ValueError(f"gamma must lie in {where}, got {gamma!r}")
-    if inverse and gamma < 0.9:
-        log.warning("gamma=%s: BDIA inversion divides the error of every state by gamma; expect it to grow", gamma)
-    return float(gamma)
-
-
-def prepare(model, schedule, z: torch.Tensor, name: str, cond: dict) -> tuple[Denoiser, Schedule]:
+def prepare(model, schedule, z: torch.Tensor, name: str, cond: dict, callback: Callback = None
+            ) -> tuple[Denoiser, Schedule]:
     """The denoiser (checked against the state ``z``, called ``name`` in errors) and the schedule a
-    sampler or inversion runs with; shared by every loop over the schedule in this package."""
+    sampler or inversion runs with, ``callback`` checked too; shared by every loop over the schedule in this
+    package (all before the first model call)."""
+    check_callback(callback)
     denoiser = as_denoiser(model, **cond)
     denoiser.check(z, name)
     return denoiser, as_schedule(schedule)
@@ -94,7 +83,7 @@ def ddim_sample(model, schedule, z_T: torch.Tensor, *, callback: Callback = None
     It runs the loop of :func:`bdia_sample` at ``gamma = 0``, where every BDIA step is exactly the
     DDIM step (:func:`.steps.bdia_step`).
     """
-    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond, callback)
     return bdia_pass(denoiser, grid, z_T, 0.0, callback, caller="ddim_sample").z0
 
 
@@ -106,7 +95,7 @@ def ddim_invert(model, schedule, z_0: torch.Tensor, *, callback: Callback = None
     current state with the *next* timestep, standing in for ``eps(z_{i+1}, t_{i+1})``. The error is
     small for small steps and smooth models, never zero.
     """
-    denoiser, grid = prepare(model, schedule, z_0, "z_0", cond)
+    denoiser, grid = prepare(model, schedule, z_0, "z_0", cond, callback)
     z = z_0
     for i in range(grid.num_steps):
         eps = denoiser(z, grid.t(i + 1))
@@ -124,10 +113,10 @@ def bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, callback: C
 
         z_{i-1} = gamma * (z_{i+1} - DDIM_{i->i+1}(z_i)) + DDIM_{i->i-1}(z_i),    gamma in [0, 1].
 
-    ``gamma = 0`` is DDIM exactly. With one step, ``z_1`` is ``z_T``.
+    ``gamma = 0`` is DDIM exactly. With one step, ``z_1`` is a copy of ``z_T``.
     """
     gamma = check_gamma(gamma, inverse=False)
-    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond)
+    denoiser, grid = prepare(model, schedule, z_T, "z_T", cond, callback)
     return bdia_pass(denoiser, grid, z_T, gamma, callback)
 
 
@@ -136,7 +125,7 @@ def bdia_pass(denoiser: Denoiser, grid: Schedule, z_T: torch.Tensor, gamma: floa
     """The BDIA loop of :func:`bdia_sample` (and of :func:`ddim_sample`, ``gamma = 0``) on validated
     arguments, in the caller's grad mode; a NaN/inf result is an error naming ``caller``."""
     n = grid.num_steps
-    above = z_T
+    above = z_T if n > 1 else z_T.clone()  # one step: z_1 is z_T, returned as a new tensor (not the caller's)
     z = ddim_step(z_T, denoiser(z_T, grid.t(n)), grid.alphabar(n), grid.alphabar(n - 1))
     if callback is not None:
         callback(n - 1, z)
@@ -158,14 +147,14 @@ def bdia_invert(model, schedule, z0: torch.Tensor, z1: torch.Tensor, *, gamma: f
     ``N - 1`` model calls. ``gamma`` (in (0, 1]) and the conditioning must be those of sampling.
     """
     gamma = check_gamma(gamma, inverse=True)
-    denoiser, grid = prepare(model, schedule, z0, "z0", cond)
+    denoiser, grid = prepare(model, schedule, z0, "z0", cond, callback)
     _check_pair(z0, z1)
     return _invert_pair(denoiser, grid, z0, z1, gamma, callback)
 
 
 def _invert_pair(denoiser: Denoiser, grid: Schedule, z0: torch.Tensor, z1: torch.Tensor, gamma: float,
                  callback: Callback) -> torch.Tensor:
-    below, z = z0, z1
+    below, z = z0, z1 if grid.num_steps > 1 else z1.clone()  # one step: z_T is z_1 (a new tensor, not the caller's)
     for i in range(1, grid.num_steps):
         eps = denoiser(z, grid.t(i))
         above = bdia_inverse_step(below, z, eps, grid.alphabar(i), grid.alphabar(i - 1), grid.alphabar(i + 1), gamma)
@@ -186,7 +175,7 @@ def bdia_invert_from_z0(model, schedule, z0: torch.Tensor, *, gamma: float, call
     recursion; compare with :func:`ddim_invert`, which approximates at every step.
     """
     gamma = check_gamma(gamma, inverse=True)
-    denoiser, grid = prepare(model, schedule, z0, "z0", cond)
+    denoiser, grid = prepare(model, schedule, z0, "z0", cond, callback)
     z1 = ddim_step(z0, denoiser(z0, grid.t(1)), grid.alphabar(0), grid.alphabar(1))
     if callback is not None:
         callback(1, z1)

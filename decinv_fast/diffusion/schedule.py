@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..options import is_int
+from ..options import check_int, is_int
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
     """
     if not is_int(num_inference_steps) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+    check_int("num_train_timesteps", num_train_timesteps, 1)
+    check_int("steps_offset", steps_offset, 0)  # a negative offset gave a negative timestep, a float was truncated
     n, big_t = int(num_inference_steps), int(num_train_timesteps)
+    if steps_offset >= big_t:
+        raise ValueError(f"steps_offset={steps_offset} must be below num_train_timesteps={big_t}")
     if n > big_t:
         raise ValueError(f"num_inference_steps={n} exceeds num_train_timesteps={big_t}")
     if spacing == "leading":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import torch
 
@@ -31,6 +32,14 @@ def check_state(name: str, z) -> None:
     if z.numel() == 0:
         raise ValueError(f"{name}: empty batch (shape {tuple(z.shape)}); give at least one sample")
     check_finite(name, z)
+
+
+def check_cond(cond) -> dict:
+    """``cond``, the eps model's keyword arguments (as at generation): a mapping or ``None`` -> a dict."""
+    if cond is not None and not isinstance(cond, Mapping):
+        raise TypeError(f"cond must be a dict of the eps model's keyword arguments (as at generation) or None, "
+                        f"got {type(cond).__name__}")
+    return dict(cond or {})
 
 
 def check_callback(callback) -> None:

@@ -12,7 +12,6 @@ inversion step, exact after it) or by plain DDIM inversion. Both are approximate
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from ..inputs import to_frames
 from ..metrics import nmse_db
 from ..options import METHODS, check_dtype, check_finite
 from ..result import InversionResult
+from .checks import check_cond
 from .denoiser import as_denoiser
 from .samplers import bdia_invert_from_z0, check_gamma, ddim_invert
 from .schedule import as_schedule
@@ -124,10 +124,7 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         raise ValueError(f"diffusion must be one of {DIFFUSION_METHODS}, got {diffusion!r}")
     gamma = check_gamma(gamma, inverse=True) if diffusion == "bdia" else None
     grid = as_schedule(scheduler, num_inference_steps)
-    if cond is not None and not isinstance(cond, Mapping):
-        raise TypeError(f"cond must be a dict of the eps model's keyword arguments (as at generation) or None, "
-                        f"got {type(cond).__name__}")
-    denoiser = as_denoiser(eps_model, **(cond or {}))
+    denoiser = as_denoiser(eps_model, **check_cond(cond))
     adapter = as_adapter(vae)
     dtype = invert_options.get("dtype")
     check_dtype(dtype)

@@ -20,10 +20,15 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import as_adapter
 from ..api import decode
+from ..diffusion.checks import check_cond
+from ..diffusion.denoiser import as_denoiser
 from ..diffusion.pipeline import NoiseInversion, invert_to_noise
 from ..diffusion.samplers import bdia_sample
 from ..diffusion.schedule import as_schedule
+from ..inputs import to_frames
+from ..options import is_real
 from ..visual import to_uint8
 from .key import TreeRingKey, check_key, inject
 from .stats import noise_statistic
@@ -60,7 +65,9 @@ class Detection:
     inversion: NoiseInversion | None
 
     def flagged(self, alpha: float = 0.01) -> torch.Tensor:
-        """``(B,)`` bool: watermark detected at significance ``alpha`` (``p < alpha``)."""
+        """``(B,)`` bool: watermark detected at significance ``alpha`` (``p < alpha``), a level in (0, 1)."""
+        if not (is_real(alpha) and 0 < alpha < 1):
+            raise ValueError(f"alpha must lie in (0, 1) (a significance level), got {alpha!r}")
         return self.p_value < alpha
 
     def __repr__(self) -> str:
@@ -73,11 +80,15 @@ class Detection:
 def generate(vae, eps_model, scheduler, noise: torch.Tensor, *, key: TreeRingKey | None = None,
              gamma: float = 0.96, num_inference_steps: int | None = None, cond: dict | None = None) -> Generated:
     """BDIA-DDIM generation from ``noise`` ``(B, C, h, w)``, keyed first if ``key`` is given, then
-    decoded by ``vae`` and rounded to 8 bits."""
+    decoded by ``vae`` and rounded to 8 bits. ``cond``: the eps model's keyword arguments, or ``None``."""
+    if key is not None:
+        check_key(key)
+    denoiser = as_denoiser(eps_model, **check_cond(cond))
+    denoiser.check(noise, "noise")  # before keying and sampling, so that errors name this argument, not z_T
     if key is not None:
         noise = inject(noise, key)
     grid = as_schedule(scheduler, num_inference_steps)
-    z0, z1 = bdia_sample(eps_model, grid, noise, gamma=gamma, **(cond or {}))
+    z0, z1 = bdia_sample(denoiser, grid, noise, gamma=gamma)
     return Generated(to_uint8(decode(vae, z0)), noise, z0, z1)
 
 
@@ -114,6 +125,20 @@ def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float 
     ``invert_options`` go to :func:`decinv_fast.invert` (``steps``, ``lr``, ...).
     """
     check_key(key)
-    inversion = invert_to_noise(vae, eps_model, scheduler, images, method=method, diffusion=diffusion, gamma=gamma,
+    adapter = as_adapter(vae)
+    factor, channels = adapter.spatial_factor, adapter.latent_channels
+    if factor is not None and channels is not None:  # known before encoding (not for an (encode, decode) pair)
+        h, w = to_frames(images, device=None, dtype=None, spatial_factor=factor, channels=None).pixels.shape[-2:]
+        _check_fits(key, (channels, h // factor, w // factor), f"{h}x{w}-pixel images have")
+    inversion = invert_to_noise(adapter, eps_model, scheduler, images, method=method, diffusion=diffusion, gamma=gamma,
                                 num_inference_steps=num_inference_steps, cond=cond, **invert_options)
+    _check_fits(key, tuple(inversion.zT.shape[1:]), "images were inverted to")
     return score_noise(inversion.zT, key, noise_std=noise_std, inversion=inversion)
+
+
+def _check_fits(key: TreeRingKey, latent: tuple[int, ...], what: str) -> None:
+    """A ``ValueError`` naming ``images`` and ``key`` when the images' per-sample latent shape is not the key's."""
+    if latent != key.shape:
+        raise ValueError(f"images and key do not match: {what} {'x'.join(map(str, latent))} latents (C x h x w) with "
+                         f"this VAE, but key was made for {'x'.join(map(str, key.shape))}: use make_ring_key("
+                         f"{latent}) or images of the key's size")

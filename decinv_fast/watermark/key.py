@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import check_finite, is_int
+from ..diffusion.checks import check_state
+from ..options import is_int
 
 
 def frequency_radius(h: int, w: int) -> torch.Tensor:
@@ -65,14 +66,11 @@ class TreeRingKey:
         return int(self.mask.sum())
 
     def check(self, latents: torch.Tensor, name: str) -> None:
-        """Raise a clear error if ``latents`` (argument ``name``) do not fit this key."""
-        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            got = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+        """Raise a clear error if ``latents`` (argument ``name``) do not fit this key (or are empty or non-finite)."""
+        check_state(name, latents)
         if latents.dim() != 4 or tuple(latents.shape[1:]) != self.shape:
             raise ValueError(f"{name} must be (B, {', '.join(map(str, self.shape))}) for this key, "
                              f"got shape {tuple(latents.shape)}")
-        check_finite(name, latents)
 
 
 def check_key(key) -> TreeRingKey:
@@ -88,6 +86,9 @@ def make_ring_key(shape, *, radius: int | None = None, channel: int | None = Non
     if not sequence or len(shape) != 3 or any(not is_int(s) or s < 1 for s in shape):
         raise ValueError(f"shape must be (C, h, w) of positive ints, got {shape!r}")
     c, h, w = (int(s) for s in shape)
+    if min(h, w) < 3:
+        raise ValueError(f"shape must be (C, h, w) with h, w >= 3 for a ring key (the smallest ring, radius 1, "
+                         f"needs 3x3 latents), got {shape!r}")
     channel = c - 1 if channel is None else channel
     if not is_int(channel) or not 0 <= channel < c:
         raise ValueError(f"channel must be an int in [0, {c - 1}], got {channel!r}")

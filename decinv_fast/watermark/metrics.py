@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..options import is_real
+
 
 def _scores(name: str, scores) -> torch.Tensor:
     values = torch.as_tensor(scores, dtype=torch.float64).flatten()
@@ -30,7 +32,7 @@ def tpr_at_fpr(positive, negative, fpr: float = 0.01) -> tuple[float, float]:
     TPR at *zero* false positives (the threshold is the highest clean score): the empirical FPR
     cannot resolve 1% with 32 negatives, so the returned FPR says what was actually achieved.
     """
-    if not 0 <= fpr < 1:
+    if not (is_real(fpr) and 0 <= fpr < 1):
         raise ValueError(f"fpr must lie in [0, 1), got {fpr!r}")
     pos, neg = _scores("positive", positive), _scores("negative", negative)
     n = neg.numel()

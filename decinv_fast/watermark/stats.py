@@ -51,11 +51,15 @@ estimated. It does not underflow like a p-value does.
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 from ..options import is_real
 from .key import TreeRingKey, check_key, fourier
+
+MAX_NC = 1e7  # the Poisson mixture sums about nc / 2 terms (~0.5 s per 1e6 of nc): beyond this, refuse, don't hang
 
 
 def _log_gamma_p(a: float, y: float) -> float:
@@ -135,17 +139,41 @@ def _log_poisson_mixture(lam: float, log_cdf, log_gap) -> float:
     return min(0.0, top + math.log(sum(math.exp(v - top) for v in logs)))
 
 
+def _real(name: str, value) -> float:
+    """``value`` (a real number, or a 0-d tensor or array) as a float; NaN and non-numbers are a ``ValueError``."""
+    if isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _law(nc, **dfs) -> tuple[float, ...]:
+    """The degrees of freedom ``dfs`` (finite, > 0) and the noncentrality ``nc`` (in ``[0, MAX_NC]``) as floats."""
+    values = [_real(name, value) for name, value in dfs.items()]
+    for name, value, number in zip(dfs, dfs.values(), values, strict=True):
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    number = _real("nc", nc)
+    if not 0 <= number <= MAX_NC:
+        raise ValueError(f"nc must be a number in [0, {MAX_NC:g}] (the p-value sums about nc / 2 terms), got {nc!r}")
+    return (*values, number)
+
+
 def log_ncx2_cdf(x: float, df: float, nc: float) -> float:
     """Natural log of the noncentral chi-square CDF ``P(chi'^2_df(nc) <= x)``.
 
     Poisson mixture of central chi-squares: ``F = sum_j Pois(j; nc/2) * P(df/2 + j, x/2)``, summed in log
     space (:func:`_log_poisson_mixture`, with ``P(a, u) = P(a + 1, u) + u^a e^{-u} / Gamma(a + 1)``), so
-    p-values far below 1e-300 stay finite.
+    p-values far below 1e-300 stay finite. ``x = inf`` gives 0 (``p = 1``); ``df`` must be finite and > 0, ``nc``
+    in ``[0, 1e7]`` (the sum has about ``nc / 2`` terms); anything else, or a NaN ``x``, is a ``ValueError``.
     """
-    if df <= 0 or nc < 0 or not math.isfinite(x):
-        raise ValueError(f"need df > 0, nc >= 0 and a finite x, got x={x}, df={df}, nc={nc}")
+    x = _real("x", x)
+    df, nc = _law(nc, df=df)
     if x <= 0:
         return -math.inf
+    if x == math.inf:
+        return 0.0
     a, u, lam = df / 2, x / 2, nc / 2
     if lam == 0:
         return _log_gamma_p(a, u)
@@ -160,12 +188,15 @@ def log_ncf_cdf(f: float, df1: float, df2: float, nc: float) -> float:
     ``F' <= f`` iff ``X / (X + Z) <= t = df1 f / (df1 f + df2)``, and given the Poisson(``nc/2``) index ``j`` of
     the noncentral chi-square, ``X / (X + Z) ~ Beta(df1/2 + j, df2/2)``; so ``F = sum_j Pois(j; nc/2)
     I_t(df1/2 + j, df2/2)``, summed in log space (:func:`_log_poisson_mixture`, with ``I_t(a, b) = I_t(a + 1, b)
-    + t^a (1 - t)^b / (a B(a, b))``), so p-values far below 1e-300 stay finite.
+    + t^a (1 - t)^b / (a B(a, b))``), so p-values far below 1e-300 stay finite. ``f = inf`` gives 0 (``p = 1``);
+    ``df1``, ``df2`` must be finite and > 0, ``nc`` in ``[0, 1e7]``; anything else, or a NaN ``f``, is a ``ValueError``.
     """
-    if df1 <= 0 or df2 <= 0 or nc < 0 or not math.isfinite(f):
-        raise ValueError(f"need df1 > 0, df2 > 0, nc >= 0 and a finite f, got f={f}, df1={df1}, df2={df2}, nc={nc}")
+    f = _real("f", f)
+    df1, df2, nc = _law(nc, df1=df1, df2=df2)
     if f <= 0:
         return -math.inf
+    if df1 * f == math.inf:  # t = 1 to rounding (and inf / inf below)
+        return 0.0
     a, b, lam = df1 / 2, df2 / 2, nc / 2
     t, u = df1 * f / (df1 * f + df2), df2 / (df1 * f + df2)
     if lam == 0:
@@ -215,10 +246,17 @@ def noise_statistic(noise: torch.Tensor, key: TreeRingKey, *, noise_std: float |
             raise ValueError("noise: the unkeyed Fourier bins are all zero in some sample, so the noise scale cannot "
                              "be estimated; pass noise_std")
     else:
-        var = torch.full((noise.shape[0],), float(noise_std) ** 2, dtype=torch.float64)
+        var = torch.full((noise.shape[0],), float(noise_std), dtype=torch.float64).square()
     residual = (spectrum[:, mask] - values[mask]).abs()
     distance = residual.square().sum(dim=1) / var
     nc = values[mask].square().sum() / var
+    if not (torch.isfinite(var).all() and torch.isfinite(distance).all() and nc.max() <= MAX_NC):
+        name = "noise" if noise_std is None else "noise_std"
+        sigma = var.sqrt()
+        raise ValueError(f"{name}: a noise scale sigma of {float(sigma.min()):.3g} .. {float(sigma.max()):.3g} is out "
+                         f"of range for this key (its noncentrality ||K||^2 / sigma^2 reaches {float(nc.max()):.3g}, "
+                         f"at most {MAX_NC:g} is computable, and the statistic must be finite): the recovered noise "
+                         "should be about N(0, 1)")
     mean, sd = _score_moments(df, df_scale, nc)
     if noise_std is None:  # S / df1 is the ratio F of the keyed and unkeyed mean squares
         log_p = [log_ncf_cdf(float(s) / df, df, df_scale, float(n)) for s, n in zip(distance, nc, strict=True)]

@@ -149,6 +149,8 @@ def test_pipeline_arguments(unet, grid):
         decinv_fast.invert_to_noise(vae, unet, grid, images, diffusion="dpm")
     with pytest.raises(ValueError, match="gamma must lie in"):
         decinv_fast.invert_to_noise(vae, unet, grid, images, gamma=0.0)
+    with pytest.raises(ValueError, match="gamma is BDIA's; diffusion='ddim' takes none, got gamma=0.5"):
+        decinv_fast.invert_to_noise(vae, unet, grid, images, diffusion="ddim", gamma=0.5)  # was ignored
     with pytest.raises(TypeError, match="cond must be a dict of the eps model's keyword arguments .* got list"):
         decinv_fast.invert_to_noise(vae, unet, grid, images, cond=[1, 2])
     with pytest.raises(TypeError, match=r"option\(s\) \['steps'\] do not apply to method='encoder'"):

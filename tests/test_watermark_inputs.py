@@ -134,6 +134,18 @@ def test_detect_checks_the_image_size_against_the_key_before_inverting(fixture_v
     assert det.zT.shape == (2, 4, 4, 4) and torch.all(det.p_value <= 1)
 
 
+def test_detect_with_ddim_inversion_takes_no_gamma():
+    """gamma is BDIA's: detect passes none on for diffusion="ddim" (invert_to_noise refuses a given one)."""
+    images, key = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), make_ring_key((4, 4, 4))
+    grid = Schedule.from_scheduler(sd_scheduler(), 3)
+    det = detect(LinearPatchVae().pair, lambda z, t: 0.1 * z, grid, key, images, method="encoder", diffusion="ddim",
+                 noise_std=1.0)
+    assert det.inversion.diffusion == "ddim" and det.inversion.gamma is None and det.zT.shape == (2, 4, 4, 4)
+    with pytest.raises(ValueError, match="gamma is BDIA's; diffusion='ddim' takes none"):
+        detect(LinearPatchVae().pair, lambda z, t: 0.1 * z, grid, key, images, method="encoder", diffusion="ddim",
+               gamma=0.9)
+
+
 @pytest.mark.parametrize("fpr", ["0.1", None, NAN, True])
 def test_tpr_at_fpr_names_a_bad_fpr(fpr):
     with pytest.raises(ValueError, match=r"^fpr must lie in \[0, 1\), got"):  # a str or None was a raw TypeError

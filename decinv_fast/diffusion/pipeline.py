@@ -29,6 +29,7 @@ from .schedule import as_schedule
 
 DECODER_METHODS = ("encoder", *METHODS)  # "encoder": E(x) alone; the rest: decinv_fast.invert's methods
 DIFFUSION_METHODS = ("bdia", "ddim")
+BDIA_GAMMA = 0.96  # invert_to_noise's and detect's gamma when none is given (see invert_to_noise)
 
 
 @dataclass(repr=False)
@@ -93,7 +94,7 @@ def _check_truth(name: str, truth, latent: tuple) -> None:
 
 
 def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", diffusion: str = "bdia",
-                    gamma: float = 0.96, num_inference_steps: int | None = None, cond: dict | None = None,
+                    gamma: float | None = None, num_inference_steps: int | None = None, cond: dict | None = None,
                     true_z0: torch.Tensor | None = None, true_zT: torch.Tensor | None = None,
                     **invert_options) -> NoiseInversion:
     """Recover the initial noise ``z_T`` of generated ``images``: decoder inversion, then diffusion inversion.
@@ -108,7 +109,8 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         method: decoder stage, one of ``"encoder"``, ``"adam"`` (gradient-free, default), ``"fsm"``,
             ``"km"``, ``"anderson"``, ``"auto"`` (self-stopping) or ``"grad"`` (gradient-based baseline).
         diffusion: ``"bdia"`` (use the ``gamma`` of generation) or ``"ddim"``.
-        gamma: BDIA's gamma, in (0, 1], the one used at generation. The default 0.96 sits in the
+        gamma: BDIA's gamma, in (0, 1], the one used at generation (``diffusion="ddim"`` takes none:
+            given there, it is refused rather than ignored). The default (``None``) 0.96 sits in the
             range where the from-``z_0`` inversion is most accurate: ``gamma = 1`` leaves BDIA's
             oscillating mode undamped, while the inverse divides errors by ``gamma`` at every step
             (with 50 steps, 0.9 already diverges; see docs/diffusion_inversion.md).
@@ -122,7 +124,9 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         raise ValueError(f"method must be one of {DECODER_METHODS}, got {method!r}")
     if diffusion not in DIFFUSION_METHODS:
         raise ValueError(f"diffusion must be one of {DIFFUSION_METHODS}, got {diffusion!r}")
-    gamma = check_gamma(gamma, inverse=True) if diffusion == "bdia" else None
+    if diffusion == "ddim" and gamma is not None:
+        raise ValueError(f"gamma is BDIA's; diffusion='ddim' takes none, got gamma={gamma!r}")
+    gamma = check_gamma(BDIA_GAMMA if gamma is None else gamma, inverse=True) if diffusion == "bdia" else None
     grid = as_schedule(scheduler, num_inference_steps)
     denoiser = as_denoiser(eps_model, **check_cond(cond))
     adapter = as_adapter(vae)

@@ -116,13 +116,14 @@ def score_noise(noise: torch.Tensor, key: TreeRingKey, *, noise_std: float | Non
                      distance=stats["distance"], sigma=stats["sigma"], l1=stats["l1"], zT=noise, inversion=inversion)
 
 
-def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float = 0.96, method: str = "adam",
+def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float | None = None, method: str = "adam",
            diffusion: str = "bdia", num_inference_steps: int | None = None, cond: dict | None = None,
            noise_std: float | None = None, **invert_options) -> Detection:
     """Invert ``images`` to their initial noise (:func:`decinv_fast.invert_to_noise`) and test for ``key``.
 
     ``method`` picks the decoder inversion (``"encoder"`` or a :func:`decinv_fast.invert` method);
-    ``invert_options`` go to :func:`decinv_fast.invert` (``steps``, ``lr``, ...).
+    ``gamma`` is BDIA's, as at generation (default 0.96; none with ``diffusion="ddim"``), as for
+    :func:`decinv_fast.invert_to_noise`; ``invert_options`` go to :func:`decinv_fast.invert` (``steps``, ``lr``, ...).
     """
     check_key(key)
     adapter = as_adapter(vae)

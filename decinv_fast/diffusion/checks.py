@@ -11,6 +11,8 @@ from ..options import check_finite, is_real
 
 log = logging.getLogger(__name__)
 
+BDIA_GAMMA = 0.96  # BDIA's gamma where a function defaults it (generation, invert_to_noise, detect, optimize_noise)
+
 
 def check_gamma(gamma, *, inverse: bool) -> float:
     """``gamma`` in [0, 1] for sampling, in (0, 1] for inversion (it is divided by)."""

@@ -28,7 +28,7 @@ import torch
 from ..options import check_flag, is_int, is_real
 from ._autodiff import check_loss_and_gradients, needs_autograd, scalar_loss
 from .adjoint import adjoint_sample
-from .checks import check_callback, check_state, one_line
+from .checks import BDIA_GAMMA, check_callback, check_state, one_line
 from .ei import ei_sample
 from .reversible import reversible_bdia_sample
 from .schedule import as_schedule
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 METHODS = ("adjoint", "reversible", "autograd")
 # the sampler options each method takes, with their defaults (an option given to a method that does not use it
 # is refused, as invert refuses options of other methods)
-METHOD_OPTIONS = {"adjoint": {"order": 1, "states": "recompute"}, "reversible": {"gamma": 0.96}, "autograd": {}}
+METHOD_OPTIONS = {"adjoint": {"order": 1, "states": "recompute"}, "reversible": {"gamma": BDIA_GAMMA}, "autograd": {}}
 
 
 @dataclass(repr=False)

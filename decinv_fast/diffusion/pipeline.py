@@ -19,17 +19,17 @@ import torch
 from ..adapters import as_adapter
 from ..api import decode, encode, invert
 from ..inputs import to_frames
+from ..loop import sample_norm
 from ..metrics import nmse_db
 from ..options import METHODS, check_dtype, check_finite
 from ..result import InversionResult
-from .checks import check_cond
+from .checks import BDIA_GAMMA, check_cond
 from .denoiser import as_denoiser
 from .samplers import bdia_invert_from_z0, check_gamma, ddim_invert
 from .schedule import as_schedule
 
 DECODER_METHODS = ("encoder", *METHODS)  # "encoder": E(x) alone; the rest: decinv_fast.invert's methods
 DIFFUSION_METHODS = ("bdia", "ddim")
-BDIA_GAMMA = 0.96  # invert_to_noise's and detect's gamma when none is given (see invert_to_noise)
 
 
 @dataclass(repr=False)
@@ -155,8 +155,8 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         decoder = invert(vae, pixels, method=method, **invert_options)
         z0, decoder_residual = decoder.latents, float(decoder.residuals[-1])
     recon = decode(vae, z0).float()
-    norm = pixels.float().norm()  # a uniform mid-grey batch (all 0): the residual is absolute, not infinite
-    pixel_residual = float((recon - pixels.float()).norm() / torch.where(norm > 0, norm, torch.ones_like(norm)))
+    # over the whole batch; 1 for a uniform mid-grey batch (all 0): the residual is absolute, not infinite
+    pixel_residual = float((recon - pixels.float()).norm() / sample_norm(pixels, 1)[0])
     decoder_seconds = time.perf_counter() - start
 
     weight = denoiser.parameter

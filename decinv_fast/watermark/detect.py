@@ -22,7 +22,7 @@ import torch
 
 from ..adapters import as_adapter
 from ..api import decode
-from ..diffusion.checks import check_cond
+from ..diffusion.checks import BDIA_GAMMA, check_cond
 from ..diffusion.denoiser import as_denoiser
 from ..diffusion.pipeline import NoiseInversion, invert_to_noise
 from ..diffusion.samplers import bdia_sample
@@ -78,7 +78,7 @@ class Detection:
 
 @torch.no_grad()
 def generate(vae, eps_model, scheduler, noise: torch.Tensor, *, key: TreeRingKey | None = None,
-             gamma: float = 0.96, num_inference_steps: int | None = None, cond: dict | None = None) -> Generated:
+             gamma: float = BDIA_GAMMA, num_inference_steps: int | None = None, cond: dict | None = None) -> Generated:
     """BDIA-DDIM generation from ``noise`` ``(B, C, h, w)``, keyed first if ``key`` is given, then
     decoded by ``vae`` and rounded to 8 bits. ``cond``: the eps model's keyword arguments, or ``None``."""
     if key is not None:

@@ -128,7 +128,8 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if patience is not None:
         check_int("patience", patience, 1)
     check_backend_name(backend)
-    if method == "auto":
+    named = "auto" if method == "auto" else None
+    if named:
         if lr is not None or method_options:
             raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
         if schedule not in (None, AUTO["schedule"]) or keep_best not in (None, AUTO["keep_best"]):
@@ -160,7 +161,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention, fp32_master)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
-                keep_best=bool(keep_best), tol=tol, patience=patience)  # None: off
+                keep_best=bool(keep_best), tol=tol, patience=patience, named=named)  # None: off
     return adapter, frames, plan
 
 
@@ -287,15 +288,13 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    result = build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
-    result.method = method  # "auto" stays "auto" (it ran plan.method with options.AUTO)
-    return result
+    return build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     """Step until ``plan.steps``, or until every sample stopped (tracker) or, without ``keep_best``,
     something diverged (with it, a sample that diverges stops on its own and the others run on)."""
-    bar = tqdm(total=plan.steps, desc=f"decinv {plan.method}", disable=not progress, leave=False)
+    bar = tqdm(total=plan.steps, desc=f"decinv {plan.label}", disable=not progress, leave=False)
     denom = iteration.residual_norm
     tracker = iteration.tracker
     sync = progress or (tracker is not None and tracker.needs_sync)

@@ -39,6 +39,12 @@ class Plan:
     tol: float | None = None  # per-sample stop: relative latent residual below tol
     patience: int | None = None  # per-sample stop: pixel error not improved for this many steps
     compile: bool | str = False  # torch.compile the decoder + encoder pass (True, or a backend name)
+    named: str | None = None  # the method the caller named, where it differs ("auto" runs anderson)
+
+    @property
+    def label(self) -> str:
+        """The method as the caller named it, for messages and the result."""
+        return self.named or self.method
 
 
 def chunks(total: int, size: int) -> Iterator[slice]:

@@ -30,14 +30,24 @@ def shaped(frames: Frames, latents: torch.Tensor) -> torch.Tensor:
     return frames.restore(latents.reshape(frames.latent_shape(latents.shape[1:])))
 
 
+def _ran(plan: Plan) -> str:
+    """The method and step size a run took, as the caller would have named them (auto's is its own)."""
+    return f"method={plan.label!r}" + ("" if plan.named else f", lr={plan.lr}")
+
+
 def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
     """What to try after a run went non-finite: the likeliest cause first."""
     half = dtype in (torch.float16, torch.bfloat16)
     upcast = upcast_hint(iteration.adapter, dtype)
     if plan.method == "grad" and half:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
-    step = ("try a smaller lr" if option(plan.options, "mean_gain") == 1.0
-            else "try a smaller rho x mean_gain (about 1.5 at most)")
+    if plan.named == "auto":  # its step size and options are not the caller's to lower
+        step = (f"method='auto' (anderson at lr {plan.lr} with mean_gain {option(plan.options, 'mean_gain')}) steps "
+                "too far for this VAE: try method='anderson' with a smaller lr")
+    elif option(plan.options, "mean_gain") == 1.0:
+        step = "try a smaller lr"
+    else:
+        step = "try a smaller rho x mean_gain (about 1.5 at most)"
     if iteration.adapter.module is None:  # the pair's decoder is run unchecked each step, as a VAE's is
         step += " (or check that decode_fn returns finite pixels)"
     return f"{step}, or dtype=torch.float32{upcast}" if half else step
@@ -60,7 +70,7 @@ def warn_if_residual_grew(per_step: torch.Tensor, plan: Plan) -> None:
     rho = "the secant step (lr='auto')" if secant else str(plan.lr)
     cause = (f"rho x mean_gain = {rho} x {gain} is likely too large (keep it below about 1.5)" if gain != 1.0
              else f"{'the secant step' if secant else f'lr={plan.lr}'} is likely too large for this VAE")
-    warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.method!r}): "
+    warnings.warn(f"inversion diverged for {int(grew.sum())} of {grew.numel()} sample(s) (method={plan.label!r}): "
                   f"the relative residual ended above {GREW}x where it started and above {GREW_FLOOR} (sample {worst}: "
                   f"{float(per_step[0, worst]):.3g} -> {float(per_step[-1, worst]):.3g}); the last iterate is "
                   f"returned. {cause}; or pass keep_best=True to return each sample's best iterate",
@@ -77,7 +87,7 @@ def warn_of_diverged(reasons: list[str], finite_history: list[bool], stopped: to
     if bad:
         others = "; the others ran on" if len(bad) < len(reasons) else ""
         warnings.warn(f"inversion diverged: non-finite values in {dtype} in sample(s) {bad} of {len(reasons)} after "
-                      f"{stopped[bad].tolist()} step(s) (method={plan.method!r}, lr={plan.lr}); each returns its "
+                      f"{stopped[bad].tolist()} step(s) ({_ran(plan)}); each returns its "
                       f"best point (keep_best){others}; {divergence_hint(iteration, dtype, plan)}",
                       RuntimeWarning, stacklevel=4)
     return reasons
@@ -99,7 +109,7 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
         hint = divergence_hint(iteration, latents.dtype, plan)
         keep = "" if plan.keep_best else "; or pass keep_best=True to return each sample's best point"
         raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
-                                 f"(method={plan.method!r}, lr={plan.lr}); {hint}{keep}")
+                                 f"({_ran(plan)}); {hint}{keep}")
     per_step = (history.sqrt() / denom).cpu()
     residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
     if not plan.keep_best:
@@ -114,7 +124,7 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
     return InversionResult(
         latents=shaped(frames, latents), residuals=residuals, per_sample_residual=per_step[-1],
         residual_history=per_step, steps_run=steps_run, seconds=seconds, peak_bytes=peak_bytes,
-        method=plan.method, dtype=latents.dtype, backend=update_backend(iteration, plan),
+        method=plan.label, dtype=latents.dtype, backend=update_backend(iteration, plan),
         pixel_residual_history=(pixel_history.sqrt() / pixel_denom).cpu(),
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
         lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk * frames.frames_per_row,

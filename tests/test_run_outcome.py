@@ -132,6 +132,22 @@ def test_the_batch_residual_is_the_norm_over_the_whole_batch():
     torch.testing.assert_close(out.residuals[0], (x ** 3 - x).norm() / x.norm())
 
 
+def test_a_diverging_auto_run_is_named_auto_and_pointed_at_anderson():
+    """auto's step size and options are not the caller's to lower: its warning names auto, says what it ran
+    and points at anderson (as the command line words it too), and the result says auto."""
+    from decinv_fast import cli
+
+    codec = (lambda x: x.clone(), lambda z: torch.sinh(3 * z))  # elementwise; the sample at 0.9 blows up
+    x = torch.cat([torch.full((1, 3, 8, 8), v) for v in (-0.01, 0.9, -0.02)])
+    told = (r"sample\(s\) \[1\] of 3 after \[\d+\] step\(s\) \(method='auto'\); .*; method='auto' \(anderson at "
+            r"lr 0.7 with mean_gain 3.0\) steps too far for this VAE: try method='anderson' with a smaller lr")
+    with pytest.warns(RuntimeWarning, match=told) as seen:
+        result = decinv_fast.invert(codec, x, method="auto", steps=20, measure_memory=False)
+    assert result.method == "auto" and result.stop_reason[1] == "diverged" and "method='auto'" in repr(result)
+    worded = cli.flag_names(str(next(w.message for w in seen if "diverged" in str(w.message))))
+    assert "(--method auto);" in worded and "try --method anderson with a smaller --lr" in worded
+
+
 def test_a_divergence_warning_names_the_worst_sample_at_the_caller_s_line():
     """Both samples grow (steps of factor 1 - 1.2 c); the one with the larger growth is named."""
     codec = (lambda x: x.clone(), lambda z: z * torch.tensor([1.9, 2.2]).view(2, 1, 1, 1))

@@ -127,9 +127,9 @@ class Denoiser:
                 raise ValueError(f"{label} must be (B or 1, L, D) with B={z.shape[0]}, got shape {tuple(emb.shape)}")
         neg, pos = self.negative_encoder_hidden_states, self.encoder_hidden_states
         width = _embedding_width(self.model) if pos is not None and self.kind == "unet2d_condition" else None
-        if width is not None and pos.shape[-1] != width:
-            raise ValueError(f"encoder_hidden_states must be (B or 1, L, {width}) for this UNet (its "
-                             f"cross_attention_dim), got shape {tuple(pos.shape)}")
+        if width is not None and pos.shape[-1] != width[0]:
+            raise ValueError(f"encoder_hidden_states must be (B or 1, L, {width[0]}) for this UNet (its "
+                             f"{width[1]}), got shape {tuple(pos.shape)}")
         if neg is not None and neg.shape[1:] != pos.shape[1:]:
             raise ValueError(
                 f"negative_encoder_hidden_states {tuple(neg.shape)} and encoder_hidden_states {tuple(pos.shape)} "
@@ -199,14 +199,26 @@ def _check_finite_conditioning(**cond) -> None:
                 check_finite(key if inner is None else f"{key}[{inner!r}]", item)
 
 
-def _embedding_width(model) -> int | None:
-    """The width ``D`` a ``UNet2DConditionModel`` takes its ``encoder_hidden_states`` in (``cross_attention_dim``),
-    or ``None`` where it is not one number (per-block widths, or an ``encoder_hid_dim`` projection first)."""
+def _embedding_width(model) -> tuple[int, str] | None:
+    """The width ``D`` (and the config key that sets it) a ``UNet2DConditionModel`` takes its ``encoder_hidden_states`` in: ``encoder_hid_dim`` where
+    they are projected first (``"text_proj"``, ``"text_image_proj"``), else ``cross_attention_dim`` (per-block widths:
+    the one they share); ``None`` where that is not one number (per-block widths that differ, an image projection
+    that replaces them, IP-Adapter's)."""
     config = model.config
-    width = config.get("cross_attention_dim")
-    if config.get("encoder_hid_dim") is not None or isinstance(width, bool) or not isinstance(width, int):
+    hid_dim, hid_type = config.get("encoder_hid_dim"), config.get("encoder_hid_dim_type")
+    if hid_dim is not None:
+        known = hid_type in (None, "text_proj", "text_image_proj") and _is_width(hid_dim)
+        return (hid_dim, "encoder_hid_dim") if known else None
+    if hid_type is not None:
         return None
-    return width
+    width = config.get("cross_attention_dim")
+    if isinstance(width, (list, tuple)) and width and len(set(width)) == 1:
+        width = width[0]
+    return (width, "cross_attention_dim") if _is_width(width) else None
+
+
+def _is_width(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _twice(value, batch: int):

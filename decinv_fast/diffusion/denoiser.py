@@ -200,10 +200,10 @@ def _check_finite_conditioning(**cond) -> None:
 
 
 def _embedding_width(model) -> tuple[int, str] | None:
-    """The width ``D`` (and the config key that sets it) a ``UNet2DConditionModel`` takes its ``encoder_hidden_states`` in: ``encoder_hid_dim`` where
-    they are projected first (``"text_proj"``, ``"text_image_proj"``), else ``cross_attention_dim`` (per-block widths:
-    the one they share); ``None`` where that is not one number (per-block widths that differ, an image projection
-    that replaces them, IP-Adapter's)."""
+    """The width ``D`` a ``UNet2DConditionModel`` takes its ``encoder_hidden_states`` in, and the config key that
+    sets it: ``encoder_hid_dim`` where they are projected first (``"text_proj"``, ``"text_image_proj"``), else
+    ``cross_attention_dim`` (per-block widths: the one they share); ``None`` where that is not one number
+    (per-block widths that differ, an image projection that replaces them, IP-Adapter's)."""
     config = model.config
     hid_dim, hid_type = config.get("encoder_hid_dim"), config.get("encoder_hid_dim_type")
     if hid_dim is not None:

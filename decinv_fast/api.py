@@ -33,7 +33,7 @@ from .options import (
     fused_update,
     is_int,
 )
-from .outcome import build_result, shaped
+from .outcome import build_result, check_first_decoding, shaped
 from .result import InversionResult
 
 
@@ -301,6 +301,8 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     with bar, torch.set_grad_enabled(plan.method == "grad"):
         for k in range(plan.steps):
             step()
+            if k == 0:
+                check_first_decoding(iteration)
             if watch is not None:
                 watch(k)
             if not sync:

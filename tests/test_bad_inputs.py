@@ -215,6 +215,27 @@ def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_3
         decinv_fast.decode(loud, torch.ones(1, 4, 4, 4, dtype=torch.float16))
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(keep_best=True), dict(method="auto"), dict(method="grad"),
+                                dict(method="grad", optimizer="lbfgs")],
+                         ids=["adam", "keep_best", "auto", "grad", "lbfgs"])
+def test_a_decoder_overflowing_in_half_precision_is_an_error_at_once(tiny_kl, images_32, kw):
+    """D(E(x)) non-finite in fp16 is the VAE overflowing, whatever the method or keep_best: told to use float32
+    before any step (it was a divergence blamed on the step size, or with keep_best a warning and E(x)
+    returned); in float32 the same VAE runs."""
+    loud = copy.deepcopy(tiny_kl)
+    with torch.no_grad():
+        loud.decoder.conv_out.weight.mul_(1e6)  # D(z) beyond fp16's 65504, E(x) finite
+    steps_taken = []
+    told = (r"^the decoder's output D\(E\(x\)\) is non-finite in torch.float16 in sample\(s\) \[0, 1\] of 2; use "
+            r"dtype=torch.float32 .*force_upcast")
+    with pytest.raises(FloatingPointError, match=told):
+        decinv_fast.invert(loud, images_32, steps=3, dtype=torch.float16, callback=lambda k, z: steps_taken.append(k),
+                           **kw)
+    assert steps_taken == []
+    run = decinv_fast.invert(loud, images_32, steps=1, dtype=torch.float32, measure_memory=False, **kw)
+    assert run.steps_run == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_a_non_finite_half_output_says_float32_and_force_upcast(tiny_kl, dtype):
     from decinv_fast.adapters import as_adapter, check_output_finite

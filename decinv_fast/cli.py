@@ -25,14 +25,26 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 VAE_CLASSES = (*IMAGE_VAE_KINDS, *VIDEO_VAE_KINDS)
 
 
+def positive_arg(spec: str) -> float:
+    """``--tol`` (and ``--lr``'s numbers): a positive, finite number."""
+    try:
+        value = float(spec)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a positive number: {spec!r}")
+    return value
+
+
 def lr_arg(spec: str) -> float | str:
-    """``--lr``: a number, or ``auto`` (the per-sample secant step size of fsm, km and anderson)."""
+    """``--lr``: a positive, finite number, or ``auto`` (the per-sample secant step size of fsm, km and anderson),
+    refused by argparse before any model loads."""
     if spec == "auto":
         return spec
     try:
-        return float(spec)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or 'auto': {spec!r}") from None
+        return positive_arg(spec)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a positive number or 'auto': {spec!r}") from None
 
 
 def count_arg(spec: str) -> int:
@@ -43,17 +55,6 @@ def count_arg(spec: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"not a positive int: {spec!r}")
-    return value
-
-
-def tol_arg(spec: str) -> float:
-    """``--tol``: a positive, finite number."""
-    try:
-        value = float(spec)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"not a positive number: {spec!r}")
     return value
 
 
@@ -137,6 +138,8 @@ FLAG_NAMES = (
     (r"^compile must be True, False or a torch\.compile backend", "--compile-backend must name a torch.compile "
      "backend"),
     (r"\bkeep_best=True", "--keep-best"),
+    (r"\(keep_best\)", "(--keep-best)"),
+    (r"\battention='([\w-]+)'", r"--attention \1"),
     (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
     (r"^decode_timestep:", "--decode-timestep:"),
     (r"\bdtype=torch\.(\w+)", r"--dtype \1"),
@@ -316,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="return each sample's iterate with the lowest pixel error, not the last one")
     stop.add_argument("--patience", type=count_arg, default=None,
                       help="stop a sample after this many steps without a lower pixel error (default: never)")
-    stop.add_argument("--tol", type=tol_arg, default=None, help="stop a sample once its relative residual is below TOL "
-                      "(default: never)")
+    stop.add_argument("--tol", type=positive_arg, default=None,
+                      help="stop a sample once its relative residual is below TOL (default: never)")
     fast = inv.add_argument_group("speed and memory (GPU)")
     fast.add_argument("--attention", default="auto", choices=ATTENTION,
                       help="VAE attention for the call (auto: the VAE's own, plain math replaced by SDPA)")

@@ -97,7 +97,7 @@ def test_secant_step_size_from_the_command_line(tmp_path, photo_png, capsys):
     assert latents.shape[0] == 4 and meta["lr"] == "auto" and meta["method"] == "fsm"
     with pytest.raises(SystemExit):
         main(["invert", str(photo_png), "--lr", "fast", "--quiet", "--out", str(out)])
-    assert "not a number or 'auto'" in capsys.readouterr().err
+    assert "not a positive number or 'auto'" in capsys.readouterr().err
     assert main(["invert", str(photo_png), "--method", "adam", "--lr", "auto", "--quiet", "--out", str(out)]) == 2
     assert "error: --lr auto is for methods" in capsys.readouterr().err  # invert's own error, in the flags' names
 
@@ -199,7 +199,10 @@ def test_speed_options_reach_invert(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,message", [(["--steps", "0"], "argument --steps: not a positive int: '0'"),
                                           (["--patience", "-1"], "argument --patience: not a positive int"),
                                           (["--tol", "nan"], "argument --tol: not a positive number: 'nan'"),
-                                          (["--tol", "-1"], "argument --tol: not a positive number")])
+                                          (["--tol", "-1"], "argument --tol: not a positive number"),
+                                          (["--lr", "-1"], "argument --lr: not a positive number or 'auto': '-1'"),
+                                          (["--lr", "0"], "argument --lr: not a positive number or 'auto': '0'"),
+                                          (["--lr", "inf"], "argument --lr: not a positive number or 'auto'")])
 def test_bad_counts_are_usage_lines_before_anything_loads(tmp_path, photo_png, capsys, monkeypatch, args, message):
     from decinv_fast import cli
 

@@ -4,6 +4,7 @@ refuses, and what the metadata says of a plain run."""
 import argparse
 import inspect
 import json
+import re
 
 import pytest
 import torch
@@ -141,3 +142,15 @@ def test_flag_names_reword_the_divergence_error():
     assert cli.flag_names(message) == (
         "inversion diverged: non-finite values in torch.float16 in sample(s) [0] of 1 (--method fsm, --lr 2.5); "
         "try a smaller --lr, or --dtype float32; or pass --keep-best to return each sample's best point")
+
+
+def test_flag_names_reword_keep_best_s_warning_and_the_attention_errors(photo_png, tmp_path, capsys):
+    warning = ("inversion diverged: non-finite values in torch.float32 in sample(s) [1] of 3 after [2] step(s) "
+               "(method='fsm', lr=1.5); each returns its best point (keep_best); the others ran on; try a smaller lr")
+    assert cli.flag_names(warning) == (
+        "inversion diverged: non-finite values in torch.float32 in sample(s) [1] of 3 after [2] step(s) "
+        "(--method fsm, --lr 1.5); each returns its best point (--keep-best); the others ran on; try a smaller --lr")
+    assert main(["invert", str(photo_png), "--attention", "xformers", "--steps", "1", "--quiet",
+                 "--out", str(tmp_path / "z.st")]) == 2
+    err = capsys.readouterr().err  # on the CPU it needs xformers installed, or else CUDA tensors
+    assert re.search(r"decinv: error: --attention xformers needs (xformers installed|CUDA tensors)", err)

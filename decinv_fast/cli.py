@@ -223,7 +223,8 @@ def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | Non
     # the last update's result, which no step evaluated
     at_returned = [f"{float(history[k, i]):.6g}" if k < result.steps_run else "-" for i, k in enumerate(returned)]
     meta = {"method": args.method, "steps": str(result.steps_run), "max_steps": str(args.steps),
-            "lr": str(result.lr),
+            "lr": str(result.lr), "secant_lr": "-" if result.secant_lr is None else  # one per sample (--lr auto)
+            ",".join(f"{float(v):.6g}" for v in result.secant_lr),
             "dtype": str(result.dtype).removeprefix("torch."), "device": str(result.latents.device),
             "backend": result.backend, "vae": args.vae, "clip_aware": str(clip_aware), "source": str(args.input),
             "layout": layout, "optimizer": "lbfgs" if args.lbfgs else ("adam" if args.method == "grad" else "none"),

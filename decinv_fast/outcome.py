@@ -143,6 +143,7 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
         returned_step=returned.cpu(), stopped_at=stopped, stop_reason=reasons,
         lr="auto" if plan.options.get("auto_rho") else plan.lr, chunk_frames=plan.chunk * frames.frames_per_row,
         keep_best=plan.keep_best, patience=plan.patience,
+        secant_lr=iteration.scale.float().cpu() if plan.options.get("auto_rho") else None,
     )
 
 

@@ -48,6 +48,9 @@ class InversionResult:
             method or the planner: the step size (the method's default when not given; ``"auto"``: the
             per-sample secant step), the frames per encoder/decoder call (``chunk_frames="auto"``: the
             planner's choice), whether each sample returned its best iterate, and the patience.
+        secant_lr: with ``lr="auto"``, ``(B,)`` the secant step size each sample took from its second step on
+            (its first step takes 1; the schedule's factor applies on top; 1 where it had no usable curvature
+            or ran one step); ``None`` otherwise.
     """
 
     latents: torch.Tensor
@@ -68,6 +71,7 @@ class InversionResult:
     chunk_frames: int | None = None
     keep_best: bool = False
     patience: int | None = None
+    secant_lr: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         """One line of what happened (the dataclass default would print every tensor in full)."""

@@ -174,6 +174,18 @@ def test_secant_step_size_finds_the_curvature():
     assert out.residual_history[2:].max() < 1e-5
 
 
+def test_the_result_reports_each_sample_s_secant_step_size():
+    """E(D(z)) = c_i z per sample: each sample's secant step 1/c_i is in ``secant_lr``; 1 before a second step;
+    None without lr="auto"."""
+    c = torch.tensor([2.5, 0.5]).view(2, 1, 1, 1)
+    codec = (lambda x: c * x, lambda z: z)
+    x = images()
+    out = decinv_fast.invert(codec, x, method="anderson", lr="auto", steps=3, schedule="constant", memory=0)
+    assert out.lr == "auto" and out.secant_lr.tolist() == pytest.approx([0.4, 2.0], rel=1e-5)
+    assert decinv_fast.invert(codec, x, method="fsm", lr="auto", steps=1).secant_lr.tolist() == [1.0, 1.0]
+    assert decinv_fast.invert(codec, x, method="fsm", lr=0.5, steps=2).secant_lr is None
+
+
 def test_secant_step_is_clipped_and_left_at_one_without_curvature():
     """``<s, t> / <t, t>`` per sample, clipped to ``[RHO_MIN, RHO_MAX]``; 1 where ``<s, t> <= 0``: ``t``
     orthogonal to ``s``, a residual that did not change (``t = 0``), or negative curvature."""

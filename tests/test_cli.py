@@ -95,6 +95,7 @@ def test_secant_step_size_from_the_command_line(tmp_path, photo_png, capsys):
                  "--out", str(out)]) == 0
     latents, meta = read_latents(out)
     assert latents.shape[0] == 4 and meta["lr"] == "auto" and meta["method"] == "fsm"
+    assert 0.05 <= float(meta["secant_lr"]) <= 4.0  # one image: one sample's secant step size
     with pytest.raises(SystemExit):
         main(["invert", str(photo_png), "--lr", "fast", "--quiet", "--out", str(out)])
     assert "not a positive number or 'auto'" in capsys.readouterr().err
@@ -418,7 +419,7 @@ def test_metadata_records_what_ran(tmp_path):
                     keep_best=True)
     assert torch.equal(latents, direct.latents)
     assert meta["layout"] == "batch,C,h,w" and meta["dtype"] == "float32" and meta["device"] == "cpu"
-    assert (meta["lr"], meta["max_steps"], meta["steps"]) == (str(DEFAULT_LR["fsm"]), "4", "4")
+    assert (meta["lr"], meta["max_steps"], meta["steps"], meta["secant_lr"]) == (str(DEFAULT_LR["fsm"]), "4", "4", "-")
     assert meta["chunk_frames"] == "auto" and 1 <= int(meta["chunk"]) <= 3 and meta["backend"] == direct.backend
     returned = direct.returned_step.tolist()
     assert all(k < 4 for k in returned)  # keep_best: evaluated points, whose residual is known

@@ -54,11 +54,13 @@ def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
 
 
 def check_first_decoding(iteration) -> None:
-    """In half precision, a non-finite first decoding ``D(E(x))`` (before any update could have caused it) is the
-    VAE overflowing: an error at once, as for ``E(x)`` (:func:`~decinv_fast.adapters.check_output_finite`), not a
-    sample returned as diverged or a step size blamed."""
+    """In half precision, a VAE's non-finite first decoding ``D(E(x))`` (before any update could have caused it) is
+    the VAE overflowing: an error at once, as for ``E(x)`` (:func:`~decinv_fast.adapters.check_output_finite`), not a
+    sample returned as diverged or a step size blamed. An ``(encode_fn, decode_fn)`` pair's ``decode_fn`` may be
+    undefined there (its sample then ends as any divergence does)."""
     dtype = iteration.x.dtype
-    if dtype not in (torch.float16, torch.bfloat16) or iteration.x.device.type == "meta":
+    if dtype not in (torch.float16, torch.bfloat16) or iteration.adapter.module is None or \
+            iteration.x.device.type == "meta":
         return
     finite = torch.isfinite(iteration.pixel_history[0])
     if not bool(finite.all()):

@@ -25,7 +25,7 @@ SD21_ARCH = dict(
     sample_size=768, scaling_factor=0.18215,
 )
 VAE_LABELS = {
-    "fixture": "fixture VAE (bundled, trained; SD-family layout at ~1/40 width)",
+    "fixture": "fixture VAE (bundled, trained; SD-2.1 layout at 1/4-1/5 width, 1/35 of its parameters)",
     "sd21": "SD-2.1 VAE layout, random weights (seed 0)",
 }
 

@@ -196,7 +196,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             (the best self-stopping combination on our benchmarks; see ``options.AUTO``).
         steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``).
         lr: step size (``rho`` for fsm/km/anderson); defaults 0.01 (adam, grad) and 1.0 (fsm, km,
-            anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size.
+            anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size
+            (``result.secant_lr``).
         schedule: ``"paper"`` (warmup 1/10, cosine 7/10, flat 2/10, over at most 100 steps; the
             default, ``None``, for every method but ``"auto"``, which runs its own ``"constant"``),
             ``"constant"`` or ``"cosine"`` (warmup then cosine to zero, the official gradient-based one).

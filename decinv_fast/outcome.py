@@ -35,10 +35,22 @@ def _ran(plan: Plan) -> str:
     return f"method={plan.label!r}" + ("" if plan.named else f", lr={plan.lr}")
 
 
-def divergence_hint(iteration, dtype: torch.dtype, plan: Plan) -> str:
-    """What to try after a run went non-finite: the likeliest cause first."""
+def failed_at_start(iteration, bad: list[int]) -> bool:
+    """Whether every sample in ``bad`` was non-finite at its first evaluation, at ``E(x)``, before any step."""
+    first = torch.isfinite(iteration.history[0]) & torch.isfinite(iteration.pixel_history[0])
+    return bool((~first[bad]).all())
+
+
+def divergence_hint(iteration, dtype: torch.dtype, plan: Plan, at_start: bool = False) -> str:
+    """What to try after a run went non-finite: the likeliest cause first (``at_start``: it was non-finite at
+    ``E(x)``, before any step, which no step size causes)."""
     half = dtype in (torch.float16, torch.bfloat16)
     upcast = upcast_hint(iteration.adapter, dtype)
+    if at_start:
+        step = ("the first evaluation, D(E(x)) or E(D(E(x))), is non-finite before any step (no step size causes "
+                "that): check "
+                + ("that decode_fn is defined at E(x)" if iteration.adapter.module is None else "the VAE's weights"))
+        return f"{step}, or use dtype=torch.float32{upcast}" if half else step
     if plan.method == "grad" and half:
         return "gradient-based inversion underflows in half precision, use dtype=torch.float32"
     if plan.named == "auto":  # its step size and options are not the caller's to lower
@@ -104,7 +116,8 @@ def warn_of_diverged(reasons: list[str], finite_history: list[bool], stopped: to
         others = "; the others ran on" if len(bad) < len(reasons) else ""
         warnings.warn(f"inversion diverged: non-finite values in {dtype} in sample(s) {bad} of {len(reasons)} after "
                       f"{stopped[bad].tolist()} step(s) ({_ran(plan)}); each returns its "
-                      f"best point (keep_best){others}; {divergence_hint(iteration, dtype, plan)}",
+                      f"best point (keep_best){others}; "
+                      f"{divergence_hint(iteration, dtype, plan, failed_at_start(iteration, bad))}",
                       RuntimeWarning, stacklevel=4)
     return reasons
 
@@ -122,7 +135,7 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
     if not bool(finite.all()):
         bad = (~finite).nonzero()[:, 0].tolist()
         which = f"sample(s) {bad} of {frames.batch}" + ("; the others stayed finite" if len(bad) < frames.batch else "")
-        hint = divergence_hint(iteration, latents.dtype, plan)
+        hint = divergence_hint(iteration, latents.dtype, plan, failed_at_start(iteration, bad))
         keep = "" if plan.keep_best else "; or pass keep_best=True to return each sample's best point"
         raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
                                  f"({_ran(plan)}); {hint}{keep}")

@@ -1,6 +1,8 @@
 """How a run ends and what its result reports (api.py's step loop, outcome.py): the step that went
 non-finite, stopped samples that blow up later, and the layout the result says ran."""
 
+import copy
+
 import pytest
 import torch
 
@@ -177,12 +179,28 @@ def test_a_sample_whose_first_decoding_is_non_finite_returns_its_encoding(kw, dt
     codec = (lambda x: x.clone(), lambda z: torch.where(z > 1, float("nan"), z ** 3))
     x = torch.cat([torch.full((1, 3, 4, 4), v, dtype=dtype) for v in (0.5, 1.4)])
     run = dict(kw, lr=0.5, schedule="constant", steps=4, measure_memory=False)
-    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 2 after \[0\] step\(s\)"):
+    start = (r"first evaluation, D\(E\(x\)\) or E\(D\(E\(x\)\)\), is non-finite before any step .*decode_fn is "
+             r"defined at E\(x\)")
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\] of 2 after \[0\] step\(s\).*" + start):
         out = decinv_fast.invert(codec, x, keep_best=True, **run)
     assert out.stop_reason[1] == "diverged" and out.stopped_at.tolist() == [4, 0] and out.returned_step[1] == 0
     torch.testing.assert_close(out.latents[1], x[1], rtol=0, atol=0)
-    with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 2; the others stayed finite"):
+    with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 2; the others stayed finite.*" + start):
         decinv_fast.invert(codec, x, **run)
+
+
+def test_a_vae_whose_first_decoding_is_non_finite_in_fp32_is_not_told_to_lower_lr(tiny_kl, images_32):
+    """No step size makes D(E(x)) non-finite: the hint points at the VAE's weights (in half precision that is an
+    error at once, test_bad_inputs.py)."""
+    broken = copy.deepcopy(tiny_kl)
+    with torch.no_grad():
+        broken.decoder.conv_out.bias[0] = float("nan")
+    told = r"non-finite before any step \(no step size causes that\): check the VAE's weights"
+    with pytest.raises(FloatingPointError, match=told + "; or pass keep_best=True"):
+        decinv_fast.invert(broken, images_32, method="fsm", steps=3, measure_memory=False)
+    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[0, 1\] of 2 after \[0, 0\] step\(s\).*" + told + "$"):
+        out = decinv_fast.invert(broken, images_32, method="auto", steps=3, measure_memory=False)
+    assert out.stop_reason == ["diverged", "diverged"] and out.returned_step.tolist() == [0, 0]
 
 
 def test_a_non_finite_sample_does_not_reach_the_others_through_a_diffusers_vae(tiny_kl):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..options import check_finite, is_real
+from ..options import check_finite, is_int, is_real
 from .checks import check_state
 
 
@@ -207,18 +207,14 @@ def _embedding_width(model) -> tuple[int, str] | None:
     config = model.config
     hid_dim, hid_type = config.get("encoder_hid_dim"), config.get("encoder_hid_dim_type")
     if hid_dim is not None:
-        known = hid_type in (None, "text_proj", "text_image_proj") and _is_width(hid_dim)
+        known = hid_type in (None, "text_proj", "text_image_proj") and is_int(hid_dim)
         return (hid_dim, "encoder_hid_dim") if known else None
     if hid_type is not None:
         return None
     width = config.get("cross_attention_dim")
     if isinstance(width, (list, tuple)) and width and len(set(width)) == 1:
         width = width[0]
-    return (width, "cross_attention_dim") if _is_width(width) else None
-
-
-def _is_width(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return (width, "cross_attention_dim") if is_int(width) else None
 
 
 def _twice(value, batch: int):

@@ -28,16 +28,17 @@ def tiny_unet(dtype: torch.dtype = torch.float32, seed: int = 0):
     return unet.to(dtype).eval().requires_grad_(False)
 
 
-def tiny_cond_unet(dtype: torch.dtype = torch.float32, seed: int = 0):
-    """``UNet2DConditionModel``: 4 channels, 8x8 latents, cross-attention to 8-dim text embeddings."""
+def tiny_cond_unet(dtype: torch.dtype = torch.float32, seed: int = 0, **config):
+    """``UNet2DConditionModel``: 4 channels, 8x8 latents, cross-attention to 8-dim text embeddings (``config``:
+    other values of its config, e.g. per-block ``cross_attention_dim``)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    unet = UNet2DConditionModel(**{**dict(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         norm_num_groups=4, attention_head_dim=4, cross_attention_dim=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
+    ), **config})
     return unet.to(dtype).eval().requires_grad_(False)
 
 

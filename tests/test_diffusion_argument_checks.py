@@ -141,23 +141,13 @@ def test_an_embedding_of_the_wrong_width_is_named(grid):
         ddim_sample(tiny_cond_unet(), grid, noise(), encoder_hidden_states=torch.randn(2, 5, 7))
 
 
-def _cond_unet(**config):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        norm_num_groups=4, attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **config).eval().requires_grad_(False)
-
-
 @pytest.mark.parametrize("config, width, key", [
     (dict(cross_attention_dim=(8, 8)), 8, "cross_attention_dim"),  # per-block widths, one shared
     (dict(cross_attention_dim=8, encoder_hid_dim=6), 6, "encoder_hid_dim"),  # projected from 6 to 8 first
 ], ids=["per-block", "text_proj"])
 def test_the_embedding_width_of_per_block_and_projecting_unets_is_named(grid, config, width, key):
     """These UNets gave torch's raw matmul error for a wrong width; the right width runs."""
-    unet = _cond_unet(**config)
+    unet = tiny_cond_unet(**config)
     assert torch.isfinite(ddim_sample(unet, grid, noise(), encoder_hidden_states=torch.randn(2, 5, width))).all()
     with pytest.raises(ValueError, match=rf"must be \(B or 1, L, {width}\) for this UNet \(its {key}\), got shape "
                                          rf"\(2, 5, {width + 1}\)$"):

@@ -14,7 +14,7 @@ BUILD := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet --no-
 # build the CUDA extension decinv_fast._C (when nvcc is found; objects are cached in build/).
 $(VENV)/.runtime: pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64" wheel ninja
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel ninja
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(BUILD) -e ".[demo]"
 	touch $@

@@ -100,3 +100,18 @@ def test_info_names_vae_classes_the_installed_diffusers_lacks(monkeypatch):
     classes = decinv_fast.info()["vae_classes"]
     assert classes["AutoencoderKLMochi"] == f"not in diffusers {diffusers.__version__}"
     assert classes["AutoencoderKL"] == "available" and len(classes) == 17
+
+
+def test_pyproject_metadata_builds_without_setuptools_deprecations():
+    """``license = { text = ... }`` warned "deprecated" (removal announced for 2027-02-18); the Makefile
+    installs the newest setuptools, so a table form would stop fresh clones from building then."""
+    import warnings
+    from pathlib import Path
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any setuptools deprecation fails the test
+        dist = apply_configuration(Distribution(), Path(__file__).parents[1] / "pyproject.toml")
+    assert dist.metadata.license_expression == "Apache-2.0"

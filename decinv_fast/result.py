@@ -77,13 +77,14 @@ class InversionResult:
         """One line of what happened (the dataclass default would print every tensor in full)."""
         peak = "" if self.peak_bytes is None else f", peak {self.peak_bytes / 2**20:.1f} MiB"
         reasons = sorted(set(self.stop_reason))
+        secant = "" if self.secant_lr is None else f", secant_lr {_compact(self.secant_lr, '{:.3g}')}"
         return (f"InversionResult(method={self.method!r}, latents {tuple(self.latents.shape)} "
                 f"{str(self.dtype).removeprefix('torch.')}, steps_run={self.steps_run}, residual "
                 f"{float(self.residuals[0]):.4g} -> {float(self.residuals[-1]):.4g}, returned_step "
-                f"{_compact(self.returned_step)}, stopped by {'/'.join(reasons)}, {self.seconds:.2f} s{peak}, "
+                f"{_compact(self.returned_step)}{secant}, stopped by {'/'.join(reasons)}, {self.seconds:.2f} s{peak}, "
                 f"backend={self.backend!r})")
 
 
-def _compact(values: torch.Tensor, shown: int = 8) -> str:
-    items = [str(int(v)) for v in values.flatten()[:shown]]
+def _compact(values: torch.Tensor, form: str = "{:d}", shown: int = 8) -> str:
+    items = [form.format(v.item()) for v in values.flatten()[:shown]]
     return "[" + ", ".join(items) + (", ..." if values.numel() > shown else "") + "]"

@@ -1,5 +1,5 @@
-"""``InversionResult``'s one-line repr: first and last residual, the returned steps (at most 8 shown),
-every stop reason once, the peak in MiB."""
+"""``InversionResult``'s one-line repr: first and last residual, the returned steps (at most 8 shown), the
+secant step sizes (``lr="auto"``), every stop reason once, the peak in MiB."""
 
 import torch
 
@@ -31,3 +31,12 @@ def test_repr_shows_eight_returned_steps_and_marks_more():
     assert "returned_step [0, 1, 2, 3, 4, 5, 6, 7]," in eight, eight
     assert "returned_step [0, 1, 2, 3, 4, 5, 6, 7, ...]," in nine, nine
     assert "stopped by steps," in nine and "\n" not in nine
+
+
+def test_repr_shows_each_samples_secant_step_size_only_for_lr_auto():
+    """``secant_lr`` (``lr="auto"``) was in the result but not in its one-line summary."""
+    auto = result(2, ["steps"] * 2, None)
+    auto.secant_lr = torch.tensor([0.7071, 1.0])
+    text = repr(auto)
+    assert "returned_step [0, 1], secant_lr [0.707, 1], stopped by steps," in text, text
+    assert "secant_lr" not in repr(result(2, ["steps"] * 2, None))

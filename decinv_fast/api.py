@@ -33,7 +33,7 @@ from .options import (
     fused_update,
     is_int,
 )
-from .outcome import build_result, check_first_decoding, shaped
+from .outcome import build_result, check_first_evaluation, shaped
 from .result import InversionResult
 
 
@@ -303,7 +303,7 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
         for k in range(plan.steps):
             step()
             if k == 0:
-                check_first_decoding(iteration)
+                check_first_evaluation(iteration)
             if watch is not None:
                 watch(k)
             if not sync:

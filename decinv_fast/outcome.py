@@ -65,20 +65,23 @@ def divergence_hint(iteration, dtype: torch.dtype, plan: Plan, at_start: bool = 
     return f"{step}, or dtype=torch.float32{upcast}" if half else step
 
 
-def check_first_decoding(iteration) -> None:
-    """In half precision, a VAE's non-finite first decoding ``D(E(x))`` (before any update could have caused it) is
-    the VAE overflowing: an error at once, as for ``E(x)`` (:func:`~decinv_fast.adapters.check_output_finite`), not a
-    sample returned as diverged or a step size blamed. An ``(encode_fn, decode_fn)`` pair's ``decode_fn`` may be
-    undefined there (its sample then ends as any divergence does)."""
+def check_first_evaluation(iteration) -> None:
+    """In half precision, a VAE's non-finite first evaluation (before any update could have caused it) is the
+    VAE overflowing: an error at once, as for ``E(x)`` (:func:`~decinv_fast.adapters.check_output_finite`), not a
+    sample returned as diverged or a step size blamed. The decoding ``D(E(x))`` is checked first, then its
+    re-encoding ``E(D(E(x)))`` (read from the step's residual). An ``(encode_fn, decode_fn)`` pair's ``decode_fn``
+    may be undefined there (its sample then ends as any divergence does)."""
     dtype = iteration.x.dtype
     if dtype not in (torch.float16, torch.bfloat16) or iteration.adapter.module is None or \
             iteration.x.device.type == "meta":
         return
-    finite = torch.isfinite(iteration.pixel_history[0])
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()[:, 0].tolist()
-        raise FloatingPointError(f"the decoder's output D(E(x)) is non-finite in {dtype} in sample(s) {bad} of "
-                                 f"{finite.numel()}; use dtype=torch.float32{upcast_hint(iteration.adapter, dtype)}")
+    for output, first in (("decoder's output D(E(x))", iteration.pixel_history[0]),
+                          ("encoder's output E(D(E(x)))", iteration.history[0])):
+        finite = torch.isfinite(first)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[:, 0].tolist()
+            raise FloatingPointError(f"the {output} is non-finite in {dtype} in sample(s) {bad} of {finite.numel()}; "
+                                     f"use dtype=torch.float32{upcast_hint(iteration.adapter, dtype)}")
 
 
 GREW, GREW_FLOOR = 1.5, 0.01  # a last relative residual above 1.5x the first and 1 % is a diverging run

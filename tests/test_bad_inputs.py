@@ -236,6 +236,28 @@ def test_a_decoder_overflowing_in_half_precision_is_an_error_at_once(tiny_kl, im
     assert run.steps_run == 1
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(keep_best=True), dict(method="auto")], ids=["adam", "keep_best", "auto"])
+def test_an_encoder_overflowing_on_the_first_decoding_in_half_precision_is_an_error_at_once(tiny_kl, images_32, kw):
+    """E(x) and D(E(x)) finite but E(D(E(x))) non-finite in fp16: the same error at once (it was a divergence
+    error, or with keep_best a warning and E(x) returned as diverged)."""
+    loud = copy.deepcopy(tiny_kl)
+    with torch.no_grad():
+        loud.decoder.conv_out.weight.mul_(50)  # D(E(x)) up to about 110: finite in fp16, and so is its squared error
+        loud.decoder.conv_out.bias.mul_(50)
+        loud.encoder.conv_in.weight.mul_(3000)  # E of such pixels beyond fp16's 65504, E(x) itself finite
+    steps_taken = []
+    told = (r"^the encoder's output E\(D\(E\(x\)\)\) is non-finite in torch.float16 in sample\(s\) \[0, 1\] of 2; "
+            r"use dtype=torch.float32 .*force_upcast")
+    with pytest.raises(FloatingPointError, match=told):
+        decinv_fast.invert(loud, images_32, steps=3, dtype=torch.float16, callback=lambda k, z: steps_taken.append(k),
+                           **kw)
+    assert steps_taken == []
+    half = loud.half()
+    with torch.no_grad():
+        first_decoding = decinv_fast.decode(half, decinv_fast.encode(half, images_32.half()))
+    assert bool(torch.isfinite(first_decoding).all())  # the decoder is not what overflowed
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_a_non_finite_half_output_says_float32_and_force_upcast(tiny_kl, dtype):
     from decinv_fast.adapters import as_adapter, check_output_finite

@@ -19,8 +19,9 @@ $(VENV)/.runtime: pyproject.toml setup.py $(wildcard csrc/*)
 	$(BUILD) -e ".[demo]"
 	touch $@
 
+# the video extra (imageio-ffmpeg) lets the tests read and write .mp4/.mkv files
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BUILD) -e ".[dev,triton,demo]"
+	$(BUILD) -e ".[dev,triton,demo,video]"
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -19,8 +19,11 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   anderson-pixel-blur-gain-clip   ``auto``'s update: anderson-pixel-blur-gain with ``clip_aware``
            (pixels the 8-bit image holds at +-1 taken as clipped, see decinv_fast/clipping.py)
   anderson-pixel-blur-gain4-clip   the same with ``mean_gain=4``
+  (the -gain series keep auto's ``mean_gain_clipped=1``: no gain on images with >= 0.1 % of their values at +-1)
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
+  auto-gain3-everywhere   ``auto`` with its gain on every image (``mean_gain_clipped=3``, its rule before
+           2026-11-23), capped at 10
   grad-lbfgs   not a candidate: ``method="grad", optimizer="lbfgs", clip_aware=True``, gradient-based
            (a decoder forward + backward per step, counted on the same axis)
 
@@ -73,7 +76,7 @@ from benchmarks.common import save, start_run
 from benchmarks.observability import decoder_null_channel, null_channel_floor_db, null_channel_share
 from decinv_fast.adapters import as_adapter
 from decinv_fast.clipping import clipped_decoding
-from decinv_fast.options import AUTO, OPTION_DEFAULTS
+from decinv_fast.options import AUTO, OPTION_DEFAULTS, auto_kwargs
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
 
@@ -100,6 +103,7 @@ TRAJECTORY = {
     "anderson-pixel-blur-gain4-clip": dict(AUTO_UPDATE, mean_gain=4.0),
 }
 AUTO_CAP = 10  # the goal's evaluation budget
+EVERYWHERE = "auto-gain3-everywhere"  # auto with its mean gain on clipped images too
 
 
 def load(name: str):
@@ -264,10 +268,11 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
                          seconds=[time.perf_counter() - start]))
         for best in (best_any, best_returned):
             best.offer(rows[-1]["nmse_db"][0], steps)
-    for cap in sorted({AUTO_CAP, cfg["steps"]}):
+    runs = [("auto", cap, dict(method="auto")) for cap in sorted({AUTO_CAP, cfg["steps"]})]
+    for label, cap, kw in runs + [(EVERYWHERE, AUTO_CAP, auto_kwargs(mean_gain_clipped=None))]:
         start = time.perf_counter()
-        auto = decinv_fast.invert(vae, target.images, method="auto", steps=cap, measure_memory=False)
-        rows.append(dict(series="auto", cap=cap, evaluations=[float(auto.stopped_at.float().mean())],
+        auto = decinv_fast.invert(vae, target.images, steps=cap, measure_memory=False, **kw)
+        rows.append(dict(series=label, cap=cap, evaluations=[float(auto.stopped_at.float().mean())],
                          max_evaluations=int(auto.stopped_at.max()),
                          nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
                          seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason,
@@ -311,7 +316,7 @@ def out_of_sample(vae, name: str, cfg: dict, size: int) -> list[dict]:
     target = make_target(vae, other_crops(size, cfg["crops"]), seed=1)
     encoder = float(per_image_db(decinv_fast.encode(vae, target.images), target.latents).mean())
     records = []
-    for label, kw in (("auto", dict(method="auto")), ("adam", {})):
+    for label, kw in (("auto", dict(method="auto")), (EVERYWHERE, auto_kwargs(mean_gain_clipped=None)), ("adam", {})):
         out = decinv_fast.invert(vae, target.images, steps=AUTO_CAP, measure_memory=False, **kw)
         metrics = dict(series=f"{label}, other crops", out_of_sample=True, seed=1, cap=AUTO_CAP, vae=name, size=size,
                        evaluations=[float(out.stopped_at.float().mean())], encoder_only_db=encoder,

@@ -16,7 +16,8 @@ along ``P T(y)``, where ``P`` multiplies the per-frame, per-channel spatial mean
 the speed along the latents' per-channel offsets changes. Measured on the fixture VAE (64x64 crops,
 ``benchmarks/stopping.py``): those offsets hold half of the encoder-only error and most of what the
 iteration still gains after 10 evaluations, so speeding them up is where the evaluations pay most.
-The reported residual stays ``||T(y)||``.
+The reported residual stays ``||T(y)||``. Option ``mean_gain_clipped`` sets another gain for images with at
+least ``clipping.CLIPPED_SHARE`` of their values at +-1 (``auto`` keeps 1 there).
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from __future__ import annotations
 import torch
 
 from .anderson import AndersonMixer
+from .clipping import CLIPPED_SHARE, clipped_share
 from .loop import GradientFreeIteration
-from .options import math_dtype, option
+from .options import math_dtype, mean_gains, option
 
 RHO_MIN, RHO_MAX = 0.05, 4.0
 
 
-def gain_on_mean(t: torch.Tensor, gain: float) -> torch.Tensor:
-    """``t`` (``(N, C, ...)`` frames) with its per-frame, per-channel spatial mean times ``gain``; a video
-    VAE's ``(N, C, f, h, w)`` latents per latent frame."""
+def gain_on_mean(t: torch.Tensor, gain: float | torch.Tensor) -> torch.Tensor:
+    """``t`` (``(N, C, ...)`` frames) with its per-frame, per-channel spatial mean times ``gain`` (a number, or
+    ``(N,)`` one per frame); a video VAE's ``(N, C, f, h, w)`` latents per latent frame."""
     spatial = tuple(range(3 if t.dim() == 5 else 2, t.dim()))
+    if isinstance(gain, torch.Tensor):
+        gain = gain.view(-1, *[1] * (t.dim() - 1))
     return t + (gain - 1) * t.mean(dim=spatial, keepdim=True)
 
 
@@ -63,8 +67,8 @@ class AcceleratedIteration(GradientFreeIteration):
         self.auto = bool(plan.options.get("auto_rho", False))
         self.scale = torch.ones(batch, device=self.z.device)  # per-sample factor on the table's rho
         self.first = None  # (y_0, T(y_0)) for the secant step size
-        self.gain = option(plan.options, "mean_gain")
-        if self.gain != 1.0 and self.e_x.dim() < 3:
+        self.gain = self._gain(*mean_gains(plan.options))
+        if self.gain is not None and self.e_x.dim() < 3:
             raise ValueError(f"mean_gain needs latents shaped (N, C, H, W) with spatial dims; this encoder "
                              f"returns shape {tuple(self.e_x.shape)}")
         if plan.method == "anderson":
@@ -74,6 +78,15 @@ class AcceleratedIteration(GradientFreeIteration):
                                        safeguard=option(plan.options, "safeguard"), steps=plan.steps)
         else:
             self.mixer = None
+
+    def _gain(self, gain: float, clipped: float) -> float | torch.Tensor | None:
+        """The mean gain: ``None`` for none (1), a number for every sample, or ``(N,)`` per latent frame where
+        images with at least ``CLIPPED_SHARE`` of their values at +-1 take ``clipped``."""
+        if gain == clipped:
+            return None if gain == 1.0 else gain
+        batch = self.frames.batch
+        per_sample = torch.where(clipped_share(self.per_sample(self.x)) >= CLIPPED_SHARE, clipped, gain)
+        return per_sample.to(self.math).repeat_interleave(self.e_x.shape[0] // batch)
 
     def _set_point(self, y: torch.Tensor) -> None:
         """The next evaluation point ``y`` (``(B, n)`` in the update's dtype): into the master copy, if any, and into
@@ -91,7 +104,7 @@ class AcceleratedIteration(GradientFreeIteration):
         t = self.edz.to(self.math) - self.e_x.to(self.math)
         g = p(t)
         self.sq_norm.copy_(g.square().sum(1))
-        if self.gain != 1.0:
+        if self.gain is not None:
             g = p(gain_on_mean(t, self.gain))
         y = p(self.y).to(self.math) if self.master is None else p(self.master)
         if self.auto and self.k == 0:

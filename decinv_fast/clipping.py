@@ -16,6 +16,18 @@ import torch
 
 # how close to +-1 a pixel must be to count as clipped: well inside one 8-bit step (2/255)
 CLIPPED_TOLERANCE = 1e-3
+# an image with at least this share of its values at +-1 counts as clipped (option mean_gain_clipped)
+CLIPPED_SHARE = 1e-3
+
+
+def at_range_ends(images: torch.Tensor) -> torch.Tensor:
+    """Where ``images`` is at ``+1`` or ``-1`` (within ``CLIPPED_TOLERANCE``): a bool tensor of its shape."""
+    return (images.abs() - 1).abs() <= CLIPPED_TOLERANCE
+
+
+def clipped_share(images: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` the share of each sample's values at ``+-1``, for ``images`` of shape ``(B, n)``."""
+    return at_range_ends(images).float().mean(1)
 
 
 def clipped_decoding(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,13 @@ import torch
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas", "residual_blur", "clip_aware"}, "fsm": {"rho", "residual_blur", "mean_gain", "clip_aware"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain", "clip_aware"}, "grad": {"clip_aware", "optimizer", "memory"},
-    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "clip_aware"}, "auto": set(),
+    "adam": {"eps", "betas", "residual_blur", "clip_aware"},
+    "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
+    "grad": {"clip_aware", "optimizer", "memory"},
+    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "mean_gain_clipped",
+                 "clip_aware"},
+    "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
 ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise (anderson.py)
@@ -23,7 +27,7 @@ GRAD_OPTIMIZERS = ("adam", "lbfgs")  # grad's optimizer: the paper's Adam, or L-
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0,
-                   "mean_gain": 1.0, "clip_aware": False, "optimizer": "adam"}
+                   "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False, "optimizer": "adam"}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -31,11 +35,13 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # low-passed with a Gaussian of 1 pixel (filters.py), constant schedule, returning each sample's best
 # evaluated point (which is what guards against a bad mixed step) and stopping a sample after 3
 # steps without improvement. The step's per-channel mean is tripled (accelerated.py): the gain with
-# the best NMSE summed over benchmarks/mean_gain.py (both VAEs, 64/128/256 px crops, both caps).
+# the best NMSE summed over benchmarks/mean_gain.py (both VAEs, 64/128/256 px crops, both caps),
+# except for images with at least 0.1 % of their values at +-1 (clipping.CLIPPED_SHARE), whose gain
+# stays 1: on those the gain did not pay (benchmarks/stopping.py, the series auto-gain3-everywhere).
 # Pixels the image holds at +-1 are taken as clipped by the pipeline that saved it (clipping.py).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
             options={"memory": 5, "mixing": "pixel", "safeguard": False, "residual_blur": 1.0, "mean_gain": 3.0,
-                     "clip_aware": True})
+                     "mean_gain_clipped": 1.0, "clip_aware": True})
 
 
 def auto_kwargs(**option_overrides) -> dict:
@@ -120,10 +126,18 @@ def check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
+def mean_gains(options: dict) -> tuple[float, float]:
+    """``(mean_gain, mean_gain_clipped)``: the gain on the step's per-channel mean for an image, and for an image
+    with at least ``clipping.CLIPPED_SHARE`` of its values at +-1 (the first, unless given)."""
+    gain = option(options, "mean_gain")
+    clipped = option(options, "mean_gain_clipped")
+    return gain, gain if clipped is None else clipped
+
+
 def uses_torch_update(method: str, options: dict) -> bool:
     """Whether the run's update is ``accelerated.py``'s torch code rather than a fused kernel: Anderson,
-    the secant step size, and a ``mean_gain`` other than 1 (each needs a per-sample reduction first)."""
-    return method == "anderson" or bool(options.get("auto_rho")) or option(options, "mean_gain") != 1.0
+    the secant step size, and a mean gain other than 1 (each needs a per-sample reduction first)."""
+    return method == "anderson" or bool(options.get("auto_rho")) or mean_gains(options) != (1.0, 1.0)
 
 
 def fused_update(method: str, options: dict) -> bool:
@@ -176,9 +190,10 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
     if "residual_blur" in options:
         options["residual_blur"] = float(blur)
-    if "mean_gain" in options:
-        check_positive("mean_gain (gain on the step's per-channel spatial mean)", options["mean_gain"])
-        options["mean_gain"] = float(options["mean_gain"])
+    for name in ("mean_gain", "mean_gain_clipped"):
+        if options.get(name) is not None:
+            check_positive(f"{name} (gain on the step's per-channel spatial mean)", options[name])
+            options[name] = float(options[name])
     if "eps" in options:
         check_positive("eps", options["eps"])
     if "betas" in options:

@@ -73,6 +73,10 @@ def test_mean_gain_acts_on_each_frame(tiny_kl):
     (dict(method="km", mean_gain=float("nan")), "mean_gain"), (dict(method="fsm", mean_gain=True), "mean_gain"),
     (dict(method="adam", mean_gain=2.0), "mean_gain"), (dict(method="grad", mean_gain=2.0), "mean_gain"),
     (dict(method="fsm", mean_gain=2.0, cuda_graphs=True), "cuda_graphs"),
+    (dict(method="fsm", mean_gain_clipped=0.0), "mean_gain_clipped"),
+    (dict(method="anderson", mean_gain_clipped="1"), "mean_gain_clipped"),
+    (dict(method="adam", mean_gain_clipped=2.0), "mean_gain_clipped"),
+    (dict(method="km", mean_gain_clipped=2.0, cuda_graphs=True), "cuda_graphs"),
 ])
 def test_bad_mean_gain(tiny_kl, images_32, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -94,3 +98,56 @@ def test_a_gain_below_one_shrinks_the_mean_of_the_step():
     s = 0.8 * x / 2
     assert out.backend == "torch"
     torch.testing.assert_close(out.latents - x, s - 0.5 * s.mean((2, 3), keepdim=True), rtol=0, atol=1e-6)
+
+
+def halving_codec():
+    """``E`` the identity, ``D(z) = z / 2``: one forward step from ``z_0 = x`` is ``s = rho x / 2``, its
+    channel means scaled by the gain."""
+    return lambda p: p.clone(), lambda z: z / 2
+
+
+def gained(s: torch.Tensor, gain: float) -> torch.Tensor:
+    return s + (gain - 1) * s.mean((-2, -1), keepdim=True)
+
+
+def test_mean_gain_clipped_is_the_gain_of_images_with_a_thousandth_of_their_values_at_the_ends():
+    """3 of 3072 values at +-1 (0.098 %) keep ``mean_gain``; 4 (0.13 %) take ``mean_gain_clipped``, per sample."""
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    x[0, 0, 0, :4] = 1.0
+    x[1, 2, 5, :3] = -1.0
+    x[2, 1, 7, :2], x[2, 0, 9, :2] = 1.0, -1.0  # both ends count
+    out = decinv_fast.invert(halving_codec(), x, method="fsm", lr=0.8, mean_gain=0.5, mean_gain_clipped=2.0,
+                             steps=1, schedule="constant")
+    s = 0.8 * x / 2
+    for sample, gain in enumerate((2.0, 0.5, 2.0)):
+        torch.testing.assert_close(out.latents[sample] - x[sample], gained(s[sample], gain), rtol=0, atol=1e-6)
+
+
+def test_mean_gain_clipped_holds_for_every_frame_of_a_clipped_video():
+    """The share is the whole video's: a frame without a clipped value takes the video's gain."""
+    video = torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    video[0, 1, :, :4, :4] = 1.0  # sample 0: 48 of 3072 values, all in its second frame
+    out = decinv_fast.invert(halving_codec(), video, method="fsm", lr=0.8, mean_gain=3.0, mean_gain_clipped=1.0,
+                             steps=1, schedule="constant")
+    s = 0.8 * video / 2
+    expected = torch.stack([s[0], gained(s[1], 3.0)])  # gain 1 leaves sample 0's step as it is
+    torch.testing.assert_close(out.latents - video, expected, rtol=0, atol=1e-6)
+
+
+def test_auto_takes_no_gain_on_a_clipped_image_and_its_gain_on_the_others(tiny_kl, images_32):
+    """``auto`` on a clipped image is its update with gain 1, on an unclipped one its update with gain 3, bit
+    for bit (each image alone; a batch of both equals them up to batched rounding)."""
+    from decinv_fast.options import auto_kwargs
+
+    clipped = images_32.clone()
+    clipped[0, :, :8] = clipped[0, :, :8].sign()  # a quarter of the image at +-1
+    kw = dict(steps=4, measure_memory=False)
+    both = decinv_fast.invert(tiny_kl, torch.stack([clipped[0], images_32[1]]), method="auto", **kw).latents
+    alone = [decinv_fast.invert(tiny_kl, image[None], method="auto", **kw).latents for image in (clipped[0],
+                                                                                                  images_32[1])]
+    no_gain = decinv_fast.invert(tiny_kl, clipped[:1], **kw, **auto_kwargs(mean_gain=1.0)).latents
+    gain_3 = decinv_fast.invert(tiny_kl, images_32[1:], **kw, **auto_kwargs(mean_gain_clipped=None)).latents
+    assert torch.equal(alone[0], no_gain) and torch.equal(alone[1], gain_3)
+    everywhere = decinv_fast.invert(tiny_kl, clipped[:1], **kw, **auto_kwargs(mean_gain_clipped=None)).latents
+    assert not torch.equal(alone[0], everywhere)  # the rule changed the clipped image's run
+    torch.testing.assert_close(both, torch.cat(alone), rtol=3e-4, atol=3e-4)

@@ -23,7 +23,7 @@ Series (NMSE vs the number of E∘D evaluations, and wall time):
   auto     ``method="auto"``: stops on its own (its evaluations are what it used), capped at 10
            evaluations and at the run's maximum
   auto-gain3-everywhere   ``auto`` with its gain on every image (``mean_gain_clipped=3``, its rule before
-           2026-11-23), capped at 10
+           2026-11-23), capped as ``auto`` is
   grad-lbfgs   not a candidate: ``method="grad", optimizer="lbfgs", clip_aware=True``, gradient-based
            (a decoder forward + backward per step, counted on the same axis)
 
@@ -268,8 +268,10 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
                          seconds=[time.perf_counter() - start]))
         for best in (best_any, best_returned):
             best.offer(rows[-1]["nmse_db"][0], steps)
-    runs = [("auto", cap, dict(method="auto")) for cap in sorted({AUTO_CAP, cfg["steps"]})]
-    for label, cap, kw in runs + [(EVERYWHERE, AUTO_CAP, auto_kwargs(mean_gain_clipped=None))]:
+    runs = [(label, cap, kw) for label, kw in (("auto", dict(method="auto")),
+                                               (EVERYWHERE, auto_kwargs(mean_gain_clipped=None)))
+            for cap in sorted({AUTO_CAP, cfg["steps"]})]
+    for label, cap, kw in runs:
         start = time.perf_counter()
         auto = decinv_fast.invert(vae, target.images, steps=cap, measure_memory=False, **kw)
         rows.append(dict(series=label, cap=cap, evaluations=[float(auto.stopped_at.float().mean())],

@@ -34,10 +34,13 @@ def test_stopping_reports_auto_capped_at_10_whatever_the_order_of_its_runs():
                 gap_to_best_returned_db=0.0)
     capped = dict(auto, cap=10, evaluations=[7.5], max_evaluations=9, nmse_db=[-30.9], gap_to_best_any_db=1.1,
                   gap_to_best_returned_db=0.1, gap_to_best_any_10_db=0.1, gap_to_best_returned_10_db=0.4)
-    lines = stopping([dict(RUN, method=m["series"], metrics=m) for m in (series, adam, long, capped)])
+    everywhere = dict(best, series="auto-gain3-everywhere", seconds=[2.0], stop_reason=["patience"], null_share=0.3,
+                      cap=10, evaluations=[8.0], max_evaluations=10, nmse_db=[-30.7])
+    lines = stopping([dict(RUN, method=m["series"], metrics=m) for m in (series, adam, long, capped, everywhere)])
     assert "| fsm | -25.00 | -25.00 | -25.00 | -25.00 | -25.00 | – | – | -24.00 | -33.00 | -31.00 | 0.10 | 0.20 | " \
         "0.30 |" in lines
     assert "| auto | 10 | 7.5 / 9 | 1.00 | **-30.90** | tol | 0.10 | 1.10 | 0.40 | 0.10 | 20 % |" in lines
+    assert "| auto-gain3-everywhere | 10 | 8.0 / 10 | 2.00 | -30.70 | patience | – | – | – | – | 30 % |" in lines
     goal = next(line for line in lines if line.startswith("Issue 7's goal"))
     assert "**met** against the best a method returns, **not met** against the per-image oracle" in goal
     assert "**not met** against the best returned, **met** against the per-image oracle" in goal

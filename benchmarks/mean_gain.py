@@ -1,7 +1,8 @@
 """Beyond the paper: ``mean_gain`` across image sizes.
 
 ``method="auto"`` with its ``mean_gain`` set to 1, 2, 3 or 4, every other option as
-``options.AUTO``, on both VAEs of benchmarks/stopping.py at crops of 64, 128 and 256 pixels; capped
+``options.AUTO`` (its ``mean_gain_clipped=1`` included: images with at least 0.1 % of their values at +-1
+keep gain 1), on both VAEs of benchmarks/stopping.py at crops of 64, 128 and 256 pixels; capped
 at 10 and at 30 decoder+encoder evaluations, stopping on its own. Protocol and score as there
 (``make_target``; mean per-image NMSE(z) dB). Also, per VAE and size, the encoder-only NMSE and the
 share of its squared error in the latents' per-channel spatial means (the part the gain scales);

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from benchmarks.report_stopping import AUTO_RUNS, EVERYWHERE  # noqa: E402
 
 FAMILY_STYLE = {"gradient-free": dict(color="tab:blue"), "gradient-based": dict(color="tab:red")}
 FAMILY_COLORS = {"gradient-free": ("tab:blue", "tab:cyan", "tab:green", "tab:purple", "tab:olive", "tab:gray"),
@@ -164,7 +165,7 @@ def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
         ax.axhline(m["nmse_db"][0], color="tab:olive", ls="-.", label="clip-aware pixel least squares (gradient-based)")
     for m in (m for m in rows if m.get("gradient_based")):
         ax.plot(m[x_key], m["nmse_db"], color="tab:olive", ls=":", marker=".", label=f"{m['series']} (gradient-based)")
-    candidates = (r for r in rows if r["series"] not in ("adam", "auto") and not r.get("reference")
+    candidates = (r for r in rows if r["series"] not in ("adam", *AUTO_RUNS) and not r.get("reference")
                   and not r.get("gradient_based"))
     for i, m in enumerate(candidates):
         ax.plot(m[x_key], m["nmse_db"], marker=SERIES_MARKERS[i % len(SERIES_MARKERS)], ms=3, label=m["series"],
@@ -174,6 +175,9 @@ def _stopping_panel(ax, rows: list[dict], x_key: str) -> None:
     for m in (m for m in rows if m["series"] == "auto"):
         ax.plot(m[x_key], m["nmse_db"], "r*" if m["cap"] <= 10 else "m*", ms=14,
                 label=f"auto, at most {m['cap']} steps (stops on its own)")
+    for m in (m for m in rows if m["series"] == EVERYWHERE):
+        ax.plot(m[x_key], m["nmse_db"], "rx" if m["cap"] <= 10 else "mx", ms=9,
+                label=f"{EVERYWHERE}, at most {m['cap']} steps (auto's rule before)")
 
 
 def plot_gradient_memory(path=None) -> bool:

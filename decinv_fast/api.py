@@ -256,6 +256,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``
             (fsm, km, anderson; default 1: each frame's per-channel spatial mean of the step is
             multiplied by it, the slowest mode on the fixture VAE; see ``decinv_fast.accelerated``),
+            ``mean_gain_clipped`` (fsm, km, anderson; default ``mean_gain``; ``auto``: 1): the gain for a sample
+            whose image has at least 0.1 % of its values at +-1,
             ``clip_aware`` (every method; default False; ``auto``: True): pixels the image holds at +-1
             are taken as clipped by the pipeline that saved it, so a decoding beyond them counts as a
             match (the encoder, the pixel error and grad's loss see ``D(z)`` clipped there; see

@@ -215,6 +215,15 @@ def test_half_precision_overflow_says_float32_and_force_upcast(tiny_kl, images_3
         decinv_fast.decode(loud, torch.ones(1, 4, 4, 4, dtype=torch.float16))
 
 
+def raises_before_any_step(vae, images, told: str, **kw) -> None:
+    """``invert`` in fp16 raises ``told`` before its first step ends (the callback never runs)."""
+    steps_taken = []
+    with pytest.raises(FloatingPointError, match=told):
+        decinv_fast.invert(vae, images, steps=3, dtype=torch.float16, callback=lambda k, z: steps_taken.append(k),
+                           **kw)
+    assert steps_taken == []
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(keep_best=True), dict(method="auto"), dict(method="grad"),
                                 dict(method="grad", optimizer="lbfgs")],
                          ids=["adam", "keep_best", "auto", "grad", "lbfgs"])
@@ -225,13 +234,9 @@ def test_a_decoder_overflowing_in_half_precision_is_an_error_at_once(tiny_kl, im
     loud = copy.deepcopy(tiny_kl)
     with torch.no_grad():
         loud.decoder.conv_out.weight.mul_(1e6)  # D(z) beyond fp16's 65504, E(x) finite
-    steps_taken = []
     told = (r"^the decoder's output D\(E\(x\)\) is non-finite in torch.float16 in sample\(s\) \[0, 1\] of 2; use "
             r"dtype=torch.float32 .*force_upcast")
-    with pytest.raises(FloatingPointError, match=told):
-        decinv_fast.invert(loud, images_32, steps=3, dtype=torch.float16, callback=lambda k, z: steps_taken.append(k),
-                           **kw)
-    assert steps_taken == []
+    raises_before_any_step(loud, images_32, told, **kw)
     run = decinv_fast.invert(loud, images_32, steps=1, dtype=torch.float32, measure_memory=False, **kw)
     assert run.steps_run == 1
 
@@ -245,13 +250,9 @@ def test_an_encoder_overflowing_on_the_first_decoding_in_half_precision_is_an_er
         loud.decoder.conv_out.weight.mul_(50)  # D(E(x)) up to about 110: finite in fp16, and so is its squared error
         loud.decoder.conv_out.bias.mul_(50)
         loud.encoder.conv_in.weight.mul_(3000)  # E of such pixels beyond fp16's 65504, E(x) itself finite
-    steps_taken = []
     told = (r"^the encoder's output E\(D\(E\(x\)\)\) is non-finite in torch.float16 in sample\(s\) \[0, 1\] of 2; "
             r"use dtype=torch.float32 .*force_upcast")
-    with pytest.raises(FloatingPointError, match=told):
-        decinv_fast.invert(loud, images_32, steps=3, dtype=torch.float16, callback=lambda k, z: steps_taken.append(k),
-                           **kw)
-    assert steps_taken == []
+    raises_before_any_step(loud, images_32, told, **kw)
     half = loud.half()
     with torch.no_grad():
         first_decoding = decinv_fast.decode(half, decinv_fast.encode(half, images_32.half()))

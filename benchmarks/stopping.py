@@ -74,6 +74,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, start_run
 from benchmarks.observability import decoder_null_channel, null_channel_floor_db, null_channel_share
+from benchmarks.report_stopping import EVERYWHERE  # auto with its mean gain on clipped images too
 from decinv_fast.adapters import as_adapter
 from decinv_fast.clipping import clipped_decoding
 from decinv_fast.options import AUTO, OPTION_DEFAULTS, auto_kwargs
@@ -103,7 +104,6 @@ TRAJECTORY = {
     "anderson-pixel-blur-gain4-clip": dict(AUTO_UPDATE, mean_gain=4.0),
 }
 AUTO_CAP = 10  # the goal's evaluation budget
-EVERYWHERE = "auto-gain3-everywhere"  # auto with its mean gain on clipped images too
 
 
 def load(name: str):

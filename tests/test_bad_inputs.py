@@ -259,6 +259,24 @@ def test_an_encoder_overflowing_on_the_first_decoding_in_half_precision_is_an_er
     assert bool(torch.isfinite(first_decoding).all())  # the decoder is not what overflowed
 
 
+@pytest.mark.parametrize("kw", [dict(keep_best=True), dict(method="auto")], ids=["keep_best", "auto"])
+def test_a_half_precision_decoding_far_from_the_image_has_a_finite_pixel_error(tiny_kl, images_32, kw):
+    """D(E(x)) about 1000 away from x is finite in fp16 but its square is not: the pixel error is squared in
+    fp32 (it was inf, and the run stopped with "the decoder's output D(E(x)) is non-finite")."""
+    loud = copy.deepcopy(tiny_kl)
+    with torch.no_grad():
+        loud.decoder.conv_out.weight.mul_(500)
+        loud.decoder.conv_out.bias.mul_(500)
+    half = copy.deepcopy(loud).half()
+    first_decoding = decinv_fast.decode(half, decinv_fast.encode(half, images_32.half()))
+    assert bool(torch.isfinite(first_decoding).all()) and float(first_decoding.abs().max()) > 300
+    run = decinv_fast.invert(loud, images_32, steps=2, dtype=torch.float16, measure_memory=False, **kw)
+    first = run.pixel_residual_history[0]
+    assert bool(torch.isfinite(first).all())
+    pixels = (first_decoding.float() - images_32).flatten(1).norm(dim=1) / images_32.flatten(1).norm(dim=1)
+    torch.testing.assert_close(first, pixels, rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_a_non_finite_half_output_says_float32_and_force_upcast(tiny_kl, dtype):
     from decinv_fast.adapters import as_adapter, check_output_finite

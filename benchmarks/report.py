@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmarks import harness
 from benchmarks.common import arg_parser
 from benchmarks.report_format import cell, mib, provenance
+from benchmarks.report_generated import generated_images
 from benchmarks.report_gpu import gpu_validation
 from benchmarks.report_stopping import stopping
 from benchmarks.report_video import video_vaes
@@ -272,8 +273,8 @@ def watermark(records: list[dict]) -> list[str]:
 
 SECTIONS = (("accuracy_vs_time", accuracy), ("reference_loop", reference), ("memory_vs_frames", memory),
             ("overhead", overhead), ("kernels", kernels), ("stopping", stopping), ("mean_gain", mean_gain),
-            ("video_vaes", video_vaes), ("gradient_memory", gradient_memory), ("watermark_detection", watermark),
-            ("gpu_validation", gpu_validation))
+            ("generated_images", generated_images), ("video_vaes", video_vaes), ("gradient_memory", gradient_memory),
+            ("watermark_detection", watermark), ("gpu_validation", gpu_validation))
 
 
 def render() -> str:

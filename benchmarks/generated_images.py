@@ -1,0 +1,104 @@
+"""Decoder inversion of generated images: the latents a diffusion model sampled, not an encoder's.
+
+benchmarks/stopping.py and mean_gain.py invert photographs whose true latent lies near the encoder's
+output. Here the truth is what a diffusion model sampled: the watermark study's small epsilon UNet
+(trained here, seeded, on fixture latents of the training photographs) runs BDIA-DDIM from seeded noise
+(no key), the bundled fixture VAE decodes, and the images are clamped and rounded to 8 bits, as a
+pipeline saves them. Each is inverted back to ``z0`` by: encoder-only, the paper's Adam (50 steps),
+``auto`` capped at 10 and at 50 evaluations (stopping on its own), and ``auto``'s update with its gain
+on every image (``auto-gain3-everywhere``, the rule before ``mean_gain_clipped``) and with no gain
+(``mean_gain=1``), both capped at 10. Score: per-image NMSE(z0) dB against the sampled latent, mean and
+median, and the means over the images with and without at least 0.1 % of their values at +-1
+(``clipping.CLIPPED_SHARE``: where ``auto`` takes no gain).
+
+    python -m benchmarks.generated_images           # 64 images, 128x128 (~15 CPU minutes)
+    python -m benchmarks.generated_images --quick   # 8 images, 64x64, short training
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import decinv_fast
+from benchmarks import harness
+from benchmarks.common import save, sd_ddim_scheduler, start_run
+from benchmarks.report_stopping import EVERYWHERE
+from benchmarks.stopping import per_image_db
+from benchmarks.watermark_detection import CONFIGS as WATERMARK
+from benchmarks.watermark_eps_model import train_eps_model
+from decinv_fast.clipping import CLIPPED_SHARE, clipped_share
+from decinv_fast.diffusion import Schedule
+from decinv_fast.options import auto_kwargs
+from decinv_fast.watermark import generate
+
+BENCHMARK = "generated_images"
+BATCH = 16  # images per invert call
+RUNS = (("adam", 50, {}), ("auto", 10, dict(method="auto")), ("auto", 50, dict(method="auto")),
+        (EVERYWHERE, 10, auto_kwargs(mean_gain_clipped=None)), ("auto-no-gain", 10, auto_kwargs(mean_gain=1.0)))
+GENERATION = ("size", "diffusion_steps", "eps_steps", "crops")  # as the watermark study's
+CONFIGS = {"full": dict(images=64, **{k: WATERMARK["full"][k] for k in GENERATION}, runs=RUNS),
+           "quick": dict(images=8, **{k: WATERMARK["quick"][k] for k in GENERATION},
+                         runs=tuple((label, cap // 5, kw) for label, cap, kw in RUNS))}
+GAMMA, SEED = 0.96, 0
+
+
+def generated(vae, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(uint8 images, their sampled z0, the epsilon model's training record)``."""
+    scheduler = sd_ddim_scheduler()
+    unet, record = train_eps_model(vae, scheduler, image_size=cfg["size"], steps=cfg["eps_steps"], seed=SEED,
+                                   crops=cfg["crops"])
+    latent = cfg["size"] // 8
+    noise = torch.randn(cfg["images"], 4, latent, latent, generator=torch.Generator().manual_seed(SEED + 11))
+    sample = generate(vae, unet, Schedule.from_scheduler(scheduler, cfg["diffusion_steps"]), noise, gamma=GAMMA)
+    return sample.images, sample.z0.float(), record
+
+
+def scores(db: torch.Tensor, clipped: torch.Tensor) -> dict:
+    """Mean and median per-image NMSE, and the means over the clipped and the other images (None if none)."""
+    def mean(mask: torch.Tensor):
+        return float(db[mask].mean()) if bool(mask.any()) else None
+
+    return dict(nmse_db=float(db.mean()), nmse_db_median=float(db.median()), nmse_db_clipped=mean(clipped),
+                nmse_db_unclipped=mean(~clipped))
+
+
+def inverted(vae, images: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
+    """The latents ``invert`` returns, ``BATCH`` images per call, and the mean evaluations per image."""
+    parts, evaluations = [], []
+    for start in range(0, len(images), BATCH):
+        out = decinv_fast.invert(vae, images[start:start + BATCH], steps=cap, measure_memory=False, **kw)
+        parts.append(out.latents)
+        evaluations.append(out.stopped_at.float())
+    return torch.cat(parts), float(torch.cat(evaluations).mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = start_run(CONFIGS, __doc__, argv)
+    vae = decinv_fast.load_fixture_vae()
+    start = time.perf_counter()
+    images, z0, eps_record = generated(vae, cfg)
+    clipped = clipped_share((images.float() / 127.5 - 1).flatten(1)) >= CLIPPED_SHARE
+    common = dict(vae="fixture", size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
+                  diffusion_steps=cfg["diffusion_steps"], gamma=GAMMA, eps_steps=eps_record["steps"],
+                  eps_loss=eps_record["final_loss"], generation_seconds=time.perf_counter() - start)
+    print(f"{len(images)} generated images, {common['clipped_images']} clipped", flush=True)
+    runs = [("encoder-only", 0, decinv_fast.encode(vae, images), 0.0, 0.0)]
+    for label, cap, kw in cfg["runs"]:
+        start = time.perf_counter()
+        latents, evaluations = inverted(vae, images, cap, kw)
+        runs.append((label, cap, latents, evaluations, time.perf_counter() - start))
+    records = []
+    for label, cap, latents, evaluations, seconds in runs:
+        metrics = dict(common, series=label, cap=cap, evaluations=evaluations, seconds=seconds,
+                       **scores(per_image_db(latents, z0), clipped))
+        records.append(harness.record(BENCHMARK, method=label, backend="auto", dtype=torch.float32,
+                                      shape=tuple(images.shape), device="cpu", metrics=metrics))
+        print(f"{label:22s} cap {cap:2d}: {metrics['nmse_db']:7.2f} dB mean, {metrics['nmse_db_median']:7.2f} median, "
+              f"{evaluations:.1f} evaluations, {seconds:.1f} s", flush=True)
+    print(f"wrote {save(BENCHMARK, records, args.quick)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -101,3 +101,13 @@ def test_score_series_offers_each_images_oracle_and_each_step_counts_returned_po
     assert row["evaluations"] == list(range(1, 13)) and row["keep_best_db"] == [-10.0] * 12
     assert row["nmse_db"] == [-12.0] * 9 + [-27.5, -12.0, -29.5]
     assert (row["span_oracle_10_db"], row["mean_share_after_10"], row["seconds"]) == (-60.0, 0.25, run["times"])
+
+
+def test_generated_images_scores_split_the_clipped_images_from_the_others():
+    from benchmarks.generated_images import scores
+
+    db = torch.tensor([-10.0, -20.0, -30.0, -40.0])
+    split = scores(db, torch.tensor([True, False, False, True]))
+    assert split == dict(nmse_db=-25.0, nmse_db_median=-30.0, nmse_db_clipped=-25.0, nmse_db_unclipped=-25.0)
+    none_clipped = scores(db[1:], torch.zeros(3, dtype=torch.bool))
+    assert none_clipped["nmse_db_clipped"] is None and none_clipped["nmse_db_unclipped"] == -30.0

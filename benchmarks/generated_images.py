@@ -1,17 +1,17 @@
 """Decoder inversion of generated images: the latents a diffusion model sampled, not an encoder's.
 
 benchmarks/stopping.py and mean_gain.py invert photographs whose true latent lies near the encoder's
-output. Here the truth is what a diffusion model sampled: the watermark study's small epsilon UNet
-(trained here, seeded, on fixture latents of the training photographs) runs BDIA-DDIM from seeded noise
-(no key), the bundled fixture VAE decodes, and the images are clamped and rounded to 8 bits, as a
-pipeline saves them. Each is inverted back to ``z0`` by: encoder-only, the paper's Adam (10 and 50 steps),
-``auto`` capped at 10 and at 50 evaluations (stopping on its own), and ``auto``'s update with its gain
-on every image (``auto-gain3-everywhere``, the rule before ``mean_gain_clipped``) and with no gain
-(``mean_gain=1``), both capped at 10. Score: per-image NMSE(z0) dB against the sampled latent, mean and
-median, and the means over the images with and without at least 0.1 % of their values at +-1
-(``clipping.CLIPPED_SHARE``: where ``auto`` takes no gain).
+output. Here the truth is what a diffusion model sampled, for each of stopping.py's two fixture VAEs: the
+watermark study's small epsilon UNet, trained here (seeded) on that VAE's latents of the training
+photographs, runs BDIA-DDIM from seeded noise (no key); the VAE decodes, and the images are clamped and
+rounded to 8 bits, as a pipeline saves them. Each is inverted back to ``z0`` by: encoder-only, the
+paper's Adam (10 and 50 steps), ``auto`` capped at 10 and at 50 evaluations (stopping on its own), and
+``auto``'s update with its gain on every image (``auto-gain3-everywhere``, the rule before
+``mean_gain_clipped``) and with no gain (``mean_gain=1``), both capped at 10. Score: per-image NMSE(z0)
+dB against the sampled latent, mean and median, and the means over the images with and without at
+least 0.1 % of their values at +-1 (``clipping.CLIPPED_SHARE``: where ``auto`` takes no gain).
 
-    python -m benchmarks.generated_images           # 64 images, 128x128 (~15 CPU minutes)
+    python -m benchmarks.generated_images           # 64 images, 128x128, both VAEs (~30 CPU minutes)
     python -m benchmarks.generated_images --quick   # 8 images, 64x64, short training
 """
 
@@ -25,7 +25,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, sd_ddim_scheduler, start_run
 from benchmarks.report_stopping import EVERYWHERE
-from benchmarks.stopping import per_image_db
+from benchmarks.stopping import VAES, load, per_image_db
 from benchmarks.watermark_detection import CONFIGS as WATERMARK
 from benchmarks.watermark_eps_model import train_eps_model
 from decinv_fast.clipping import CLIPPED_SHARE, clipped_share
@@ -74,16 +74,15 @@ def inverted(vae, images: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tenso
     return torch.cat(parts), float(torch.cat(evaluations).mean())
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg, args = start_run(CONFIGS, __doc__, argv)
-    vae = decinv_fast.load_fixture_vae()
+def measure(name: str, cfg: dict) -> list[dict]:
+    vae = load(name)
     start = time.perf_counter()
     images, z0, eps_record = generated(vae, cfg)
     clipped = clipped_share((images.float() / 127.5 - 1).flatten(1)) >= CLIPPED_SHARE
-    common = dict(vae="fixture", size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
+    common = dict(vae=name, size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
                   diffusion_steps=cfg["diffusion_steps"], gamma=GAMMA, eps_steps=eps_record["steps"],
                   eps_loss=eps_record["final_loss"], generation_seconds=time.perf_counter() - start)
-    print(f"{len(images)} generated images, {common['clipped_images']} clipped", flush=True)
+    print(f"{name}: {len(images)} generated images, {common['clipped_images']} clipped", flush=True)
     start = time.perf_counter()
     runs = [("encoder-only", 0, decinv_fast.encode(vae, images), 0.0, time.perf_counter() - start)]
     for label, cap, kw in cfg["runs"]:
@@ -98,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
                                       shape=tuple(images.shape), device="cpu", metrics=metrics))
         print(f"{label:22s} cap {cap:2d}: {metrics['nmse_db']:7.2f} dB mean, {metrics['nmse_db_median']:7.2f} median, "
               f"{evaluations:.1f} evaluations, {seconds:.1f} s", flush=True)
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = start_run(CONFIGS, __doc__, argv)
+    records = [r for name in VAES for r in measure(name, cfg)]
     print(f"wrote {save(BENCHMARK, records, args.quick)}")
 
 

@@ -49,15 +49,16 @@ def test_stopping_reports_auto_capped_at_10_whatever_the_order_of_its_runs():
 def test_generated_images_reports_each_series_and_a_dash_where_no_image_is_clipped():
     from benchmarks.report_generated import generated_images
 
-    common = dict(images=4, size=64, eps_steps=60, eps_loss=0.3, diffusion_steps=10, gamma=0.96, clipped_images=0)
+    common = dict(vae="v", images=4, size=64, eps_steps=60, eps_loss=0.3, diffusion_steps=10, gamma=0.96,
+                  clipped_images=0)
     rows = [dict(common, series="encoder-only", cap=0, evaluations=0.0, nmse_db=-5.0, nmse_db_median=-5.5,
                  nmse_db_clipped=None, nmse_db_unclipped=-5.0, seconds=0.0),
             dict(common, series="auto", cap=10, evaluations=7.25, nmse_db=-8.0, nmse_db_median=-8.5,
                  nmse_db_clipped=None, nmse_db_unclipped=-8.0, seconds=1.25)]
     lines = generated_images([dict(RUN, method=m["series"], metrics=m) for m in rows])
-    assert "| encoder-only | – | 0.0 | -5.00 | -5.50 | – | -5.00 | 0.0 |" in lines
-    assert "| auto (stops itself) | 10 | 7.2 | -8.00 | -8.50 | – | -8.00 | 1.2 |" in lines
-    assert any("the 0 images with at least 0.1 %" in line for line in lines)
+    assert "| `v` | encoder-only | – | 0.0 | -5.00 | -5.50 | – | -5.00 | 0.0 |" in lines
+    assert "| `v` | auto (stops itself) | 10 | 7.2 | -8.00 | -8.50 | – | -8.00 | 1.2 |" in lines
+    assert any("(`v` 0 of them;" in line for line in lines)
 
 
 def test_a_partial_results_file_is_reported_as_incomplete(tmp_path, monkeypatch):

@@ -24,19 +24,22 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, sd_ddim_scheduler, start_run
+from benchmarks.report_generated import NO_GAIN
 from benchmarks.report_stopping import EVERYWHERE
 from benchmarks.stopping import VAES, load, per_image_db
 from benchmarks.watermark_detection import CONFIGS as WATERMARK
 from benchmarks.watermark_eps_model import train_eps_model
 from decinv_fast.clipping import CLIPPED_SHARE, clipped_share
 from decinv_fast.diffusion import Schedule
+from decinv_fast.inputs import to_frames
+from decinv_fast.loop import chunks
 from decinv_fast.options import auto_kwargs
 from decinv_fast.watermark import generate
 
 BENCHMARK = "generated_images"
 BATCH = 16  # images per invert call
 RUNS = (("adam", 10, {}), ("adam", 50, {}), ("auto", 10, dict(method="auto")), ("auto", 50, dict(method="auto")),
-        (EVERYWHERE, 10, auto_kwargs(mean_gain_clipped=None)), ("auto-no-gain", 10, auto_kwargs(mean_gain=1.0)))
+        (EVERYWHERE, 10, auto_kwargs(mean_gain_clipped=None)), (NO_GAIN, 10, auto_kwargs(mean_gain=1.0)))
 GENERATION = ("size", "diffusion_steps", "eps_steps", "crops")  # as the watermark study's
 CONFIGS = {"full": dict(images=64, **{k: WATERMARK["full"][k] for k in GENERATION}, runs=RUNS),
            "quick": dict(images=8, **{k: WATERMARK["quick"][k] for k in GENERATION},
@@ -64,11 +67,11 @@ def scores(db: torch.Tensor, clipped: torch.Tensor) -> dict:
                 nmse_db_unclipped=mean(~clipped))
 
 
-def inverted(vae, images: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
+def inverted(vae, pixels: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
     """The latents ``invert`` returns, ``BATCH`` images per call, and the mean evaluations per image."""
     parts, evaluations = [], []
-    for start in range(0, len(images), BATCH):
-        out = decinv_fast.invert(vae, images[start:start + BATCH], steps=cap, measure_memory=False, **kw)
+    for batch in chunks(len(pixels), BATCH):
+        out = decinv_fast.invert(vae, pixels[batch], steps=cap, measure_memory=False, **kw)
         parts.append(out.latents)
         evaluations.append(out.stopped_at.float())
     return torch.cat(parts), float(torch.cat(evaluations).mean())
@@ -78,16 +81,17 @@ def measure(name: str, cfg: dict) -> list[dict]:
     vae = load(name)
     start = time.perf_counter()
     images, z0, eps_record = generated(vae, cfg)
-    clipped = clipped_share((images.float() / 127.5 - 1).flatten(1)) >= CLIPPED_SHARE
+    pixels = to_frames(images, device=None, dtype=None, spatial_factor=None, channels=None).pixels  # as invert reads
+    clipped = clipped_share(pixels.flatten(1)) >= CLIPPED_SHARE
     common = dict(vae=name, size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
                   diffusion_steps=cfg["diffusion_steps"], gamma=GAMMA, eps_steps=eps_record["steps"],
                   eps_loss=eps_record["final_loss"], generation_seconds=time.perf_counter() - start)
     print(f"{name}: {len(images)} generated images, {common['clipped_images']} clipped", flush=True)
     start = time.perf_counter()
-    runs = [("encoder-only", 0, decinv_fast.encode(vae, images), 0.0, time.perf_counter() - start)]
+    runs = [("encoder-only", 0, decinv_fast.encode(vae, pixels), 0.0, time.perf_counter() - start)]
     for label, cap, kw in cfg["runs"]:
         start = time.perf_counter()
-        latents, evaluations = inverted(vae, images, cap, kw)
+        latents, evaluations = inverted(vae, pixels, cap, kw)
         runs.append((label, cap, latents, evaluations, time.perf_counter() - start))
     records = []
     for label, cap, latents, evaluations, seconds in runs:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from benchmarks.report_format import cell, provenance
+from benchmarks.report_stopping import EVERYWHERE
 
+NO_GAIN = "auto-no-gain"  # generated_images.py's auto update with mean_gain=1
 LABELS = {"encoder-only": "encoder-only", "adam": "the paper's Adam", "auto": "auto (stops itself)",
-          "auto-gain3-everywhere": "auto's update, gain 3 on every image (the rule before)",
-          "auto-no-gain": "auto's update, no gain (`mean_gain=1`)"}
+          EVERYWHERE: "auto's update, gain 3 on every image (the rule before)",
+          NO_GAIN: "auto's update, no gain (`mean_gain=1`)"}
 
 
 def generated_images(records: list[dict]) -> list[str]:

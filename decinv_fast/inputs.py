@@ -8,6 +8,7 @@ an image pipeline's ``output_type="np"``) or ``(B, F, H, W, 3)`` (a batch of vid
 pipeline's), uint8 in [0, 255] or float in [0, 1]; a list of tensors or NumPy arrays of one shape
 (stacked as a batch; each item one image, or one video: ``(F, 3, H, W)`` / ``(F, H, W, 3)``).
 NumPy arrays read as tensors do, channels last: one video is ``video[None]``, a batch of one.
+Internally, ``Frames`` that :func:`to_frames` made pass again as they are (their values are not re-read).
 For a VAE of RGBA images (Qwen-Image 2.1's) read 4 for 3: PIL images are converted to RGBA, as its
 pipelines convert them (opaque where they have no alpha).
 Every rejection is a ``ValueError``/``TypeError`` that names the argument and says what to do.
@@ -16,7 +17,7 @@ Every rejection is a ``ValueError``/``TypeError`` that names the argument and sa
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -183,14 +184,12 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
                          "with .to_empty() and load a state dict)")
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
+    if isinstance(images, Frames):  # checked already (invert_to_noise hands its frames on): not read again
+        return _checked_again(images, device, dtype, spatial_factor, channels)
     wide = dtype == torch.float64  # integer and NumPy pixels are converted in float32, in float64 for float64 runs
     images = _stacked(images, wide, channels)
     if isinstance(images, torch.Tensor):
-        if device is not None and images.device != device:
-            raise ValueError(
-                f"images are on {images.device} but the VAE is on {device}; move one of them "
-                f"(e.g. images.to('{device}'))"
-            )
+        _check_device(images.device, device)
         if images.dim() in (3, 4, 5):
             _check_channels(images, images.shape[-3], channels)  # before the range: latents are not pixels
         pixels, squeezed = _from_tensor(images, wide)
@@ -214,6 +213,30 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
     pixels = pixels.flatten(0, 1) if frames is not None else pixels
     if pixels.shape[0] == 0:
         raise ValueError("images: empty batch")
+    _check_size(images, pixels, spatial_factor, channels)
+    pixels = pixels.to(device=device or pixels.device, dtype=dtype or pixels.dtype).contiguous()
+    return Frames(pixels, batch, frames, squeezed)
+
+
+def _checked_again(frames: Frames, device: torch.device | None, dtype: torch.dtype | None,
+                   spatial_factor: int | None, channels: int | None) -> Frames:
+    """``frames`` that :func:`to_frames` made (not regrouped as videos), for another VAE call: their values are
+    not read again (a bright 8-bit image, once in [-1, 1], would read as a [0, 1] image), only their place and
+    size."""
+    pixels = frames.pixels
+    _check_device(pixels.device, device)
+    _check_size(pixels, pixels, spatial_factor, channels)
+    return replace(frames, pixels=pixels.to(dtype=dtype or pixels.dtype).contiguous())
+
+
+def _check_device(where: torch.device, device: torch.device | None) -> None:
+    if device is not None and where != device:
+        raise ValueError(f"images are on {where} but the VAE is on {device}; move one of them "
+                         f"(e.g. images.to('{device}'))")
+
+
+def _check_size(images, pixels: torch.Tensor, spatial_factor: int | None, channels: int | None) -> None:
+    """The frames' channels are the VAE's, and their size a multiple of its downsampling factor."""
     c, h, w = pixels.shape[-3:]
     _check_channels(images, c, channels)
     if spatial_factor is not None and min(h, w) < spatial_factor:
@@ -225,8 +248,6 @@ def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
             f"downsampling factor); crop or resize to {h // spatial_factor * spatial_factor}x"
             f"{w // spatial_factor * spatial_factor}"
         )
-    pixels = pixels.to(device=device or pixels.device, dtype=dtype or pixels.dtype).contiguous()
-    return Frames(pixels, batch, frames, squeezed)
 
 
 def as_videos(frames: Frames, frame_step: int, kind: str) -> Frames:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from diffusion_models import LinearPatchVae, noise, sd_scheduler, tiny_unet
 
 import decinv_fast
+from decinv_fast import inputs
 from decinv_fast.diffusion import Denoiser, Schedule, bdia_invert_from_z0, bdia_sample, ddim_invert
 from decinv_fast.fixture import fixture_dir, new_fixture_vae
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed import heldout_crops
-from decinv_fast.watermark import to_uint8
+from decinv_fast.watermark import detect, make_ring_key, to_uint8
 
 needs_trained_fixture = pytest.mark.skipif(
     not (fixture_dir() / "config.json").is_file(),
@@ -70,6 +72,34 @@ def test_dtype_option_reads_the_images_at_that_precision(tiny_kl, images_32):
     out = decinv_fast.invert_to_noise(tiny_kl, unet, grid, pixels, method="encoder", dtype=torch.float64)
     assert out.z0.dtype == torch.float64
     assert torch.equal(out.z0, decinv_fast.encode(tiny_kl, pixels, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["encoder", "fsm"])
+def test_bright_8bit_images_are_read_once_and_raise_no_range_warning(tiny_kl, method, monkeypatch):
+    """A bright 8-bit image lies in [0, 1] once read as [-1, 1]: the stages take the frames invert_to_noise
+    (and detect) read on as they are, so no "[0, 1] images" warning tells the user to rescale a correct input
+    (it did, from invert's second reading), the uint8 pixels are converted once, and z0 is what invert and
+    encode return for the same uint8 images."""
+    images = torch.randint(128, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    unet, grid = tiny_unet(), Schedule.from_scheduler(sd_scheduler(), 2)
+    readings, read = [], inputs._from_tensor
+
+    def reading(pixels, wide):
+        readings.append(pixels.dtype)
+        return read(pixels, wide)
+
+    monkeypatch.setattr(inputs, "_from_tensor", reading)
+    options = {} if method == "encoder" else dict(steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = decinv_fast.invert_to_noise(tiny_kl, unet, grid, images, method=method, **options)
+        det = detect(tiny_kl, unet, grid, make_ring_key((4, 4, 4)), images, method=method, noise_std=1.0, **options)
+    assert readings == [torch.uint8, torch.uint8]  # once per call
+    expected = (decinv_fast.encode(tiny_kl, images) if method == "encoder"
+                else decinv_fast.invert(tiny_kl, images, method=method, **options).latents)
+    assert torch.equal(out.z0, expected) and torch.equal(det.inversion.z0, expected)
+    one = decinv_fast.invert_to_noise(tiny_kl, unet, grid, images[0], method=method, **options)  # a batch of one
+    assert one.z0.shape == (1, 4, 4, 4) and one.zT.shape == (1, 4, 4, 4)
 
 
 def test_model_calls_count_this_inversion_only():

@@ -12,13 +12,13 @@ inversion step, exact after it) or by plain DDIM inversion. Both are approximate
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..adapters import as_adapter
 from ..api import decode, encode, invert
-from ..inputs import to_frames
+from ..inputs import Frames, to_frames
 from ..loop import sample_norm
 from ..metrics import nmse_db
 from ..options import METHODS, check_dtype, check_finite
@@ -93,6 +93,19 @@ def _check_truth(name: str, truth, latent: tuple) -> None:
         raise ValueError(f"{name} is all zeros: its NMSE is normalised by ||{name}||² and undefined")
 
 
+def image_frames(adapter, images, dtype: torch.dtype | None) -> Frames:
+    """``images`` read once, as :func:`decinv_fast.invert` reads them for ``adapter`` in ``dtype`` (its
+    ``dtype`` option), still images only, always a batch (one image is a batch of one); the stages take
+    these frames on as they are."""
+    check_dtype(dtype)
+    frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
+                       spatial_factor=adapter.spatial_factor, channels=None)
+    if frames.frames is not None:
+        raise ValueError(f"images: videos are not supported here, got {frames.batch} video(s) of {frames.frames} "
+                         "frames; pass images (B, 3, H, W)")
+    return replace(frames, squeezed=False)
+
+
 def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", diffusion: str = "bdia",
                     gamma: float | None = None, num_inference_steps: int | None = None, cond: dict | None = None,
                     true_z0: torch.Tensor | None = None, true_zT: torch.Tensor | None = None,
@@ -131,12 +144,7 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
     denoiser = as_denoiser(eps_model, **check_cond(cond))
     adapter = as_adapter(vae)
     dtype = invert_options.get("dtype")
-    check_dtype(dtype)
-    frames = to_frames(images, device=adapter.device, dtype=dtype or adapter.dtype,
-                       spatial_factor=adapter.spatial_factor, channels=None)
-    if frames.frames is not None:
-        raise ValueError(f"images: videos are not supported here, got {frames.batch} video(s) of {frames.frames} "
-                         "frames; pass images (B, 3, H, W)")
+    frames = image_frames(adapter, images, dtype)
     pixels = frames.pixels
     f = adapter.spatial_factor
     latent = (pixels.shape[0], adapter.latent_channels, *((None, None) if f is None else
@@ -150,9 +158,9 @@ def invert_to_noise(vae, eps_model, scheduler, images, *, method: str = "adam", 
         if unused:
             raise TypeError(f"option(s) {sorted(unused)} do not apply to method='encoder'")
         decoder, decoder_residual = None, None
-        z0 = encode(vae, pixels, dtype=dtype)
+        z0 = encode(vae, frames, dtype=dtype)
     else:
-        decoder = invert(vae, pixels, method=method, **invert_options)
+        decoder = invert(vae, frames, method=method, **invert_options)
         z0, decoder_residual = decoder.latents, float(decoder.residuals[-1])
     recon = decode(vae, z0).float()
     # over the whole batch; 1 for a uniform mid-grey batch (all 0): the residual is absolute, not infinite

@@ -24,10 +24,9 @@ from ..adapters import as_adapter
 from ..api import decode
 from ..diffusion.checks import BDIA_GAMMA, check_cond
 from ..diffusion.denoiser import as_denoiser
-from ..diffusion.pipeline import NoiseInversion, invert_to_noise
+from ..diffusion.pipeline import NoiseInversion, image_frames, invert_to_noise
 from ..diffusion.samplers import bdia_sample
 from ..diffusion.schedule import as_schedule
-from ..inputs import to_frames
 from ..options import is_real
 from ..visual import to_uint8
 from .key import TreeRingKey, check_key, inject
@@ -127,11 +126,12 @@ def detect(vae, eps_model, scheduler, key: TreeRingKey, images, *, gamma: float 
     """
     check_key(key)
     adapter = as_adapter(vae)
+    frames = image_frames(adapter, images, invert_options.get("dtype"))  # read once: invert_to_noise takes them on
     factor, channels = adapter.spatial_factor, adapter.latent_channels
     if factor is not None and channels is not None:  # known before encoding (not for an (encode, decode) pair)
-        h, w = to_frames(images, device=None, dtype=None, spatial_factor=factor, channels=None).pixels.shape[-2:]
+        h, w = frames.pixels.shape[-2:]
         _check_fits(key, (channels, h // factor, w // factor), f"{h}x{w}-pixel images have")
-    inversion = invert_to_noise(adapter, eps_model, scheduler, images, method=method, diffusion=diffusion, gamma=gamma,
+    inversion = invert_to_noise(adapter, eps_model, scheduler, frames, method=method, diffusion=diffusion, gamma=gamma,
                                 num_inference_steps=num_inference_steps, cond=cond, **invert_options)
     _check_fits(key, tuple(inversion.zT.shape[1:]), "images were inverted to")
     return score_noise(inversion.zT, key, noise_std=noise_std, inversion=inversion)

@@ -10,6 +10,11 @@ paper's Adam (10 and 50 steps), ``auto`` capped at 10 and at 50 evaluations (sto
 ``mean_gain_clipped``) and with no gain (``mean_gain=1``), both capped at 10. Score: per-image NMSE(z0)
 dB against the sampled latent, mean and median, and the means over the images with and without at
 least 0.1 % of their values at +-1 (``clipping.CLIPPED_SHARE``: where ``auto`` takes no gain).
+What the image cannot show (benchmarks/observability.py, as in stopping.py): the share of each series'
+squared error along the channel combination the decoder's first layers nearly ignore, the NMSE with that
+part of the error removed (``nmse_db_visible``), the floor (the encoder's error along it, the rest exact),
+and the spread along it of the sampled latents and of the encoder's. And what the image shows: the NMSE of
+each series' decoded latents against the 8-bit images, beside the sampled latents' own (rounding and clamping).
 
     python -m benchmarks.generated_images           # 64 images, 128x128, both VAEs (~30 CPU minutes)
     python -m benchmarks.generated_images --quick   # 8 images, 64x64, short training
@@ -24,6 +29,7 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, sd_ddim_scheduler, start_run
+from benchmarks.observability import decoder_null_channel, null_channel_floor_db, null_channel_share, visible_nmse_db
 from benchmarks.report_generated import NO_GAIN
 from benchmarks.report_stopping import EVERYWHERE
 from benchmarks.stopping import VAES, load, per_image_db
@@ -67,6 +73,18 @@ def scores(db: torch.Tensor, clipped: torch.Tensor) -> dict:
                 nmse_db_unclipped=mean(~clipped))
 
 
+def along_std(direction: torch.Tensor, latents: torch.Tensor) -> float:
+    """The spread of ``latents`` ``(N, C, h, w)`` along the unit channel combination ``direction``: the std
+    over every image and position of their component along it."""
+    return float(torch.einsum("c,nchw->nhw", direction.to(latents), latents.float()).std())
+
+
+def pixel_db(vae, latents: torch.Tensor, pixels: torch.Tensor) -> float:
+    """Mean per-image NMSE dB of the decoded ``latents`` against the 8-bit images ``pixels`` (in [-1, 1])."""
+    decoded = torch.cat([decinv_fast.decode(vae, latents[batch]) for batch in chunks(len(latents), BATCH)])
+    return float(decinv_fast.nmse_db(decoded.float(), pixels.float(), per_sample=True).mean())
+
+
 def inverted(vae, pixels: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
     """The latents ``invert`` returns, ``BATCH`` images per call, and the mean evaluations per image."""
     parts, evaluations = [], []
@@ -83,12 +101,19 @@ def measure(name: str, cfg: dict) -> list[dict]:
     images, z0, eps_record = generated(vae, cfg)
     pixels = to_frames(images, device=None, dtype=None, spatial_factor=None, channels=None).pixels  # as invert reads
     clipped = clipped_share(pixels.flatten(1)) >= CLIPPED_SHARE
+    generation_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = decinv_fast.encode(vae, pixels)
+    runs = [("encoder-only", 0, encoded, 0.0, time.perf_counter() - start)]
+    null, channel_values = decoder_null_channel(vae)
     common = dict(vae=name, size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
                   diffusion_steps=cfg["diffusion_steps"], gamma=GAMMA, eps_steps=eps_record["steps"],
-                  eps_loss=eps_record["final_loss"], generation_seconds=time.perf_counter() - start)
+                  eps_loss=eps_record["final_loss"], generation_seconds=generation_seconds,
+                  null_channel_floor_db=null_channel_floor_db(null, encoded, z0),
+                  decoder_channel_singular_values=channel_values,
+                  null_std_sampled=along_std(null, z0), null_std_encoded=along_std(null, encoded),
+                  pixel_nmse_db_sampled=pixel_db(vae, z0, pixels))
     print(f"{name}: {len(images)} generated images, {common['clipped_images']} clipped", flush=True)
-    start = time.perf_counter()
-    runs = [("encoder-only", 0, decinv_fast.encode(vae, pixels), 0.0, time.perf_counter() - start)]
     for label, cap, kw in cfg["runs"]:
         start = time.perf_counter()
         latents, evaluations = inverted(vae, pixels, cap, kw)
@@ -96,7 +121,8 @@ def measure(name: str, cfg: dict) -> list[dict]:
     records = []
     for label, cap, latents, evaluations, seconds in runs:
         metrics = dict(common, series=label, cap=cap, evaluations=evaluations, seconds=seconds,
-                       **scores(per_image_db(latents, z0), clipped))
+                       **scores(per_image_db(latents, z0), clipped), null_share=null_channel_share(null, latents, z0),
+                       nmse_db_visible=visible_nmse_db(null, latents, z0), pixel_nmse_db=pixel_db(vae, latents, pixels))
         records.append(harness.record(BENCHMARK, method=label, backend="auto", dtype=torch.float32,
                                       shape=tuple(images.shape), device="cpu", metrics=metrics))
         print(f"{label:22s} cap {cap:2d}: {metrics['nmse_db']:7.2f} dB mean, {metrics['nmse_db_median']:7.2f} median, "

@@ -63,10 +63,21 @@ def null_channel_floor_db(direction: torch.Tensor, encoded: torch.Tensor, truth:
     channel combination ``direction`` (``(C,)``; latents ``(N, C, h, w)``). With the decoder's null
     combination (``decoder_null_channel``): what remains if a method fixed everything the image shows
     and kept the encoder's guess where it shows nothing."""
-    direction = direction.to(truth)
-    along = torch.einsum("c,nchw->nhw", direction, (encoded - truth).float())
-    floor = truth + direction[None, :, None, None] * along[:, None]
+    floor = truth + along_channel(direction, (encoded - truth).float())
     return float(decinv_fast.nmse_db(floor, truth, per_sample=True).mean())
+
+
+def along_channel(direction: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """The part of ``error`` ``(N, C, h, w)`` along the unit channel combination ``direction`` ``(C,)``."""
+    direction = direction.to(error)
+    return direction[None, :, None, None] * torch.einsum("c,nchw->nhw", direction, error)[:, None]
+
+
+def visible_nmse_db(direction: torch.Tensor, latents: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean per-image NMSE(z) dB of ``latents`` with their error along ``direction`` removed: with the
+    decoder's null combination, how well a method recovered what the image shows."""
+    error = (latents - truth).float()
+    return float(decinv_fast.nmse_db(truth + error - along_channel(direction, error), truth, per_sample=True).mean())
 
 
 def null_channel_share(direction: torch.Tensor, latents: torch.Tensor, truth: torch.Tensor) -> float:
@@ -74,5 +85,5 @@ def null_channel_share(direction: torch.Tensor, latents: torch.Tensor, truth: to
     channel combination ``direction`` (``(C,)``), averaged over the images (as NMSE is averaged, in
     dB, per image): with the decoder's null combination, the part of the error the image can hardly show."""
     error = (latents - truth).float()
-    along = torch.einsum("c,nchw->nhw", direction.to(error), error)
-    return float((along.square().sum((1, 2)) / error.square().sum((1, 2, 3))).mean())
+    along = along_channel(direction, error)
+    return float((along.square().sum((1, 2, 3)) / error.square().sum((1, 2, 3))).mean())

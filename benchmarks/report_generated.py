@@ -24,11 +24,36 @@ def generated_images(records: list[dict]) -> list[str]:
            "rounded to 8 bits, then inverted back to the sampled `z0`. Per-image NMSE(z0) dB: mean, median, and means "
            f"over the images with at least 0.1 % of their values at ±1 ({clipped} of them; where `auto` takes no "
            "gain) and over the others; evaluations: mean decoder+encoder passes per image. CPU seconds for all images.",
-           "", "| VAE | decoder inversion | cap | evaluations | NMSE dB mean | median | clipped images | other images "
-           "| seconds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           *unseen(records), "", "| VAE | decoder inversion | cap | evaluations | NMSE dB mean | median "
+           "| clipped images | other images | error along it | NMSE dB without it | image NMSE dB | seconds |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         m = r["metrics"]
+        share = m.get("null_share")
         out.append(f"| `{m['vae']}` | {LABELS[m['series']]} | {m['cap'] or '–'} | {m['evaluations']:.1f} | "
                    f"{m['nmse_db']:.2f} | {m['nmse_db_median']:.2f} | {cell(m['nmse_db_clipped'])} | "
-                   f"{cell(m['nmse_db_unclipped'])} | {m['seconds']:.1f} |")
+                   f"{cell(m['nmse_db_unclipped'])} | {'–' if share is None else f'{100 * share:.0f} %'} | "
+                   f"{cell(m.get('nmse_db_visible'))} | {cell(m.get('pixel_nmse_db'))} | {m['seconds']:.1f} |")
     return out
+
+
+def unseen(records: list[dict]) -> list[str]:
+    """Per VAE, what the image cannot show (results files before the twelfth session lack it: columns '–')."""
+    firsts = {}
+    for r in records:
+        firsts.setdefault(r["metrics"]["vae"], r["metrics"])
+    if any("null_channel_floor_db" not in m for m in firsts.values()):
+        return []
+    per_vae = "; ".join(
+        f"`{vae}`: singular values {' / '.join(f'{v:.3g}' for v in m['decoder_channel_singular_values'])}, the "
+        f"sampled latents' spread along the last combination {m['null_std_sampled']:.3f} (std), the encoder's "
+        f"{m['null_std_encoded']:.3f}, floor {m['null_channel_floor_db']:.2f} dB" for vae, m in firsts.items())
+    return ["", "What the image cannot show (`benchmarks/observability.py`, as in the self-stopping section): the "
+            "decoder's first layers respond to the latent channels with the singular values below, and hardly at all "
+            "to the last of those channel combinations; a latent exact but for the encoder's error along it scores "
+            f"the floor, which no method can pass. {per_vae}. Columns *error along it*: the share of each series' "
+            "squared error along that combination (mean over images); *NMSE dB without it*: the mean NMSE(z0) with "
+            "that part of the error removed, how well the method recovered what the image shows; *image NMSE dB*: "
+            "the mean NMSE of the decoded latents against the 8-bit images (the sampled latents' own: "
+            + ", ".join(f"`{vae}` {m['pixel_nmse_db_sampled']:.2f} dB" for vae, m in firsts.items())
+            + ", from rounding and clamping)."]

@@ -56,9 +56,21 @@ def test_generated_images_reports_each_series_and_a_dash_where_no_image_is_clipp
             dict(common, series="auto", cap=10, evaluations=7.25, nmse_db=-8.0, nmse_db_median=-8.5,
                  nmse_db_clipped=None, nmse_db_unclipped=-8.0, seconds=1.25)]
     lines = generated_images([dict(RUN, method=m["series"], metrics=m) for m in rows])
-    assert "| `v` | encoder-only | – | 0.0 | -5.00 | -5.50 | – | -5.00 | 0.0 |" in lines
-    assert "| `v` | auto (stops itself) | 10 | 7.2 | -8.00 | -8.50 | – | -8.00 | 1.2 |" in lines
+    assert "| `v` | encoder-only | – | 0.0 | -5.00 | -5.50 | – | -5.00 | – | – | – | 0.0 |" in lines  # an older file
+    assert "| `v` | auto (stops itself) | 10 | 7.2 | -8.00 | -8.50 | – | -8.00 | – | – | – | 1.2 |" in lines
     assert any("(`v` 0 of them;" in line for line in lines)
+    assert not any(line.startswith("What the image cannot show") for line in lines)
+    unseen = dict(null_channel_floor_db=-19.5, decoder_channel_singular_values=[4.0, 0.0888],
+                  null_std_sampled=0.21, null_std_encoded=0.1449, pixel_nmse_db_sampled=-41.0)
+    for m, share, visible in zip(rows, (0.375, 0.8), (-9.0, -30.0), strict=True):
+        m.update(unseen, null_share=share, nmse_db_visible=visible, pixel_nmse_db=visible - 7)
+    lines = generated_images([dict(RUN, method=m["series"], metrics=m) for m in rows])
+    auto = "| `v` | auto (stops itself) | 10 | 7.2 | -8.00 | -8.50 | – | -8.00 | 80 % | -30.00 | -37.00 | 1.2 |"
+    assert auto in lines
+    text = next(line for line in lines if line.startswith("What the image cannot show"))
+    assert ("`v`: singular values 4 / 0.0888, the sampled latents' spread along the last combination 0.210 (std), "
+            "the encoder's 0.145, floor -19.50 dB." in text)
+    assert "(the sampled latents' own: `v` -41.00 dB, from rounding and clamping)." in text
 
 
 def test_a_partial_results_file_is_reported_as_incomplete(tmp_path, monkeypatch):

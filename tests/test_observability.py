@@ -11,6 +11,7 @@ from benchmarks.observability import (
     mean_direction_response,
     null_channel_floor_db,
     null_channel_share,
+    visible_nmse_db,
 )
 
 
@@ -36,7 +37,7 @@ def test_null_channel_is_found_from_the_weights(planted, tiny_kl):
     assert unplanted[-1] > 1e-3 * unplanted[0]  # none planted
 
 
-def test_floor_keeps_only_the_error_along_the_null_channel(planted):
+def test_floor_and_visible_error_split_the_error_along_the_null_channel(planted):
     u = planted[1]
     gen = torch.Generator().manual_seed(1)
     truth = torch.randn((3, 4, 4, 4), generator=gen)
@@ -49,6 +50,8 @@ def test_floor_keeps_only_the_error_along_the_null_channel(planted):
     on_u, off_u = (0.1 * along).square().sum((1, 2, 3)), (0.3 * other).square().sum((1, 2, 3))
     assert null_channel_share(u, encoded, truth) == pytest.approx(float((on_u / (on_u + off_u)).mean()), rel=1e-5)
     assert null_channel_share(u, truth + other, truth) == pytest.approx(0.0, abs=1e-12)
+    visible = 10 * torch.log10(off_u / truth.square().sum((1, 2, 3)))  # the error along u left out
+    assert visible_nmse_db(u, encoded, truth) == pytest.approx(float(visible.mean()), abs=1e-4)
 
 
 def test_mean_direction_response_sees_the_planted_mean(planted, tiny_kl, monkeypatch):

@@ -38,7 +38,7 @@ def generated_images(records: list[dict]) -> list[str]:
 
 
 def unseen(records: list[dict]) -> list[str]:
-    """Per VAE, what the image cannot show (results files before the twelfth session lack it: columns '–')."""
+    """Per VAE, what the image cannot show (nothing for an older results file, whose columns read '–')."""
     firsts = {}
     for r in records:
         firsts.setdefault(r["metrics"]["vae"], r["metrics"])
@@ -49,9 +49,9 @@ def unseen(records: list[dict]) -> list[str]:
         f"sampled latents' spread along the last combination {m['null_std_sampled']:.3f} (std), the encoder's "
         f"{m['null_std_encoded']:.3f}, floor {m['null_channel_floor_db']:.2f} dB" for vae, m in firsts.items())
     return ["", "What the image cannot show (`benchmarks/observability.py`, as in the self-stopping section): the "
-            "decoder's first layers respond to the latent channels with the singular values below, and hardly at all "
-            "to the last of those channel combinations; a latent exact but for the encoder's error along it scores "
-            f"the floor, which no method can pass. {per_vae}. Columns *error along it*: the share of each series' "
+            "decoder's first layers respond to the latent channels with the singular values given per VAE next, and "
+            "hardly at all to the last of those channel combinations; a latent exact but for the encoder's error "
+            f"along it scores the floor, a practical floor for every method. {per_vae}. Columns *error along it*: the share of each series' "
             "squared error along that combination (mean over images); *NMSE dB without it*: the mean NMSE(z0) with "
             "that part of the error removed, how well the method recovered what the image shows; *image NMSE dB*: "
             "the mean NMSE of the decoded latents against the 8-bit images (the sampled latents' own: "

@@ -48,12 +48,12 @@ def unseen(records: list[dict]) -> list[str]:
         f"`{vae}`: singular values {' / '.join(f'{v:.3g}' for v in m['decoder_channel_singular_values'])}, the "
         f"sampled latents' spread along the last combination {m['null_std_sampled']:.3f} (std), the encoder's "
         f"{m['null_std_encoded']:.3f}, floor {m['null_channel_floor_db']:.2f} dB" for vae, m in firsts.items())
+    own = ", ".join(f"`{vae}` {m['pixel_nmse_db_sampled']:.2f} dB" for vae, m in firsts.items())
     return ["", "What the image cannot show (`benchmarks/observability.py`, as in the self-stopping section): the "
             "decoder's first layers respond to the latent channels with the singular values given per VAE next, and "
             "hardly at all to the last of those channel combinations; a latent exact but for the encoder's error "
-            f"along it scores the floor, a practical floor for every method. {per_vae}. Columns *error along it*: the share of each series' "
-            "squared error along that combination (mean over images); *NMSE dB without it*: the mean NMSE(z0) with "
-            "that part of the error removed, how well the method recovered what the image shows; *image NMSE dB*: "
-            "the mean NMSE of the decoded latents against the 8-bit images (the sampled latents' own: "
-            + ", ".join(f"`{vae}` {m['pixel_nmse_db_sampled']:.2f} dB" for vae, m in firsts.items())
-            + ", from rounding and clamping)."]
+            f"along it scores the floor, a practical floor for every method. {per_vae}. Columns *error along it*: "
+            "the share of each series' squared error along that combination (mean over images); *NMSE dB without "
+            "it*: the mean NMSE(z0) with that part of the error removed, how well the method recovered what the "
+            "image shows; *image NMSE dB*: the mean NMSE of the decoded latents against the 8-bit images (the "
+            f"sampled latents' own: {own}, from rounding and clamping)."]

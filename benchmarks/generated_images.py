@@ -16,7 +16,7 @@ part of the error removed (``nmse_db_visible``), the floor (the encoder's error 
 and the spread along it of the sampled latents and of the encoder's. And what the image shows: the NMSE of
 each series' decoded latents against the 8-bit images, beside the sampled latents' own (rounding and clamping).
 
-    python -m benchmarks.generated_images           # 64 images, 128x128, both VAEs (~30 CPU minutes)
+    python -m benchmarks.generated_images           # 64 images, 128x128, both VAEs (~35 CPU minutes)
     python -m benchmarks.generated_images --quick   # 8 images, 64x64, short training
 """
 

@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process (``python -m benchmarks.<name>``), so one's memory and thread
 state cannot leak into another's measurements; a failing benchmark is reported and the rest still run.
-The full run takes about 85 minutes on 2 idle CPU cores (the comments below); ``--quick`` is a smoke run
+The full run takes about 90 minutes on 2 idle CPU cores (the comments below); ``--quick`` is a smoke run
 of a few minutes whose numbers only check the code: it saves ``results/<name>_quick.json``, so the
 plots and the README report keep reading the full runs' results.
 
@@ -28,7 +28,7 @@ BENCHMARKS = (
     "memory_vs_frames",  # ~7
     "stopping",  # ~13 (beyond the paper: Anderson, step size, self-stopping)
     "mean_gain",  # ~8 (auto's gain on the channel means across image sizes)
-    "generated_images",  # ~30 (inverting generated images: the latents a diffusion model sampled)
+    "generated_images",  # ~35 (inverting generated images: the latents a diffusion model sampled)
     "video_vaes",  # ~8 (video VAEs that compress time: the fixture's accuracy, the released ones' memory)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )

@@ -85,11 +85,12 @@ def pixel_db(vae, latents: torch.Tensor, pixels: torch.Tensor) -> float:
     return float(decinv_fast.nmse_db(decoded.float(), pixels.float(), per_sample=True).mean())
 
 
-def inverted(vae, pixels: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
-    """The latents ``invert`` returns, ``BATCH`` images per call, and the mean evaluations per image."""
+def inverted(vae, images: torch.Tensor, cap: int, kw: dict) -> tuple[torch.Tensor, float]:
+    """The latents ``invert`` returns for the uint8 ``images`` (as a user passes them; float pixels of a bright
+    image would read as [0, 1] and warn), ``BATCH`` per call, and the mean evaluations per image."""
     parts, evaluations = [], []
-    for batch in chunks(len(pixels), BATCH):
-        out = decinv_fast.invert(vae, pixels[batch], steps=cap, measure_memory=False, **kw)
+    for batch in chunks(len(images), BATCH):
+        out = decinv_fast.invert(vae, images[batch], steps=cap, measure_memory=False, **kw)
         parts.append(out.latents)
         evaluations.append(out.stopped_at.float())
     return torch.cat(parts), float(torch.cat(evaluations).mean())
@@ -100,10 +101,11 @@ def measure(name: str, cfg: dict) -> list[dict]:
     start = time.perf_counter()
     images, z0, eps_record = generated(vae, cfg)
     pixels = to_frames(images, device=None, dtype=None, spatial_factor=None, channels=None).pixels  # as invert reads
+    # them: for the clipped share and the decoded images' error
     clipped = clipped_share(pixels.flatten(1)) >= CLIPPED_SHARE
     generation_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    encoded = decinv_fast.encode(vae, pixels)
+    encoded = decinv_fast.encode(vae, images)
     runs = [("encoder-only", 0, encoded, 0.0, time.perf_counter() - start)]
     null, channel_values = decoder_null_channel(vae)
     common = dict(vae=name, size=cfg["size"], images=len(images), clipped_images=int(clipped.sum()),
@@ -116,7 +118,7 @@ def measure(name: str, cfg: dict) -> list[dict]:
     print(f"{name}: {len(images)} generated images, {common['clipped_images']} clipped", flush=True)
     for label, cap, kw in cfg["runs"]:
         start = time.perf_counter()
-        latents, evaluations = inverted(vae, pixels, cap, kw)
+        latents, evaluations = inverted(vae, images, cap, kw)
         runs.append((label, cap, latents, evaluations, time.perf_counter() - start))
     records = []
     for label, cap, latents, evaluations, seconds in runs:

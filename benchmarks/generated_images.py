@@ -29,7 +29,13 @@ import torch
 import decinv_fast
 from benchmarks import harness
 from benchmarks.common import save, sd_ddim_scheduler, start_run
-from benchmarks.observability import decoder_null_channel, null_channel_floor_db, null_channel_share, visible_nmse_db
+from benchmarks.observability import (
+    channel_component,
+    decoder_null_channel,
+    null_channel_floor_db,
+    null_channel_share,
+    visible_nmse_db,
+)
 from benchmarks.report_generated import NO_GAIN
 from benchmarks.report_stopping import EVERYWHERE
 from benchmarks.stopping import VAES, load, per_image_db
@@ -76,12 +82,12 @@ def scores(db: torch.Tensor, clipped: torch.Tensor) -> dict:
 def along_std(direction: torch.Tensor, latents: torch.Tensor) -> float:
     """The spread of ``latents`` ``(N, C, h, w)`` along the unit channel combination ``direction``: the std
     over every image and position of their component along it."""
-    return float(torch.einsum("c,nchw->nhw", direction.to(latents), latents.float()).std())
+    return float(channel_component(direction, latents.float()).std())
 
 
 def pixel_db(vae, latents: torch.Tensor, pixels: torch.Tensor) -> float:
     """Mean per-image NMSE dB of the decoded ``latents`` against the 8-bit images ``pixels`` (in [-1, 1])."""
-    decoded = torch.cat([decinv_fast.decode(vae, latents[batch]) for batch in chunks(len(latents), BATCH)])
+    decoded = decinv_fast.decode(vae, latents, chunk_frames=BATCH)
     return float(decinv_fast.nmse_db(decoded.float(), pixels.float(), per_sample=True).mean())
 
 

@@ -67,10 +67,15 @@ def null_channel_floor_db(direction: torch.Tensor, encoded: torch.Tensor, truth:
     return float(decinv_fast.nmse_db(floor, truth, per_sample=True).mean())
 
 
+def channel_component(direction: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """``(N, h, w)``: the component of ``latents`` ``(N, C, h, w)`` along the unit channel combination
+    ``direction`` ``(C,)`` at every position."""
+    return torch.einsum("c,nchw->nhw", direction.to(latents), latents)
+
+
 def along_channel(direction: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
     """The part of ``error`` ``(N, C, h, w)`` along the unit channel combination ``direction`` ``(C,)``."""
-    direction = direction.to(error)
-    return direction[None, :, None, None] * torch.einsum("c,nchw->nhw", direction, error)[:, None]
+    return direction.to(error)[None, :, None, None] * channel_component(direction, error)[:, None]
 
 
 def visible_nmse_db(direction: torch.Tensor, latents: torch.Tensor, truth: torch.Tensor) -> float:

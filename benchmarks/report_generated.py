@@ -12,11 +12,12 @@ LABELS = {"encoder-only": "encoder-only", "adam": "the paper's Adam", "auto": "a
 
 
 def generated_images(records: list[dict]) -> list[str]:
+    firsts = {}  # each VAE's first record: what its records share
+    for r in records:
+        firsts.setdefault(r["metrics"]["vae"], r["metrics"])
     first = records[0]["metrics"]
-    clipped = ", ".join(f"`{vae}` {n}" for vae, n in dict((r["metrics"]["vae"], r["metrics"]["clipped_images"])
-                                                          for r in records).items())
-    losses = ", ".join(f"`{vae}` {loss:.3f}" for vae, loss in dict((r["metrics"]["vae"], r["metrics"]["eps_loss"])
-                                                                 for r in records).items())
+    clipped = ", ".join(f"`{vae}` {m['clipped_images']}" for vae, m in firsts.items())
+    losses = ", ".join(f"`{vae}` {m['eps_loss']:.3f}" for vae, m in firsts.items())
     out = ["### Generated images", "", provenance("generated_images", records), "",
            f"Per VAE, {first['images']} images of {first['size']}x{first['size']} sampled by a small epsilon UNet "
            f"(trained here for {first['eps_steps']} steps on that VAE's latents, final loss {losses}; BDIA-DDIM, "
@@ -24,7 +25,7 @@ def generated_images(records: list[dict]) -> list[str]:
            "rounded to 8 bits, then inverted back to the sampled `z0`. Per-image NMSE(z0) dB: mean, median, and means "
            f"over the images with at least 0.1 % of their values at ±1 ({clipped} of them; where `auto` takes no "
            "gain) and over the others; evaluations: mean decoder+encoder passes per image. CPU seconds for all images.",
-           *unseen(records), "", "| VAE | decoder inversion | cap | evaluations | NMSE dB mean | median "
+           *unseen(firsts), "", "| VAE | decoder inversion | cap | evaluations | NMSE dB mean | median "
            "| clipped images | other images | error along it | NMSE dB without it | image NMSE dB | seconds |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
@@ -37,11 +38,9 @@ def generated_images(records: list[dict]) -> list[str]:
     return out
 
 
-def unseen(records: list[dict]) -> list[str]:
-    """Per VAE, what the image cannot show (nothing for an older results file, whose columns read '–')."""
-    firsts = {}
-    for r in records:
-        firsts.setdefault(r["metrics"]["vae"], r["metrics"])
+def unseen(firsts: dict[str, dict]) -> list[str]:
+    """Per VAE (its first record's metrics), what the image cannot show (nothing for an older results file,
+    whose columns read '–')."""
     if any("null_channel_floor_db" not in m for m in firsts.values()):
         return []
     per_vae = "; ".join(

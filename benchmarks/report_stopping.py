@@ -17,6 +17,26 @@ EVERYWHERE = "auto-gain3-everywhere"  # stopping.py's auto with its gain on clip
 AUTO_RUNS = ("auto", EVERYWHERE)  # rows of the self-stopping table, not trajectories
 
 
+def where_the_gap_sits(auto: dict, first: dict) -> str:
+    """Per image, how far ``auto`` (a row with ``per_image_db``) lands from the best run a method returns
+    (``first``: any row of the same VAE and size), and the image that carries most of that gap; "" where
+    ``auto`` is not behind, and for records from before 2026-11-24, which have no per-image NMSE."""
+    best = first.get("best_returned_per_image_db")
+    if "per_image_db" not in auto or best is None:
+        return ""
+    diffs = [a - b for a, b in zip(auto["per_image_db"], best, strict=True)]
+    if sum(diffs) <= 0:
+        return ""
+    count, worst = len(diffs), max(range(len(diffs)), key=diffs.__getitem__)
+    rest = (sum(diffs) - diffs[worst]) / (count - 1)
+    return (f"Where the gap to the best returned ({first['best_returned_run']}) sits, per image (`auto`'s NMSE minus "
+            "that run's, dB): " + ", ".join(f"{d:+.2f}" for d in diffs) + f". Image {worst + 1} (pixels: mean "
+            f"{first['image_pixel_mean'][worst]:.2f}, std {first['image_pixel_std'][worst]:.3f}; "
+            f"{100 * auto['per_image_mean_share'][worst]:.0f} % of `auto`'s squared error there lies in the latents' "
+            f"per-channel means) carries {diffs[worst] / count:.2f} dB of the {sum(diffs) / count:.2f} dB gap; on the "
+            f"other {count - 1} images `auto` is {abs(rest):.2f} dB {'behind' if rest > 0 else 'ahead'} on average.")
+
+
 def stopping(records: list[dict]) -> list[str]:
     crops = records[0]["shape"][0]
     sizes = " and of ".join(f"{n}x{n}" for n in dict.fromkeys(r["metrics"]["size"] for r in records))
@@ -105,4 +125,6 @@ def stopping(records: list[dict]) -> list[str]:
                 "within its own budget (runs of at most 10 evaluations): "
                 f"**{_goal(capped, 'gap_to_best_returned_10_db')}** against the best returned, "
                 f"**{_goal(capped, 'gap_to_best_any_10_db')}** against the per-image oracle.", ""]
+        if sits := where_the_gap_sits(capped, first):
+            out += [sits, ""]
     return out

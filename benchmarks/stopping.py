@@ -52,6 +52,11 @@ per-frame, per-channel spatial means (what ``mean_gain`` speeds up); ``mean_shar
 series, the fraction of ``||z_10 - z_last||²`` there (where what the run still gains after 10
 evaluations lies).
 
+Where a gap sits: ``auto``'s rows keep each image's NMSE (``per_image_db``) and the share of its squared
+error in the latents' per-channel means (``per_image_mean_share``); every row, the best run a method
+returns (``best_returned_run``), its per-image NMSE (``best_returned_per_image_db``), and each image's
+pixel mean and standard deviation (``image_pixel_mean``, ``image_pixel_std``: dark, flat, ...).
+
 What the image cannot show (benchmarks/observability.py): ``null_channel_floor_db`` is the NMSE of a
 latent exact except for the encoder's error along the channel combination the decoder's first layers
 nearly ignore (``decoder_channel_singular_values``: that map's singular values, the last one that
@@ -144,6 +149,11 @@ def mean_share(e: torch.Tensor) -> float:
     return float(e.mean((2, 3)).square().sum() * e.shape[2] * e.shape[3] / e.square().sum())
 
 
+def mean_shares(e: torch.Tensor) -> list[float]:
+    """:func:`mean_share` of each frame of ``e`` on its own."""
+    return [mean_share(frame[None]) for frame in e]
+
+
 def span_oracle_db(points: list[torch.Tensor], truth: torch.Tensor) -> torch.Tensor:
     """Per image, NMSE of the best point of the affine span of ``points``, chosen with the ground
     truth: the most that any mixing or selection of those evaluated points can return."""
@@ -160,9 +170,14 @@ def choose(criterion: torch.Tensor, nmse: torch.Tensor) -> torch.Tensor:
     return nmse.gather(0, pick[None])[0]
 
 
+def keep_best_images(run: dict) -> torch.Tensor:
+    """``(n, B)``: per image, the NMSE of what ``keep_best=True`` returns after ``n`` evaluations, for every ``n``."""
+    return torch.stack([choose(run["pixel"][:n], run["nmse"][:n]) for n in range(1, len(run["nmse"]) + 1)])
+
+
 def keep_best_curve(run: dict) -> list[float]:
     """Mean NMSE that ``keep_best=True`` returns after ``n`` evaluations, for every ``n``."""
-    return [float(choose(run["pixel"][:n], run["nmse"][:n]).mean()) for n in range(1, len(run["nmse"]) + 1)]
+    return keep_best_images(run).mean(1).tolist()
 
 
 def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> dict:
@@ -210,32 +225,42 @@ def lbfgs_series(vae, target, steps: int) -> dict:
 
 
 class Best:
-    """The lowest mean NMSE (dB) offered: over every run, and over runs of at most ``AUTO_CAP`` evaluations."""
+    """The lowest mean NMSE (dB) offered: over every run, and over runs of at most ``AUTO_CAP`` evaluations;
+    for the former also its per-image NMSE and which run it is (where a gap to it sits)."""
 
-    def __init__(self, start: float):
-        self.any = self.capped = start
+    def __init__(self, start: torch.Tensor):
+        """``start``: the encoder's per-image NMSE (dB)."""
+        self.any = self.capped = float(start.mean())
+        self.images, self.run = start.tolist(), "encoder-only"
 
-    def offer(self, db: float, evaluations: float) -> None:
-        self.any = min(self.any, db)
+    def offer(self, per_image: torch.Tensor, evaluations: float, run: str) -> None:
+        db = float(per_image.mean())
+        if db < self.any:
+            self.any, self.images, self.run = db, per_image.tolist(), run
         if evaluations <= AUTO_CAP:
             self.capped = min(self.capped, db)
 
 
-def score_series(run: dict, best_any: Best, best_returned: Best) -> dict:
-    """One trajectory's row (see :func:`trajectory`), and what it offers the two bests: per image, its
-    oracle point (the best one it evaluated or the one it returns, ``z_n``; within ``AUTO_CAP``
-    evaluations, the first ``AUTO_CAP`` evaluated or ``z_AUTO_CAP``) to ``best_any``; after each ``n``
-    evaluations, the better of the last iterate and ``keep_best``'s choice to ``best_returned``; and how
-    far each stopping rule lands from the oracle."""
+def score_series(run: dict, best_any: Best, best_returned: Best, label: str = "run") -> dict:
+    """One trajectory's row (see :func:`trajectory`; the series ``label``), and what it offers the two
+    bests: per image, its oracle point (the best one it evaluated or the one it returns, ``z_n``; within
+    ``AUTO_CAP`` evaluations, the first ``AUTO_CAP`` evaluated or ``z_AUTO_CAP``) to ``best_any``; after
+    each ``n`` evaluations, the better of the last iterate and ``keep_best``'s choice to ``best_returned``;
+    and how far each stopping rule lands from the oracle."""
     steps = len(run["curve"])
     curve = run["curve"].mean(1)
-    kept = keep_best_curve(run)
+    kept_images = keep_best_images(run)
+    kept = kept_images.mean(1).tolist()
     oracle = torch.cat([run["nmse"], run["curve"][-1:]]).min(0).values
-    best_any.offer(float(oracle.mean()), steps)
+    best_any.offer(oracle, steps, f"{label}, oracle")
     oracle_10 = torch.cat([run["nmse"][:AUTO_CAP], run["curve"][AUTO_CAP - 1:AUTO_CAP]]).min(0).values
-    best_any.offer(float(oracle_10.mean()), AUTO_CAP)
-    for n, returned in enumerate(torch.minimum(curve, torch.tensor(kept)).tolist(), start=1):
-        best_returned.offer(returned, n)
+    best_any.offer(oracle_10, AUTO_CAP, f"{label}, oracle within {AUTO_CAP}")
+    for n in range(1, steps + 1):  # the better of z_n and keep_best's pick, as a run stopped after n returns
+        last, picked = run["curve"][n - 1], kept_images[n - 1]
+        if last.mean() <= picked.mean():
+            best_returned.offer(last, n, f"{label} after {n}")
+        else:
+            best_returned.offer(picked, n, f"{label} with keep_best after {n}")
     stops = {rule: float((choose(crit, run["nmse"]) - oracle).mean())
              for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
     stops["last"] = float((run["final"] - oracle).mean())
@@ -251,36 +276,41 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
     target = make_target(vae, images, seed=0)
     shape = tuple(target.images.shape)
     encoded = decinv_fast.encode(vae, target.images)
-    encoder = float(per_image_db(encoded, target.latents).mean())
+    encoder_images = per_image_db(encoded, target.latents)
+    encoder = float(encoder_images.mean())
     null_direction, channel_values = decoder_null_channel(vae)
     floor = null_channel_floor_db(null_direction, encoded, target.latents)
     encoder_null_share = null_channel_share(null_direction, encoded, target.latents)
     encoder_share = mean_share(encoded - target.latents)
-    rows, best_any, best_returned = [], Best(encoder), Best(encoder)
+    pixels = target.images.float().flatten(1)  # what each image is like: dark, flat, ...
+    pixel_mean, pixel_std = pixels.mean(1).tolist(), pixels.std(1).tolist()
+    rows, best_any, best_returned = [], Best(encoder_images), Best(encoder_images)
     for label, kw in TRAJECTORY.items():
         run = trajectory(vae, target, encoded, cfg["steps"], kw)
-        rows.append(dict(series=label, **score_series(run, best_any, best_returned)))
+        rows.append(dict(series=label, **score_series(run, best_any, best_returned, label)))
     for steps in cfg["adam_steps"]:
         start = time.perf_counter()
         out = decinv_fast.invert(vae, target.images, steps=steps, measure_memory=False)
-        rows.append(dict(series="adam", evaluations=[steps], nmse_db=[float(per_image_db(out.latents, target.latents)
-                                                                          .mean())],
-                         seconds=[time.perf_counter() - start]))
+        seconds = time.perf_counter() - start
+        scores = per_image_db(out.latents, target.latents)
+        rows.append(dict(series="adam", evaluations=[steps], nmse_db=[float(scores.mean())], seconds=[seconds]))
         for best in (best_any, best_returned):
-            best.offer(rows[-1]["nmse_db"][0], steps)
+            best.offer(scores, steps, f"adam, {steps} steps")
     runs = [(label, cap, kw) for label, kw in (("auto", dict(method="auto")),
                                                (EVERYWHERE, auto_kwargs(mean_gain_clipped=None)))
             for cap in sorted({AUTO_CAP, cfg["steps"]})]
     for label, cap, kw in runs:
         start = time.perf_counter()
         auto = decinv_fast.invert(vae, target.images, steps=cap, measure_memory=False, **kw)
+        seconds = time.perf_counter() - start
+        scores = per_image_db(auto.latents, target.latents)
         rows.append(dict(series=label, cap=cap, evaluations=[float(auto.stopped_at.float().mean())],
-                         max_evaluations=int(auto.stopped_at.max()),
-                         nmse_db=[float(per_image_db(auto.latents, target.latents).mean())],
-                         seconds=[time.perf_counter() - start], stop_reason=auto.stop_reason,
+                         max_evaluations=int(auto.stopped_at.max()), nmse_db=[float(scores.mean())],
+                         per_image_db=scores.tolist(), per_image_mean_share=mean_shares(auto.latents - target.latents),
+                         seconds=[seconds], stop_reason=auto.stop_reason,
                          null_share=null_channel_share(null_direction, auto.latents, target.latents)))
         for best in (best_any, best_returned):
-            best.offer(rows[-1]["nmse_db"][0], cap)
+            best.offer(scores, cap, f"{label} capped at {cap}")
     rows.append(least_squares_reference(vae, target, encoded, cfg["lbfgs_outer"]))  # not part of either best
     rows.append(lbfgs_series(vae, target, cfg["steps"]))  # gradient-based: not part of either best either
     records = []
@@ -290,7 +320,9 @@ def measure_vae(name: str, cfg: dict, size: int) -> list[dict]:
                    encoder_null_share=encoder_null_share,
                    best_any_method_db=best_any.any,
                    best_returned_db=best_returned.any, best_any_method_10_db=best_any.capped,
-                   best_returned_10_db=best_returned.capped)
+                   best_returned_10_db=best_returned.capped, best_returned_run=best_returned.run,
+                   best_returned_per_image_db=best_returned.images, image_pixel_mean=pixel_mean,
+                   image_pixel_std=pixel_std)
         if row["series"] == "auto":
             gaps = [("best_any", best_any.any), ("best_returned", best_returned.any)]
             if row["cap"] <= AUTO_CAP:  # the bests at its own budget

@@ -46,6 +46,22 @@ def test_stopping_reports_auto_capped_at_10_whatever_the_order_of_its_runs():
     assert "**not met** against the best returned, **met** against the per-image oracle" in goal
 
 
+def test_stopping_says_which_image_carries_the_gap_to_the_best_returned_run():
+    from benchmarks.report_stopping import where_the_gap_sits
+
+    first = dict(best_returned_run="g4 after 30", best_returned_per_image_db=[-31.0, -28.0, -31.0, -32.0],
+                 image_pixel_mean=[0.1, -0.6, 0.2, 0.3], image_pixel_std=[0.4, 0.042, 0.3, 0.5])
+    auto = dict(per_image_db=[-30.0, -20.0, -31.0, -32.0], per_image_mean_share=[0.1, 0.78, 0.0, 0.2])
+    sits = where_the_gap_sits(auto, first)
+    assert "(g4 after 30) sits, per image (`auto`'s NMSE minus that run's, dB): +1.00, +8.00, +0.00, +0.00." in sits
+    assert "Image 2 (pixels: mean -0.60, std 0.042; 78 % of `auto`'s squared error there" in sits
+    assert "carries 2.00 dB of the 2.25 dB gap; on the other 3 images `auto` is 0.33 dB behind on average." in sits
+    ahead = where_the_gap_sits(dict(auto, per_image_db=[-32.0, -20.0, -31.0, -33.0]), first)
+    assert "carries 2.00 dB of the 1.50 dB gap; on the other 3 images `auto` is 0.67 dB ahead" in ahead
+    assert where_the_gap_sits({"nmse_db": [-30.0]}, first) == ""  # a record from before per-image NMSE
+    assert where_the_gap_sits(dict(auto, per_image_db=[-33.0, -27.0, -31.0, -32.0]), first) == ""  # auto leads
+
+
 def test_generated_images_reports_each_series_and_a_dash_where_no_image_is_clipped():
     from benchmarks.report_generated import generated_images
 

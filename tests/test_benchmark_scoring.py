@@ -12,6 +12,7 @@ from benchmarks.stopping import (
     choose,
     keep_best_curve,
     mean_share,
+    mean_shares,
     per_image_db,
     score_series,
     span_oracle_db,
@@ -40,13 +41,19 @@ def test_keep_best_curve_chooses_among_the_first_n_evaluated_points():
 
 
 def test_best_keeps_the_lowest_overall_and_within_the_evaluation_cap():
-    best = Best(-20.0)
-    best.offer(-30.0, AUTO_CAP)  # at the cap: counts for both
-    best.offer(-40.0, AUTO_CAP + 1)  # over it: only for the overall best
-    best.offer(-25.0, 1)  # worse than both: changes neither
-    assert (best.any, best.capped) == (-40.0, -30.0)
-    best.offer(-35.0, 5)
-    assert (best.any, best.capped) == (-40.0, -35.0)
+    best = Best(torch.tensor([-10.0, -30.0]))  # the encoder's per-image NMSE: mean -20
+    assert (best.any, best.capped, best.images, best.run) == (-20.0, -20.0, [-10.0, -30.0], "encoder-only")
+    best.offer(torch.tensor([-30.0, -30.0]), AUTO_CAP, "a")  # at the cap: counts for both
+    best.offer(torch.tensor([-35.0, -45.0]), AUTO_CAP + 1, "b")  # over it: only for the overall best
+    best.offer(torch.tensor([-25.0, -25.0]), 1, "c")  # worse than both: changes neither
+    assert (best.any, best.capped, best.images, best.run) == (-40.0, -30.0, [-35.0, -45.0], "b")
+    best.offer(torch.tensor([-34.0, -36.0]), 5, "d")
+    assert (best.any, best.capped, best.images, best.run) == (-40.0, -35.0, [-35.0, -45.0], "b")
+
+
+def test_mean_shares_is_mean_share_of_each_frame_alone():
+    frames = torch.stack([torch.full((3, 4, 4), 0.5), torch.tensor([1.0, -1.0]).repeat(24).view(3, 4, 4)])
+    assert mean_shares(frames) == pytest.approx([1.0, 0.0], abs=1e-12)
 
 
 def test_mean_share_is_the_share_of_the_per_channel_spatial_means():
@@ -92,10 +99,18 @@ def test_score_series_offers_each_images_oracle_and_each_step_counts_returned_po
     residual[11, 0], residual[5, 1] = 0.1, 0.1
     run = dict(nmse=nmse, curve=curve, pixel=pixel, residual=residual, final=torch.tensor([-20.0, -45.0]),
                span_oracle=-60.0, mean_share_late=0.25, times=[0.1 * k for k in range(12)])
-    best_any, best_returned = Best(-5.0), Best(-5.0)
-    row = score_series(run, best_any, best_returned)
+    best_any, best_returned = Best(torch.full((2,), -5.0)), Best(torch.full((2,), -5.0))
+    row = score_series(run, best_any, best_returned, "s")
     assert (best_any.any, best_any.capped) == (-47.5, -37.5)  # oracles [-50, -45] and [-35, -40]
+    assert (best_any.run, best_any.images) == ("s, oracle", [-50.0, -45.0])
     assert (best_returned.any, best_returned.capped) == (-29.5, -27.5)  # the mean of z_12, of z_10
+    assert (best_returned.run, best_returned.images) == ("s after 12", [-14.0, -45.0])
+    # a run whose keep_best pick beats its last iterate offers the pick, per image, under that name
+    kept_wins = dict(run, pixel=torch.ones(12, 2))  # keep_best picks z_0 (the first lowest): nmse[0] = -10
+    kept_wins["curve"] = torch.full((12, 2), -8.0)
+    best = Best(torch.full((2,), -5.0))
+    score_series(kept_wins, Best(torch.full((2,), -5.0)), best, "k")
+    assert (best.any, best.run, best.images) == (-10.0, "k with keep_best after 1", [-10.0, -10.0])
     assert row["oracle_best_db"] == -47.5 and row["final_db"] == -32.5
     assert row["gap_to_oracle_db"] == {"pixel": 37.5, "residual": 2.5, "last": 15.0}
     assert row["evaluations"] == list(range(1, 13)) and row["keep_best_db"] == [-10.0] * 12

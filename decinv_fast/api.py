@@ -131,10 +131,14 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     named = "auto" if method == "auto" else None
     if named:
         if lr is not None or method_options:
-            raise ValueError("method='auto' chooses its own step size and options; use method='anderson' to set them")
+            given = ", ".join(f"{k}={v!r}" for k, v in dict({} if lr is None else {"lr": lr}, **method_options).items())
+            raise ValueError(f"method='auto' chooses its own step size and options (got {given}); to change some of "
+                             "them, run the anderson method it is: "
+                             f"invert(vae, images, **decinv_fast.options.auto_kwargs({given}))")
         if schedule not in (None, AUTO["schedule"]) or keep_best not in (None, AUTO["keep_best"]):
             raise ValueError(f"method='auto' runs schedule={AUTO['schedule']!r} and keep_best={AUTO['keep_best']}; "
-                             "use method='anderson' to choose them")
+                             "to change them, run the anderson method it is: invert(vae, images, "
+                             "**decinv_fast.options.auto_kwargs(schedule=..., keep_best=...))")
         method, lr, schedule = AUTO["method"], AUTO["lr"], AUTO["schedule"]
         keep_best, patience = AUTO["keep_best"], AUTO["patience"] if patience is None else patience
         method_options = dict(AUTO["options"])

@@ -44,11 +44,15 @@ AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, pati
                      "mean_gain_clipped": 1.0, "clip_aware": True})
 
 
-def auto_kwargs(**option_overrides) -> dict:
+def auto_kwargs(**overrides) -> dict:
     """``invert`` keyword arguments spelling out ``method="auto"`` as the ``anderson`` run it is, with
-    some of its method options replaced (what benchmarks and tests vary against ``auto``)."""
-    return dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"], keep_best=AUTO["keep_best"],
-                patience=AUTO["patience"], **dict(AUTO["options"], **option_overrides))
+    some of its settings replaced: ``lr``, ``schedule``, ``keep_best``, ``patience`` or a method option
+    (``invert(vae, images, **auto_kwargs(memory=8))``; what benchmarks and tests vary against ``auto``)."""
+    spelled = dict(method=AUTO["method"], lr=AUTO["lr"], schedule=AUTO["schedule"], keep_best=AUTO["keep_best"],
+                   patience=AUTO["patience"], **AUTO["options"])
+    if "method" in overrides:
+        raise ValueError("auto_kwargs spells out method='auto' as its anderson run; it takes no method")
+    return dict(spelled, **overrides)
 
 
 def is_int(value) -> bool:

@@ -82,6 +82,7 @@ def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
     (dict(method="auto", schedule="cosine"), "method='auto' runs schedule='constant'"),
     (dict(method="auto", keep_best=False), "keep_best=True"),
     (dict(method="auto", memory=3), "method='auto' chooses its own step size and options"),  # not overridden
+    (dict(method="auto", lr=0.5), "method='auto' chooses its own step size"),
     (dict(cuda_graphs=True, compile=True), "cuda_graphs=True and compile=True are alternatives"),
     # options a method does not use are refused, not ignored
     (dict(method="anderson", backend="triton"), "backend='triton' picks the fused update kernels"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import decinv_fast
-from decinv_fast.options import check_options, keeps_fp32_master
+from decinv_fast.options import auto_kwargs, check_options, keeps_fp32_master
 
 # the options each method refuses, spelled out as invert's docstring lists the ones it takes
 FOREIGN = {
@@ -45,6 +45,25 @@ def test_grad_takes_fp32_master_false():
     x = torch.linspace(-0.5, 0.5, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
     plain = decinv_fast.invert(codec, x, method="grad", steps=2)
     assert torch.equal(decinv_fast.invert(codec, x, method="grad", steps=2, fp32_master=False).latents, plain.latents)
+
+
+def test_auto_names_the_options_it_refuses_and_the_anderson_run_that_takes_them(tiny_kl, images_32):
+    with pytest.raises(ValueError) as refused:
+        decinv_fast.invert(tiny_kl, images_32, method="auto", steps=2, lr=0.5, memory=3)
+    assert "(got lr=0.5, memory=3)" in str(refused.value)
+    assert "invert(vae, images, **decinv_fast.options.auto_kwargs(lr=0.5, memory=3))" in str(refused.value)
+    with pytest.raises(ValueError, match="to change them, run the anderson method it is"):
+        decinv_fast.invert(tiny_kl, images_32, method="auto", steps=2, keep_best=False)
+    # the hinted call runs: spelled out unchanged it is auto, and it takes any of auto's settings
+    auto = decinv_fast.invert(tiny_kl, images_32, method="auto", steps=3)
+    assert torch.equal(decinv_fast.invert(tiny_kl, images_32, steps=3, **auto_kwargs()).latents, auto.latents)
+    changed = decinv_fast.invert(tiny_kl, images_32, steps=3, **auto_kwargs(lr=0.5, memory=3, patience=1))
+    assert (changed.lr, changed.patience) == (0.5, 1)
+    last = dict(keep_best=False, patience=None)  # the last iterates, which the step size moves
+    assert not torch.equal(decinv_fast.invert(tiny_kl, images_32, steps=3, **auto_kwargs(lr=0.5, **last)).latents,
+                           decinv_fast.invert(tiny_kl, images_32, steps=3, **auto_kwargs(**last)).latents)
+    with pytest.raises(ValueError, match="takes no method"):
+        auto_kwargs(method="fsm")
 
 
 def test_km_without_inertia_is_the_forward_step():

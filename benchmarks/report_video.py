@@ -25,6 +25,8 @@ def video_vaes(records: list[dict]) -> list[str]:
         label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
+    if spread := _auto_per_clip(runs):
+        out += ["", spread]
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
             "on an H100): the released architectures (diffusers' class defaults, or its conversion scripts' "
             "configurations: `RELEASED_CONFIG`; built on the meta device), one video at its pipeline's default size "
@@ -40,6 +42,21 @@ def video_vaes(records: list[dict]) -> list[str]:
                            for m in ("adam", "auto", "grad"))
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
+
+
+def _auto_per_clip(runs: list[dict]) -> str:
+    """Per clip, what ``auto`` at its largest cap gains over ``auto`` capped at its smallest: one clip's
+    gain or spread over them ("" for results from before 2026-11-24, without per-clip NMSE)."""
+    autos = sorted((r["metrics"] for r in runs if r["method"] == "auto" and "per_clip_db" in r["metrics"]),
+                   key=lambda m: m["cap"])
+    if len(autos) < 2:
+        return ""
+    low, high = autos[0], autos[-1]
+    gains = sorted(a - b for a, b in zip(low["per_clip_db"], high["per_clip_db"], strict=True))
+    median = (gains[(len(gains) - 1) // 2] + gains[len(gains) // 2]) / 2
+    return (f"Per clip, `auto` capped at {high['cap']} against capped at {low['cap']} (dB gained, sorted): "
+            + ", ".join(f"{g:+.2f}" for g in gains) + f"; median {median:+.2f} dB, {sum(g > 1 for g in gains)} of "
+            f"{len(gains)} clips gain more than 1 dB.")
 
 
 def _recomputed(runs: list[dict], plans: list[dict]) -> str:

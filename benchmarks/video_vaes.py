@@ -5,7 +5,8 @@ its 8-bit decoding; mean per-clip NMSE(z) dB) on ``benchmarks/assets/fixture_vid
 ``AutoencoderKLWan`` (8x space, 4x time) trained on moving clips of the photographs, over the 12 held-out
 clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 8, 8)``), per method:
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
-10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``.
+10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
+and each clip's NMSE (``per_clip_db``: whether a difference between two runs is one clip's or spread).
 
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
@@ -97,7 +98,8 @@ def accuracy(cfg: dict) -> list[dict]:
 
     def scored(latents: torch.Tensor) -> dict:
         decoded = decinv_fast.decode(vae, latents)
-        return dict(nmse_db=float(decinv_fast.nmse_db(latents, target.latents, per_sample=True).mean()),
+        per_clip = decinv_fast.nmse_db(latents, target.latents, per_sample=True)
+        return dict(nmse_db=float(per_clip.mean()), per_clip_db=per_clip.tolist(),
                     psnr_db=sum(psnr(d, x) for d, x in zip(decoded, target.images, strict=True)) / len(decoded))
 
     start = time.perf_counter()

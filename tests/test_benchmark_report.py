@@ -112,3 +112,17 @@ def test_gpu_validation_pairs_measured_with_predicted_and_each_residue_with_its_
     assert "| adam | 3.00 (2.00, 1.50x) | – (2.00) |" in lines
     assert "| grad | FloatingPointError: nan |  |" in lines
     assert "| call | git old | git new |" in lines and "| graphs | 1, 2, 3 | 1, 1, 1 |" in lines
+
+
+def test_video_report_says_per_clip_what_auto_gains_at_its_larger_cap():
+    from benchmarks.report_video import _auto_per_clip
+
+    def run(cap, per_clip):
+        return dict(RUN, method="auto", metrics=dict(cap=cap, per_clip_db=per_clip))
+
+    runs = [run(50, [-22.0, -30.0, -21.0, -20.5]), dict(RUN, method="adam", metrics=dict(cap=50)),
+            run(10, [-20.0, -25.0, -21.0, -20.0])]
+    assert _auto_per_clip(runs) == ("Per clip, `auto` capped at 50 against capped at 10 (dB gained, sorted): "
+                                    "+0.00, +0.50, +2.00, +5.00; median +1.25 dB, 2 of 4 clips gain more than 1 dB.")
+    assert _auto_per_clip(runs[:2]) == ""  # one auto run
+    assert _auto_per_clip([dict(RUN, method="auto", metrics=dict(cap=c)) for c in (10, 50)]) == ""  # older results

@@ -25,7 +25,7 @@ def where_the_gap_sits(auto: dict, first: dict) -> str:
     if "per_image_db" not in auto or best is None:
         return ""
     diffs = [a - b for a, b in zip(auto["per_image_db"], best, strict=True)]
-    if sum(diffs) <= 0:
+    if len(diffs) < 2 or sum(diffs) <= 0:  # one image: nothing to single out
         return ""
     count, worst = len(diffs), max(range(len(diffs)), key=diffs.__getitem__)
     rest = (sum(diffs) - diffs[worst]) / (count - 1)

@@ -60,6 +60,8 @@ def test_stopping_says_which_image_carries_the_gap_to_the_best_returned_run():
     assert "carries 2.00 dB of the 1.50 dB gap; on the other 3 images `auto` is 0.67 dB ahead" in ahead
     assert where_the_gap_sits({"nmse_db": [-30.0]}, first) == ""  # a record from before per-image NMSE
     assert where_the_gap_sits(dict(auto, per_image_db=[-33.0, -27.0, -31.0, -32.0]), first) == ""  # auto leads
+    one = dict(first, best_returned_per_image_db=[-31.0], image_pixel_mean=[0.1], image_pixel_std=[0.4])
+    assert where_the_gap_sits(dict(auto, per_image_db=[-30.0], per_image_mean_share=[0.1]), one) == ""
 
 
 def test_generated_images_reports_each_series_and_a_dash_where_no_image_is_clipped():

@@ -130,6 +130,9 @@ def image_channels(spec: str) -> int:
 
 # the API's argument spellings in its errors, as the command line spells them (``--method auto``)
 FLAG_NAMES = (
+    # method='auto' refusing a setting points to the API's auto_kwargs; the command line has --method anderson
+    (r"; to change (?:some of )?them, run the anderson method it is: invert\(vae, images, "
+     r"\*\*decinv_fast\.options\.auto_kwargs\(.*?\)\)", "; use method='anderson' to set them"),
     (r"\blr='auto' \(rho='auto'\)", "--lr auto"),
     (r"\bmethod='(\w+)'", r"--method \1"),
     (r"\bcuda_graphs=True", "--cuda-graphs"),

@@ -344,6 +344,16 @@ def test_decode_latents_that_are_no_real_floats_or_none(tiny_kl):
         decinv_fast.decode(tiny_kl, z[:0])
 
 
+@pytest.mark.parametrize("latents,got", [
+    (np.zeros((1, 4, 4, 4), dtype=np.float32), "got a numpy.ndarray; torch.from_numpy converts it"),
+    ([[0.0]], "got a builtins.list"), (torch.zeros(4, 4), r"got shape \(4, 4\)"),
+])
+def test_decode_says_what_it_got_instead_of_a_latent_tensor(tiny_kl, latents, got):
+    with pytest.raises(ValueError, match=r"latents must be a \(C, h, w\), \(B, C, h, w\) or \(B, F, C, h, w\) tensor; "
+                       + got):
+        decinv_fast.decode(tiny_kl, latents)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", torch.int8, torch.complex64])
 def test_encode_checks_dtype_as_invert_does(tiny_kl, images_32, dtype):
     with pytest.raises(ValueError, match="dtype must be one of"):

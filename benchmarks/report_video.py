@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from benchmarks.report_format import provenance
 
 LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson", "auto": "auto (stops itself)",
@@ -53,10 +55,9 @@ def _auto_per_clip(runs: list[dict]) -> str:
         return ""
     low, high = autos[0], autos[-1]
     gains = sorted(a - b for a, b in zip(low["per_clip_db"], high["per_clip_db"], strict=True))
-    median = (gains[(len(gains) - 1) // 2] + gains[len(gains) // 2]) / 2
     return (f"Per clip, `auto` capped at {high['cap']} against capped at {low['cap']} (dB gained, sorted): "
-            + ", ".join(f"{g:+.2f}" for g in gains) + f"; median {median:+.2f} dB, {sum(g > 1 for g in gains)} of "
-            f"{len(gains)} clips gain more than 1 dB.")
+            + ", ".join(f"{g:+.2f}" for g in gains) + f"; median {statistics.median(gains):+.2f} dB, "
+            f"{sum(g > 1 for g in gains)} of {len(gains)} clips gain more than 1 dB.")
 
 
 def _recomputed(runs: list[dict], plans: list[dict]) -> str:

@@ -175,11 +175,6 @@ def keep_best_images(run: dict) -> torch.Tensor:
     return torch.stack([choose(run["pixel"][:n], run["nmse"][:n]) for n in range(1, len(run["nmse"]) + 1)])
 
 
-def keep_best_curve(run: dict) -> list[float]:
-    """Mean NMSE that ``keep_best=True`` returns after ``n`` evaluations, for every ``n``."""
-    return keep_best_images(run).mean(1).tolist()
-
-
 def least_squares_reference(vae, target, encoded: torch.Tensor, outer: int) -> dict:
     """A reference, not a candidate: the latent minimising the pixel error ``||D(z) - x||²`` itself,
     by L-BFGS through the decoder's backward pass (what no forward-only method can compute). It shows
@@ -248,7 +243,7 @@ def score_series(run: dict, best_any: Best, best_returned: Best, label: str = "r
     each ``n`` evaluations, the better of the last iterate and ``keep_best``'s choice to ``best_returned``;
     and how far each stopping rule lands from the oracle."""
     steps = len(run["curve"])
-    curve = run["curve"].mean(1)
+    curve = run["curve"].mean(1).tolist()
     kept_images = keep_best_images(run)
     kept = kept_images.mean(1).tolist()
     oracle = torch.cat([run["nmse"], run["curve"][-1:]]).min(0).values
@@ -256,15 +251,14 @@ def score_series(run: dict, best_any: Best, best_returned: Best, label: str = "r
     oracle_10 = torch.cat([run["nmse"][:AUTO_CAP], run["curve"][AUTO_CAP - 1:AUTO_CAP]]).min(0).values
     best_any.offer(oracle_10, AUTO_CAP, f"{label}, oracle within {AUTO_CAP}")
     for n in range(1, steps + 1):  # the better of z_n and keep_best's pick, as a run stopped after n returns
-        last, picked = run["curve"][n - 1], kept_images[n - 1]
-        if last.mean() <= picked.mean():
-            best_returned.offer(last, n, f"{label} after {n}")
+        if curve[n - 1] <= kept[n - 1]:
+            best_returned.offer(run["curve"][n - 1], n, f"{label} after {n}")
         else:
-            best_returned.offer(picked, n, f"{label} with keep_best after {n}")
+            best_returned.offer(kept_images[n - 1], n, f"{label} with keep_best after {n}")
     stops = {rule: float((choose(crit, run["nmse"]) - oracle).mean())
              for rule, crit in (("pixel", run["pixel"]), ("residual", run["residual"]))}
     stops["last"] = float((run["final"] - oracle).mean())
-    return dict(evaluations=list(range(1, steps + 1)), nmse_db=curve.tolist(), keep_best_db=kept,
+    return dict(evaluations=list(range(1, steps + 1)), nmse_db=curve, keep_best_db=kept,
                 span_oracle_10_db=run["span_oracle"], mean_share_after_10=run["mean_share_late"],
                 seconds=run["times"], oracle_best_db=float(oracle.mean()), gap_to_oracle_db=stops,
                 final_db=float(run["final"].mean()))

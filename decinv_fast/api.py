@@ -355,10 +355,13 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
     videos = adapter.encodes_videos
     ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
     if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:
-        kind = type(latents)
-        got = (f"got shape {tuple(latents.shape)}" if isinstance(latents, torch.Tensor) else
-               f"got a {kind.__module__}.{kind.__qualname__}" + ("; torch.from_numpy converts it" if
-                                                                kind.__module__ == "numpy" else ""))
+        if isinstance(latents, torch.Tensor):
+            got = f"got shape {tuple(latents.shape)}"
+        else:
+            kind = type(latents)
+            got = f"got a {kind.__module__}.{kind.__qualname__}"
+            if kind.__module__ == "numpy":
+                got += "; torch.from_numpy converts it"
         if videos:
             raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
                              f"whole videos; {got}")

@@ -10,7 +10,7 @@ from benchmarks.stopping import (
     AUTO_CAP,
     Best,
     choose,
-    keep_best_curve,
+    keep_best_images,
     mean_share,
     mean_shares,
     per_image_db,
@@ -33,11 +33,12 @@ def test_choose_takes_each_images_lowest_criterion():
     assert choose(criterion, nmse).tolist() == [-20.0, -11.0]
 
 
-def test_keep_best_curve_chooses_among_the_first_n_evaluated_points():
+def test_keep_best_images_choose_among_the_first_n_evaluated_points():
     run = {"pixel": torch.tensor([[2.0, 2.0], [1.0, 3.0], [0.5, 1.0]]),
            "nmse": torch.tensor([[-10.0, -10.0], [-20.0, -30.0], [-40.0, -50.0]])}
     # n = 1: only z_0; n = 2: image 0 takes z_1 (pixel 1 < 2), image 1 keeps z_0; n = 3: both take z_2
-    assert keep_best_curve(run) == [-10.0, -15.0, -45.0]
+    assert keep_best_images(run).tolist() == [[-10.0, -10.0], [-20.0, -10.0], [-40.0, -50.0]]
+    assert keep_best_images(run).mean(1).tolist() == [-10.0, -15.0, -45.0]
 
 
 def test_best_keeps_the_lowest_overall_and_within_the_evaluation_cap():

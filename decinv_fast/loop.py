@@ -8,6 +8,7 @@ graph captures, and what the CPU runs eagerly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -82,12 +83,24 @@ def step_table(plan: Plan, device: torch.device, dtype: torch.dtype) -> torch.Te
     latents of ``dtype``: fp32 (as the kernels see the reference's Python floats), fp64 for fp64
     latents (the torch backend then matches the reference's double arithmetic)."""
     rates = reference.lr_schedule(plan.steps, plan.lr, plan.schedule)
-    if plan.method == "adam":
-        b1, b2 = plan.options.get("betas", reference.ADAM_BETAS)
-        rows = [(lr_k, 1 - b1 ** (k + 1), 1 - b2 ** (k + 1)) for k, lr_k in enumerate(rates)]
-    else:
-        rows = [(r,) for r in rates]
-    return torch.tensor(rows, dtype=math_dtype(dtype), device=device)
+    betas = plan.options.get("betas", reference.ADAM_BETAS) if plan.method == "adam" else ()
+    # every row from `last` on equals row `last`: only the rows up to it are worked out in Python
+    flat = [reference.flat_from(plan.steps, plan.schedule), *(_bias_correction_flat_from(b, plan.steps) for b in betas)]
+    last = min(plan.steps - 1, max(flat))
+    rows = [(rates[k], *(1 - b ** (k + 1) for b in betas)) for k in range(last + 1)]
+    table = torch.tensor(rows, dtype=math_dtype(dtype), device=device)
+    return torch.cat([table, table[-1:].expand(plan.steps - 1 - last, -1)])
+
+
+def _bias_correction_flat_from(beta: float, steps: int) -> int:
+    """A step ``k`` from which Adam's ``1 - beta ** (k + 1)`` is 1.0 in double for every later step
+    (``beta ** (k + 1)`` falls below half an ulp of 1), at most ``steps - 1``."""
+    if beta == 0:
+        return 0
+    k = max(0, int(math.log(2.0 ** -53) / math.log(beta)) - 1)  # just before it gets there
+    while k < steps - 1 and 1 - beta ** (k + 1) != 1.0:
+        k += 1
+    return min(k, steps - 1)
 
 
 class GradientFreeIteration:

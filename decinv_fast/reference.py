@@ -64,10 +64,21 @@ def cosine_lr(i: int, steps: int, lr: float) -> float:
     return lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def lr_schedule(steps: int, lr: float, schedule: str = "paper") -> list[float]:
-    """The step size of every step: ``"paper"``, ``"constant"`` or ``"cosine"``."""
+def flat_from(steps: int, schedule: str) -> int:
+    """The first 0-based step from which the schedule's rate stays the same to the end (``steps - 1`` if it
+    changes up to the last step): the paper's from ``0.8 * min(steps, 100)`` on, the constant one from 0."""
     if schedule == "paper":
-        return [paper_lr(i, steps, lr) for i in range(steps)]
+        return min(steps, math.ceil(0.8 * min(steps, 100))) - 1
+    return 0 if schedule == "constant" else steps - 1
+
+
+def lr_schedule(steps: int, lr: float, schedule: str = "paper") -> list[float]:
+    """The step size of every step: ``"paper"``, ``"constant"`` or ``"cosine"``. The paper's rate is worked
+    out for the steps up to :func:`flat_from` and repeated after it, so a run of a million steps (stopped by
+    ``tol``) does not compute it a million times."""
+    if schedule == "paper":
+        head = [paper_lr(i, steps, lr) for i in range(flat_from(steps, schedule) + 1)]
+        return head + head[-1:] * (steps - len(head))
     if schedule == "constant":
         return [lr] * steps
     if schedule == "cosine":

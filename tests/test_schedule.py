@@ -1,10 +1,13 @@
-"""Learning-rate schedules against values worked out by hand."""
+"""Learning-rate schedules against values worked out by hand, and the step table the updates read."""
 
 import math
 
 import pytest
+import torch
 
-from decinv_fast.reference import cosine_lr, lr_schedule, paper_lr
+from decinv_fast import reference
+from decinv_fast.loop import Plan, step_table
+from decinv_fast.reference import cosine_lr, flat_from, lr_schedule, paper_lr
 
 
 def test_paper_schedule_50_steps():
@@ -49,3 +52,43 @@ def test_constant_and_unknown():
     assert lr_schedule(3, 0.2, "constant") == [0.2] * 3
     with pytest.raises(ValueError, match="schedule"):
         lr_schedule(3, 0.2, "linear")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 9, 10, 11, 15, 99, 100, 101, 250])
+def test_paper_schedule_is_flat_from_flat_from_and_equals_paper_lr_everywhere(steps):
+    s, flat = lr_schedule(steps, 0.3, "paper"), flat_from(steps, "paper")
+    assert s == [paper_lr(i, steps, 0.3) for i in range(steps)]
+    assert 0 <= flat < steps and s[flat:] == [s[flat]] * (steps - flat)
+    assert flat == 0 or s[flat - 1] != s[flat]  # the first flat step, not a later one
+    assert flat_from(steps, "constant") == 0 and flat_from(steps, "cosine") == steps - 1
+
+
+def test_a_long_paper_schedule_works_out_only_its_changing_head(monkeypatch):
+    calls = []
+
+    def counted(i, steps, lr):
+        calls.append(i)
+        return paper_lr(i, steps, lr)
+
+    monkeypatch.setattr(reference, "paper_lr", counted)
+    s = reference.lr_schedule(10**6, 0.01, "paper")
+    assert len(s) == 10**6 and s[-1] == s[79] == paper_lr(79, 100, 0.01)
+    assert len(calls) == 80
+
+
+def _table_row_by_row(plan: Plan, dtype: torch.dtype) -> torch.Tensor:
+    rates = [paper_lr(i, plan.steps, plan.lr) for i in range(plan.steps)] if plan.schedule == "paper" else \
+        lr_schedule(plan.steps, plan.lr, plan.schedule)
+    betas = plan.options.get("betas", reference.ADAM_BETAS) if plan.method == "adam" else ()
+    return torch.tensor([(r, *(1 - b ** (k + 1) for b in betas)) for k, r in enumerate(rates)], dtype=dtype)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 80, 81, 250, 40_000])
+@pytest.mark.parametrize("method,options", [("adam", {}), ("adam", {"betas": (0.0, 0.5)}), ("fsm", {})])
+@pytest.mark.parametrize("schedule", ["paper", "constant", "cosine"])
+def test_the_step_table_equals_its_rows_worked_out_one_by_one(steps, method, options, schedule):
+    # 40_000 steps: Adam's 1 - 0.999^(k+1) reaches 1.0 in double near k = 37_000, and the table repeats its row
+    for dtype in (torch.float32, torch.float64):
+        plan = Plan(method, steps, 0.37, schedule, options, "auto", 1)
+        table, expected = step_table(plan, torch.device("cpu"), dtype), _table_row_by_row(plan, dtype)
+        assert table.dtype == expected.dtype and torch.equal(table, expected)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import re
 import sys
 import warnings
@@ -17,73 +16,23 @@ from safetensors import SafetensorError
 
 from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS, as_adapter, config_image_channels
 from .attention import ATTENTION
+from .cli_args import (
+    chunk_arg,
+    count_arg,
+    device_arg,
+    lr_arg,
+    method_options,
+    option_arg,
+    positive_arg,
+    spelled_out_auto,
+)
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
+from .reference import SCHEDULES
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 VAE_CLASSES = (*IMAGE_VAE_KINDS, *VIDEO_VAE_KINDS)
-
-
-def positive_arg(spec: str) -> float:
-    """``--tol`` (and ``--lr``'s numbers): a positive, finite number."""
-    try:
-        value = float(spec)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"not a positive number: {spec!r}")
-    return value
-
-
-def lr_arg(spec: str) -> float | str:
-    """``--lr``: a positive, finite number, or ``auto`` (the per-sample secant step size of fsm, km and anderson),
-    refused by argparse before any model loads."""
-    if spec == "auto":
-        return spec
-    try:
-        return positive_arg(spec)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a positive number or 'auto': {spec!r}") from None
-
-
-def count_arg(spec: str) -> int:
-    """``--steps``, ``--patience``, ``--frames``: a positive int, refused by argparse before any model loads."""
-    try:
-        value = int(spec)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive int: {spec!r}")
-    return value
-
-
-def chunk_arg(spec: str) -> int | str:
-    """``--chunk-frames``: a positive number of frames, or ``auto`` (the memory planner's choice)."""
-    if spec == "auto":
-        return spec
-    try:
-        return count_arg(spec)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a positive number of frames or 'auto': {spec!r}") from None
-
-
-def device_arg(spec: str) -> str:
-    """``--device``: ``cpu``, or ``cuda`` / ``cuda:N`` of a CUDA device this machine has (argparse shows
-    the error as one usage line). Other torch devices (meta, mps, ...) are not ones decinv runs on."""
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (use cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"{spec}: decinv runs on cpu or cuda (cuda:N), not on {device.type}")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{spec}: this machine has no usable CUDA device; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{spec}: this machine has {count} CUDA device(s)")
-    return spec
 
 
 def load_vae(spec: str, dtype: torch.dtype, device: str):
@@ -130,9 +79,7 @@ def image_channels(spec: str) -> int:
 
 # the API's argument spellings in its errors, as the command line spells them (``--method auto``)
 FLAG_NAMES = (
-    # method='auto' refusing a setting points to the API's auto_kwargs; the command line has --method anderson
-    (r"; to change (?:some of )?them, run the anderson method it is: invert\(vae, images, "
-     r"\*\*decinv_fast\.options\.auto_kwargs\(.*?\)\)", "; use method='anderson' to set them"),
+    (r"^unknown option\(s\) \[", "unknown --option name(s) ["),
     (r"\blr='auto' \(rho='auto'\)", "--lr auto"),
     (r"\bmethod='(\w+)'", r"--method \1"),
     (r"\bcuda_graphs=True", "--cuda-graphs"),
@@ -177,6 +124,8 @@ def cmd_invert(args) -> int:
     dtype = DTYPES[args.dtype]
     if args.lbfgs and args.method != "grad":
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
+    given = method_options(args.option)
+    _check_auto(args, given)
     check_outputs(args.out, args.png, args.input)  # before the input is read and the VAE loaded
     images, files = read_input(Path(args.input), image_channels(args.vae))
     vae = load_vae(args.vae, dtype, args.device)
@@ -186,20 +135,20 @@ def cmd_invert(args) -> int:
     # auto takes no method options: its own clip_aware (options.AUTO) is what it runs with
     auto = args.method == "auto"
     clip_aware = AUTO["options"]["clip_aware"] if auto else args.clip_aware
-    options = {} if auto else dict(clip_aware=clip_aware)
+    options = {} if auto else dict(given, clip_aware=clip_aware)
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
     with _flag_names():
-        result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, dtype=dtype,
-                            progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
+        result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, schedule=args.schedule,
+                            dtype=dtype, progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
                             patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,
                             cuda_graphs=args.cuda_graphs, compile=compile, **options)
     latents = result.latents.detach().contiguous().cpu()
     video = images.ndim == 5
     if video:  # a video file: its (F, C, h, w) latents, a video VAE's (C, f, h, w)
         latents = latents[0]
-    meta = _metadata(args, result, clip_aware=clip_aware, compile=compile, files=files,
+    meta = _metadata(args, result, given=given, clip_aware=clip_aware, compile=compile, files=files,
                      layout=_layout(videos := as_adapter(vae).encodes_videos, video, files is not None))
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
@@ -212,6 +161,22 @@ def cmd_invert(args) -> int:
     return 0
 
 
+def _check_auto(args, given: dict) -> None:
+    """``--method auto`` with a step size, schedule or method option: refused (as ``invert`` refuses them), with
+    the flags of the anderson run it is, those settings replaced."""
+    if args.method != "auto":
+        return
+    asked = {"lr": args.lr, "schedule": args.schedule, **given}
+    asked = {name: value for name, value in asked.items() if value is not None}
+    if not asked:
+        return
+    got = " ".join(f"--{name} {value}" if name in ("lr", "schedule") else f"--option {name}={value}"
+                   for name, value in asked.items())
+    patience = {} if args.patience is None else {"patience": args.patience}
+    raise UsageError(f"--method auto chooses its own step size, schedule and options (got {got}); to change some "
+                     f"of them, run the anderson method it is: {spelled_out_auto(dict(asked, **patience))}")
+
+
 def _layout(videos: bool, video: bool, folder: bool) -> str:
     """The saved latents' dimensions: a video VAE's latents keep their latent frames after the channels."""
     if videos:
@@ -219,7 +184,8 @@ def _layout(videos: bool, video: bool, folder: bool) -> str:
     return "frames,C,h,w" if video else "batch,C,h,w" if folder else "C,h,w"
 
 
-def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | None, layout: str) -> dict:
+def _metadata(args, result, *, given: dict, clip_aware: bool, compile, files: list[str] | None,
+              layout: str) -> dict:
     """The ``.safetensors`` metadata (strings): what was asked and what ran (see the README)."""
     history, returned = result.residual_history, result.returned_step.tolist()
     # the returned iterate's residual where a step evaluated it (keep_best, auto, tol); "-" where it is
@@ -236,7 +202,8 @@ def _metadata(args, result, *, clip_aware: bool, compile, files: list[str] | Non
             "chunk_frames": str(args.chunk_frames), "chunk": str(result.chunk_frames), "attention": args.attention,
             "compile": str(compile), "cuda_graphs": str(args.cuda_graphs), "decode_timestep": str(args.decode_timestep),
             "returned_step": ",".join(str(k) for k in returned),  # one per sample
-            "stop_reason": ",".join(result.stop_reason)}
+            "stop_reason": ",".join(result.stop_reason), "schedule": str(args.schedule),
+            "options": json.dumps(given)}
     if files is not None:
         meta["files"] = json.dumps(files)  # a folder: its file names in batch order
     return meta
@@ -310,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--lr", type=lr_arg, default=None,
                      help="step size, or 'auto' for fsm, km, anderson (default: the method's: 0.01 for adam and grad, "
                      "1 for fsm, km, anderson)")
+    inv.add_argument("--schedule", default=None, choices=SCHEDULES,
+                     help="the step size's schedule (default: the method's: paper, grad's cosine)")
+    inv.add_argument("--option", type=option_arg, action="append", metavar="NAME=VALUE",
+                     help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
+                     "mixing=pixel, safeguard=false (anderson); mean_gain=3, mean_gain_clipped=1 (fsm, km, anderson); "
+                     "alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1 (all but grad)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",

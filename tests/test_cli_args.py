@@ -110,8 +110,6 @@ def test_a_folder_names_the_files_it_skips_but_not_hidden_ones(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--method", "auto", "--lr", "0.5"], "--method auto chooses its own step size and options (got --lr 0.5); use "
-                                          "--method anderson to set them\n"),
     (["--method", "anderson", "--cuda-graphs"], "--cuda-graphs works with adam, fsm and km"),
     (["--cuda-graphs", "--compile"], "--cuda-graphs and --compile are alternatives"),
     (["--method", "grad", "--compile"], "--compile works with the gradient-free methods; --method grad runs"),

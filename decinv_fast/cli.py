@@ -25,6 +25,7 @@ from .cli_args import (
     option_arg,
     positive_arg,
     spelled_out_auto,
+    spelled_value,
 )
 from .cli_io import UsageError, check_outputs, read_input
 from .options import AUTO, METHODS
@@ -170,7 +171,7 @@ def _check_auto(args, given: dict) -> None:
     asked = {name: value for name, value in asked.items() if value is not None}
     if not asked:
         return
-    got = " ".join(f"--{name} {value}" if name in ("lr", "schedule") else f"--option {name}={value}"
+    got = " ".join(f"--{name} {value}" if name in ("lr", "schedule") else f"--option {name}={spelled_value(value)}"
                    for name, value in asked.items())
     patience = {} if args.patience is None else {"patience": args.patience}
     raise UsageError(f"--method auto chooses its own step size, schedule and options (got {got}); to change some "

@@ -108,12 +108,13 @@ def method_options(pairs: list[tuple[str, object]] | None) -> dict:
     options = {}
     for name, value in pairs or []:
         if name in options:
-            raise UsageError(f"--option {name} is given twice ({_spelled(options[name])} and {_spelled(value)})")
+            twice = f"{spelled_value(options[name])} and {spelled_value(value)}"
+            raise UsageError(f"--option {name} is given twice ({twice})")
         options[name] = value
     return options
 
 
-def _spelled(value) -> str:
+def spelled_value(value) -> str:
     """An option's value as ``--option`` takes it."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -130,5 +131,5 @@ def spelled_out_auto(given: dict) -> str:
         elif name in ("keep_best", "clip_aware"):
             flags += [f"--{name.replace('_', '-')}"] if value else []
         else:
-            flags.append(f"--option {name}={_spelled(value)}")
+            flags.append(f"--option {name}={spelled_value(value)}")
     return " ".join(flags)

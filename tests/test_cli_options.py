@@ -92,6 +92,9 @@ def test_auto_refuses_a_setting_and_spells_out_the_anderson_run_with_it_replaced
     vae, image = _photo(photo_png)
     direct = invert(vae, image, steps=3, **auto_kwargs(lr=0.5, memory=2, patience=2))
     assert torch.equal(latents, direct.latents)
+    err, flags = _refused(photo_png, tmp_path, capsys, "--option", "safeguard=false", "--option", "mean_gain=2,3")
+    assert "(got --option safeguard=false --option mean_gain=2,3)" in err  # as they were typed
+    assert "mean_gain=2,3" in flags and "safeguard=false" in flags
 
 
 def test_auto_s_spelled_out_run_is_auto(photo_png, tmp_path, capsys):

@@ -167,7 +167,8 @@ def _check_auto(args, given: dict) -> None:
     the flags of the anderson run it is, those settings replaced."""
     if args.method != "auto":
         return
-    asked = {"lr": args.lr, "schedule": args.schedule, **given}
+    schedule = None if args.schedule == AUTO["schedule"] else args.schedule  # auto's own is no change (as in invert)
+    asked = {"lr": args.lr, "schedule": schedule, **given}
     asked = {name: value for name, value in asked.items() if value is not None}
     if not asked:
         return
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="step size, or 'auto' for fsm, km, anderson (default: the method's: 0.01 for adam and grad, "
                      "1 for fsm, km, anderson)")
     inv.add_argument("--schedule", default=None, choices=SCHEDULES,
-                     help="the step size's schedule (default: the method's: paper, grad's cosine)")
+                     help="the step size's schedule (default: paper; auto runs its own, constant)")
     inv.add_argument("--option", type=option_arg, action="append", metavar="NAME=VALUE",
                      help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
                      "mixing=pixel, safeguard=false (anderson); mean_gain=3, mean_gain_clipped=1 (fsm, km, anderson); "

@@ -98,9 +98,12 @@ def test_auto_refuses_a_setting_and_spells_out_the_anderson_run_with_it_replaced
 
 
 def test_auto_s_spelled_out_run_is_auto(photo_png, tmp_path, capsys):
-    """With a setting auto has anyway, the flags it spells out run auto itself, to the bit."""
-    flags = _refused(photo_png, tmp_path, capsys, "--schedule", "constant")[1]
+    """With an option auto has anyway, the flags it spells out run auto itself, to the bit; its own schedule is
+    no change, as in ``invert``."""
+    err, flags = _refused(photo_png, tmp_path, capsys, "--option", "memory=5", "--schedule", "constant")
+    assert "(got --option memory=5)" in err
     assert flags[:2] == ["--method", "anderson"] and "--clip-aware" in flags and "--keep-best" in flags
     spelled = run_invert(photo_png, tmp_path / "a.st", "--steps", "3", *flags)[0]
-    auto = run_invert(photo_png, tmp_path / "b.st", "--steps", "3", "--method", "auto")[0]
+    auto = run_invert(photo_png, tmp_path / "b.st", "--steps", "3", "--method", "auto", "--schedule", "constant")[0]
     assert torch.equal(spelled, auto)
+    _refused(photo_png, tmp_path, capsys, "--schedule", "paper")

@@ -81,6 +81,7 @@ def image_channels(spec: str) -> int:
 # the API's argument spellings in its errors, as the command line spells them (``--method auto``)
 FLAG_NAMES = (
     (r"^unknown option\(s\) \[", "unknown --option name(s) ["),
+    (r"\boptimizer='lbfgs'", "--lbfgs"),
     (r"\blr='auto' \(rho='auto'\)", "--lr auto"),
     (r"\bmethod='(\w+)'", r"--method \1"),
     (r"\bcuda_graphs=True", "--cuda-graphs"),

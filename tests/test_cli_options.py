@@ -69,6 +69,7 @@ def test_options_and_the_schedule_reach_invert_and_the_metadata(tmp_path, photo_
     (["--method", "anderson", "--option", "memory=x"], "memory (Anderson history m) must be an int >= 0, got 'x'"),
     (["--method", "fsm", "--option", "memory=3"], "unknown --option name(s) ['memory'] for --method fsm; allowed:"),
     (["--method", "km", "--option", "alpha=1.5"], "alpha (KM inertia) must be a number in [0, 1), got 1.5"),
+    (["--method", "grad", "--option", "memory=3"], "memory is an option of grad's --lbfgs (the number of"),
 ])
 def test_a_bad_option_is_invert_s_error_in_the_flags_spelling(photo_png, tmp_path, capsys, flags, message):
     assert main(["invert", str(photo_png), "--steps", "1", "--out", str(tmp_path / "z.st"), *flags]) == 2

@@ -29,12 +29,7 @@ def positive_arg(spec: str) -> float:
 def lr_arg(spec: str) -> float | str:
     """``--lr``: a positive, finite number, or ``auto`` (the per-sample secant step size of fsm, km and anderson),
     refused by argparse before any model loads."""
-    if spec == "auto":
-        return spec
-    try:
-        return positive_arg(spec)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a positive number or 'auto': {spec!r}") from None
+    return _or_auto(spec, positive_arg, "a positive number")
 
 
 def count_arg(spec: str) -> int:
@@ -50,12 +45,17 @@ def count_arg(spec: str) -> int:
 
 def chunk_arg(spec: str) -> int | str:
     """``--chunk-frames``: a positive number of frames, or ``auto`` (the memory planner's choice)."""
+    return _or_auto(spec, count_arg, "a positive number of frames")
+
+
+def _or_auto(spec: str, parse, what: str):
+    """``auto``, or ``spec`` read by ``parse``; its error then says ``what`` else was expected."""
     if spec == "auto":
         return spec
     try:
-        return count_arg(spec)
+        return parse(spec)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a positive number of frames or 'auto': {spec!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what} or 'auto': {spec!r}") from None
 
 
 def device_arg(spec: str) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import statistics
 
 from benchmarks.report_format import provenance
+from decinv_fast.options import AUTO
 
 LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson", "auto": "auto (stops itself)",
-          "grad": "gradient-based (Adam on the pixel error)"}
+          "auto-latent": "auto with latent mixing", "grad": "gradient-based (Adam on the pixel error)"}
+MEMORY_COLUMNS = (("adam", "adam"), ("auto", "auto"), ("auto-latent", "auto, latent mixing"), ("grad", "grad"))
 
 
 def video_vaes(records: list[dict]) -> list[str]:
@@ -33,15 +35,18 @@ def video_vaes(records: list[dict]) -> list[str]:
             "on an H100): the released architectures (diffusers' class defaults, or its conversion scripts' "
             "configurations: `RELEASED_CONFIG`; built on the meta device), one video at its pipeline's default size "
             "(an image VAE's: one image; Qwen-Image 2.1's images RGBA), bf16, all frames in one call; total "
-            "allocator peak with weights, GiB. The gradient-based baseline back-propagates through the whole video."
+            "allocator peak with weights, GiB. The gradient-based baseline back-propagates through the whole video; "
+            "auto with latent mixing (`invert(vae, video, **decinv_fast.options.auto_kwargs(mixing=\"latent\"))`) "
+            f"keeps no pixel history, where auto keeps {AUTO['options']['memory'] + 2} fp32 copies of the video's "
+            "pixels."
             + _recomputed(runs, plans), "",
-            "| VAE | frames x height x width | `enable_tiling()` | adam | auto | grad |",
-            "|---|---|---|---:|---:|---:|"]
+            "| VAE | frames x height x width | `enable_tiling()` | " + " | ".join(t for _, t in MEMORY_COLUMNS) + " |",
+            "|---|---|---|" + "---:|" * len(MEMORY_COLUMNS)]
     for key in dict.fromkeys((r["metrics"]["vae"], r["metrics"]["tiling"]) for r in plans):
         cell = {r["method"]: r for r in plans if (r["metrics"]["vae"], r["metrics"]["tiling"]) == key}
         shape = next(iter(cell.values()))["shape"]
-        sizes = " | ".join(f"{cell[m]['metrics']['predicted_total_bytes'] / 2**30:.2f}"
-                           for m in ("adam", "auto", "grad"))
+        sizes = " | ".join(f"{cell[m]['metrics']['predicted_total_bytes'] / 2**30:.2f}" if m in cell else "–"
+                           for m, _ in MEMORY_COLUMNS)
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
 

@@ -5,7 +5,8 @@ its 8-bit decoding; mean per-clip NMSE(z) dB) on ``benchmarks/assets/fixture_vid
 ``AutoencoderKLWan`` (8x space, 4x time) trained on moving clips of the photographs, over the 12 held-out
 clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 8, 8)``), per method:
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
-10 and 50 (it stops itself) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
+10 and 50 (it stops itself), ``auto`` with latent mixing (``options.auto_kwargs(mixing="latent")``, capped at
+10: no pixel history, see Memory) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
 and each clip's NMSE (``per_clip_db``: whether a difference between two runs is one clip's or spread).
 
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
@@ -13,10 +14,12 @@ architectures (diffusers' class defaults are their released configurations, LTX-
 changes of ``RELEASED_CONFIG``, built on the meta device: no weights needed; Qwen-Image's and Qwen-Image
 2.1's are image VAEs, of 1-frame videos, RGBA ones for 2.1; FLUX.2's, SANA's and HunyuanImage 2.1's one
 image each, the last two as diffusers' conversion scripts configure them) at their pipelines' default sizes, with and
-without ``vae.enable_tiling()``; predictions (the planner is checked against measured peaks on the CPU,
-tests/test_planner_video.py, and on an H100, benchmarks/gpu_validation.py).
+without ``vae.enable_tiling()``, for adam, auto, auto with latent mixing (whose Anderson history holds latents
+only, where auto's holds ``memory + 2`` fp32 copies of the video's pixels) and grad; predictions (the planner
+is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an H100,
+benchmarks/gpu_validation.py).
 
-    python -m benchmarks.video_vaes            # ~8 CPU minutes
+    python -m benchmarks.video_vaes            # ~17 CPU minutes
     python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE
 """
 
@@ -30,6 +33,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import arg_parser, replace_predictions, save, start_run
 from decinv_fast.adapters import as_adapter
+from decinv_fast.options import AUTO, auto_kwargs
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed_video import heldout_clips
 from decinv_fast.visual import psnr
@@ -39,7 +43,10 @@ FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
-        ("grad", dict(method="grad", steps=50)))
+        ("auto-latent", dict(auto_kwargs(mixing="latent"), steps=10)), ("grad", dict(method="grad", steps=50)))
+# what plan() is asked for each method of the memory table: auto with latent mixing is the anderson run it is
+PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
+           "auto-latent": dict(method=AUTO["method"], memory=AUTO["options"]["memory"], mixing="latent")}
 # each released VAE at its pipeline's default video size (frames, height, width)
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
             ("AutoencoderKLHunyuanVideo", "HunyuanVideo", (129, 720, 1280)),
@@ -84,7 +91,7 @@ RELEASED_CONFIG = {
 # diffusers 0.42's AutoencoderKLHunyuanImage.tiled_encode unpacks a 5-D shape from 4-D images: no tiled row
 TILING_FAILS = ("HunyuanImage 2.1",)
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
-           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5],
+           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5] + RUNS[6:7],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
 
 
@@ -130,13 +137,13 @@ def memory(cfg: dict) -> list[dict]:
             vae = torch.nn.Module.to(vae, torch.bfloat16)
             if tiling:
                 vae.enable_tiling()
-            for method in ("adam", "auto", "grad"):
-                p = decinv_fast.plan(vae, shape, dtype=torch.bfloat16, device="cuda", method=method)
+            for method, planned in PLANNED.items():
+                p = decinv_fast.plan(vae, shape, dtype=torch.bfloat16, device="cuda", **planned)
                 metrics = dict(part="memory", vae=name, kind=kind, tiling=tiling,
                                predicted_total_bytes=p.per_chunk[frames], weights_bytes=p.weights_bytes)
                 records.append(harness.planner_record(BENCHMARK, method=method, dtype=torch.bfloat16, shape=shape,
                                                       metrics=metrics))
-                print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:5s}: "
+                print(f"{name:14s} {frames}x{height}x{width} {'tiled' if tiling else 'whole'} {method:11s}: "
                       f"{p.per_chunk[frames] / 2**30:8.2f} GiB", flush=True)
     return records
 

@@ -128,3 +128,20 @@ def test_video_report_says_per_clip_what_auto_gains_at_its_larger_cap():
                                     "+0.00, +0.50, +2.00, +5.00; median +1.25 dB, 2 of 4 clips gain more than 1 dB.")
     assert _auto_per_clip(runs[:2]) == ""  # one auto run
     assert _auto_per_clip([dict(RUN, method="auto", metrics=dict(cap=c)) for c in (10, 50)]) == ""  # older results
+
+
+def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_older_predictions():
+    from benchmarks.report_video import video_vaes
+
+    acc = lambda method, cap, nmse: dict(RUN, method=method, shape=[12, 9, 3, 64, 64], metrics=dict(
+        part="accuracy", cap=cap, evaluations=float(cap), nmse_db=nmse, psnr_db=20.0, seconds=1.0))
+    plan = lambda method, gib, tiling: dict(RUN, method=method, shape=[1, 81, 3, 480, 832], metrics=dict(
+        part="memory", vae="Wan 2.1", tiling=tiling, predicted_total_bytes=gib * 2**30))
+    records = [acc("auto", 10, -25.0), acc("auto-latent", 10, -24.5),
+               *(plan(m, g, False) for m, g in (("adam", 4.0), ("auto", 7.5), ("auto-latent", 4.25), ("grad", 9.0))),
+               *(plan(m, g, True) for m, g in (("adam", 1.5), ("auto", 4.0), ("grad", 3.0)))]  # an older record
+    lines = video_vaes(records)
+    assert "| auto with latent mixing | 10 | 10.0 | -24.50 | 20.00 | 1.0 |" in lines
+    assert "| VAE | frames x height x width | `enable_tiling()` | adam | auto | auto, latent mixing | grad |" in lines
+    assert "| Wan 2.1 | 81 x 480 x 832 | no | 4.00 | 7.50 | 4.25 | 9.00 |" in lines
+    assert "| Wan 2.1 | 81 x 480 x 832 | yes | 1.50 | 4.00 | – | 3.00 |" in lines

@@ -29,7 +29,7 @@ BENCHMARKS = (
     "stopping",  # ~13 (beyond the paper: Anderson, step size, self-stopping)
     "mean_gain",  # ~8 (auto's gain on the channel means across image sizes)
     "generated_images",  # ~35 (inverting generated images: the latents a diffusion model sampled)
-    "video_vaes",  # ~8 (video VAEs that compress time: the fixture's accuracy, the released ones' memory)
+    "video_vaes",  # ~20 (video VAEs that compress time: the fixture's accuracy, the released ones' memory)
     "gradient_memory",  # ~4 (AdjointDEIS / reversible BDIA vs autograd)
 )
 

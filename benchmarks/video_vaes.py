@@ -19,7 +19,7 @@ only, where auto's holds ``memory + 2`` fp32 copies of the video's pixels) and g
 is checked against measured peaks on the CPU, tests/test_planner_video.py, and on an H100,
 benchmarks/gpu_validation.py).
 
-    python -m benchmarks.video_vaes            # ~17 CPU minutes
+    python -m benchmarks.video_vaes            # ~20 CPU minutes
     python -m benchmarks.video_vaes --quick    # 3 clips of 5 frames at 32x32, a short video per VAE
 """
 

@@ -66,7 +66,8 @@ def cosine_lr(i: int, steps: int, lr: float) -> float:
 
 def flat_from(steps: int, schedule: str) -> int:
     """The first 0-based step from which the schedule's rate stays the same to the end (``steps - 1`` if it
-    changes up to the last step): the paper's from ``0.8 * min(steps, 100)`` on, the constant one from 0."""
+    changes up to the last step): the paper's from the last step of its cosine, ``ceil(0.8 * min(steps, 100)) - 1``
+    (:func:`paper_lr`), the constant one from 0."""
     if schedule == "paper":
         return min(steps, math.ceil(0.8 * min(steps, 100))) - 1
     return 0 if schedule == "constant" else steps - 1

@@ -9,10 +9,11 @@ import math
 import torch
 
 from .cli_io import UsageError
-from .options import auto_kwargs
+from .options import METHOD_OPTIONS, auto_kwargs
 
-# method options with a flag of their own (invert's ``rho`` is ``lr`` under another name)
+# method options with a flag of their own (invert's ``rho`` is ``lr`` under another name), and the others
 OWN_FLAGS = {"clip_aware": "--clip-aware", "optimizer": "--lbfgs", "rho": "--lr"}
+OPTION_NAMES = sorted(set().union(*METHOD_OPTIONS.values()) - set(OWN_FLAGS))
 
 
 def positive_arg(spec: str) -> float:
@@ -86,6 +87,8 @@ def option_arg(spec: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"not NAME=VALUE: {spec!r} (e.g. memory=8)")
     if name in OWN_FLAGS:
         raise argparse.ArgumentTypeError(f"{name} has a flag of its own: {OWN_FLAGS[name]}")
+    if name not in OPTION_NAMES:  # invert's other arguments (steps, tol, ...) are flags
+        raise argparse.ArgumentTypeError(f"{name} is no method option (those are {', '.join(OPTION_NAMES)})")
     if "," in text:
         parts = [_option_value(part.strip()) for part in text.split(",")]
         return name, tuple(parts) if all(isinstance(v, int | float) for v in parts) else text

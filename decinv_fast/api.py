@@ -199,8 +199,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             ``"anderson"`` (Anderson-accelerated forward step, option ``memory``) or ``"auto"``
             (the best self-stopping combination on our benchmarks; see ``options.AUTO``).
         steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``). With ``tol``
-            or ``patience`` a bound: what it costs up front is the per-step table (up to 12 bytes a step)
-            and histories of ``(steps, B)`` floats.
+            or ``patience`` a bound: what it costs up front is the per-step table (up to 12 bytes a step, 24
+            for fp64) and histories of ``(steps, B)`` floats.
         lr: step size (``rho`` for fsm/km/anderson); defaults 0.01 (adam, grad) and 1.0 (fsm, km,
             anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size
             (``result.secant_lr``).

@@ -6,7 +6,8 @@ Stages, in this order (``--only`` picks some; each stage's records are saved as 
   ``decinv_fast.plan``'s prediction, SD-2.1 layout, 16 frames of 512x512 in fp16 (the README's GPU
   claim), chunks 1-16, adam, auto and grad, where predicted to fit.
 * ``video``: the same for the released video VAE architectures (diffusers' class defaults, random
-  weights) at their pipelines' default sizes, bf16, one step: adam whole and tiled, auto whole.
+  weights) at their pipelines' default sizes, bf16, one step: adam whole and tiled, auto whole, and auto with
+  latent mixing (``options.auto_kwargs(mixing="latent")``) tiled.
 * ``residue``: bytes still allocated after ``invert`` returns (eager, CUDA graphs, auto, grad), three calls each.
 * ``kernels``: the fused Adam update, CUDA extension / Triton / eager torch / torch's fused Adam, timed
   with ``triton.testing.do_bench`` (the GPU half of ``benchmarks/kernels.py``).
@@ -37,7 +38,8 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21_vae
 from benchmarks.reference_loop import official_loop
-from benchmarks.video_vaes import RELEASED, released_shape, released_vae
+from benchmarks.video_vaes import PLANNED, RELEASED, released_shape, released_vae
+from decinv_fast.options import auto_kwargs
 
 BENCHMARK = "gpu_validation"
 STAGES = ("planner", "video", "residue", "kernels", "exact", "speed", "probe")
@@ -49,6 +51,10 @@ CONFIGS = {
                   half=torch.float32, video_dtype=torch.float32),  # the CPU's fp16 convolutions are slow
 }
 GIB = 2**30
+# the video stage's runs, most telling first: (enable_tiling, method as video_vaes' memory table names it), and
+# invert's arguments for a name that is no method (auto with latent mixing is the anderson run it is)
+VIDEO_RUNS = ((False, "adam"), (True, "adam"), (False, "auto"), (True, "auto-latent"))
+INVERTED = {"auto-latent": auto_kwargs(mixing="latent")}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -198,11 +204,13 @@ def speed_stage(cfg: dict, device: str) -> list[dict]:
     return records
 
 
-def measured_vs_planned(vae, images, *, dtype, device, chunk, method, steps, fit, **kwargs) -> dict:
-    """One configuration: the planner's prediction, then (if it fits the device) the measured peak."""
+def measured_vs_planned(vae, images, *, dtype, device, chunk, method, steps, fit, planned: dict | None = None,
+                        **kwargs) -> dict:
+    """One configuration: the planner's prediction (for ``planned``, ``plan``'s method and options; default
+    ``method``), then (if it fits the device) the measured peak of ``invert(method=method, **kwargs)``."""
     frames = images.shape[1] if images.dim() == 5 else len(images)
-    p = decinv_fast.plan(vae, tuple(images.shape), dtype=dtype, device=torch.device(device).type, method=method,
-                         chunks=[chunk])
+    p = decinv_fast.plan(vae, tuple(images.shape), dtype=dtype, device=torch.device(device).type,
+                         chunks=[chunk], **(planned or {"method": method}))
     # invert's peak_bytes: on a GPU the allocator's peak with the weights, on the CPU what the call added
     predicted = p.per_chunk[chunk] if torch.device(device).type == "cuda" else p.added_per_chunk[chunk]
     metrics = dict(predicted_total_bytes=p.per_chunk[chunk], predicted_added_bytes=p.added_per_chunk[chunk],
@@ -326,20 +334,21 @@ def video_stage(cfg: dict, device: str, deadline: float) -> list[dict]:
         torch.manual_seed(0)
         vae = released_vae(kind, name).eval().requires_grad_(False).to(device, cfg["video_dtype"])
         images = random_images(released_shape(vae, frames, height, width)).to(device, cfg["video_dtype"])
-        for tiling, method in ((False, "adam"), (True, "adam"), (False, "auto")):  # most telling first
+        for tiling, method in VIDEO_RUNS:
             if time.monotonic() > deadline:
                 break
             (vae.enable_tiling if tiling else vae.disable_tiling)()
+            run = dict(INVERTED.get(method, {"method": method}))
             try:
                 metrics = measured_vs_planned(vae, images, dtype=cfg["video_dtype"], device=device, chunk=frames,
-                                              method=method, steps=1, fit=cfg["fit"])
+                                              planned=PLANNED[method], steps=1, fit=cfg["fit"], **run)
             except Exception as e:  # noqa: BLE001
                 metrics = dict(error=f"{type(e).__name__}: {e}")
             records.append(harness.record(BENCHMARK, method=method, backend="planner vs measured",
                                           dtype=cfg["video_dtype"], shape=images.shape, device=device,
                                           metrics=dict(part="video", vae=name, kind=kind, tiling=tiling,
                                                        **metrics)))
-            print(f"video {name:14s} {'tiled' if tiling else 'whole'} {method:5s}: {describe(metrics)}", flush=True)
+            print(f"video {name:14s} {'tiled' if tiling else 'whole'} {method:11s}: {describe(metrics)}", flush=True)
         del vae, images
         free_memory(device)
     return records

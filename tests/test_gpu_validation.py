@@ -61,3 +61,26 @@ def test_the_stages_run_through_on_the_cpu_with_a_tiny_vae(monkeypatch):
     assert [(r["method"], r["metrics"]["chunk"]) for r in planner] == [
         (m, c) for m in ("adam", "auto", "grad") for c in (1, 2)]
     assert all(r["metrics"]["measured"] and r["metrics"]["measured_over_predicted"] > 0 for r in planner)
+
+
+def test_the_video_stage_measures_auto_with_latent_mixing_as_planned(monkeypatch):
+    """The video stage on the CPU (the released Wan 2.1 at the quick config's toy size): its four runs, each
+    measured next to the planner's prediction for the same run; auto with latent mixing is the anderson run
+    ``auto_kwargs(mixing="latent")`` spells out, planned as such."""
+    import time
+
+    import decinv_fast
+    from decinv_fast.options import auto_kwargs
+
+    asked = {"plan": [], "invert": []}
+    plan, invert = decinv_fast.plan, decinv_fast.invert
+    monkeypatch.setattr(decinv_fast, "plan", lambda *a, **k: asked["plan"].append(k) or plan(*a, **k))
+    monkeypatch.setattr(decinv_fast, "invert", lambda *a, **k: asked["invert"].append(k) or invert(*a, **k))
+    records = gpu_validation.video_stage(gpu_validation.CONFIGS["quick"], "cpu", deadline=time.monotonic() + 600)
+    assert [(r["method"], r["metrics"]["tiling"]) for r in records] == [
+        ("adam", False), ("adam", True), ("auto", False), ("auto-latent", True)]
+    assert all(r["metrics"]["measured"] and 0.9 < r["metrics"]["measured_over_predicted"] < 1.1 for r in records)
+    assert (asked["plan"][3]["method"], asked["plan"][3]["mixing"]) == ("anderson", "latent")
+    spelled = auto_kwargs(mixing="latent")
+    assert {k: asked["invert"][3][k] for k in spelled} == spelled
+    assert asked["invert"][2]["method"] == "auto" and "mixing" not in asked["invert"][2]

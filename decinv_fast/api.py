@@ -21,6 +21,7 @@ from .memory import PeakMemory
 from .options import (
     AUTO,
     METHODS,
+    auto_overrides,
     caller_stacklevel,
     check_compile,
     check_dtype,
@@ -130,12 +131,13 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     check_backend_name(backend)
     named = "auto" if method == "auto" else None
     if named:
-        if lr is not None or method_options:
-            given = ", ".join(f"{k}={v!r}" for k, v in dict({} if lr is None else {"lr": lr}, **method_options).items())
+        refused = auto_overrides(lr, schedule, keep_best, method_options)
+        if chosen := {k: v for k, v in refused.items() if k not in ("schedule", "keep_best")}:  # lr, options
+            given = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
             raise ValueError(f"method='auto' chooses its own step size and options (got {given}); to change some of "
                              "them, run the anderson method it is: "
                              f"invert(vae, images, **decinv_fast.options.auto_kwargs({given}))")
-        if schedule not in (None, AUTO["schedule"]) or keep_best not in (None, AUTO["keep_best"]):
+        if refused:
             raise ValueError(f"method='auto' runs schedule={AUTO['schedule']!r} and keep_best={AUTO['keep_best']}; "
                              "to change them, run the anderson method it is: invert(vae, images, "
                              "**decinv_fast.options.auto_kwargs(schedule=..., keep_best=...))")

@@ -28,7 +28,7 @@ from .cli_args import (
     spelled_value,
 )
 from .cli_io import UsageError, check_outputs, read_input
-from .options import AUTO, METHODS
+from .options import AUTO, METHODS, auto_overrides
 from .reference import SCHEDULES
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -168,9 +168,7 @@ def _check_auto(args, given: dict) -> None:
     the flags of the anderson run it is, those settings replaced."""
     if args.method != "auto":
         return
-    schedule = None if args.schedule == AUTO["schedule"] else args.schedule  # auto's own is no change (as in invert)
-    asked = {"lr": args.lr, "schedule": schedule, **given}
-    asked = {name: value for name, value in asked.items() if value is not None}
+    asked = auto_overrides(args.lr, args.schedule, options=given)  # what invert would refuse (--keep-best is auto's)
     if not asked:
         return
     got = " ".join(f"--{name} {value}" if name in ("lr", "schedule") else f"--option {name}={spelled_value(value)}"

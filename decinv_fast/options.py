@@ -55,6 +55,17 @@ def auto_kwargs(**overrides) -> dict:
     return dict(spelled, **overrides)
 
 
+def auto_overrides(lr=None, schedule=None, keep_best=None, options: dict | None = None) -> dict:
+    """What a call with ``method="auto"`` sets that ``auto`` does not take: any ``lr`` or method option, and a
+    ``schedule`` or ``keep_best`` other than its own (``None`` for each leaves it to ``auto``). In that order,
+    the options as given; empty when ``auto`` runs as it is."""
+    refused = {} if lr is None else {"lr": lr}
+    for name, value in (("schedule", schedule), ("keep_best", keep_best)):
+        if value not in (None, AUTO[name]):
+            refused[name] = value
+    return dict(refused, **(options or {}))
+
+
 def is_int(value) -> bool:
     """An integer of any kind (Python, NumPy, ...), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

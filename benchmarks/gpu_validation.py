@@ -38,8 +38,7 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import VAE_LABELS, arg_parser, quiet, random_images, sd21_vae
 from benchmarks.reference_loop import official_loop
-from benchmarks.video_vaes import PLANNED, RELEASED, released_shape, released_vae
-from decinv_fast.options import auto_kwargs
+from benchmarks.video_vaes import INVERTED, PLANNED, RELEASED, released_shape, released_vae
 
 BENCHMARK = "gpu_validation"
 STAGES = ("planner", "video", "residue", "kernels", "exact", "speed", "probe")
@@ -51,10 +50,8 @@ CONFIGS = {
                   half=torch.float32, video_dtype=torch.float32),  # the CPU's fp16 convolutions are slow
 }
 GIB = 2**30
-# the video stage's runs, most telling first: (enable_tiling, method as video_vaes' memory table names it), and
-# invert's arguments for a name that is no method (auto with latent mixing is the anderson run it is)
+# the video stage's runs, most telling first: (enable_tiling, method as video_vaes' memory table names it)
 VIDEO_RUNS = ((False, "adam"), (True, "adam"), (False, "auto"), (True, "auto-latent"))
-INVERTED = {"auto-latent": auto_kwargs(mixing="latent")}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -33,20 +33,22 @@ import decinv_fast
 from benchmarks import harness
 from benchmarks.common import arg_parser, replace_predictions, save, start_run
 from decinv_fast.adapters import as_adapter
-from decinv_fast.options import AUTO, auto_kwargs
+from decinv_fast.options import auto_kwargs
 from decinv_fast.protocol import make_target
 from decinv_fast.testbed_video import heldout_clips
 from decinv_fast.visual import psnr
 
 BENCHMARK = "video_vaes"
 FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
+# invert's arguments for a name of these tables that is no method: auto with latent mixing is the anderson run it is
+INVERTED = {"auto-latent": auto_kwargs(mixing="latent")}
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
-        ("auto-latent", dict(auto_kwargs(mixing="latent"), steps=10)), ("grad", dict(method="grad", steps=50)))
-# what plan() is asked for each method of the memory table: auto with latent mixing is the anderson run it is
+        ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
+# what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
-           "auto-latent": dict(method=AUTO["method"], memory=AUTO["options"]["memory"], mixing="latent")}
+           "auto-latent": {k: INVERTED["auto-latent"][k] for k in ("method", "memory", "mixing")}}  # what plan() takes
 # each released VAE at its pipeline's default video size (frames, height, width)
 RELEASED = (("AutoencoderKLWan", "Wan 2.1", (81, 480, 832)), ("AutoencoderKLCogVideoX", "CogVideoX-2b", (49, 480, 720)),
             ("AutoencoderKLHunyuanVideo", "HunyuanVideo", (129, 720, 1280)),

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from .adapters import IMAGE_VAE_KINDS, VIDEO_VAE_KINDS, as_adapter, config_image_channels
 from .attention import ATTENTION
 from .cli_args import (
+    check_option_names,
     chunk_arg,
     count_arg,
     device_arg,
@@ -80,7 +81,6 @@ def image_channels(spec: str) -> int:
 
 # the API's argument spellings in its errors, as the command line spells them (``--method auto``)
 FLAG_NAMES = (
-    (r"^unknown option\(s\) \[", "unknown --option name(s) ["),
     (r"\boptimizer='lbfgs'", "--lbfgs"),
     (r"\blr='auto' \(rho='auto'\)", "--lr auto"),
     (r"\bmethod='(\w+)'", r"--method \1"),
@@ -128,6 +128,7 @@ def cmd_invert(args) -> int:
         raise UsageError(f"--lbfgs is grad's optimizer (use it with --method grad), not {args.method}'s")
     given = method_options(args.option)
     _check_auto(args, given)
+    check_option_names(args.method, given)
     check_outputs(args.out, args.png, args.input)  # before the input is read and the VAE loaded
     images, files = read_input(Path(args.input), image_channels(args.vae))
     vae = load_vae(args.vae, dtype, args.device)

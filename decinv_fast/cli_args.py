@@ -117,6 +117,15 @@ def method_options(pairs: list[tuple[str, object]] | None) -> dict:
     return options
 
 
+def check_option_names(method: str, options: dict) -> None:
+    """``--option`` names ``--method`` does not take: refused before anything loads, naming those it takes through
+    ``--option`` (not ``clip_aware``, ``optimizer`` or ``rho``: they have flags of their own)."""
+    unknown = sorted(set(options) - METHOD_OPTIONS[method])
+    if unknown:
+        takes = ", ".join(sorted(METHOD_OPTIONS[method] - set(OWN_FLAGS))) or "none"
+        raise UsageError(f"unknown --option name(s) {unknown} for --method {method}; it takes: {takes}")
+
+
 def spelled_value(value) -> str:
     """An option's value as ``--option`` takes it."""
     if isinstance(value, bool):

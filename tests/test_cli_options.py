@@ -70,13 +70,26 @@ def test_options_and_the_schedule_reach_invert_and_the_metadata(tmp_path, photo_
 
 @pytest.mark.parametrize("flags,message", [
     (["--method", "anderson", "--option", "memory=x"], "memory (Anderson history m) must be an int >= 0, got 'x'"),
-    (["--method", "fsm", "--option", "memory=3"], "unknown --option name(s) ['memory'] for --method fsm; allowed:"),
     (["--method", "km", "--option", "alpha=1.5"], "alpha (KM inertia) must be a number in [0, 1), got 1.5"),
     (["--method", "grad", "--option", "memory=3"], "memory is an option of grad's --lbfgs (the number of"),
 ])
 def test_a_bad_option_is_invert_s_error_in_the_flags_spelling(photo_png, tmp_path, capsys, flags, message):
     assert main(["invert", str(photo_png), "--steps", "1", "--out", str(tmp_path / "z.st"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,takes", [
+    ("fsm", "mean_gain, mean_gain_clipped, residual_blur"),
+    ("adam", "betas, eps, residual_blur"),
+    ("grad", "memory"),
+])
+def test_an_option_the_method_does_not_take_is_refused_before_anything_loads(tmp_path, capsys, method, takes):
+    missing = tmp_path / "no_such_image.png"  # not read: the option is refused first
+    assert main(["invert", str(missing), "--out", str(tmp_path / "z.st"), "--method", method,
+                 "--option", "memory=3", "--option", "alpha=0.2"]) == 2
+    err = capsys.readouterr().err
+    named = "['alpha']" if method == "grad" else "['alpha', 'memory']"
+    assert f"unknown --option name(s) {named} for --method {method}; it takes: {takes}\n" in err
 
 
 def _refused(photo_png, tmp_path, capsys, *flags) -> tuple[str, list[str]]:

@@ -15,7 +15,7 @@ from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
 from .graphs import GraphedStep
-from .inputs import Frames, as_videos, check_latent_size, to_frames
+from .inputs import Frames, as_videos, check_latent_size, check_latents, to_frames
 from .loop import Plan, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import (
@@ -25,7 +25,6 @@ from .options import (
     caller_stacklevel,
     check_compile,
     check_dtype,
-    check_finite,
     check_flag,
     check_fp32_master,
     check_int,
@@ -357,34 +356,8 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
         raise ValueError(f"chunk_frames must be a positive int or None (frames per decoder call), got {chunk_frames!r}")
     adapter = _one_weight_dtype(as_adapter(vae))
     videos = adapter.encodes_videos
-    ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
-    if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:
-        if isinstance(latents, torch.Tensor):
-            got = f"got shape {tuple(latents.shape)}"
-        else:
-            kind = type(latents)
-            got = f"got a {kind.__module__}.{kind.__qualname__}"
-            if kind.__module__ == "numpy":
-                got += "; torch.from_numpy converts it"
-        if videos:
-            raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
-                             f"whole videos; {got}")
-        raise ValueError(f"latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor; {got}")
-    if not latents.is_floating_point():
-        raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
-    if latents.numel() == 0:
-        raise ValueError(f"latents: empty batch (shape {tuple(latents.shape)})")
-    if adapter.device is not None and latents.device != adapter.device:
-        raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
-    channels = latents.shape[channel_dim]
-    if adapter.latent_channels is not None and channels != adapter.latent_channels:
-        raise ValueError(f"latents have {channels} channels (dim {channel_dim} of shape {tuple(latents.shape)}); "
-                         f"this {adapter.kind} decodes {adapter.latent_channels}")
-    if min(latents.shape[-2:]) < (smallest := adapter.min_latent_size):
-        raise ValueError(f"latents of {latents.shape[-2]}x{latents.shape[-1]}: this {adapter.kind} decodes latents "
-                         f"of at least {smallest}x{smallest}")
-    check_finite("latents", latents)
-    squeezed = latents.dim() == ranks[0]
+    check_latents(latents, adapter)
+    squeezed = latents.dim() == (4 if videos else 3)  # one image's (C, h, w) or one video's (C, f, h, w)
     z = latents[None] if squeezed else latents
     if adapter.dtype is not None:
         z = z.to(adapter.dtype)

@@ -269,6 +269,40 @@ def check_latent_size(h: int, w: int, adapter, name: str) -> None:
                          f"{smallest}, images of at least {smallest * f}x{smallest * f} pixels")
 
 
+def check_latents(latents, adapter) -> None:
+    """Latents ``adapter`` decodes: ``(C, h, w)``, ``(B, C, h, w)`` or ``(B, F, C, h, w)`` (a video VAE's
+    ``(C, f, h, w)`` or ``(B, C, f, h, w)``) float tensors with its channels, on its device, large enough
+    and finite; else an error naming ``latents``."""
+    videos = adapter.encodes_videos
+    ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
+    if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:
+        if isinstance(latents, torch.Tensor):
+            got = f"got shape {tuple(latents.shape)}"
+        else:
+            kind = type(latents)
+            got = f"got a {kind.__module__}.{kind.__qualname__}"
+            if kind.__module__ == "numpy":
+                got += "; torch.from_numpy converts it"
+        if videos:
+            raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
+                             f"whole videos; {got}")
+        raise ValueError(f"latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor; {got}")
+    if not latents.is_floating_point():
+        raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
+    if latents.numel() == 0:
+        raise ValueError(f"latents: empty batch (shape {tuple(latents.shape)})")
+    if adapter.device is not None and latents.device != adapter.device:
+        raise ValueError(f"latents are on {latents.device} but the VAE is on {adapter.device}")
+    channels = latents.shape[channel_dim]
+    if adapter.latent_channels is not None and channels != adapter.latent_channels:
+        raise ValueError(f"latents have {channels} channels (dim {channel_dim} of shape {tuple(latents.shape)}); "
+                         f"this {adapter.kind} decodes {adapter.latent_channels}")
+    if min(latents.shape[-2:]) < (smallest := adapter.min_latent_size):
+        raise ValueError(f"latents of {latents.shape[-2]}x{latents.shape[-1]}: this {adapter.kind} decodes latents "
+                         f"of at least {smallest}x{smallest}")
+    check_finite("latents", latents)
+
+
 def check_video_frames(count: int, frame_step: int, kind: str, name: str) -> None:
     """A video VAE that compresses time takes videos of ``1 + k * frame_step`` frames; another ``count`` is an
     error naming the argument ``name`` and how many frames to keep."""

@@ -110,7 +110,11 @@ class AcceleratedIteration(GradientFreeIteration):
         if self.auto and self.k == 0:
             self.first = (y.clone(), g.clone())
         elif self.auto and self.k == 1:
-            self.scale = secant_rho(y - self.first[0], g - self.first[1])
+            scale = secant_rho(y - self.first[0], g - self.first[1])
+            if self.tracker is not None:  # a sample that stopped after one step took none: 1, as run alone
+                stop = self.tracker.stop_step
+                scale = torch.where((stop < 0) | (stop > 1), scale, self.scale)
+            self.scale = scale
             self.first = None
         rho = self.table[self.k, 0] * self.scale  # (B,)
         if self.mixer is not None:

@@ -32,7 +32,8 @@ class Tracker:
         whose objective keeps improving below fp32's resolution)."""
         batch = y.shape[0]
         device = y.device
-        self.keep_best, self.tol, self.patience = keep_best, tol, patience
+        # a patience beyond int64's range (any beyond the run's steps never stops a sample) compares as 2**62
+        self.keep_best, self.tol, self.patience = keep_best, tol, None if patience is None else min(patience, 2**62)
         self.best_error = torch.full((batch,), float("inf"), dtype=error_dtype, device=device)
         self.best_step = torch.zeros(batch, dtype=torch.int64, device=device)
         self.stale = torch.zeros(batch, dtype=torch.int64, device=device)

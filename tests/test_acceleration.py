@@ -186,6 +186,24 @@ def test_the_result_reports_each_sample_s_secant_step_size():
     assert decinv_fast.invert(codec, x, method="fsm", lr=0.5, steps=2).secant_lr is None
 
 
+@pytest.mark.parametrize("method", ["fsm", "km", "anderson"])
+def test_a_stopped_sample_reports_the_secant_step_size_of_a_run_on_it_alone(method):
+    """E(D(z)) = c_i z: the first sample meets tol after one step (relative residual |c - 1|), the second after
+    two or three (fsm: (c - 1)²), the third runs on. The batch works out a secant step for every sample at its
+    second step; the first took none (1, as alone), the others report theirs, as alone."""
+    c = torch.tensor([1.0005, 1.02, 2.5])
+    x = images(n=3)
+    run = dict(method=method, lr="auto", tol=1e-3, steps=6, schedule="constant")
+    codec = lambda c: (lambda x: c.view(-1, 1, 1, 1) * x, lambda z: z)  # noqa: E731
+    batch = decinv_fast.invert(codec(c), x, **run)
+    alone = [decinv_fast.invert(codec(c[i:i + 1]), x[i:i + 1], **run) for i in range(3)]
+    assert batch.stopped_at.tolist() == [int(one.stopped_at[0]) for one in alone]
+    assert batch.stopped_at[0] == 1 and 1 < batch.stopped_at[1] < batch.stopped_at[2]
+    assert batch.secant_lr[0] == alone[0].secant_lr[0] == 1.0
+    assert batch.secant_lr.tolist() == pytest.approx([float(one.secant_lr[0]) for one in alone], rel=1e-5)
+    assert 0.9 < float(batch.secant_lr[1]) < 0.99  # it computed one (1 / 1.02 for fsm)
+
+
 def test_secant_step_is_clipped_and_left_at_one_without_curvature():
     """``<s, t> / <t, t>`` per sample, clipped to ``[RHO_MIN, RHO_MAX]``; 1 where ``<s, t> <= 0``: ``t``
     orthogonal to ``s``, a residual that did not change (``t = 0``), or negative curvature."""
@@ -217,6 +235,9 @@ def test_patience_and_tol_stop_each_sample(tiny_kl):
             stop = int(out.stopped_at[b])
             best = int(out.pixel_residual_history[:stop, b].argmin())
             assert stop - 1 - best == 2  # two evaluations without improvement, then stop
+    for huge in (2**63, 10**30):  # beyond int64: never stops a sample, as any patience beyond the steps
+        never = decinv_fast.invert(tiny_kl, x[:1], method="fsm", steps=3, patience=huge)
+        assert never.stop_reason == ["steps"] and never.steps_run == 3 and never.patience == huge
     tol = float(out.residual_history[3].median())
     out = decinv_fast.invert(tiny_kl, x, method="adam", steps=30, tol=tol)
     for b, reason in enumerate(out.stop_reason):

@@ -306,10 +306,3 @@ def gradient_based_lbfgs(encode: Codec, decode: Codec, images: torch.Tensor, *, 
 
 
 REFERENCE_METHODS = {"adam": adam, "fsm": fsm, "km": km, "grad": gradient_based}
-
-
-def nmse(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``||estimate - truth||² / ||truth||²`` (fp32)."""
-    dims = tuple(range(1, truth.dim()))
-    diff = (estimate.float() - truth.float()).square().sum(dims)
-    return diff / truth.float().square().sum(dims)

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 import warnings
 
 import numpy as np
@@ -316,6 +317,29 @@ def test_nmse_db_zero_truth_is_an_error_not_nan():
         decinv_fast.nmse_db(torch.zeros(2, 4), torch.zeros(2, 4))
     assert decinv_fast.nmse_db(truth + 0.1, truth) == pytest.approx(10 * math.log10(0.08 / 4), abs=1e-4)
     assert decinv_fast.nmse_db(truth, truth) == float("-inf")  # exact: -inf dB, not an error
+
+
+@pytest.mark.parametrize("scale,dtype", [(1e20, torch.float32), (1e200, torch.float64), (1e-30, torch.float64),
+                                         (1e-300, torch.float64), (1e-20, torch.float32)])
+def test_nmse_db_is_finite_at_any_magnitude(scale, dtype):
+    """NMSE does not depend on scale: fp32 squares of 1e20 overflow and of 1e-20 underflow, but the dB do not."""
+    truth = torch.full((2, 4), 2 * scale, dtype=dtype)
+    assert decinv_fast.nmse_db(truth / 2, truth) == pytest.approx(-6.0206, abs=1e-4)
+    per_sample = decinv_fast.nmse_db(truth / 2, truth, per_sample=True)
+    assert per_sample.shape == (2,) and per_sample.tolist() == pytest.approx([-6.0206] * 2, abs=1e-4)
+
+
+def test_nmse_db_needs_values_and_a_batch_to_score_per_sample():
+    for shape in [(3,), ()]:
+        with pytest.raises(ValueError, match=rf"per_sample=True needs \(B, ...\) tensors of at least 2 dims.*"
+                           rf"got shape {re.escape(str(shape))}"):
+            decinv_fast.nmse_db(torch.ones(shape), torch.ones(shape), per_sample=True)
+    with pytest.raises(ValueError, match=r"truth: empty tensor \(shape \(0, 3\)\)"):
+        decinv_fast.nmse_db(torch.ones(0, 3), torch.ones(0, 3))
+    assert decinv_fast.nmse_db(torch.tensor(2.0), torch.tensor(1.0)) == 0.0  # one value scores as a whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "converting a tensor that requires grad to a scalar"
+        assert decinv_fast.nmse_db(torch.zeros(4, requires_grad=True), torch.ones(4)) == 0.0
 
 
 @pytest.mark.parametrize("mode,size,match", [("I;16", (32, 32), "PIL mode 'I;16' holds more than 8 bits"),

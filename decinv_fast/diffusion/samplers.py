@@ -17,7 +17,8 @@ Exactness. ``bdia_invert`` rebuilds ``z_T`` from the last *pair* ``(z_0, z_1)`` 
 ``bdia_invert_from_z0`` start from ``z_0`` alone and are approximate: DDIM inversion uses
 ``eps(z_i, t_{i+1})`` in place of the unknown ``eps(z_{i+1}, t_{i+1})`` at every step; the
 from-``z_0`` BDIA inversion makes that approximation once (to get ``z_1``) and is exact after it,
-but the error of ``z_1`` is carried to ``z_T`` (and amplified by about ``gamma^{-N/2}``).
+but the error of ``z_1`` is carried to ``z_T``, amplified by a factor that grows like ``gamma^{-N}`` (each
+inverse step has the modes 1 and ``-1/gamma``).
 """
 
 from __future__ import annotations

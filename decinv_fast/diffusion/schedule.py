@@ -41,8 +41,9 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
     """The timesteps ``DDIMScheduler.set_timesteps(num_inference_steps)`` produces, descending.
 
     - ``"leading"``: ``k * (T // n) + steps_offset`` for ``k = n-1, ..., 0``;
-    - ``"trailing"``: ``round(T - k * T / n) - 1`` for ``k = 0, ..., n-1`` (exactly ``n`` values; some
-      diffusers versions emit an extra ``-1`` for a few ``n`` through a float ``arange``);
+    - ``"trailing"``: ``round(arange(T, 0, -T / n)) - 1`` with NumPy's float ``arange``, as diffusers computes it
+      (``round(T - k * T / n) - 1`` but where ``T - k * T / n`` is a half-integer: the ``arange``'s rounding
+      error then decides), its first ``n`` values (diffusers emits an extra ``-1`` for a few ``n``, e.g. 61);
     - ``"linspace"``: ``round(linspace(0, T - 1, n))`` reversed.
     """
     if not is_int(num_inference_steps) or num_inference_steps < 1:
@@ -58,8 +59,8 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
         ratio = big_t // n
         values = np.arange(n)[::-1] * ratio + int(steps_offset)
     elif spacing == "trailing":
-        ratio = big_t / n
-        values = np.round(big_t - np.arange(n) * ratio).astype(np.int64) - 1
+        # diffusers' float arange, whose rounding decides the ties (n = 48: 937.4999... -> 936, not 937)
+        values = (np.round(np.arange(big_t, 0, -big_t / n)).astype(np.int64) - 1)[:n]
     elif spacing == "linspace":
         values = np.linspace(0, big_t - 1, n).round()[::-1]
     else:

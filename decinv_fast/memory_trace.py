@@ -266,15 +266,18 @@ def peak_bytes(run, attention: str, device: str) -> int:
 
 def chunk_pass(meta, chunk, pixel, latent, dtype, per_video, method):
     """``run()`` for :func:`peak_bytes`: ``E(D(z))`` of one chunk on the meta copy, with the pixel residual
-    ``loop.make_codec`` holds while the encoder runs (for ``grad``: the decoder forward and the backward of
-    the pixel loss). A chunk is ``chunk`` rows of ``pixel``/``latent`` shape: frames, or a video VAE's whole
-    videos ``(3, F, H, W)`` and ``(C, f, h, w)``."""
+    ``loop.make_codec`` holds while the encoder runs (for ``grad``: the encoder pass of its starting point
+    ``E(x)``, then the decoder forward and the backward of the pixel loss; the peak is the larger). A chunk
+    is ``chunk`` rows of ``pixel``/``latent`` shape: frames, or a video VAE's whole videos ``(3, F, H, W)``
+    and ``(C, f, h, w)``."""
 
     def run() -> None:
         z = torch.empty((chunk,) + latent, dtype=dtype, device="meta")
         if method == "grad":
             z.requires_grad_(True)
             x = torch.empty((chunk,) + pixel, dtype=dtype, device="meta")
+            with torch.no_grad():  # E(x), chunk by chunk, before the first step (loop.PixelErrorIteration)
+                meta.encode(x)
             with torch.enable_grad():
                 (meta.decode(z, per_video) - x).square().sum().backward()
         else:

@@ -16,7 +16,7 @@ ARCHITECTURES = [kind for kind in KINDS if not kind.endswith("-timestep")]  # a 
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
-@pytest.mark.parametrize("method", ["adam", "auto"])
+@pytest.mark.parametrize("method", ["adam", "auto", "grad"])
 @pytest.mark.parametrize("videos_per_chunk", [2, 1])
 def test_prediction_within_25_percent_of_measured(kind, method, videos_per_chunk):
     """A batch of two videos, both in one call (oneDNN's 3-D convolutions) or one per call (a batch of one:

@@ -67,7 +67,8 @@ def test_timesteps_not_matching_the_scheduler():
         Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [1000, 1])
     with pytest.raises(ValueError, match="integer timesteps"):
         Schedule.from_alphas_cumprod(scheduler.alphas_cumprod, [500.5, 1])
-    with pytest.raises(ValueError, match="alphas_cumprod: every value must lie in"):
+    with pytest.raises(ValueError, match=r"alphas_cumprod: every value must lie in \(0, 1\], found 0.0; 0 is a "
+                       "zero-terminal-SNR level"):
         Schedule.from_alphas_cumprod(torch.linspace(1.0, 0.0, 10), [9, 1])
     # a table rising with t (e.g. 1 - alphas_cumprod) ran "sampling" towards more noise, silently
     with pytest.raises(ValueError, match="alphas_cumprod must not increase with the timestep"):

@@ -1,5 +1,6 @@
 """The memory planner against the CPU allocator's measured peak, and its chunk choice."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -143,6 +144,8 @@ def test_auto_is_planned_as_its_anderson_run():
     settings = {k: AUTO["options"][k] for k in ("memory", "mixing")}
     anderson = plan(vae, shape, dtype=torch.float32, method=AUTO["method"], chunks=(c for c in (1, 2)), **settings)
     assert auto.method == "auto" and auto.per_chunk == anderson.per_chunk  # a generator's chunks are read once
+    for listed in (np.array([1, 2]), np.array([1, 2], dtype=np.uint8)):  # no truth value: read as a list
+        assert plan(vae, shape, dtype=torch.float32, method="auto", chunks=listed).per_chunk == auto.per_chunk
     assert auto.state_bytes > plan(vae, shape, dtype=torch.float32, method="anderson", chunks=[1]).state_bytes
 
 

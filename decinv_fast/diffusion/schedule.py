@@ -71,7 +71,9 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
 def _check_alphabar(name: str, values: Sequence[float]) -> None:
     for v in values:
         if not (math.isfinite(v) and 0.0 < v <= 1.0):
-            raise ValueError(f"{name}: every value must lie in (0, 1], found {v!r}")
+            zero_snr = ("; 0 is a zero-terminal-SNR level (rescale_betas_zero_snr=True): pure noise, where the "
+                        "eps-form step divides by sqrt(alphas_cumprod)" if v == 0.0 else "")
+            raise ValueError(f"{name}: every value must lie in (0, 1], found {v!r}{zero_snr}")
 
 
 def _as_int_list(name: str, timesteps) -> list[int]:

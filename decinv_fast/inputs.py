@@ -147,7 +147,8 @@ def _from_tensor(images: torch.Tensor, wide: bool) -> tuple[torch.Tensor, bool]:
         lo, hi = float(images.min()), float(images.max())
         if lo < -FLOAT_RANGE_LIMIT or hi > FLOAT_RANGE_LIMIT:
             raise ValueError(
-                f"images: float pixels must lie in [-1, 1], got range [{lo:.3g}, {hi:.3g}]; "
+                f"images: float pixels must lie in [-1, 1] (a decoder's overshoot to +-{FLOAT_RANGE_LIMIT} is taken), "
+                f"got range [{lo:.6g}, {hi:.6g}]; "
                 "for [0, 1] images pass images * 2 - 1, for [0, 255] pass images / 127.5 - 1"
             )
         # a bright [-1, 1] image can do this too, hence a warning, not an error; a uniform one (e.g. mid-grey,

@@ -28,6 +28,7 @@ from decinv_fast.options import AUTO
     (torch.full((1, 3, 32, 32), -1, dtype=torch.int64), r"\[0, 255\]"),
     (torch.full((1, 3, 32, 32), 255.0), r"\[-1, 1\]"),
     (torch.full((1, 3, 32, 32), 1.6), r"\[-1, 1\]"),  # beyond a decoder's overshoot: [0, 2] or the like
+    (torch.full((1, 3, 32, 32), 1.5001), r"overshoot to \+-1.5 is taken\), got range \[1.5001, 1.5001\]"),
     (torch.zeros(0, 3, 32, 32), "empty"),
     ([], "empty"),
     (np.zeros((32, 32, 3), dtype=np.int16), "uint8 in"),

@@ -3,7 +3,7 @@
 //
 //   g = edz - e_x                      (edz = E(D(y)))
 //   z_new = y - rho_k * g              rho_k = table[step, 0]
-//   y = z_new + alpha * (z_new - z_k)  (z_k: z, or its fp32 master copy)
+//   y = z_new + alpha * (z_new - z_k)  (z_k: the stored z; the master copy, if any, holds y)
 //   z = z_new ;  sq_norm[b] = sum_j g[b, j]^2   (fp32)
 //
 // Shapes: edz, e_x, y, z (B, n) contiguous, one dtype (fp32/fp16/bf16); sq_norm fp32 (B,);

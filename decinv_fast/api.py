@@ -238,7 +238,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             ``lr * g / eps`` (up to 55x ``lr``; on the fixture VAE the official fp16 run is worse than
             encoder-only after 10 steps, see benchmarks/accuracy_vs_time.py); ``False`` reproduces that
             official fp16 code bit for bit with the torch backend (the CPU's). The fused GPU kernels
-            compute in fp32 and round only what they store, so they do not underflow either way.
+            compute in fp32 and round only what they store. Either way ``m`` and ``v`` are stored in fp16,
+            so such an entry's ``v`` is stored as 0 and its next step sees only its own increment: it
+            moves by up to ``lr * sqrt((1 - b2**(k+1)) / (1 - b2))`` (5.7x ``lr`` at step 50, not 30x).
             bf16 has fp32's range and does not underflow.
         keep_best: return, per sample, the evaluated iterate with the lowest pixel error
             ``||D(z_k) - x||`` (no ground truth needed; the iteration is semi-convergent). Default

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 import warnings
 
 import pytest
@@ -392,6 +393,25 @@ def test_fp16_default_avoids_the_official_second_moment_underflow():
     assert default.latents.dtype == official.latents.dtype == torch.float16
     torch.testing.assert_close(step_default, torch.full_like(step_default, lr * c / (c + 1e-4)), atol=2e-3, rtol=0)
     assert step_official.min() > 20 * lr
+
+
+def test_fp16_adam_stores_its_second_moment_in_fp16_so_small_entries_still_flush_between_steps():
+    """The master copy covers z; m and v are stored in the latents' dtype. With every residual entry c = 3e-3,
+    v = (1 - b2) c**2 = 9e-9 is stored as 0 after each step, so step k sees only its own increment and moves by
+    lr * c / (c * sqrt((1 - b2) / (1 - b2**(k+1))) + eps): 5.7 lr at step 50 (fp32 latents: about lr). The
+    official code's lr * c / eps is 30 lr from the second step on."""
+    c, lr, eps, b2 = 3e-3, 0.01, 1e-4, 0.999
+    x = torch.linspace(-0.5, 0.5, 3 * 16 * 16, dtype=torch.float16).reshape(1, 3, 16, 16)
+    for dtype, k, want in [(torch.float16, 49, lr * c / (c * math.sqrt((1 - b2) / (1 - b2 ** 50)) + eps)),
+                           (torch.float32, 49, lr * c / (c + eps))]:
+        pixels = x.to(dtype)
+        pair = (lambda x: x, lambda z, fixed=pixels: fixed + c)  # E(D(z)) - E(x) = c at every step
+        seen: list[torch.Tensor] = []
+        decinv_fast.invert(pair, pixels, steps=k + 1, lr=lr, schedule="constant",
+                           callback=lambda step, z, seen=seen: seen.append(z.float().clone()))
+        last = (seen[-2] - seen[-1]).abs()
+        assert want == pytest.approx(5.67 * lr if dtype == torch.float16 else 0.968 * lr, rel=0.01)
+        torch.testing.assert_close(last, torch.full_like(last, want), rtol=0, atol=0.1 * want + 1e-3)
 
 
 def test_fp32_master_through_invert(tiny_kl, images_32):

@@ -55,9 +55,13 @@ def backend_problem(backend: str, tensor: torch.Tensor) -> str | None:
     if backend == "triton":
         if _triton_import_error() is not None:
             return _triton_import_error()
-        if tensor.device.type == "cuda" or (tensor.device.type == "cpu" and triton_interpreting()):
-            return None
-        return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU); these are on {tensor.device}"
+        if not (tensor.device.type == "cuda" or (tensor.device.type == "cpu" and triton_interpreting())):
+            return f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU); these are on {tensor.device}"
+        from .ops import _triton
+
+        if tensor.dim() == 2 and tensor.shape[0] > _triton.MAX_BATCH:  # (B, n): auto falls back to torch
+            return f"the Triton kernels take at most {_triton.MAX_BATCH} samples per call, not {tensor.shape[0]}"
+        return None
     from ._extension import extension_error
 
     if extension_error() is not None:

@@ -17,7 +17,7 @@ from conftest import TOLERANCE
 
 import decinv_fast
 from decinv_fast import reference
-from decinv_fast._dispatch import BackendUnavailable, resolve_backend, triton_interpreting
+from decinv_fast._dispatch import BackendUnavailable, backend_problem, resolve_backend, triton_interpreting
 from decinv_fast.ops import _triton, adam_residual_step, fsm_residual_step, km_residual_step
 
 pytest.importorskip("triton")
@@ -228,6 +228,10 @@ def test_batch_limit_of_the_grid(monkeypatch):
         sq = torch.zeros(2)
         _triton.fsm(torch.ones(2, 4), torch.zeros(2, 4), torch.zeros(2, 4), sq, table, step, None)
         assert torch.equal(sq, torch.full((2,), 4.0))
+        # the dispatcher knows it, so backend="auto" (on a GPU without the extension) falls back to torch
+        too_many = backend_problem("triton", torch.ones(3, 4))
+        assert too_many == "the Triton kernels take at most 2 samples per call, not 3"
+        assert backend_problem("triton", torch.ones(2, 4)) is None
 
 
 @pytest.mark.parametrize("use_master", [False, True], ids=["plain", "master"])

@@ -154,7 +154,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
     if isinstance(chunks, Iterator):  # read once: a generator would be spent by the checks
         chunks = list(chunks)
     device = _check_arguments(dtype, device, budget_bytes, attention, chunks)
-    chunks = None if chunks is None else [int(c) for c in chunks]  # a NumPy array or tensor has no truth value
+    chunks = None if chunks is None else [int(c) for c in chunks]  # a NumPy array has no truth value
     check_fp32_master(fp32_master, run_method)
     method_label, method = method, run_method
     frames = shape[0] * (shape[1] if len(shape) == 5 else 1)

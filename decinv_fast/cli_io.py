@@ -226,8 +226,8 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, channels)`` and the names in batch
     order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
-    GIF is an image like the others. Other files are skipped, named on stderr; hidden ones (names starting
-    with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
+    GIF is an image like the others. Other files and broken links are skipped, named on stderr; hidden ones
+    (names starting with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
     suffixes = FOLDER_SUFFIXES
     entries = _folder_entries(path)
     files = [p for p in entries if p.suffix.lower() in suffixes]
@@ -237,6 +237,10 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     if skipped:
         print(f"decinv: {path}: skipping {len(skipped)} file(s) that are not images ({', '.join(skipped)}); "
               f"images are {', '.join(sorted(suffixes))}", file=sys.stderr)
+    links = sorted((p for p in path.iterdir() if p.is_symlink() and not p.exists()), key=natural_key)
+    broken = [p.name for p in links if not p.name.startswith(".")]
+    if broken:
+        print(f"decinv: {path}: skipping {len(broken)} broken link(s) ({', '.join(broken)})", file=sys.stderr)
     animated = [f"{p.name} ({n} frames)" for p in files if (n := _animation_frames(p)) > 1]
     if animated:
         raise UsageError(f"{path}: a folder is a batch of still images, but {', '.join(animated)} "

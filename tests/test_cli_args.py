@@ -107,6 +107,9 @@ def test_a_folder_names_the_files_it_skips_but_not_hidden_ones(tmp_path, capsys)
         (tmp_path / name).unlink()
     cli_io.read_folder(tmp_path)
     assert capsys.readouterr().err == ""
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")  # a link whose image was moved away
+    assert cli_io.read_folder(tmp_path)[1] == ["a.JPG", "b.png"]
+    assert capsys.readouterr().err == f"decinv: {tmp_path}: skipping 1 broken link(s) (c.png)\n"
 
 
 @pytest.mark.parametrize("flags,message", [

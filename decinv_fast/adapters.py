@@ -294,12 +294,17 @@ def _callable_adapter(pair) -> VaeAdapter:
 
 
 def _returns_tensor(fn, name: str):
-    """``fn``, refusing an output that is not a tensor with an error naming the function."""
+    """``fn``, refusing an output that is not a tensor, or not one per input row, with an error naming the
+    function."""
     def checked(*args):
         out = fn(*args)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"vae: {name} returned {type(out).__name__}; an (encode_fn, decode_fn) pair must "
                             "return tensors (for a diffusers VAE's output, pass the VAE itself)")
+        rows = args[0].shape[0]
+        if out.dim() == 0 or out.shape[0] != rows:
+            raise ValueError(f"vae: {name} returned shape {tuple(out.shape)} for {rows} input(s) of shape "
+                             f"{tuple(args[0].shape[1:])}; it must return one row per input, batch first")
         return out
     return checked
 

@@ -418,6 +418,18 @@ def test_a_callable_pair_that_returns_no_tensor(tiny_kl, images_32, broken):
         decinv_fast.invert(pair, images_32, steps=1)
 
 
+@pytest.mark.parametrize("broken,returns", [("encode_fn", "first"), ("encode_fn", "scalar"), ("decode_fn", "first")])
+def test_a_callable_pair_that_returns_no_row_per_input(tiny_kl, images_32, broken, returns):
+    """A pair that drops the batch dim (one row only, or a number) is named, not a reshape error later."""
+    encode_fn, decode_fn = (lambda x: decinv_fast.encode(tiny_kl, x)), (lambda z: decinv_fast.decode(tiny_kl, z))
+    bad = (lambda f: (lambda t: f(t)[:1])) if returns == "first" else (lambda f: (lambda t: f(t).sum()))
+    pair = (bad(encode_fn), decode_fn) if broken == "encode_fn" else (encode_fn, bad(decode_fn))
+    got = r"\(\)" if returns == "scalar" else r"\(1, 4, 4, 4\)" if broken == "encode_fn" else r"\(1, 3, 32, 32\)"
+    with pytest.raises(ValueError, match=rf"vae: {broken} returned shape {got} for 2 input\(s\) of shape .*; it must "
+                       "return one row per input, batch first"):
+        decinv_fast.invert(pair, images_32, steps=1)
+
+
 def test_images_smaller_than_the_downsampling(tiny_kl):
     with pytest.raises(ValueError, match="images: height 4 and width 4: the VAE downsamples by 8, so images must be"):
         decinv_fast.invert(tiny_kl, torch.zeros(1, 3, 4, 4), steps=1)

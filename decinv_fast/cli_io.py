@@ -229,7 +229,8 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     GIF is an image like the others. Other files and broken links are skipped, named on stderr; hidden ones
     (names starting with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
     suffixes = FOLDER_SUFFIXES
-    entries = _folder_entries(path)
+    visible = _visible_entries(path)
+    entries = [p for p in visible if p.is_file()]
     files = [p for p in entries if p.suffix.lower() in suffixes]
     if not files:
         raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(suffixes))})")
@@ -237,8 +238,7 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     if skipped:
         print(f"decinv: {path}: skipping {len(skipped)} file(s) that are not images ({', '.join(skipped)}); "
               f"images are {', '.join(sorted(suffixes))}", file=sys.stderr)
-    links = sorted((p for p in path.iterdir() if p.is_symlink() and not p.exists()), key=natural_key)
-    broken = [p.name for p in links if not p.name.startswith(".")]
+    broken = [p.name for p in visible if p.is_symlink() and not p.exists()]
     if broken:
         print(f"decinv: {path}: skipping {len(broken)} broken link(s) ({', '.join(broken)})", file=sys.stderr)
     animated = [f"{p.name} ({n} frames)" for p in files if (n := _animation_frames(p)) > 1]
@@ -254,9 +254,14 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     return _stack(images), [p.name for p in files]
 
 
+def _visible_entries(path: Path) -> list[Path]:
+    """A folder's entries but its hidden ones (names starting with "."), in natural order of their names."""
+    return sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=natural_key)
+
+
 def _folder_entries(path: Path) -> list[Path]:
-    """A folder's files but its hidden ones (names starting with "."), in natural order of their names."""
-    return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
+    """A folder's files but its hidden ones, in natural order of their names."""
+    return [p for p in _visible_entries(path) if p.is_file()]
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attention import auto_processors
+from .sdpa_rules import fused_kernel_takes
 
 
 class LiveBytes(TorchDispatchMode):
@@ -82,6 +83,10 @@ class LiveBytes(TorchDispatchMode):
             self.peak = max(self.peak, self.live + self.scratch[0](*args))
         elif self.scratch is not None and func is torch.ops.aten.convolution_backward.default:
             self.peak = max(self.peak, self.live + self.scratch[1](*args))
+        elif func is torch.ops.aten._safe_softmax.default:  # the math attention's softmax, one op on meta
+            # inside, it marks the scores equal to -inf: a bool matrix beside its input and output (measured
+            # on the CPU, Cosmos' VAE at 704x1280: the prediction 10% low without it)
+            self.peak = max(self.peak, self.live + args[0].numel())
         return out
 
 
@@ -175,19 +180,30 @@ class _FlashLike(torch.autograd.Function):
 
 
 class AttentionModel(TorchFunctionMode):
-    """While tracing, runs ``scaled_dot_product_attention`` as the kernel that would run: a fused
-    one (:class:`_FlashLike`) or, with ``math=True``, the explicit softmax(QK^T)V decomposition."""
+    """While tracing, runs ``scaled_dot_product_attention`` as the kernel that would run on ``device``: a
+    fused one (:class:`_FlashLike`) where PyTorch would pick one (:func:`.sdpa_rules.fused_kernel_takes`),
+    else, and always with ``math=True``, PyTorch's math kernel (the tokens x tokens matrix)."""
 
-    def __init__(self, math: bool):
+    def __init__(self, math: bool, device: str = "cuda"):
         super().__init__()
         self.math = math
+        self.device = torch.device(device).type
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            if self.math:
-                return torch.ops.aten._scaled_dot_product_attention_math(*args[:3])[0]
-            return _FlashLike.apply(*args[:3])
-        return func(*args, **(kwargs or {}))
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **(kwargs or {}))
+        call = _sdpa_arguments(*args, **(kwargs or {}))
+        if not self.math and fused_kernel_takes(call["query"], call["key"], call["value"], call["attn_mask"],
+                                                call["dropout_p"], self.device):
+            return _FlashLike.apply(call["query"], call["key"], call["value"])
+        return torch.ops.aten._scaled_dot_product_attention_math(**call)[0]
+
+
+def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False) -> dict:
+    """``F.scaled_dot_product_attention``'s arguments by name, as its math kernel takes them."""
+    return dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                scale=scale, enable_gqa=enable_gqa)
 
 
 def meta_vae(module: torch.nn.Module, dtype: torch.dtype, attention: str) -> torch.nn.Module:
@@ -259,7 +275,7 @@ def own_processor_names(module: torch.nn.Module) -> str:
 def peak_bytes(run, attention: str, device: str) -> int:
     """Peak bytes of the tensors ``run()`` creates, with what convolutions hold besides them on ``device``."""
     tracker = LiveBytes(torch.device(device).type)
-    with AttentionModel(math=attention == "math"), tracker:
+    with AttentionModel(math=attention == "math", device=device), tracker:
         run()
     return tracker.peak
 

@@ -8,6 +8,8 @@ tokens x tokens matrix (flash / memory-efficient kernels), ``math`` materialises
 runs the VAE's own processors as the run keeps them (``attention.auto_processors``): the meta copy
 gets copies of them, so one that calls SDPA counts as a fused kernel and one that computes
 softmax(QK^T)V itself (a subclass of diffusers' ``AttnProcessor``) is traced building the matrix.
+An SDPA call that no fused kernel of the device accepts (PyTorch's gates, ``sdpa_rules``: e.g. Cosmos'
+attention, whose query has a strided head dim) is traced as PyTorch's math kernel, as it runs.
 The gradient-based baseline is traced forward *and* backward, so the activations autograd keeps count.
 The pass traced is ``E(D(z))`` with the pixel residual ``D(z) - x`` the iteration holds through the
 encoder; its other pixel-sized temporaries (``residual_blur``'s filtered copy) are smaller than the
@@ -130,6 +132,7 @@ def plan(vae, shape, *, dtype: torch.dtype | None = None, device: str = "cuda", 
         attention: ``"sdpa"``/``"xformers"`` (fused kernels), ``"math"`` (the tokens x tokens matrix) or
             ``"auto"``: the VAE's own processors as the run keeps them (its plain ``AttnProcessor`` becomes
             SDPA), traced as they compute (a custom processor that does not call SDPA builds the matrix).
+            An SDPA call whose inputs no fused kernel on ``device`` accepts is traced as the math kernel.
         chunks: chunk sizes in frames to evaluate (default: powers of two up to the frame count, and it;
             for videos that must stay whole, ``F`` times powers of two).
         memory: Anderson's history length ``m`` (its mixer holds ``2m + 2`` fp32 latents, fp64 for

@@ -84,3 +84,66 @@ def test_the_video_stage_measures_auto_with_latent_mixing_as_planned(monkeypatch
     spelled = auto_kwargs(mixing="latent")
     assert {k: asked["invert"][3][k] for k in spelled} == spelled
     assert asked["invert"][2]["method"] == "auto" and "mixing" not in asked["invert"][2]
+
+
+def test_the_video_stage_measures_the_architectures_named_in_their_order_and_skips_failing_tiling(monkeypatch):
+    """``--vaes`` picks architectures and their order (a later call measures what an earlier one had no time
+    for); a VAE whose diffusers tiling fails (``video_vaes.TILING_FAILS``) runs untiled only."""
+    import time
+
+    import torch
+    from conftest import tiny_kl_config
+    from diffusers import AutoencoderKL
+
+    ran = []
+    monkeypatch.setattr(gpu_validation, "released_vae", lambda kind, name: AutoencoderKL(**tiny_kl_config()))
+    monkeypatch.setattr(gpu_validation, "measured_vs_planned",
+                        lambda vae, images, **k: ran.append(k["planned"]) or dict(error="stub"))
+    released = tuple(("AutoencoderKL", name, (1, 32, 32)) for name in ("A", "HunyuanImage 2.1", "B"))
+    cfg = dict(gpu_validation.CONFIGS["quick"], released=released, video_dtype=torch.float32)
+    records = gpu_validation.video_stage(cfg, "cpu", time.monotonic() + 600, ["HunyuanImage 2.1", "A"])
+    assert [(r["metrics"]["vae"], r["method"], r["metrics"]["tiling"]) for r in records] == [
+        ("HunyuanImage 2.1", "adam", False), ("HunyuanImage 2.1", "auto", False),
+        ("A", "adam", False), ("A", "adam", True), ("A", "auto", False), ("A", "auto-latent", True)]
+    assert len(ran) == 6
+
+
+def test_saved_predictions_are_recomputed_and_the_measurements_kept(monkeypatch, tmp_path):
+    """``python -m benchmarks.gpu_predictions`` after a planner change: each planner / video record gets the
+    current planner's prediction for its configuration and its ratio to the unchanged measured peak; other
+    records and failed runs stay as they are."""
+    import torch
+
+    import decinv_fast
+    from benchmarks import gpu_predictions, harness
+    from benchmarks.common import sd21_vae
+    from benchmarks.video_vaes import released_vae
+
+    def row(part, method, shape, dtype, **metrics):
+        return dict(benchmark="gpu_validation", method=method, backend="planner vs measured", dtype=dtype,
+                    shape=shape, git_sha="old", metrics=dict(part=part, predicted_total_bytes=1, **metrics))
+
+    saved = [row("planner", "auto", [1, 2, 3, 32, 32], "float16", vae="SD-2.1", chunk=1, measured=True,
+                 peak_bytes=3 * 2**20),
+             row("video", "auto-latent", [1, 5, 3, 32, 32], "bfloat16", vae="Wan 2.1", kind="AutoencoderKLWan",
+                 tiling=True, chunk=5, measured=False),
+             row("video", "adam", [1, 5, 3, 32, 32], "bfloat16", vae="Wan 2.1", kind="AutoencoderKLWan",
+                 tiling=False, chunk=5, error="OutOfMemoryError"),
+             dict(benchmark="kernels", method="adam update", metrics=dict(part="kernels", seconds_median=1e-5))]
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    harness.save("gpu_validation", saved)
+    out = gpu_predictions.main([])
+    assert out[2:] == saved[2:] and harness.load("gpu_validation") == out
+    with torch.device("meta"):
+        sd, wan = sd21_vae(), released_vae("AutoencoderKLWan", "Wan 2.1")
+    sd = torch.nn.Module.to(sd, torch.float16)
+    wan = torch.nn.Module.to(wan, torch.bfloat16)
+    wan.enable_tiling()
+    expected = [decinv_fast.plan(sd, (1, 2, 3, 32, 32), dtype=torch.float16, device="cuda", chunks=[1],
+                                 method="auto").per_chunk[1],
+                decinv_fast.plan(wan, (1, 5, 3, 32, 32), dtype=torch.bfloat16, device="cuda", chunks=[5],
+                                 **gpu_predictions.PLANNED["auto-latent"]).per_chunk[5]]
+    assert [r["metrics"]["predicted_total_bytes"] for r in out[:2]] == expected
+    assert out[0]["metrics"]["measured_over_predicted"] == 3 * 2**20 / expected[0]
+    assert "measured_over_predicted" not in out[1]["metrics"] and out[0]["metrics"]["predicted_at"]
+    assert out[0]["metrics"]["peak_bytes"] == 3 * 2**20 and out[0]["git_sha"] == "old"

@@ -25,7 +25,17 @@ def gpu_validation(records: list[dict]) -> list[str]:
            "(`torch.cuda.max_memory_allocated`, weights included).", ""]
     out += _kernels(_part(records, "kernels")) + _exact(_part(records, "exact")) + _speed(_part(records, "speed"))
     out += _planner(_part(records, "planner")) + _video(_part(records, "video")) + _residue(_part(records, "residue"))
-    return out
+    return out + _repredicted(records)
+
+
+def _repredicted(records: list[dict]) -> list[str]:
+    """Where the planner's predictions of the saved run were recomputed after a planner change, when."""
+    shas = list(dict.fromkeys(r["metrics"]["predicted_at"] for r in records if "predicted_at" in r["metrics"]))
+    if not shas:
+        return []
+    return [f"The planner and video predictions above were recomputed at git {', '.join(shas)} "
+            "(`python -m benchmarks.gpu_predictions`, after a planner change); the measured peaks are as measured.",
+            ""]
 
 
 def _kernels(rows: list[dict]) -> list[str]:

@@ -32,7 +32,8 @@ def fused_kernel_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     strides_one = all(t.stride(-1) == 1 for t in tensors)
     same_head_dim = query.shape[-1] == key.shape[-1] == value.shape[-1]
     if device_type != "cuda":  # the CPU's flash kernel, the only fused one there; its mask: (L, S) or the query's dims
-        return (strides_one and same_head_dim and dropout_p == 0 and query.dtype in (torch.float32, torch.float64, *HALF)
+        return (strides_one and same_head_dim and dropout_p == 0
+                and query.dtype in (torch.float32, torch.float64, *HALF)
                 and (attn_mask is None or attn_mask.dim() in (2, query.dim())))
     half = query.dtype in HALF
     flash = (attn_mask is None and half and same_head_dim and query.shape[-1] <= 256

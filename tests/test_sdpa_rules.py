@@ -19,8 +19,8 @@ def _cases(dtype, device="cpu"):
               "value strided": (base, base, channels_strided), "value head 4": (base, base, rand(2, 3, 16, 4)),
               "head 12": (rand(2, 3, 16, 12),) * 3, "empty query": (base[:, :, :0], base, base),
               "3-D": (base[0], base[0], base[0]), "batch and heads swapped": (base.transpose(0, 1),) * 3}
-    masks = {"none": None, "causal bool": torch.ones(16, 16, dtype=torch.bool, device=device).tril(),
-             "4-D float": rand(2, 3, 16, 16), "transposed bool": torch.ones(16, 16, dtype=torch.bool, device=device).t(),
+    ones = torch.ones(16, 16, dtype=torch.bool, device=device)
+    masks = {"none": None, "causal bool": ones.tril(), "4-D float": rand(2, 3, 16, 16), "transposed bool": ones.t(),
              "3-D float": rand(3, 16, 16), "strided float": rand(16, 32)[:, ::2]}
     for name, (q, k, v) in inputs.items():
         for mask_name, mask in masks.items():

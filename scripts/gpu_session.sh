@@ -3,8 +3,10 @@
 #   1. install wheels carried in .whl/ (e.g. diffusers on an image without it) into /tmp/site;
 #   2. build the CUDA extension for this GPU's compute capability (pip install -e, no build isolation);
 #   3. run the tests that need the extension or a GPU (TRITON_INTERPRET=0: Triton compiles for the GPU);
-#   4. run benchmarks.gpu_validation (the stages named in $STAGES, default all).
-# Logs and results go to $OUT (default build/gpu_session). Usage: bash scripts/gpu_session.sh
+#   4. run benchmarks.gpu_validation (the stages named in $STAGES, default all; the video stage measures
+#      the architectures named in $VAES, comma-separated, in that order: default all).
+# Logs and results go to $OUT (default build/gpu_session). Usage: bash scripts/gpu_session.sh, e.g.
+#   SKIP_TESTS=1 STAGES=video VAES="Cosmos 1.0,Mochi 1" bash scripts/gpu_session.sh
 set -u
 OUT=${OUT:-build/gpu_session}
 PY=${PYTHON:-python3}
@@ -30,7 +32,12 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 # every stage unless STAGES names some (about 9 minutes on an H100); BUDGET: seconds after which the
 # video stage starts no new run
-PYTHONUNBUFFERED=1 $PY -m benchmarks.gpu_validation ${STAGES:+--only $STAGES} \
-    --budget "${BUDGET:-900}" 2>&1 | tee "$OUT/gpu_validation.log"
+args=(--budget "${BUDGET:-900}")
+[ -n "${STAGES:-}" ] && args+=(--only $STAGES)
+if [ -n "${VAES:-}" ]; then
+    IFS=, read -r -a vaes <<< "$VAES"
+    args+=(--vaes "${vaes[@]}")
+fi
+PYTHONUNBUFFERED=1 $PY -m benchmarks.gpu_validation "${args[@]}" 2>&1 | tee "$OUT/gpu_validation.log"
 cp benchmarks/results/gpu_validation.json "$OUT/" 2>/dev/null
 true

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,6 +34,26 @@ def test_step_cost_separates_the_per_step_time_from_the_rest_of_a_call(monkeypat
 
 def test_the_session_script_parses():
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_session.sh")]).returncode == 0
+
+
+@pytest.mark.parametrize("env, expected", [
+    (dict(STAGES="video", VAES="Cosmos 1.0,Mochi 1"), ["--only", "video", "--vaes", "Cosmos 1.0", "Mochi 1"]),
+    (dict(STAGES="planner speed"), ["--only", "planner", "speed"]),
+    ({}, [])])
+def test_the_session_script_hands_stages_and_vaes_to_the_validation(tmp_path, env, expected):
+    """$STAGES and $VAES (names with spaces, comma-separated) reach gpu_validation as its arguments; a
+    stand-in Python records what each call of the script was given."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >> {calls}\necho --- >> {calls}\n')
+    fake.chmod(0o755)
+    run_env = dict(os.environ, PYTHON=str(fake), OUT=str(tmp_path / "out"), SKIP_TESTS="1", BUDGET="60", **env)
+    for name in {"STAGES", "VAES"} - set(env):
+        run_env.pop(name, None)
+    subprocess.run(["bash", str(REPO / "scripts" / "gpu_session.sh")], cwd=tmp_path, env=run_env,
+                   capture_output=True, check=True)
+    last = calls.read_text().split("---\n")[-2].splitlines()
+    assert last == ["-m", "benchmarks.gpu_validation", "--budget", "60", *expected]
 
 
 @pytest.mark.filterwarnings("ignore:cuda_graphs=True on a cpu device", "ignore:CUDA graph capture failed")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -83,10 +84,26 @@ class VaeAdapter:
         return None if self.module is None else config_image_channels(self.module.config, self.kind)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._in_dtype_of(pixels, self.encode_fn(pixels))
+        with self._naming_tiling("encode"):
+            return self._in_dtype_of(pixels, self.encode_fn(pixels))
 
     def decode(self, latents: torch.Tensor, frames_per_video: int = 1) -> torch.Tensor:
-        return self._in_dtype_of(latents, self.decode_fn(latents, frames_per_video))
+        with self._naming_tiling("decode"):
+            return self._in_dtype_of(latents, self.decode_fn(latents, frames_per_video))
+
+    @contextmanager
+    def _naming_tiling(self, part: str):
+        """An error raised inside a VAE whose own tiling is on gets a note saying so (diffusers' tiled
+        passes are separate code, and some fail where the untiled one works: 0.42's HunyuanImage 2.1
+        ``tiled_encode`` reads a 5-D shape from images); the error itself is re-raised as it was."""
+        try:
+            yield
+        except Exception as error:
+            if getattr(self.module, "use_tiling", False) and not isinstance(error, torch.OutOfMemoryError):
+                error.add_note(f"decinv_fast: this was raised inside {self.kind}.{part} with the VAE's own tiling "
+                               "on (vae.enable_tiling()); if the VAE runs this input with vae.disable_tiling(), "
+                               "its tiled pass is what fails")
+            raise
 
     def _in_dtype_of(self, given: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """A module's output in its input's dtype: under ``torch.autocast`` the VAE computes in the

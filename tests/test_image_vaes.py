@@ -148,3 +148,18 @@ def test_the_command_line_inverts_with_a_saved_vae(tmp_path, kind):
     assert meta["layout"] == "C,h,w"
     vae = type(make_vae(kind)).from_pretrained(tmp_path / kind).eval().requires_grad_(False)
     assert torch.equal(latents, decinv_fast.invert(vae, pixels, steps=1, measure_memory=False).latents)
+
+
+def test_hunyuanimage_with_its_own_tiling_runs_or_says_its_tiling_failed():
+    """diffusers 0.42's ``AutoencoderKLHunyuanImage.tiled_encode`` reads a 5-D shape from images: a user who
+    called ``vae.enable_tiling()`` is told the error came from the VAE's tiled pass (a later diffusers that
+    mends it runs, as untiled)."""
+    vae = make_vae("hunyuanimage")
+    vae.enable_tiling(tile_sample_min_size=32, tile_overlap_factor=0.25)
+    x = images(1, 64)
+    try:
+        out = decinv_fast.invert(vae, x, steps=1)
+    except Exception as error:  # noqa: BLE001 -- whatever diffusers raises, the note must name the tiling
+        assert any("own tiling on" in note for note in getattr(error, "__notes__", ())), error
+    else:
+        assert out.latents.shape == (1, 8, 8, 8)

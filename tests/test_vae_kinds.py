@@ -418,3 +418,28 @@ def test_an_offloaded_vae_runs_on_its_hooks_execution_device():
     assert as_adapter(vae).device == torch.device("cpu")
     vae.decoder.conv_out._hf_hook = SimpleNamespace(execution_device=None)  # a hook that does not move weights
     assert as_adapter(vae).device == torch.device("meta")
+
+
+def test_an_error_inside_the_vae_s_own_tiling_is_noted_as_such(tiny_kl, monkeypatch):
+    """diffusers' tiled passes are separate code from the untiled ones: an error raised in one reaches the
+    user as it was, with a note naming the VAE's tiling; an untiled VAE's errors get no note."""
+    vae = copy.deepcopy(tiny_kl)  # tiles above its sample_size, 32
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+
+    def fails(*args, **kwargs):
+        raise ValueError("a tiled pass that fails")
+
+    monkeypatch.setattr(vae, "_tiled_encode", fails)
+    monkeypatch.setattr(vae, "tiled_decode", fails)
+    vae.enable_tiling()
+    with pytest.raises(ValueError, match="a tiled pass that fails") as raised:
+        decinv_fast.invert(vae, x, steps=1)
+    assert any("AutoencoderKL.encode with the VAE's own tiling on" in note for note in raised.value.__notes__)
+    with pytest.raises(ValueError, match="a tiled pass that fails") as raised:
+        decinv_fast.decode(vae, torch.zeros(1, 4, 8, 8))
+    assert any("AutoencoderKL.decode with the VAE's own tiling on" in note for note in raised.value.__notes__)
+    vae.disable_tiling()
+    monkeypatch.setattr(vae, "_encode", fails)
+    with pytest.raises(ValueError, match="a tiled pass that fails") as raised:
+        decinv_fast.invert(vae, x, steps=1)
+    assert not getattr(raised.value, "__notes__", None)

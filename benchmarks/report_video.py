@@ -8,7 +8,8 @@ from benchmarks.report_format import provenance
 from decinv_fast.options import AUTO
 
 LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson", "auto": "auto (stops itself)",
-          "auto-latent": "auto with latent mixing", "grad": "gradient-based (Adam on the pixel error)"}
+          "auto-latent": "auto with latent mixing", "auto-sample-weights": "auto, one set of mixing weights per video",
+          "grad": "gradient-based (Adam on the pixel error)"}
 MEMORY_COLUMNS = (("adam", "adam"), ("auto", "auto"), ("auto-latent", "auto, latent mixing"), ("grad", "grad"))
 
 
@@ -22,15 +23,18 @@ def video_vaes(records: list[dict]) -> list[str]:
            f"{frames} frames at {size}x{size} (latents `(B, 4, {1 + (frames - 1) // 4}, {size // 8}, {size // 8})`), "
            "the paper's protocol; NMSE(z) dB and the PSNR of `D(z)` against the 8-bit `x`, means over clips; "
            "evaluations: decoder+encoder passes (auto: mean per clip, it stops itself; grad: decoder forward "
-           "and backward). CPU seconds.", "",
+           "and backward). CPU seconds. `auto` fits Anderson's mixing weights per latent frame (`frame_weights`); "
+           "`auto` with one set per video (`auto_kwargs(frame_weights=False)`) is `auto` as it was before "
+           "2026-11-24.", "",
            "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
         label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
-    if spread := _auto_per_clip(runs):
-        out += ["", spread]
+    for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs)):
+        if spread:
+            out += ["", spread]
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
             "on an H100): the released architectures (diffusers' class defaults, or its conversion scripts' "
             "configurations: `RELEASED_CONFIG`; built on the meta device), one video at its pipeline's default size "
@@ -59,10 +63,27 @@ def _auto_per_clip(runs: list[dict]) -> str:
     if len(autos) < 2:
         return ""
     low, high = autos[0], autos[-1]
-    gains = sorted(a - b for a, b in zip(low["per_clip_db"], high["per_clip_db"], strict=True))
-    return (f"Per clip, `auto` capped at {high['cap']} against capped at {low['cap']} (dB gained, sorted): "
-            + ", ".join(f"{g:+.2f}" for g in gains) + f"; median {statistics.median(gains):+.2f} dB, "
-            f"{sum(g > 1 for g in gains)} of {len(gains)} clips gain more than 1 dB.")
+    return _gains(f"`auto` capped at {high['cap']} against capped at {low['cap']}", low, high)
+
+
+def _frame_weights_per_clip(runs: list[dict]) -> str:
+    """Per clip, what ``auto``'s weights per latent frame gain over one set per video at the smallest cap both
+    ran ("" where the results have no such pair)."""
+    per_clip = {(r["method"], r["metrics"]["cap"]): r["metrics"] for r in runs
+                if r["method"] in ("auto", "auto-sample-weights") and "per_clip_db" in r["metrics"]}
+    caps = sorted(cap for method, cap in per_clip if method == "auto" and ("auto-sample-weights", cap) in per_clip)
+    if not caps:
+        return ""
+    return _gains(f"`auto` against one set of mixing weights per video, both capped at {caps[0]}",
+                  per_clip[("auto-sample-weights", caps[0])], per_clip[("auto", caps[0])])
+
+
+def _gains(title: str, before: dict, after: dict) -> str:
+    """Per clip, the dB ``after`` gains over ``before`` (lower NMSE), sorted, with their median."""
+    gains = sorted(a - b for a, b in zip(before["per_clip_db"], after["per_clip_db"], strict=True))
+    return (f"Per clip, {title} (dB gained, sorted): " + ", ".join(f"{g:+.2f}" for g in gains)
+            + f"; median {statistics.median(gains):+.2f} dB, {sum(g > 1 for g in gains)} of {len(gains)} clips "
+            "gain more than 1 dB.")
 
 
 def _recomputed(runs: list[dict], plans: list[dict]) -> str:

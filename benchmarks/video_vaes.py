@@ -5,8 +5,10 @@ its 8-bit decoding; mean per-clip NMSE(z) dB) on ``benchmarks/assets/fixture_vid
 ``AutoencoderKLWan`` (8x space, 4x time) trained on moving clips of the photographs, over the 12 held-out
 clips of ``testbed_video.heldout_clips`` (9 frames, 64x64; latents ``(12, 4, 3, 8, 8)``), per method:
 encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson (10), ``auto`` capped at
-10 and 50 (it stops itself), ``auto`` with latent mixing (``options.auto_kwargs(mixing="latent")``, capped at
-10: no pixel history, see Memory) and the gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
+10 and 50 (it stops itself), ``auto`` with one set of mixing weights per video instead of one per latent frame
+(``auto_kwargs(frame_weights=False)``, ``auto`` before 2026-11-24; capped at 10 and 50), ``auto`` with latent
+mixing (``options.auto_kwargs(mixing="latent")``, capped at 10: no pixel history, see Memory) and the
+gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
 and each clip's NMSE (``per_clip_db``: whether a difference between two runs is one clip's or spread).
 
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
@@ -41,10 +43,12 @@ from decinv_fast.visual import psnr
 BENCHMARK = "video_vaes"
 FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
 # invert's arguments for a name of these tables that is no method: auto with latent mixing is the anderson run it is
-INVERTED = {"auto-latent": auto_kwargs(mixing="latent")}
+INVERTED = {"auto-latent": auto_kwargs(mixing="latent"), "auto-sample-weights": auto_kwargs(frame_weights=False)}
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
+        ("auto-sample-weights", dict(INVERTED["auto-sample-weights"], steps=10)),
+        ("auto-sample-weights", dict(INVERTED["auto-sample-weights"], steps=50)),
         ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
 # what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
@@ -93,7 +97,7 @@ RELEASED_CONFIG = {
 # diffusers 0.42's AutoencoderKLHunyuanImage.tiled_encode unpacks a 5-D shape from 4-D images: no tiled row
 TILING_FAILS = ("HunyuanImage 2.1",)
 CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
-           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5] + RUNS[6:7],
+           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5] + RUNS[6:7] + RUNS[8:9],
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .anderson import AndersonMixer
+from .anderson import AndersonMixer, FrameLayout
 from .clipping import CLIPPED_SHARE, clipped_share
 from .loop import GradientFreeIteration
 from .options import math_dtype, mean_gains, option
@@ -48,6 +48,21 @@ def secant_rho(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     rho = st / tt.clamp_min(1e-30)
     usable = (st > 0) & torch.isfinite(rho)
     return torch.where(usable, rho.clamp(RHO_MIN, RHO_MAX), torch.ones_like(rho))
+
+
+def frame_layout(adapter, batch: int, latents: torch.Tensor, pixels: torch.Tensor) -> FrameLayout:
+    """The latent frames of each of ``batch`` samples, for Anderson's weights per frame: a video VAE's
+    ``(B, C, f, h, w)`` latents decode latent frame 0 to pixel frame 0 and frame ``t`` to the
+    ``temporal_compression`` frames up to ``t * temporal_compression`` (its ``(B, c, F, H, W)`` pixels);
+    a frame-by-frame VAE's frame-major latents, ``F`` frames a sample, decode each frame to its own."""
+    if adapter.encodes_videos:
+        _, channels, frames, h, w = latents.shape
+        k = adapter.temporal_compression
+        owners = tuple(min((j + k - 1) // k, frames - 1) for j in range(pixels.shape[2]))
+        return FrameLayout((channels, frames, h * w), (pixels.shape[1], pixels.shape[2], pixels[0, 0, 0].numel()),
+                           owners)
+    frames = latents.shape[0] // batch
+    return FrameLayout((1, frames, latents[0].numel()), (1, frames, pixels[0].numel()), tuple(range(frames)))
 
 
 class AcceleratedIteration(GradientFreeIteration):
@@ -74,8 +89,9 @@ class AcceleratedIteration(GradientFreeIteration):
         if plan.method == "anderson":
             self.y = self.z  # Anderson keeps one point: the one it evaluates and returns
             pixels = None if self.residual is None else self.residual.numel() // batch
+            layout = frame_layout(adapter, batch, self.e_x, self.x) if option(plan.options, "frame_weights") else None
             self.mixer = AndersonMixer(self.per_sample(self.y), option(plan.options, "memory"), pixels=pixels,
-                                       safeguard=option(plan.options, "safeguard"), steps=plan.steps)
+                                       safeguard=option(plan.options, "safeguard"), steps=plan.steps, frames=layout)
         else:
             self.mixer = None
 

@@ -22,13 +22,47 @@ iteration to the fixed point of ``E(D(z)) = E(x)``, which the encoder's error bi
 iteration is semi-convergent); the pixel criterion is the objective the stopping rule watches
 (compared in benchmarks/stopping.py). Memory: ``m + 2`` fp32 (fp64) pixel
 buffers per sample (history, last accepted residual, current residual) on top of the latent ones.
+
+``frames`` (a :class:`FrameLayout`; option ``frame_weights``) fits one ``gamma`` per *latent frame* of a
+video instead of one per sample: frame ``t``'s weights minimise the residual restricted to that frame
+(its latents, or for pixel mixing the pixel frames it decodes to) and mix only that frame's latents,
+each block with its own ``lam``. A video's first latent frame (one pixel frame, in a causal video VAE)
+converges at another pace than the rest, which one ``gamma`` for the whole video cannot follow.
+Measured on the fixture video VAE (benchmarks/video_vaes.py). With one frame per sample it is the
+per-sample mixing above, bit for bit. Memory: a transient copy of one frame's history per solve.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .options import check_int, math_dtype
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where a sample's latent frames lie in its flattened latents and pixels: the latents viewed as
+    ``latent = (outer, frames, inner)`` (a video VAE's ``(C, f, h w)``; a frame-by-frame VAE's ``(1, F, C h w)``),
+    the pixels as ``pixel = (outer, pixel frames, inner)``, and the latent frame each pixel frame decodes
+    from (``pixel_to_latent``, non-decreasing, covering every latent frame)."""
+
+    latent: tuple[int, int, int]
+    pixel: tuple[int, int, int]
+    pixel_to_latent: tuple[int, ...]
+
+    def __post_init__(self):
+        owners = self.pixel_to_latent
+        if len(owners) != self.pixel[1] or sorted(set(owners)) != list(range(self.latent[1])) or \
+                list(owners) != sorted(owners):
+            raise ValueError(f"FrameLayout: pixel_to_latent {owners} must map the {self.pixel[1]} pixel frames, "
+                             f"in order, onto all {self.latent[1]} latent frames")
+
+    def pixel_frames(self, t: int) -> slice:
+        """The pixel frames latent frame ``t`` decodes to."""
+        owners = self.pixel_to_latent
+        return slice(owners.index(t), len(owners) - owners[::-1].index(t))
 
 
 class AndersonMixer:
@@ -37,12 +71,14 @@ class AndersonMixer:
     (no copy of the history per step)."""
 
     def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6, pixels: int | None = None,
-                 safeguard: bool = True, steps: int | None = None):
+                 safeguard: bool = True, steps: int | None = None, frames: FrameLayout | None = None):
         """``pixels``: elements of a sample's image, to mix by the pixel residual (``None``: latent);
         ``safeguard``: reject mixed steps that raise the pixel error (off: every step is accepted);
         ``steps``: the run's, which bound the differences it can ever hold: the buffers keep
-        ``min(memory, steps + 1)`` columns (the same results, to rounding: the columns never filled have no weight)."""
+        ``min(memory, steps + 1)`` columns (the same results, to rounding: the columns never filled have no weight);
+        ``frames``: fit the weights per latent frame (``None``, or one frame: per sample)."""
         check_int("memory (Anderson history m)", memory, 0)
+        self.frames = frames if frames is not None and frames.latent[1] > 1 else None
         batch, n = y.shape
         device = y.device
         self.dtype = dtype = math_dtype(y.dtype)  # the mixing math: fp32, or fp64 for fp64 latents
@@ -105,13 +141,38 @@ class AndersonMixer:
             return y + g, torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         mask = self.valid.to(self.dtype)  # (B, m); stale slots are masked out of the system, not zeroed
         fit, target = (self.dr, residual) if self.pixel_mixing else (self.dg, g)
-        gram = torch.bmm(fit, fit.transpose(1, 2)) * (mask[:, :, None] * mask[:, None, :])  # (B, m, m)
-        rhs = torch.bmm(fit, target[:, :, None])[..., 0] * mask
-        scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
-        eye = torch.eye(self.slots, dtype=self.dtype, device=y.device)
-        # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there
-        system = gram + (self.reg * scale)[:, None, None] * eye + torch.diag_embed(1 - mask)
-        gamma, _ = torch.linalg.solve_ex(system, rhs)
-        gamma = torch.nan_to_num(gamma) * mask
+        if self.frames is not None:
+            return y + g - self._frame_correction(fit, target, mask), mask.sum(1) > 0
+        gamma = self._weights(torch.bmm(fit, fit.transpose(1, 2)), torch.bmm(fit, target[:, :, None])[..., 0], mask)
         correction = torch.bmm(gamma[:, None, :], self.dy + self.dg)[:, 0]
         return y + g - correction, mask.sum(1) > 0
+
+    def _weights(self, gram: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``gamma`` from the normal equations ``gram gamma = rhs`` (``(B, m, m)``, ``(B, m)``) of the valid
+        columns, regularised by ``reg * trace / m``."""
+        gram = gram * (mask[:, :, None] * mask[:, None, :])
+        scale = gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-30) / self.m
+        eye = torch.eye(self.slots, dtype=self.dtype, device=gram.device)
+        # unused columns get a unit diagonal and zero right-hand side -> gamma = 0 there
+        system = gram + (self.reg * scale)[:, None, None] * eye + torch.diag_embed(1 - mask)
+        gamma, _ = torch.linalg.solve_ex(system, rhs * mask)
+        return torch.nan_to_num(gamma) * mask
+
+    def _frame_correction(self, fit: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(dY + dG) gamma`` with one ``gamma`` per latent frame, fitted to that frame's part of ``fit``
+        and ``target`` (its latents, or the pixel frames it decodes to), as ``(B, n)``."""
+        layout, batch, slots = self.frames, fit.shape[0], self.slots
+        outer, frames, inner = layout.latent
+        pixel = self.pixel_mixing
+        fit = fit.view(batch, slots, *(layout.pixel if pixel else layout.latent))
+        target = target.view(batch, *(layout.pixel if pixel else layout.latent))
+        both = (self.dy + self.dg).view(batch, slots, outer, frames, inner)
+        correction = torch.empty(batch, outer, frames, inner, dtype=self.dtype, device=fit.device)
+        for t in range(frames):
+            part = layout.pixel_frames(t) if pixel else slice(t, t + 1)
+            f = fit[:, :, :, part].reshape(batch, slots, -1)  # a copy of one frame's history (a view if outer is 1)
+            gamma = self._weights(torch.bmm(f, f.transpose(1, 2)),
+                                  torch.bmm(f, target[:, :, part].reshape(batch, -1, 1))[..., 0], mask)
+            correction[:, :, t] = torch.bmm(gamma[:, None, :], both[:, :, :, t].reshape(batch, slots, -1)) \
+                .view(batch, outer, inner)
+        return correction.view(batch, -1)

@@ -260,6 +260,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             the default, fits the mixing weights to the latent residual; ``"pixel"`` to the pixel
             residual ``D(z) - x``, at ``m + 2`` fp32 images per sample), ``safeguard`` (anderson,
             default True: a mixed step that raises the pixel error is replaced by the plain step),
+            ``frame_weights`` (anderson, default False; ``auto``: True): fit the mixing weights per latent
+            frame of a video rather than per video (see ``decinv_fast.anderson``; images have one frame),
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``

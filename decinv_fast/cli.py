@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the step size's schedule (default: paper; auto runs its own, constant)")
     inv.add_argument("--option", type=option_arg, action="append", metavar="NAME=VALUE",
                      help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
-                     "mixing=pixel, safeguard=false (anderson); mean_gain=3, mean_gain_clipped=1 (fsm, km, anderson); "
-                     "alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1 (all but grad)")
+                     "mixing=pixel, safeguard=false, frame_weights=true (anderson); mean_gain=3, mean_gain_clipped=1 "
+                     "(fsm, km, anderson); alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1 "
+                     "(all but grad)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",

@@ -17,8 +17,8 @@ METHOD_OPTIONS = {
     "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
     "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
     "grad": {"clip_aware", "optimizer", "memory"},
-    "anderson": {"rho", "memory", "mixing", "safeguard", "residual_blur", "mean_gain", "mean_gain_clipped",
-                 "clip_aware"},
+    "anderson": {"rho", "memory", "mixing", "safeguard", "frame_weights", "residual_blur", "mean_gain",
+                 "mean_gain_clipped", "clip_aware"},
     "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
@@ -26,8 +26,9 @@ ANDERSON_MIXING = ("latent", "pixel")  # what Anderson's mixing weights minimise
 GRAD_OPTIMIZERS = ("adam", "lbfgs")  # grad's optimizer: the paper's Adam, or L-BFGS (lbfgs.py)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
-OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "residual_blur": 0.0,
-                   "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False, "optimizer": "adam"}
+OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "frame_weights": False,
+                   "residual_blur": 0.0, "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False,
+                   "optimizer": "adam"}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -39,9 +40,11 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # except for images with at least 0.1 % of their values at +-1 (clipping.CLIPPED_SHARE), whose gain
 # stays 1: on those the gain did not pay (benchmarks/stopping.py, the series auto-gain3-everywhere).
 # Pixels the image holds at +-1 are taken as clipped by the pipeline that saved it (clipping.py).
+# A video's mixing weights are fitted per latent frame (anderson.py; chosen on the fixture video VAE,
+# benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame.
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
-            options={"memory": 5, "mixing": "pixel", "safeguard": False, "residual_blur": 1.0, "mean_gain": 3.0,
-                     "mean_gain_clipped": 1.0, "clip_aware": True})
+            options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "residual_blur": 1.0,
+                     "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True})
 
 
 def auto_kwargs(**overrides) -> dict:
@@ -198,7 +201,7 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         options["memory"] = int(options["memory"])
     if option(options, "mixing") not in ANDERSON_MIXING:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
-    for flag in ("safeguard", "clip_aware"):
+    for flag in ("safeguard", "frame_weights", "clip_aware"):
         check_flag(flag, option(options, flag))
     blur = option(options, "residual_blur")
     if not is_real(blur) or blur < 0:

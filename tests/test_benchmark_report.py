@@ -130,6 +130,22 @@ def test_video_report_says_per_clip_what_auto_gains_at_its_larger_cap():
     assert _auto_per_clip([dict(RUN, method="auto", metrics=dict(cap=c)) for c in (10, 50)]) == ""  # older results
 
 
+def test_video_report_says_per_clip_what_weights_per_latent_frame_gain_at_the_smallest_shared_cap():
+    from benchmarks.report_video import _frame_weights_per_clip
+
+    def run(method, cap, per_clip):
+        return dict(RUN, method=method, metrics=dict(cap=cap, per_clip_db=per_clip))
+
+    runs = [run("auto", 10, [-26.0, -25.0, -24.0]), run("auto", 50, [-30.0] * 3),
+            run("auto-sample-weights", 50, [-29.0] * 3), run("auto-sample-weights", 10, [-25.0, -25.5, -21.5])]
+    assert _frame_weights_per_clip(runs) == (
+        "Per clip, `auto` against one set of mixing weights per video, both capped at 10 (dB gained, sorted): "
+        "-0.50, +1.00, +2.50; median +1.00 dB, 1 of 3 clips gain more than 1 dB.")
+    assert _frame_weights_per_clip(runs[:2]) == "" and _frame_weights_per_clip(runs[2:]) == ""  # no pair
+    assert _frame_weights_per_clip(runs[1:3]).startswith(
+        "Per clip, `auto` against one set of mixing weights per video, both capped at 50")
+
+
 def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_older_predictions():
     from benchmarks.report_video import video_vaes
 

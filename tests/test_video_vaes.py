@@ -88,7 +88,8 @@ def test_every_method_is_the_reference_on_whole_videos(video_vae, method, option
 def test_auto_batches_and_chunks_whole_videos(video_vae):
     """A batch of two videos equals each run alone, and one video per call equals both at once (up to
     the convolutions' batch-size rounding, which auto's three steps magnify to 3e-5 on Qwen-Image's VAE,
-    and on Cosmos's, whose decoder rounds 5e-6 apart in a batch, to 1.3e-4); ``chunk_frames`` counts frames
+    and on Cosmos's, whose decoder rounds 5e-6 apart in a batch, to 3.6e-4 with auto's weights per latent
+    frame, fitted to less data than one set per video: 1.4e-12 in fp64); ``chunk_frames`` counts frames
     and must hold whole videos."""
     kind, vae = video_vae
     frames = KINDS[kind][0]
@@ -97,7 +98,7 @@ def test_auto_batches_and_chunks_whole_videos(video_vae):
     assert whole.chunk_frames == 2 * frames
     chunked = decinv_fast.invert(vae, video, method="auto", steps=3, chunk_frames=frames, measure_memory=False)
     assert chunked.chunk_frames == frames
-    atol = 3e-4 if kind == "cosmos" else 5e-5
+    atol = 6e-4 if kind == "cosmos" else 5e-5
     torch.testing.assert_close(chunked.latents, whole.latents, rtol=1e-4, atol=atol)
     alone = decinv_fast.invert(vae, video[1:], method="auto", steps=3, measure_memory=False)
     torch.testing.assert_close(alone.latents, whole.latents[1:], rtol=1e-4, atol=atol)

@@ -68,7 +68,7 @@ class FrameLayout:
 class AndersonMixer:
     """Mixing state for a batch of samples viewed as ``(B, n)``. Histories are stored sample-major,
     ``(B, m, n)``, so the ``m x m`` systems are batched matrix products of the buffers themselves
-    (no copy of the history per step)."""
+    (no copy of the history per step; with weights per latent frame, one frame's part at a time)."""
 
     def __init__(self, y: torch.Tensor, memory: int, reg: float = 1e-6, pixels: int | None = None,
                  safeguard: bool = True, steps: int | None = None, frames: FrameLayout | None = None):

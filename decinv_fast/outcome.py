@@ -143,7 +143,8 @@ def build_result(iteration, frames: Frames, latents, returned, steps_run, second
         raise FloatingPointError(f"inversion diverged: non-finite values in {latents.dtype} in {which} "
                                  f"({_ran(plan)}); {hint}{keep}")
     per_step = (history.sqrt() / denom).cpu()
-    residuals = (history.sum(1).sqrt() / denom.square().sum().sqrt()).cpu()
+    counted = torch.isfinite(history)  # a diverged sample (keep_best) leaves the batch's curve where it is non-finite
+    residuals = (torch.where(counted, history, 0).sum(1).sqrt() / (counted * denom.square()).sum(1).sqrt()).cpu()
     if not plan.keep_best:
         warn_if_residual_grew(per_step, plan)
     if tracker is None:

@@ -18,6 +18,7 @@ class InversionResult:
         residuals: ``(steps_run,)`` relative residual of the whole batch at each step,
             ``||E(D(z_k)) - E(x)|| / ||E(x)||`` (for ``method="grad"``: ``||D(z_k) - x|| / ||x||``,
             the quantity it minimises). Entry k belongs to the point the k-th update was computed at.
+            A sample whose evaluation was non-finite there (``"diverged"``, with ``keep_best``) is left out.
         per_sample_residual: ``(B,)`` the last step's relative residual of each sample (of a sample
             that stopped early: at the last step it ran, as a run on it alone reports).
         residual_history: ``(steps_run, B)`` every step's relative residual of each sample; after a

@@ -173,7 +173,8 @@ def test_a_diverging_fp64_gradient_run_is_told_to_take_a_smaller_lr():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_a_sample_whose_first_decoding_is_non_finite_returns_its_encoding(kw, dtype):
     """D(E(x)) itself is NaN for sample 1: with keep_best it stops after 0 steps and returns E(x) (here x),
-    the only point it has; L-BFGS, which rejects non-finite trials, is no different at its first point.
+    the only point it has, and the batch's residual curve is the other sample's; L-BFGS, which rejects
+    non-finite trials, is no different at its first point.
     Without keep_best that is an error, as for any divergence. A pair's decode_fn may be undefined there, in
     half precision too (a VAE's overflowing there is an error at once: test_bad_inputs.py)."""
     codec = (lambda x: x.clone(), lambda z: torch.where(z > 1, float("nan"), z ** 3))
@@ -185,6 +186,9 @@ def test_a_sample_whose_first_decoding_is_non_finite_returns_its_encoding(kw, dt
         out = decinv_fast.invert(codec, x, keep_best=True, **run)
     assert out.stop_reason[1] == "diverged" and out.stopped_at.tolist() == [4, 0] and out.returned_step[1] == 0
     torch.testing.assert_close(out.latents[1], x[1], rtol=0, atol=0)
+    alone = decinv_fast.invert(codec, x[:1], keep_best=True, **run)  # the batch's curve leaves the diverged one out
+    torch.testing.assert_close(out.residuals, alone.residuals)
+    assert bool(torch.isfinite(out.residuals).all())
     with pytest.raises(FloatingPointError, match=r"in sample\(s\) \[1\] of 2; the others stayed finite.*" + start):
         decinv_fast.invert(codec, x, **run)
 

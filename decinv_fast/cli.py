@@ -94,6 +94,8 @@ FLAG_NAMES = (
     (r"\battention='([\w-]+)'", r"--attention \1"),
     (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
     (r"^decode_timestep:", "--decode-timestep:"),
+    (r"only as \(1, F, 3, H, W\) or \[frames\] \(a list of lists of PIL frames\)", "with --as-video (the folder "
+     "read as one video)"),
     (r"\bdtype=torch\.(\w+)", r"--dtype \1"),
     (r"\blr=(\d[\w.+-]*)", r"--lr \1"),
     (r"\ba smaller lr\b", "a smaller --lr"),
@@ -130,7 +132,7 @@ def cmd_invert(args) -> int:
     _check_auto(args, given)
     check_option_names(args.method, given)
     check_outputs(args.out, args.png, args.input)  # before the input is read and the VAE loaded
-    images, files = read_input(Path(args.input), image_channels(args.vae))
+    images, files = read_input(Path(args.input), image_channels(args.vae), as_video=args.as_video)
     vae = load_vae(args.vae, dtype, args.device)
     if args.decode_timestep is not None:  # LTX-Video 0.9.1+ / LTX-2: the decode timestep of the pipeline's run
         with _flag_names():
@@ -152,7 +154,7 @@ def cmd_invert(args) -> int:
     if video:  # a video file: its (F, C, h, w) latents, a video VAE's (C, f, h, w)
         latents = latents[0]
     meta = _metadata(args, result, given=given, clip_aware=clip_aware, compile=compile, files=files,
-                     layout=_layout(videos := as_adapter(vae).encodes_videos, video, files is not None))
+                     layout=_layout(videos := as_adapter(vae).encodes_videos, video, files is not None and not video))
     try:
         save_file({"latents": latents}, args.out, metadata=meta)
     except (OSError, SafetensorError) as exc:
@@ -271,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = _DefaultsFormatter
     inv = sub.add_parser("invert", help="invert an image, a folder of images or a video", formatter_class=defaults)
     inv.add_argument("input", help="image file, folder of images (a batch, in natural order of the names: 2.png "
-                     "before 10.png), or video (GIF, animated WebP or PNG; .mp4 etc. with the video extra)")
+                     "before 10.png; with --as-video one video), or video (GIF, animated WebP or PNG; .mp4 etc. with "
+                     "the video extra)")
+    inv.add_argument("--as-video", action="store_true",
+                     help="read the input folder as the frames of one video, in that order, not a batch of images")
     inv.add_argument("--vae", default="fixture", help="diffusers VAE (or pipeline) folder, or 'fixture'")
     inv.add_argument("--steps", type=count_arg, default=50, help="iterations at most (every method)")
     inv.add_argument("--method", default="adam", choices=METHODS,

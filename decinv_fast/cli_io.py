@@ -222,9 +222,10 @@ def _pixels(image, path: Path, channels: int) -> np.ndarray:
 
 
 
-def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
+def read_folder(path: Path, channels: int = 3, video: bool = False) -> tuple[np.ndarray, list[str]]:
     """A folder's images, in natural order of their names -> ``(B, H, W, channels)`` and the names in batch
-    order. One 16-bit or float image makes the whole batch float in [0, 1]. A folder is a batch of
+    order (``video``: ``(1, F, H, W, channels)``, the frames of one video, for ``--as-video``). One 16-bit or
+    float image makes the whole batch float in [0, 1]. A folder holds
     still images: an animated GIF, WebP or PNG is refused, not read as its first frame; a single-frame
     GIF is an image like the others. Other files and broken links are skipped, named on stderr; hidden ones
     (names starting with ".", such as macOS's ``._a.png``) silently, whatever their suffix."""
@@ -250,8 +251,10 @@ def read_folder(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
         sizes = ", ".join(f"{p.name} {im.shape[1]}x{im.shape[0]}" for p, im in zip(files, images, strict=True))
-        raise UsageError(f"{path}: the images of a folder (a batch) must have one size; got {sizes}")
-    return _stack(images), [p.name for p in files]
+        what = "(one video's frames, --as-video)" if video else "(a batch)"
+        raise UsageError(f"{path}: the images of a folder {what} must have one size; got {sizes}")
+    stacked = _stack(images)
+    return (stacked[None] if video else stacked), [p.name for p in files]
 
 
 def _visible_entries(path: Path) -> list[Path]:
@@ -317,15 +320,18 @@ def _animation_frames(path: Path) -> int:
         return getattr(image, "n_frames", 1) if image.format in ANIMATIONS else 1
 
 
-def read_input(path: Path, channels: int = 3) -> tuple[np.ndarray, list[str] | None]:
+def read_input(path: Path, channels: int = 3, as_video: bool = False) -> tuple[np.ndarray, list[str] | None]:
     """``decinv invert``'s input -> ``(images, file names)``: an image file ``(H, W, 3)``, a folder
-    ``(B, H, W, 3)`` with its file names in batch order, a video (a GIF, an animated WebP or PNG, a
-    video file) ``(1, F, H, W, 3)``; file names only for a folder; 4 for 3 with ``channels=4`` (RGBA,
-    see :func:`read_image`). Suffixes in any case."""
+    ``(B, H, W, 3)`` with its file names in batch order (``as_video``: the frames of one video,
+    ``(1, F, H, W, 3)``), a video (a GIF, an animated WebP or PNG, a video file) ``(1, F, H, W, 3)``; file
+    names only for a folder; 4 for 3 with ``channels=4`` (RGBA, see :func:`read_image`). Suffixes in any case."""
     if path.is_dir():
-        return read_folder(path, channels)
+        return read_folder(path, channels, video=as_video)
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
+    if as_video:
+        raise UsageError(f"--as-video reads a folder of images as one video; {path} is a file (an animated GIF, WebP "
+                         "or PNG or a video file is read as one video without it)")
     suffix = path.suffix.lower()
     if suffix in FRAME_SUFFIXES or (suffix in IMAGE_SUFFIXES and _animation_frames(path) > 1):
         return read_frames(path, channels), None

@@ -3,6 +3,7 @@ and the still images a folder must hold."""
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from cli_runs import read_latents, run_invert
 from PIL import Image
 
-from decinv_fast import invert
+from decinv_fast import cli, invert
 from decinv_fast.cli import load_vae, main
 from decinv_fast.demo import bundled_photo, pan_clip
 
@@ -166,3 +167,62 @@ def test_a_decode_timestep_reaches_the_ltx_decoder(tmp_path, capsys):
     assert main(["invert", str(tmp_path / "clip.png"), "--vae", str(tmp_path / "wan"), "--decode-timestep", "0.05",
                  "--quiet", "--out", str(tmp_path / "w.st")]) == 2
     assert "error: --decode-timestep: AutoencoderKLWan's decoder takes no timestep" in capsys.readouterr().err
+
+
+def _frames_folder(folder, frames):
+    folder.mkdir()
+    for i, f in enumerate(frames):  # names in natural order: 2.png before 10.png
+        Image.fromarray(f).save(folder / f"{i + 1}.png")
+    return folder
+
+
+def test_as_video_reads_a_folder_as_one_video(tmp_path):
+    """``--as-video``: a folder of frames is one video (the fixture's frames; a video VAE's latent frames),
+    its latents those of ``invert`` on the frames as ``(1, F, H, W, 3)``; without it, a batch of images."""
+    from video_vae_models import make_vae
+
+    frames = pan_clip(bundled_photo(), 10, 32)
+    folder = _frames_folder(tmp_path / "frames", frames)
+    latents, meta = run_invert(folder, tmp_path / "v.st", "--as-video")
+    assert latents.shape == (10, 4, 4, 4) and meta["layout"] == "frames,C,h,w"
+    assert json.loads(meta["files"]) == [f"{i}.png" for i in range(1, 11)]
+    direct = invert(load_vae("fixture", torch.float32, "cpu"), np.stack(frames)[None], steps=1)
+    assert torch.equal(latents, direct.latents[0])
+    make_vae("wan").save_pretrained(tmp_path / "wan")
+    nine = _frames_folder(tmp_path / "nine", frames[:9])
+    latents, meta = run_invert(nine, tmp_path / "w.st", "--as-video", "--vae", str(tmp_path / "wan"))
+    assert latents.shape == (4, 3, 4, 4) and meta["layout"] == "C,f,h,w"  # 9 frames -> 3 latent frames
+    assert torch.equal(latents, invert(make_vae("wan"), np.stack(frames[:9])[None], steps=1).latents[0])
+    latents, meta = run_invert(nine, tmp_path / "b.st", "--vae", str(tmp_path / "wan"))
+    assert latents.shape == (9, 4, 1, 4, 4) and meta["layout"] == "batch,C,f,h,w"  # nine 1-frame videos
+
+
+def test_a_temporal_decoder_on_a_folder_names_as_video(tmp_path):
+    """The API's warning for a temporal-decoder VAE given a batch of stills names what a command-line
+    user can do (``--as-video``), not the API's ``(1, F, 3, H, W)``; with it there is no warning."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    torch.manual_seed(0)
+    AutoencoderKLTemporalDecoder(down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(32,) * 4,
+                                 layers_per_block=1, latent_channels=4).save_pretrained(tmp_path / "svd")
+    folder = _frames_folder(tmp_path / "frames", pan_clip(bundled_photo(), 3, 32))
+    with pytest.warns(UserWarning, match="3 images without a frame axis") as record:  # as the command line prints it
+        run_invert(folder, tmp_path / "b.st", "--vae", str(tmp_path / "svd"))
+    err = cli._one_line(record[0].message, UserWarning, "api.py", 1)
+    assert err.startswith("decinv: warning: images: 3 images without a frame axis")
+    assert "frames are decoded together with --as-video (the folder read as one video)" in err and "(1, F" not in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        latents, _ = run_invert(folder, tmp_path / "v.st", "--vae", str(tmp_path / "svd"), "--as-video")
+    assert latents.shape == (3, 4, 4, 4)
+
+
+def test_as_video_on_a_file_or_frames_of_two_sizes_is_one_line(tmp_path, capsys):
+    Image.fromarray(bundled_photo()[:32, :32]).save(tmp_path / "one.png")
+    assert main(["invert", str(tmp_path / "one.png"), "--as-video", "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("decinv: error: --as-video reads a folder of images as one video; ") and "\n" not in err
+    folder = _frames_folder(tmp_path / "frames", [bundled_photo()[:32, :32], bundled_photo()[:32, :40]])
+    assert main(["invert", str(folder), "--as-video", "--quiet", "--out", str(tmp_path / "o.st")]) == 2
+    assert capsys.readouterr().err.strip() == f"decinv: error: {folder}: the images of a folder (one video's " \
+                                               "frames, --as-video) must have one size; got 1.png 32x32, 2.png 40x32"

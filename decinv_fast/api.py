@@ -16,7 +16,7 @@ from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
 from .graphs import GraphedStep
 from .inputs import Frames, as_videos, check_latent_size, check_latents, to_frames
-from .loop import Plan, chunks, encode_frames, make_iteration
+from .loop import Plan, check_steps_fit, chunks, encode_frames, make_iteration
 from .memory import PeakMemory
 from .options import (
     AUTO,
@@ -163,6 +163,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
         raise ValueError(f"cuda_graphs=True: {adapter.kind}'s decoder draws noise (decoder_inject_noise), which "
                          "invert fixes by seeding each call: not in a captured graph")
     frames = _frames_for(adapter, images, dtype)
+    check_steps_fit(steps, method, schedule, frames.batch, frames.pixels.device, frames.pixels.dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, method, options, attention, fp32_master)
     master = None if fp32_master is None else bool(fp32_master)
     plan = Plan(method, steps, lr, schedule, options, backend, chunk, master=master, compile=compile,
@@ -201,7 +202,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             (the best self-stopping combination on our benchmarks; see ``options.AUTO``).
         steps: iterations (each one decoder + one encoder pass; backward too for ``"grad"``). With ``tol``
             or ``patience`` a bound: what it costs up front is the per-step table (up to 12 bytes a step, 24
-            for fp64) and histories of ``(steps, B)`` floats.
+            for fp64) and histories of ``(steps, B)`` floats; more than the device's memory holds (the RAM
+            available, a GPU's total) is refused before any pass (``loop.up_front_bytes``).
         lr: step size (``rho`` for fsm/km/anderson); defaults 0.01 (adam, grad) and 1.0 (fsm, km,
             anderson); ``"auto"`` for fsm/km/anderson picks a per-sample secant step size
             (``result.secant_lr``).

@@ -94,6 +94,7 @@ FLAG_NAMES = (
     (r"\battention='([\w-]+)'", r"--attention \1"),
     (r"\bchunk_frames=(\d+)", r"--chunk-frames \1"),
     (r"^decode_timestep:", "--decode-timestep:"),
+    (r"^steps=(\d+):", r"--steps \1:"),
     (r"only as \(1, F, 3, H, W\) or \[frames\] \(a list of lists of PIL frames\)", "with --as-video (the folder "
      "read as one video)"),
     (r"\bdtype=torch\.(\w+)", r"--dtype \1"),

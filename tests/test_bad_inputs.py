@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import decinv_fast
+from decinv_fast import loop
 from decinv_fast.options import AUTO
 
 
@@ -174,6 +175,23 @@ def test_numpy_scalars_are_numbers_like_any_other(tiny_kl, images_32):
     for steps in (True, 3.0, np.float64(3)):
         with pytest.raises(ValueError, match="steps must be a positive int"):
             decinv_fast.invert(tiny_kl, images_32, steps=steps)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(method="auto"), dict(method="fsm", schedule="cosine")],
+                         ids=["adam", "auto", "cosine"])
+def test_steps_whose_tables_cannot_fit_are_refused_naming_steps(tiny_kl, images_32, kw, monkeypatch):
+    """``steps=2**40`` with ``tol``: a ValueError naming ``steps`` before any step (it was a bare MemoryError
+    from the schedule's list); a run whose up-front bytes just fit the memory there is runs."""
+    with pytest.raises(ValueError, match=r"^steps=1099511627776: a run allocates its per-step table .* GiB of RAM "
+                                         r"available; pass fewer steps"):
+        decinv_fast.invert(tiny_kl, images_32, steps=2**40, tol=1e-3, **kw)
+    method, schedule = ("anderson", "constant") if kw.get("method") == "auto" else (kw.get("method", "adam"),
+                                                                                   kw.get("schedule", "paper"))
+    need = loop.up_front_bytes(100, method, schedule, images_32.shape[0], torch.float32)
+    monkeypatch.setattr(loop, "available_ram", lambda: need)
+    assert decinv_fast.invert(tiny_kl, images_32, steps=100, tol=1e30, **kw).steps_run == 1
+    with pytest.raises(ValueError, match=r"^steps=101: "):
+        decinv_fast.invert(tiny_kl, images_32, steps=101, tol=1e30, **kw)
 
 
 def test_divergence_is_an_error_not_nan(tiny_kl, images_32):

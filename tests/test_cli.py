@@ -79,6 +79,8 @@ def test_invert_folder_and_gif(tmp_path):
     (["invert", "missing.png"], "no such file"),
     (["invert", "{bad_size}"], "multiples of 8"),
     (["invert", "{photo}", "--vae", "/nonexistent"], "config.json"),
+    (["invert", "{photo}", "--steps", "1099511627776", "--tol", "1e-3"], "error: --steps 1099511627776: a run "
+     "allocates its per-step table"),
 ])
 def test_bad_input_is_one_line(tmp_path, photo_png, capsys, args, message):
     bad = tmp_path / "odd.png"

@@ -323,8 +323,9 @@ def _animation_frames(path: Path) -> int:
 def read_input(path: Path, channels: int = 3, as_video: bool = False) -> tuple[np.ndarray, list[str] | None]:
     """``decinv invert``'s input -> ``(images, file names)``: an image file ``(H, W, 3)``, a folder
     ``(B, H, W, 3)`` with its file names in batch order (``as_video``: the frames of one video,
-    ``(1, F, H, W, 3)``), a video (a GIF, an animated WebP or PNG, a video file) ``(1, F, H, W, 3)``; file
-    names only for a folder; 4 for 3 with ``channels=4`` (RGBA, see :func:`read_image`). Suffixes in any case."""
+    ``(1, F, H, W, 3)``), a video (a GIF, an animated WebP or PNG, a video file) ``(1, F, H, W, 3)`` (a
+    single-frame GIF is a still image); file names only for a folder; 4 for 3 with ``channels=4`` (RGBA, see
+    :func:`read_image`). Suffixes in any case."""
     if path.is_dir():
         return read_folder(path, channels, video=as_video)
     if not path.exists():
@@ -334,7 +335,8 @@ def read_input(path: Path, channels: int = 3, as_video: bool = False) -> tuple[n
                          "or PNG or a video file is read as one video without it)")
     suffix = path.suffix.lower()
     if suffix in FRAME_SUFFIXES or (suffix in IMAGE_SUFFIXES and _animation_frames(path) > 1):
-        return read_frames(path, channels), None
+        frames = read_frames(path, channels)
+        return (frames[0, 0] if frames.shape[1] == 1 else frames), None  # a single-frame GIF: a still, as in a folder
     if suffix in IMAGE_SUFFIXES:
         return read_image(path, channels), None
     if suffix in VIDEO_SUFFIXES:

@@ -33,6 +33,17 @@ def test_gif_and_animated_webp_in_any_case(tmp_path):
     assert torch.equal(read_latents(tmp_path / "clip.WebP.st")[0], direct.latents[0])  # lossless: the frames
 
 
+def test_a_single_frame_gif_is_a_still_image_as_in_a_folder(tmp_path):
+    """Given alone, a one-frame GIF was a 1-frame video (layout ``frames,C,h,w``); a folder reads it as a
+    still image, and so does a file now: the latents of its frame, ``(C, h, w)``."""
+    frame = pan_clip(bundled_photo(), 1, 32)[0]
+    Image.fromarray(frame).save(tmp_path / "still.gif")
+    latents, meta = run_invert(tmp_path / "still.gif", tmp_path / "g.st")
+    assert latents.shape == (4, 4, 4) and meta["layout"] == "C,h,w"
+    read_back = np.asarray(Image.open(tmp_path / "still.gif").convert("RGB"))  # the GIF's palette colours
+    assert torch.equal(latents, invert(load_vae("fixture", torch.float32, "cpu"), read_back, steps=1).latents)
+
+
 def test_animations_in_a_folder_are_refused_naming_them(tmp_path, capsys):
     """A folder is a batch of still images: an animated WebP was read as its first frame and a GIF skipped,
     silently. Now every animation is named; a single-frame GIF is an image of the batch."""

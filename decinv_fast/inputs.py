@@ -97,8 +97,19 @@ def _from_pil(images, wide: bool, channels: int | None) -> tuple[torch.Tensor, b
                              "RGB would lose; pass a float tensor or array in [-1, 1] (for 16 bits: "
                              "np.asarray(im) / 65535 * 2 - 1) or use the command line, which reads them whole")
     mode = "RGBA" if channels == 4 else "RGB"
-    arrays = np.stack([np.asarray(im.convert(mode)) for im in items])
+    arrays = np.stack([np.asarray(_converted(im, mode)) for im in items])
     return _from_uint8_hwc(arrays, wide), single
+
+
+def _converted(im, mode: str):
+    """``im.convert(mode)``, or a ValueError naming ``images`` and the mode PIL cannot convert from (``La``,
+    grey with premultiplied alpha: ``im.convert("LA")`` first)."""
+    try:
+        return im.convert(mode)
+    except ValueError as exc:
+        hint = ' (im.convert("LA"))' if im.mode == "La" else ""
+        raise ValueError(f"images: PIL cannot convert mode {im.mode!r} to {mode} ({exc}); convert the image to a "
+                         f"mode it can first{hint}") from exc
 
 
 def _from_numpy(array: np.ndarray, wide: bool, channels: int | None) -> tuple[torch.Tensor, bool]:
@@ -127,6 +138,9 @@ def _from_numpy(array: np.ndarray, wide: bool, channels: int | None) -> tuple[to
 
 
 def _from_tensor(images: torch.Tensor, wide: bool) -> tuple[torch.Tensor, bool]:
+    if images.layout != torch.strided:
+        raise TypeError(f"images: a {str(images.layout).removeprefix('torch.')} tensor; pass a dense one "
+                        "(images.to_dense())")
     if images.dim() not in (3, 4, 5):
         raise ValueError(
             "images: expected (B, 3, H, W) images or (B, F, 3, H, W) videos, "
@@ -288,6 +302,9 @@ def check_latents(latents, adapter) -> None:
             raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
                              f"whole videos; {got}")
         raise ValueError(f"latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor; {got}")
+    if latents.layout != torch.strided:
+        raise TypeError(f"latents: a {str(latents.layout).removeprefix('torch.')} tensor; pass a dense one "
+                        "(latents.to_dense())")
     if not latents.is_floating_point():
         raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
     if latents.numel() == 0:

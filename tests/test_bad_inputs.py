@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import decinv_fast
 from decinv_fast import loop
@@ -43,6 +44,8 @@ from decinv_fast.options import AUTO
     ("image.png", "images must be"),
     (torch.zeros(1, 3, 32, 32, dtype=torch.uint16), "unsupported dtype torch.uint16"),
     (torch.zeros(1, 3, 32, 32, dtype=torch.float8_e4m3fn), "unsupported dtype"),
+    (torch.zeros(1, 3, 32, 32).to_sparse(), r"images: a sparse_coo tensor; pass a dense one \(images.to_dense"),
+    (Image.new("La", (32, 32)), r"PIL cannot convert mode 'La' to RGB .*\(im.convert\(\"LA\"\)\)"),
 ])
 def test_bad_images(tiny_kl, images, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
@@ -312,9 +315,10 @@ def test_a_non_finite_half_output_says_float32_and_force_upcast(tiny_kl, dtype):
     (torch.full((1, 4, 4, 4), float("nan")), "NaN or infinite"),
     (torch.zeros(3, 3), "tensor"),
     (torch.zeros(1, 4, 4, 4, device="meta"), "latents are on meta but the VAE is on cpu"),
+    (torch.zeros(1, 4, 4, 4).to_sparse(), r"latents: a sparse_coo tensor; pass a dense one"),
 ])
 def test_decode_bad_latents(tiny_kl, latents, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         decinv_fast.decode(tiny_kl, latents)
     assert decinv_fast.decode(tiny_kl, torch.zeros(4, 4, 4)).shape == (3, 32, 32)
 

@@ -32,7 +32,7 @@ def video_vaes(records: list[dict]) -> list[str]:
         label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
-    for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs)):
+    for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs), _per_latent_frame(runs)):
         if spread:
             out += ["", spread]
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
@@ -76,6 +76,19 @@ def _frame_weights_per_clip(runs: list[dict]) -> str:
         return ""
     return _gains(f"`auto` against one set of mixing weights per video, both capped at {caps[0]}",
                   per_clip[("auto-sample-weights", caps[0])], per_clip[("auto", caps[0])])
+
+
+def _per_latent_frame(runs: list[dict]) -> str:
+    """NMSE(z) per latent frame of the encoder's guess and of ``auto`` at each cap ("" for results from before
+    2026-11-24, without it)."""
+    rows = [(("the encoder's guess" if r["method"] == "encoder-only" else f"`auto` capped at {r['metrics']['cap']}"),
+             r["metrics"]["per_latent_frame_db"]) for r in runs
+            if r["method"] in ("encoder-only", "auto") and "per_latent_frame_db" in r["metrics"]]
+    if not rows:
+        return ""
+    return ("Per latent frame (NMSE(z) dB of each clip's frame, mean over clips; frame 0 decodes to the first "
+            "pixel frame alone, frame t to the 4 up to pixel frame 4t): "
+            + "; ".join(f"{name} {' / '.join(f'{v:.2f}' for v in values)}" for name, values in rows) + ".")
 
 
 def _gains(title: str, before: dict, after: dict) -> str:

@@ -9,7 +9,8 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 (``auto_kwargs(frame_weights=False)``, ``auto`` before 2026-11-24; capped at 10 and 50), ``auto`` with latent
 mixing (``options.auto_kwargs(mixing="latent")``, capped at 10: no pixel history, see Memory) and the
 gradient-based baseline (50). Also the PSNR of ``D(z)`` against ``x``,
-and each clip's NMSE (``per_clip_db``: whether a difference between two runs is one clip's or spread).
+each clip's NMSE (``per_clip_db``: whether a difference between two runs is one clip's or spread) and each
+latent frame's (``per_latent_frame_db``, mean over clips: which frames a run leaves furthest off).
 
 Memory: ``decinv_fast.plan``'s predictions (bf16, a GPU, all frames in one call) for the released VAE
 architectures (diffusers' class defaults are their released configurations, LTX-2's and Wan 2.2's with the
@@ -101,6 +102,13 @@ CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, release
                          released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
 
 
+def per_latent_frame_db(latents: torch.Tensor, truth: torch.Tensor) -> list[float]:
+    """NMSE(z) dB of each latent frame of ``(B, C, f, h, w)`` latents against ``truth``, each clip's frame on its
+    own, then the mean over clips (frame 0 decodes to the first pixel frame alone)."""
+    error = (latents - truth).double().square().sum((1, 3, 4))
+    return (10 * torch.log10(error / truth.double().square().sum((1, 3, 4)))).mean(0).tolist()
+
+
 def accuracy(cfg: dict) -> list[dict]:
     from diffusers import AutoencoderKLWan
 
@@ -113,6 +121,7 @@ def accuracy(cfg: dict) -> list[dict]:
         decoded = decinv_fast.decode(vae, latents)
         per_clip = decinv_fast.nmse_db(latents, target.latents, per_sample=True)
         return dict(nmse_db=float(per_clip.mean()), per_clip_db=per_clip.tolist(),
+                    per_latent_frame_db=per_latent_frame_db(latents, target.latents),
                     psnr_db=sum(psnr(d, x) for d, x in zip(decoded, target.images, strict=True)) / len(decoded))
 
     start = time.perf_counter()

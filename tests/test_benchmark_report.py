@@ -146,6 +146,21 @@ def test_video_report_says_per_clip_what_weights_per_latent_frame_gain_at_the_sm
         "Per clip, `auto` against one set of mixing weights per video, both capped at 50")
 
 
+def test_video_report_gives_the_encoder_s_and_auto_s_error_per_latent_frame():
+    from benchmarks.report_video import _per_latent_frame
+
+    def run(method, cap, frames):
+        return dict(RUN, method=method, metrics=dict(cap=cap, per_latent_frame_db=frames))
+
+    runs = [run("encoder-only", None, [-15.0, -16.25]), run("auto", 10, [-24.5, -29.0]),
+            run("adam", 50, [-16.0, -17.0]), run("auto", 50, [-28.125, -29.5])]
+    assert _per_latent_frame(runs) == (
+        "Per latent frame (NMSE(z) dB of each clip's frame, mean over clips; frame 0 decodes to the first pixel "
+        "frame alone, frame t to the 4 up to pixel frame 4t): the encoder's guess -15.00 / -16.25; `auto` capped at "
+        "10 -24.50 / -29.00; `auto` capped at 50 -28.12 / -29.50.")
+    assert _per_latent_frame([dict(RUN, method="auto", metrics=dict(cap=10))]) == ""  # older results
+
+
 def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_older_predictions():
     from benchmarks.report_video import video_vaes
 

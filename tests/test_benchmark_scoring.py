@@ -1,4 +1,5 @@
-"""benchmarks/stopping.py's scoring on tiny hand-made inputs: what the README's stopping section reports."""
+"""The benchmarks' scoring on tiny hand-made inputs (benchmarks/stopping.py's, what the README's stopping section
+reports; benchmarks/video_vaes.py's per latent frame)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,14 @@ def test_generated_images_scores_split_the_clipped_images_from_the_others():
     assert split == dict(nmse_db=-25.0, nmse_db_median=-30.0, nmse_db_clipped=-25.0, nmse_db_unclipped=-25.0)
     none_clipped = scores(db[1:], torch.zeros(3, dtype=torch.bool))
     assert none_clipped["nmse_db_clipped"] is None and none_clipped["nmse_db_unclipped"] == -30.0
+
+
+def test_per_latent_frame_nmse_is_each_clip_s_frame_then_the_mean():
+    from benchmarks.video_vaes import per_latent_frame_db
+
+    truth = torch.ones(2, 3, 2, 4, 4)
+    latents = truth.clone()
+    latents[0, :, 0] += 0.1  # clip 0, frame 0: an error of 1% of its energy (-20 dB)
+    latents[1, :, 0] += 0.01  # clip 1, frame 0: -40 dB
+    latents[:, :, 1] += 1.0  # frame 1: 0 dB in both clips
+    assert per_latent_frame_db(latents, truth) == pytest.approx([-30.0, 0.0])

@@ -25,11 +25,11 @@ def video_vaes(records: list[dict]) -> list[str]:
            "evaluations: decoder+encoder passes (auto: mean per clip, it stops itself; grad: decoder forward "
            "and backward). CPU seconds. `auto` fits Anderson's mixing weights per latent frame (`frame_weights`); "
            "`auto` with one set per video (`auto_kwargs(frame_weights=False)`) is `auto` as it was before "
-           "2026-11-24.", "",
+           "2026-11-24." + _apart_note(runs, frames), "",
            "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
-        label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
+        label = "encoder-only" if r["method"] == "encoder-only" else _label(r)
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
     for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs), _per_latent_frame(runs)):
@@ -53,6 +53,23 @@ def video_vaes(records: list[dict]) -> list[str]:
                            for m, _ in MEMORY_COLUMNS)
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
+
+
+def _apart_note(runs: list[dict], frames: int) -> str:
+    """What the series with the first latent frame apart is, where the results have it."""
+    if not any(r["method"] == "auto-first-frame-apart" for r in runs):
+        return ""
+    return (" With the first latent frame apart, `auto` runs on each clip's first frame alone (a 1-frame video), "
+            "then on the whole clips (the cap), and the result's first latent frame is the first run's "
+            f"(`benchmarks.video_vaes.first_frame_apart`); a step on one frame of {frames} counts as 1/{frames} of "
+            "an evaluation.")
+
+
+def _label(run: dict) -> str:
+    """A series' name in the tables."""
+    if run["method"] == "auto-first-frame-apart":
+        return f"auto, first latent frame apart ({run['metrics']['first_frame_steps']} steps on the first frames)"
+    return LABELS[run["method"]]
 
 
 def _auto_per_clip(runs: list[dict]) -> str:
@@ -79,11 +96,13 @@ def _frame_weights_per_clip(runs: list[dict]) -> str:
 
 
 def _per_latent_frame(runs: list[dict]) -> str:
-    """NMSE(z) per latent frame of the encoder's guess and of ``auto`` at each cap ("" for results from before
-    2026-11-24, without it)."""
-    rows = [(("the encoder's guess" if r["method"] == "encoder-only" else f"`auto` capped at {r['metrics']['cap']}"),
-             r["metrics"]["per_latent_frame_db"]) for r in runs
-            if r["method"] in ("encoder-only", "auto") and "per_latent_frame_db" in r["metrics"]]
+    """NMSE(z) per latent frame of the encoder's guess, of ``auto`` at each cap and with the first latent frame apart
+    ("" for results from before 2026-11-24, without it)."""
+    names = {"encoder-only": lambda m: "the encoder's guess", "auto": lambda m: f"`auto` capped at {m['cap']}",
+             "auto-first-frame-apart": lambda m: f"`auto` with the first latent frame apart ({m['evaluations']:.1f} "
+                                                 "evaluations)"}
+    rows = [(names[r["method"]](r["metrics"]), r["metrics"]["per_latent_frame_db"]) for r in runs
+            if r["method"] in names and "per_latent_frame_db" in r["metrics"]]
     if not rows:
         return ""
     return ("Per latent frame (NMSE(z) dB of each clip's frame, mean over clips; frame 0 decodes to the first "

@@ -9,6 +9,7 @@ from decinv_fast.options import AUTO
 
 LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson", "auto": "auto (stops itself)",
           "auto-latent": "auto with latent mixing", "auto-sample-weights": "auto, one set of mixing weights per video",
+          "auto-first-frame-together": "auto, first frames not inverted alone first",
           "grad": "gradient-based (Adam on the pixel error)"}
 MEMORY_COLUMNS = (("adam", "adam"), ("auto", "auto"), ("auto-latent", "auto, latent mixing"), ("grad", "grad"))
 
@@ -25,7 +26,10 @@ def video_vaes(records: list[dict]) -> list[str]:
            "evaluations: decoder+encoder passes (auto: mean per clip, it stops itself; grad: decoder forward "
            "and backward). CPU seconds. `auto` fits Anderson's mixing weights per latent frame (`frame_weights`); "
            "`auto` with one set per video (`auto_kwargs(frame_weights=False)`) is `auto` as it was before "
-           "2026-11-24." + _apart_note(runs, frames), "",
+           "2026-11-24. `auto` inverts a causal video VAE's first frames alone first "
+           "(`first_frame_steps`, `decinv_fast.first_frame`); a step there counts as 1/" + str(frames) + " of an "
+           "evaluation. `auto` without it (`auto_kwargs(first_frame_steps=0)`) is `auto` as it was until it did, "
+           "later on 2026-11-24.", "",
            "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
@@ -55,20 +59,8 @@ def video_vaes(records: list[dict]) -> list[str]:
     return out
 
 
-def _apart_note(runs: list[dict], frames: int) -> str:
-    """What the series with the first latent frame apart is, where the results have it."""
-    if not any(r["method"] == "auto-first-frame-apart" for r in runs):
-        return ""
-    return (" With the first latent frame apart, `auto` runs on each clip's first frame alone (a 1-frame video), "
-            "then on the whole clips (the cap), and the result's first latent frame is the first run's "
-            f"(`benchmarks.video_vaes.first_frame_apart`); a step on one frame of {frames} counts as 1/{frames} of "
-            "an evaluation.")
-
-
 def _label(run: dict) -> str:
     """A series' name in the tables."""
-    if run["method"] == "auto-first-frame-apart":
-        return f"auto, first latent frame apart ({run['metrics']['first_frame_steps']} steps on the first frames)"
     return LABELS[run["method"]]
 
 
@@ -96,11 +88,10 @@ def _frame_weights_per_clip(runs: list[dict]) -> str:
 
 
 def _per_latent_frame(runs: list[dict]) -> str:
-    """NMSE(z) per latent frame of the encoder's guess, of ``auto`` at each cap and with the first latent frame apart
-    ("" for results from before 2026-11-24, without it)."""
+    """NMSE(z) per latent frame of the encoder's guess and of ``auto`` with and without its first frames alone at each
+    cap ("" for results from before 2026-11-24, without it)."""
     names = {"encoder-only": lambda m: "the encoder's guess", "auto": lambda m: f"`auto` capped at {m['cap']}",
-             "auto-first-frame-apart": lambda m: f"`auto` with the first latent frame apart ({m['evaluations']:.1f} "
-                                                 "evaluations)"}
+             "auto-first-frame-together": lambda m: f"`auto` without its first frames alone capped at {m['cap']}"}
     rows = [(names[r["method"]](r["metrics"]), r["metrics"]["per_latent_frame_db"]) for r in runs
             if r["method"] in names and "per_latent_frame_db" in r["metrics"]]
     if not rows:

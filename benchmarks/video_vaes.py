@@ -8,8 +8,9 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 10 and 50 (it stops itself), ``auto`` with one set of mixing weights per video instead of one per latent frame
 (``auto_kwargs(frame_weights=False)``, ``auto`` before 2026-11-24; capped at 10 and 50), ``auto`` with latent
 mixing (``options.auto_kwargs(mixing="latent")``, capped at 10: no pixel history, see Memory), the
-gradient-based baseline (50) and ``auto`` with the first latent frame solved apart (:func:`first_frame_apart`:
-18 steps on the first frames, then capped at 8 on the clips, or 27 and 7; 10 evaluations of the clips in all).
+gradient-based baseline (50) and ``auto`` without inverting the clips' first frames alone first
+(``auto_kwargs(first_frame_steps=0)``: ``auto`` until it did, later on 2026-11-24; capped at 10 and 50).
+Evaluations count a step on the first frames alone as 1/F of one (F frames; ``decinv_fast.first_frame``).
 Also the PSNR of ``D(z)`` against ``x``, each clip's NMSE (``per_clip_db``: whether a difference between two
 runs is one clip's or spread) and each latent frame's (``per_latent_frame_db``, mean over clips: which frames a
 run leaves furthest off).
@@ -46,12 +47,15 @@ from decinv_fast.visual import psnr
 BENCHMARK = "video_vaes"
 FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
 # invert's arguments for a name of these tables that is no method: auto with latent mixing is the anderson run it is
-INVERTED = {"auto-latent": auto_kwargs(mixing="latent"), "auto-sample-weights": auto_kwargs(frame_weights=False)}
+INVERTED = {"auto-latent": auto_kwargs(mixing="latent"), "auto-sample-weights": auto_kwargs(frame_weights=False),
+            "auto-first-frame-together": auto_kwargs(first_frame_steps=0)}
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
         ("auto-sample-weights", dict(INVERTED["auto-sample-weights"], steps=10)),
         ("auto-sample-weights", dict(INVERTED["auto-sample-weights"], steps=50)),
+        ("auto-first-frame-together", dict(INVERTED["auto-first-frame-together"], steps=10)),
+        ("auto-first-frame-together", dict(INVERTED["auto-first-frame-together"], steps=50)),
         ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
 # what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
@@ -99,13 +103,10 @@ RELEASED_CONFIG = {
 }
 # diffusers 0.42's AutoencoderKLHunyuanImage.tiled_encode unpacks a 5-D shape from 4-D images: no tiled row
 TILING_FAILS = ("HunyuanImage 2.1",)
-# auto with the first latent frame solved apart (first_frame_apart): its steps on the clips' first frames alone,
-# and the cap of the whole clips' run; 18 steps on one frame of 9 cost 2 evaluations of the clips
-FIRST_FRAME_APART = ((18, 8), (27, 7))
-CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED,
-                        first_frame_apart=FIRST_FRAME_APART),
-           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32, runs=RUNS[3:5] + RUNS[6:7] + RUNS[8:9],
-                         released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),), first_frame_apart=((5, 2),))}
+CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
+           "quick": dict(clips=slice(0, 12, 4), frames=5, size=32,
+                         runs=RUNS[3:5] + RUNS[6:7] + RUNS[8:9] + RUNS[10:11],
+                         released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
 
 
 def per_latent_frame_db(latents: torch.Tensor, truth: torch.Tensor) -> list[float]:
@@ -113,22 +114,6 @@ def per_latent_frame_db(latents: torch.Tensor, truth: torch.Tensor) -> list[floa
     own, then the mean over clips (frame 0 decodes to the first pixel frame alone)."""
     error = (latents - truth).double().square().sum((1, 3, 4))
     return (10 * torch.log10(error / truth.double().square().sum((1, 3, 4)))).mean(0).tolist()
-
-
-def first_frame_apart(vae, clips: torch.Tensor, first_steps: int, steps: int) -> tuple[torch.Tensor, float, float]:
-    """``auto`` on each clip's first frame alone (a 1-frame video), then on the whole clips capped at ``steps``,
-    the result's first latent frame replaced by the first run's: a causal VAE whose first latent frame is
-    encoded from the first frame alone and decodes to it alone (the fixture's: tests/test_video_vaes.py) makes
-    that frame a problem of its own, which the whole run solves slowest (``per_latent_frame_db``) and which
-    costs a step on one frame instead of all. -> (latents, evaluations counted in whole clips: the first run's
-    steps over the clip's frames, seconds)."""
-    first = decinv_fast.invert(vae, clips[:, :1].contiguous(), steps=first_steps, method="auto",
-                               measure_memory=False)
-    whole = decinv_fast.invert(vae, clips, steps=steps, method="auto", measure_memory=False)
-    latents = whole.latents.clone()
-    latents[:, :, :1] = first.latents
-    evaluations = float(whole.stopped_at.float().mean()) + float(first.stopped_at.float().mean()) / clips.shape[1]
-    return latents, evaluations, whole.seconds + first.seconds
 
 
 def accuracy(cfg: dict) -> list[dict]:
@@ -151,12 +136,11 @@ def accuracy(cfg: dict) -> list[dict]:
                                    seconds=time.perf_counter() - start))]
     for method, options in cfg["runs"]:
         out = decinv_fast.invert(vae, target.images, measure_memory=False, **options)
+        # a first frame's step alone costs 1 / F of an evaluation of an F-frame clip (decinv_fast.first_frame)
+        first = 0.0 if out.first_frame_steps is None else float(out.first_frame_steps.float().mean())
         runs.append((method, dict(scored(out.latents), cap=options["steps"], lr=options.get("lr"),
-                                  evaluations=float(out.stopped_at.float().mean()), seconds=out.seconds)))
-    for first_steps, steps in cfg["first_frame_apart"]:
-        latents, evaluations, seconds = first_frame_apart(vae, target.images, first_steps, steps)
-        runs.append(("auto-first-frame-apart", dict(scored(latents), cap=steps, first_frame_steps=first_steps,
-                                                    evaluations=evaluations, seconds=seconds)))
+                                  evaluations=float(out.stopped_at.float().mean()) + first / target.images.shape[1],
+                                  first_frame_steps=first, seconds=out.seconds)))
     records = []
     for method, metrics in runs:
         metrics.update(part="accuracy", vae="fixture_video_vae", clips=shape[0])

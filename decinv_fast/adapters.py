@@ -72,6 +72,9 @@ class VaeAdapter:
     min_latent_size: int = 1  # the smallest latent height and width its decoder takes
     random_decoder: bool = False  # its decoder draws noise in every call (drawn from a fixed seed: video_adapters)
     decode_timestep: float | None = None  # as_adapter's option (kept for the copies a run in another dtype makes)
+    # its first latent frame is encoded from the first frame alone and decoded to it alone (a causal video VAE's):
+    # a problem of its own (first_frame.py)
+    first_frame_alone: bool = False
 
     @property
     def encodes_videos(self) -> bool:

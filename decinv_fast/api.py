@@ -10,7 +10,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from . import reference
+from . import first_frame, reference
 from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
@@ -264,6 +264,11 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             default True: a mixed step that raises the pixel error is replaced by the plain step),
             ``frame_weights`` (anderson, default False; ``auto``: True): fit the mixing weights per latent
             frame of a video rather than per video (see ``decinv_fast.anderson``; images have one frame),
+            ``first_frame_steps`` (adam, fsm, km, anderson; default 0; ``auto``: 18): for a video VAE whose first
+            latent frame is encoded from the first frame alone and decoded to it alone (Wan's, Mochi's, Cosmos's,
+            ...), that many steps on the videos' first frames alone first, where the whole run then starts; its
+            cap is lowered by ``ceil(k / F)`` for F frames (see ``decinv_fast.first_frame``; elsewhere it does
+            not run),
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``
@@ -295,6 +300,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
     start = time.perf_counter()
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
+        plan, first_steps = _first_frame_apart(adapter, frames, plan, progress)
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, shaped(frames, iteration.latents)))
         with torch.no_grad():  # the capture's warm-up steps, as every step, without autograd (cuda_graphs: not grad)
@@ -304,7 +310,29 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
+    result = build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
+    result.first_frame_steps = first_steps
+    return result
+
+
+def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool) -> tuple[Plan, object]:
+    """With ``first_frame_steps`` where it runs (``decinv_fast.first_frame``): the videos' first frames inverted
+    alone, and the whole run's plan starting there with its cap lowered; else the plan as it is. -> ``(plan,
+    (B,) steps each first frame took, or None)``."""
+    k = first_frame.first_frame_steps(adapter, frames, plan)
+    if not k:
+        return plan, None
+    alone = first_frame.first_frames(frames)
+    first_plan, whole_plan = first_frame.plans(plan, k, frames.frames_per_video)
+    iteration = make_iteration(adapter, alone, first_plan)
+    steps_run = _run(iteration, iteration.run_step, first_plan, progress, None)
+    latents, _ = iteration.finish(steps_run)
+    if not bool(torch.isfinite(latents).all()):
+        raise FloatingPointError(f"inversion diverged on the videos' first frames alone (first_frame_steps={k}, "
+                                 f"method={plan.label!r}): try a smaller lr, or pass keep_best=True")
+    tracker = iteration.tracker
+    took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
+    return first_frame.started(whole_plan, latents), took
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:

@@ -208,7 +208,8 @@ def _metadata(args, result, *, given: dict, clip_aware: bool, compile, files: li
             "compile": str(compile), "cuda_graphs": str(args.cuda_graphs), "decode_timestep": str(args.decode_timestep),
             "returned_step": ",".join(str(k) for k in returned),  # one per sample
             "stop_reason": ",".join(result.stop_reason), "schedule": str(args.schedule),
-            "options": json.dumps(given)}
+            "options": json.dumps(given), "first_frame_steps": "-" if result.first_frame_steps is None else
+            ",".join(str(int(k)) for k in result.first_frame_steps)}  # per video, where its first frame ran alone
     if files is not None:
         meta["files"] = json.dumps(files)  # a folder: its file names in batch order
     return meta
@@ -290,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--option", type=option_arg, action="append", metavar="NAME=VALUE",
                      help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
                      "mixing=pixel, safeguard=false, frame_weights=true (anderson); mean_gain=3, mean_gain_clipped=1 "
-                     "(fsm, km, anderson); alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1 "
-                     "(all but grad)")
+                     "(fsm, km, anderson); alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1, "
+                     "first_frame_steps=18 (all but grad)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",

@@ -42,6 +42,7 @@ class Plan:
     patience: int | None = None  # per-sample stop: pixel error not improved for this many steps
     compile: bool | str = False  # torch.compile the decoder + encoder pass (True, or a backend name)
     named: str | None = None  # the method the caller named, where it differs ("auto" runs anderson)
+    start: torch.Tensor | None = None  # where the first latent frame starts instead of E(x)'s (first_frame.py)
 
     @property
     def label(self) -> str:
@@ -139,6 +140,8 @@ class GradientFreeIteration:
         pixels = frames.pixels
         self.e_x = encode_frames(adapter, pixels, plan.chunk)
         self.z = self.e_x.clone()
+        if plan.start is not None:  # a video VAE's (B, C, f, h, w): the first latent frame solved apart
+            self.z[:, :, :1] = plan.start
         self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
         self.edz = torch.empty_like(self.z)
         self.x = pixels

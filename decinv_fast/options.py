@@ -13,12 +13,12 @@ import torch
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas", "residual_blur", "clip_aware"},
-    "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware"},
+    "adam": {"eps", "betas", "residual_blur", "clip_aware", "first_frame_steps"},
+    "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", "first_frame_steps"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", "first_frame_steps"},
     "grad": {"clip_aware", "optimizer", "memory"},
     "anderson": {"rho", "memory", "mixing", "safeguard", "frame_weights", "residual_blur", "mean_gain",
-                 "mean_gain_clipped", "clip_aware"},
+                 "mean_gain_clipped", "clip_aware", "first_frame_steps"},
     "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
@@ -28,7 +28,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "frame_weights": False,
                    "residual_blur": 0.0, "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False,
-                   "optimizer": "adam"}
+                   "optimizer": "adam", "first_frame_steps": 0}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -41,10 +41,12 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # stays 1: on those the gain did not pay (benchmarks/stopping.py, the series auto-gain3-everywhere).
 # Pixels the image holds at +-1 are taken as clipped by the pipeline that saved it (clipping.py).
 # A video's mixing weights are fitted per latent frame (anderson.py; chosen on the fixture video VAE,
-# benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame.
+# benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame. For a
+# video VAE whose first latent frame is a problem of its own (adapters: first_frame_alone), 18 steps on the
+# first frames alone start the whole run there (first_frame.py; the series auto-first-frame-together).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
-            options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "residual_blur": 1.0,
-                     "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True})
+            options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "first_frame_steps": 18,
+                     "residual_blur": 1.0, "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True})
 
 
 def auto_kwargs(**overrides) -> dict:
@@ -203,6 +205,9 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
     for flag in ("safeguard", "frame_weights", "clip_aware"):
         check_flag(flag, option(options, flag))
+    if "first_frame_steps" in options:
+        check_int("first_frame_steps", options["first_frame_steps"], 0)
+        options["first_frame_steps"] = int(options["first_frame_steps"])
     blur = option(options, "residual_blur")
     if not is_real(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")

@@ -52,6 +52,9 @@ class InversionResult:
         secant_lr: with ``lr="auto"``, ``(B,)`` the secant step size each sample took from its second step on
             (its first step takes 1; the schedule's factor applies on top; 1 where it had no usable curvature
             or ran one step); ``None`` otherwise.
+        first_frame_steps: ``(B,)`` the steps each video's first frame took alone before the whole run
+            (``first_frame_steps``, ``decinv_fast.first_frame``; each costs ``1 / F`` of an evaluation of a video
+            of F frames, and the other fields are the whole run's); ``None`` where it did not run.
     """
 
     latents: torch.Tensor
@@ -73,6 +76,7 @@ class InversionResult:
     keep_best: bool = False
     patience: int | None = None
     secant_lr: torch.Tensor | None = None
+    first_frame_steps: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         """One line of what happened (the dataclass default would print every tensor in full)."""

@@ -34,6 +34,12 @@ ONE_VIDEO_PER_CALL = ("AutoencoderKLHunyuanVideo15",)
 DECODER_NOISE_SEED = 0
 
 
+# the kinds whose first latent frame is encoded from the first frame alone and decoded to it alone (and LTX-2's
+# with causal encoder and decoder): _first_frame_alone
+FIRST_FRAME_ALONE = ("AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21",
+                     "AutoencoderKLHunyuanVideo15", "AutoencoderKLMochi", "AutoencoderKLMagvit", "AutoencoderKLCosmos")
+
+
 def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAdapter:
     """The adapter of ``vae``, a diffusers video VAE of class ``kind`` (one of ``VIDEO_VAE_KINDS``);
     ``decode_timestep``: see :func:`~decinv_fast.adapters.as_adapter`."""
@@ -73,7 +79,17 @@ def video_adapter(vae, kind: str, decode_timestep: float | None = None) -> VaeAd
     step = 0 if kind in STILLS_ONLY else step
     return VaeAdapter(kind, encode, decode, spatial, channels, vae, temporal_compression=time_factor,
                       frame_step=step, space=space,
-                      min_latent_size=_smallest_latent(config), random_decoder=noisy, decode_timestep=decode_timestep)
+                      min_latent_size=_smallest_latent(config), random_decoder=noisy, decode_timestep=decode_timestep,
+                      first_frame_alone=_first_frame_alone(config, kind))
+
+
+def _first_frame_alone(config, kind: str) -> bool:
+    """Whether the VAE encodes its first latent frame from the first frame alone and decodes it to that frame
+    alone (tests/test_video_vaes.py measures it for every kind): the causal ones; CogVideoX's and HunyuanVideo's
+    normalise over time, LTX-Video's decoder is not causal, LTX-2's as its config says."""
+    if kind == "AutoencoderKLLTX2Video":
+        return bool(getattr(config, "encoder_causal", True)) and bool(getattr(config, "decoder_causal", True))
+    return kind in FIRST_FRAME_ALONE
 
 
 def _checked_timestep(decode_timestep, conditioned: bool, kind: str) -> float:

@@ -139,22 +139,3 @@ def test_per_latent_frame_nmse_is_each_clip_s_frame_then_the_mean():
     latents[1, :, 0] += 0.01  # clip 1, frame 0: -40 dB
     latents[:, :, 1] += 1.0  # frame 1: 0 dB in both clips
     assert per_latent_frame_db(latents, truth) == pytest.approx([-30.0, 0.0])
-
-
-def test_first_frame_apart_splices_the_first_frames_run_into_the_clips_run():
-    """The first latent frame is the run on the first frames alone, the rest the whole clips' run; the first run's
-    steps count as 1/F of an evaluation of F-frame clips."""
-    from video_vae_models import make_vae
-
-    import decinv_fast
-    from benchmarks.video_vaes import first_frame_apart
-
-    vae = make_vae("wan")
-    torch.manual_seed(0)
-    clips = torch.rand(2, 5, 3, 32, 32) * 2 - 1
-    latents, evaluations, seconds = first_frame_apart(vae, clips, 3, 2)
-    first = decinv_fast.invert(vae, clips[:, :1].contiguous(), steps=3, method="auto")
-    whole = decinv_fast.invert(vae, clips, steps=2, method="auto")
-    assert torch.equal(latents[:, :, :1], first.latents) and torch.equal(latents[:, :, 1:], whole.latents[:, :, 1:])
-    assert evaluations == pytest.approx(float(whole.stopped_at.float().mean()) + float(first.stopped_at.float().mean())
-                                        / 5) and seconds > 0

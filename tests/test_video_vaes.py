@@ -358,13 +358,13 @@ def first_frame_alone(vae, video: torch.Tensor) -> bool:
 
 
 def test_the_first_latent_frame_is_a_problem_of_its_own_for_the_causal_vaes(video_vae):
-    """What ``benchmarks/video_vaes.first_frame_apart`` stands on (README, video VAEs): solving the first latent
-    frame on the first frame alone solves it for the whole video, for these kinds."""
+    """What ``first_frame_steps`` (on in ``auto``) stands on: the adapter's ``first_frame_alone`` says whether
+    solving the first latent frame on the first frame alone solves it for the whole video, as measured here."""
     kind, vae = video_vae
     torch.manual_seed(0)
     size = 64 if kind.startswith("ltx2") else 32
     video = torch.rand(1, KINDS[kind][0], 3, size, size) * 2 - 1
-    assert first_frame_alone(vae, video) == FIRST_FRAME_ALONE[kind]
+    assert first_frame_alone(vae, video) == FIRST_FRAME_ALONE[kind] == as_adapter(vae).first_frame_alone
 
 
 def test_ltx2_as_released_decodes_its_first_frame_from_later_latent_frames():
@@ -374,4 +374,5 @@ def test_ltx2_as_released_decodes_its_first_frame_from_later_latent_frames():
 
     torch.manual_seed(0)
     video = torch.rand(1, 5, 3, 64, 64) * 2 - 1
-    assert not first_frame_alone(tiny_ltx2(decoder_causal=False), video)
+    vae = tiny_ltx2(decoder_causal=False)
+    assert not first_frame_alone(vae, video) and not as_adapter(vae).first_frame_alone

@@ -1,0 +1,97 @@
+"""``first_frame_steps`` (on in ``auto``): a causal video VAE's first frames inverted alone, then the whole run
+starting there (decinv_fast/first_frame.py)."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from video_vae_models import make_vae
+
+import decinv_fast
+from decinv_fast.api import prepare_run
+from decinv_fast.loop import make_iteration
+from decinv_fast.options import AUTO, auto_kwargs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+K = AUTO["options"]["first_frame_steps"]
+
+
+@pytest.fixture(scope="module")
+def clips():
+    torch.manual_seed(0)
+    return torch.rand(2, 5, 3, 32, 32) * 2 - 1  # 5 frames: Wan's 2 latent frames
+
+
+def by_hand(vae, clips, steps, **kwargs):
+    """The first frames inverted alone for ``first_frame_steps``, then the whole run started there (its cap
+    lowered by ceil(k / F)), from the public pieces: what ``invert`` must equal."""
+    k = kwargs.pop("first_frame_steps")
+    alone = decinv_fast.invert(vae, clips[:, :1].contiguous(), steps=k, first_frame_steps=0, **kwargs)
+    adapter, frames, plan = prepare_run(vae, clips, steps=steps - math.ceil(k / clips.shape[1]), first_frame_steps=0,
+                                        **kwargs)
+    iteration = make_iteration(adapter, frames, plan)
+    iteration.z[:, :, :1] = alone.latents  # before the first step: where it starts (fsm, adam, anderson alike)
+    steps_run = 0
+    while steps_run < plan.steps and (iteration.tracker is None or bool(iteration.tracker.active.any())):
+        iteration.run_step()
+        steps_run += 1
+    return alone, iteration.finish(steps_run)[0]
+
+
+@pytest.mark.parametrize("kwargs", [auto_kwargs(), dict(method="fsm", lr=0.5, first_frame_steps=3),
+                                    dict(method="adam", first_frame_steps=2)], ids=["auto", "fsm", "adam"])
+def test_the_first_frames_alone_then_the_whole_run_from_there(clips, kwargs):
+    vae = make_vae("wan")
+    steps = math.ceil(kwargs["first_frame_steps"] / 5) + 3
+    out = decinv_fast.invert(vae, clips, steps=steps, **kwargs)
+    alone, latents = by_hand(vae, clips, steps, **dict(kwargs))
+    assert torch.equal(out.first_frame_steps, alone.stopped_at)
+    assert out.steps_run <= steps - math.ceil(kwargs["first_frame_steps"] / 5)
+    torch.testing.assert_close(out.latents, latents, rtol=0, atol=0)
+    without = decinv_fast.invert(vae, clips, steps=steps, **dict(kwargs, first_frame_steps=0))
+    assert not torch.equal(out.latents, without.latents) and without.first_frame_steps is None
+
+
+def test_auto_solves_the_first_frames_alone_first(clips):
+    vae = make_vae("wan")
+    out = decinv_fast.invert(vae, clips, steps=K, method="auto")
+    spelled = decinv_fast.invert(vae, clips, steps=K, **auto_kwargs())
+    assert torch.equal(out.latents, spelled.latents) and torch.equal(out.first_frame_steps, spelled.first_frame_steps)
+    assert out.first_frame_steps.shape == (2,) and int(out.first_frame_steps.max()) <= K
+
+
+@pytest.mark.parametrize("case", ["images", "not separable", "one latent frame", "no step left"])
+def test_where_it_cannot_run_it_does_not(clips, case):
+    """Images, a VAE whose first latent frame is not a problem of its own (CogVideoX's: it normalises over
+    time), 1-frame videos, or a cap that ``ceil(k / F)`` would use up: the run without it, bit for bit."""
+    vae, images, steps = make_vae("wan"), clips, 4  # ceil(18 / 5) = 4: no step left
+    if case == "images":
+        vae, images, steps = make_vae("wan"), clips[:, 0], 8
+    elif case == "not separable":
+        torch.manual_seed(1)
+        vae, images, steps = make_vae("cogvideox"), torch.rand(1, 9, 3, 32, 32) * 2 - 1, 8
+    elif case == "one latent frame":
+        images, steps = clips[:, :1], 8
+    out = decinv_fast.invert(vae, images, steps=steps, method="auto")
+    plain = decinv_fast.invert(vae, images, steps=steps, **auto_kwargs(first_frame_steps=0))
+    assert out.first_frame_steps is None and torch.equal(out.latents, plain.latents)
+
+
+def test_the_start_replaces_only_the_first_latent_frame(clips):
+    adapter, frames, plan = prepare_run(make_vae("wan"), clips, method="fsm", steps=2)
+    start = torch.full((2, 4, 1, 4, 4), 0.25)
+    z = make_iteration(adapter, frames, dataclasses.replace(plan, start=start)).z
+    e_x = make_iteration(adapter, frames, plan).z
+    assert torch.equal(z[:, :, :1], start) and torch.equal(z[:, :, 1:], e_x[:, :, 1:])
+
+
+@pytest.mark.parametrize("value,error", [(-1, ValueError), (1.5, ValueError), (True, ValueError)])
+def test_bad_first_frame_steps(clips, value, error):
+    with pytest.raises(error, match="first_frame_steps must be an int >= 0"):
+        decinv_fast.invert(make_vae("wan"), clips, steps=8, method="fsm", first_frame_steps=value)
+
+
+def test_grad_has_no_first_frame_steps(clips):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['first_frame_steps'\] for method='grad'"):
+        decinv_fast.invert(make_vae("wan"), clips, steps=2, method="grad", first_frame_steps=2)

@@ -255,7 +255,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             over); on the CPU it runs the PyTorch profiler to read the allocator's events, which slows
             every step (measured: +30 to +60% on the fixture VAE at 64x64, about +5% on the SD-2.1
             layout; benchmarks/overhead.py). Pass False when timing (``peak_bytes`` is then None).
-        callback: ``callback(step, latents)`` after every step; ``latents`` is a view of the live
+        callback: ``callback(step, latents)`` after every step of the whole run (not those of
+            ``first_frame_steps`` on the first frames alone); ``latents`` is a view of the live
             iterate shaped like the result (clone it to keep it).
         **method_options: ``eps``/``betas`` (adam), ``rho`` (fsm, km, anderson), ``alpha`` (km),
             ``memory`` (anderson: history length m, default 5), ``mixing`` (anderson: ``"latent"``,

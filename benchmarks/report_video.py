@@ -33,7 +33,7 @@ def video_vaes(records: list[dict]) -> list[str]:
            "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
-        label = "encoder-only" if r["method"] == "encoder-only" else _label(r)
+        label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
         out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
                    f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
     for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs), _per_latent_frame(runs)):
@@ -57,11 +57,6 @@ def video_vaes(records: list[dict]) -> list[str]:
                            for m, _ in MEMORY_COLUMNS)
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
-
-
-def _label(run: dict) -> str:
-    """A series' name in the tables."""
-    return LABELS[run["method"]]
 
 
 def _auto_per_clip(runs: list[dict]) -> str:

@@ -138,9 +138,7 @@ def _from_numpy(array: np.ndarray, wide: bool, channels: int | None) -> tuple[to
 
 
 def _from_tensor(images: torch.Tensor, wide: bool) -> tuple[torch.Tensor, bool]:
-    if images.layout != torch.strided:
-        raise TypeError(f"images: a {str(images.layout).removeprefix('torch.')} tensor; pass a dense one "
-                        "(images.to_dense())")
+    check_dense("images", images)
     if images.dim() not in (3, 4, 5):
         raise ValueError(
             "images: expected (B, 3, H, W) images or (B, F, 3, H, W) videos, "
@@ -275,6 +273,14 @@ def as_videos(frames: Frames, frame_step: int, kind: str) -> Frames:
     return Frames(pixels, frames.batch, frames.frames, frames.squeezed, videos=True)
 
 
+def check_dense(name: str, tensor: torch.Tensor) -> None:
+    """A sparse (or other non-strided) tensor is refused naming ``name`` and the fix (torch's kernels would fail
+    later with an error about their backends)."""
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name}: a {str(tensor.layout).removeprefix('torch.')} tensor; pass a dense one "
+                        f"({name}.to_dense())")
+
+
 def check_latent_size(h: int, w: int, adapter, name: str) -> None:
     """A decoder that needs latents of at least ``adapter.min_latent_size`` a side (LTX-2's pads by
     reflection) is refused smaller images, naming the size it takes, before the VAE fails obscurely."""
@@ -302,9 +308,7 @@ def check_latents(latents, adapter) -> None:
             raise ValueError(f"latents must be a (C, f, h, w) or (B, C, f, h, w) tensor: {adapter.kind} decodes "
                              f"whole videos; {got}")
         raise ValueError(f"latents must be a (C, h, w), (B, C, h, w) or (B, F, C, h, w) tensor; {got}")
-    if latents.layout != torch.strided:
-        raise TypeError(f"latents: a {str(latents.layout).removeprefix('torch.')} tensor; pass a dense one "
-                        "(latents.to_dense())")
+    check_dense("latents", latents)
     if not latents.is_floating_point():
         raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
     if latents.numel() == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 import warnings
 
@@ -316,7 +317,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
     return result
 
 
-def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool) -> tuple[Plan, object]:
+def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
+                       progress: bool) -> tuple[Plan, torch.Tensor | None]:
     """With ``first_frame_steps`` where it runs (``decinv_fast.first_frame``): the videos' first frames inverted
     alone, and the whole run's plan starting there with its cap lowered; else the plan as it is. -> ``(plan,
     (B,) steps each first frame took, or None)``."""
@@ -333,7 +335,7 @@ def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress
                                  f"method={plan.label!r}): try a smaller lr, or pass keep_best=True")
     tracker = iteration.tracker
     took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
-    return first_frame.started(whole_plan, latents), took
+    return dataclasses.replace(whole_plan, start=latents), took  # its first latent frame starts there
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
-
 from .inputs import Frames
 from .loop import Plan
 from .options import option
@@ -47,8 +45,3 @@ def plans(plan: Plan, k: int, count: int) -> tuple[Plan, Plan]:
     by ``ceil(k / count)`` (its ``start`` set once the first run is done)."""
     first = dataclasses.replace(plan, steps=k, options=dict(plan.options, first_frame_steps=0))
     return first, dataclasses.replace(plan, steps=plan.steps - math.ceil(k / count))
-
-
-def started(plan: Plan, latents: torch.Tensor) -> Plan:
-    """The whole run's plan, its first latent frame starting at ``latents`` (the first run's ``(B, C, 1, h, w)``)."""
-    return dataclasses.replace(plan, start=latents)

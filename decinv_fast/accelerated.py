@@ -115,6 +115,12 @@ class AcceleratedIteration(GradientFreeIteration):
     def keeps_pixel_residual(self, plan) -> bool:
         return plan.method == "anderson" and option(plan.options, "mixing") == "pixel"
 
+    def join_first_frame(self, start: torch.Tensor) -> None:
+        """As for every method; Anderson's history, whose differences the new first latent frame breaks, restarts."""
+        super().join_first_frame(start)
+        if self.mixer is not None:
+            self.mixer.restart()
+
     def update(self) -> None:
         p = self.per_sample
         t = self.edz.to(self.math) - self.e_x.to(self.math)

@@ -134,6 +134,14 @@ class AndersonMixer:
         self.plain = reject | ~used
         return nxt
 
+    def restart(self) -> None:
+        """Forget the history: the next step is a plain one, accepted, and starts a new history from its point."""
+        self.valid.zero_()
+        self.slot = 0
+        self.started = False
+        self.plain.fill_(True)
+        self.acc_error.fill_(float("inf"))
+
     def _mix(self, y: torch.Tensor, g: torch.Tensor,
              residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The Anderson point for every sample, and whether any history was used."""

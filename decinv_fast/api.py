@@ -268,9 +268,12 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             frame of a video rather than per video (see ``decinv_fast.anderson``; images have one frame),
             ``first_frame_steps`` (adam, fsm, km, anderson; default 0; ``auto``: 18): for a video VAE whose first
             latent frame is encoded from the first frame alone and decoded to it alone (Wan's, Mochi's, Cosmos's,
-            ...), that many steps on the videos' first frames alone first, where the whole run then starts; its
-            cap is lowered by ``ceil(k / F)`` for F frames (see ``decinv_fast.first_frame``; elsewhere it does
-            not run),
+            ...), that many steps on the videos' first frames alone first, whose result the whole run takes as
+            its first latent frame; its cap is lowered by ``ceil(k / F)`` for F frames (see
+            ``decinv_fast.first_frame``; elsewhere it does not run), ``first_frame_join`` (the same methods;
+            default 0: the whole run starts there; ``auto``: 4): the whole run's step whose point takes it (after
+            ``s`` steps from ``E(x)``; Anderson's history restarts there), ``first_frame_gain`` (fsm, km,
+            anderson; default: the run's gains; ``auto``: 1.5): the first frames' run's mean gain,
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``
@@ -335,7 +338,7 @@ def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
                                  f"method={plan.label!r}): try a smaller lr, or pass keep_best=True")
     tracker = iteration.tracker
     took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
-    return dataclasses.replace(whole_plan, start=latents), took  # its first latent frame starts there
+    return dataclasses.replace(whole_plan, start=latents, join=first_frame.joins_at(plan)), took
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
@@ -347,6 +350,8 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     sync = progress or (tracker is not None and tracker.needs_sync)
     with bar, torch.set_grad_enabled(plan.method == "grad"):
         for k in range(plan.steps):
+            if plan.join and k == plan.join and plan.start is not None:
+                iteration.join_first_frame(plan.start)
             step()
             if k == 0:
                 check_first_evaluation(iteration)

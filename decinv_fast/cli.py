@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
                      "mixing=pixel, safeguard=false, frame_weights=true (anderson); mean_gain=3, mean_gain_clipped=1 "
                      "(fsm, km, anderson); alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1, "
-                     "first_frame_steps=18 (all but grad)")
+                     "first_frame_steps=18, first_frame_join=4 (all but grad), first_frame_gain=1.5 (fsm, km, "
+                     "anderson)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",

@@ -12,13 +12,15 @@ import torch
 
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
+FIRST_FRAME = ("first_frame_steps", "first_frame_join")  # the options of first_frame.py
 METHOD_OPTIONS = {
-    "adam": {"eps", "betas", "residual_blur", "clip_aware", "first_frame_steps"},
-    "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", "first_frame_steps"},
-    "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", "first_frame_steps"},
+    "adam": {"eps", "betas", "residual_blur", "clip_aware", *FIRST_FRAME},
+    "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", *FIRST_FRAME, "first_frame_gain"},
+    "km": {"rho", "alpha", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", *FIRST_FRAME,
+           "first_frame_gain"},
     "grad": {"clip_aware", "optimizer", "memory"},
     "anderson": {"rho", "memory", "mixing", "safeguard", "frame_weights", "residual_blur", "mean_gain",
-                 "mean_gain_clipped", "clip_aware", "first_frame_steps"},
+                 "mean_gain_clipped", "clip_aware", *FIRST_FRAME, "first_frame_gain"},
     "auto": set(),
 }
 AUTO_STEP = ("fsm", "km", "anderson")  # methods that accept lr="auto"
@@ -28,7 +30,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # a method option's value where the caller leaves it out (eps and betas: reference.py's Adam)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "frame_weights": False,
                    "residual_blur": 0.0, "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False,
-                   "optimizer": "adam", "first_frame_steps": 0}
+                   "optimizer": "adam", "first_frame_steps": 0, "first_frame_join": 0,
+                   "first_frame_gain": None}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -43,10 +46,12 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # A video's mixing weights are fitted per latent frame (anderson.py; chosen on the fixture video VAE,
 # benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame. For a
 # video VAE whose first latent frame is a problem of its own (adapters: first_frame_alone), 18 steps on the
-# first frames alone start the whole run there (first_frame.py; the series auto-first-frame-together).
+# first frames alone (their mean gain 1.5) give the whole run its first latent frame at its fifth point, where its
+# history restarts (first_frame.py; the series auto-first-frame-start and auto-first-frame-together).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
-            options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "first_frame_steps": 18,
-                     "residual_blur": 1.0, "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True})
+            options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "residual_blur": 1.0,
+                     "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True, "first_frame_steps": 18,
+                     "first_frame_join": 4, "first_frame_gain": 1.5})
 
 
 def auto_kwargs(**overrides) -> dict:
@@ -205,15 +210,16 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
         raise ValueError(f"mixing (Anderson) must be one of {ANDERSON_MIXING}, got {options['mixing']!r}")
     for flag in ("safeguard", "frame_weights", "clip_aware"):
         check_flag(flag, option(options, flag))
-    if "first_frame_steps" in options:
-        check_int("first_frame_steps", options["first_frame_steps"], 0)
-        options["first_frame_steps"] = int(options["first_frame_steps"])
+    for name in FIRST_FRAME:
+        if name in options:
+            check_int(name, options[name], 0)
+            options[name] = int(options[name])
     blur = option(options, "residual_blur")
     if not is_real(blur) or blur < 0:
         raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
     if "residual_blur" in options:
         options["residual_blur"] = float(blur)
-    for name in ("mean_gain", "mean_gain_clipped"):
+    for name in ("mean_gain", "mean_gain_clipped", "first_frame_gain"):
         if options.get(name) is not None:
             check_positive(f"{name} (gain on the step's per-channel spatial mean)", options[name])
             options[name] = float(options[name])

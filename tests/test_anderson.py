@@ -34,6 +34,25 @@ def test_after_a_rejection_the_mixing_restarts_from_the_accepted_point(pixels):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("pixels", [None, 4], ids=["latent", "pixel"])
+@pytest.mark.parametrize("safeguard", [True, False])
+def test_a_restarted_mixer_steps_as_a_fresh_one(pixels, safeguard):
+    """``restart`` (first_frame_join: the first latent frame replaced between steps) forgets everything: from
+    there the mixer returns exactly what a new one returns, a plain step first, even after a worse point."""
+    def residual(k):
+        return None if pixels is None else R[k]
+
+    mixer = AndersonMixer(Y[0], memory=3, pixels=pixels, safeguard=safeguard)
+    mixer.step(Y[0], G[0], torch.tensor([1.0]), residual(0))
+    mixer.step(Y[1], G[1], torch.tensor([0.5]), residual(1))
+    mixer.restart()
+    fresh = AndersonMixer(Y[0], memory=3, pixels=pixels, safeguard=safeguard)
+    for k, error in ((2, 3.0), (1, 2.0), (0, 4.0)):  # the first worse than every earlier point
+        got = mixer.step(Y[k], G[k], torch.tensor([error]), residual(k))
+        assert torch.equal(got, fresh.step(Y[k], G[k], torch.tensor([error]), residual(k)))
+    assert torch.equal(mixer.rejected, fresh.rejected) and int(mixer.rejected) == int(safeguard)
+
+
 @pytest.mark.parametrize("mixing", ["latent", "pixel"])
 def test_a_history_longer_than_the_run_stores_only_what_the_run_can_fill(tiny_kl, images_32, monkeypatch, mixing):
     """memory=8 over 3 steps: the latents of buffers of all 8 columns, to rounding; memory=10**6 allocates no

@@ -24,26 +24,38 @@ def clips():
 
 
 def by_hand(vae, clips, steps, **kwargs):
-    """The first frames inverted alone for ``first_frame_steps``, then the whole run started there (its cap
-    lowered by ceil(k / F)), from the public pieces: what ``invert`` must equal."""
-    k = kwargs.pop("first_frame_steps")
-    alone = decinv_fast.invert(vae, clips[:, :1].contiguous(), steps=k, first_frame_steps=0, **kwargs)
+    """The first frames inverted alone for ``first_frame_steps``, then the whole run (its cap lowered by
+    ceil(k / F)) with its first latent frame set to their result before its step ``first_frame_join`` (and
+    Anderson's history restarted there, after the first step), from the public pieces: what ``invert`` must
+    equal. The first frames' run takes ``first_frame_gain`` as its mean gains, where given."""
+    k, join = kwargs.pop("first_frame_steps"), kwargs.pop("first_frame_join", 0)
+    gain = kwargs.pop("first_frame_gain", None)
+    gains = {} if gain is None else dict(mean_gain=gain, mean_gain_clipped=gain)
+    alone = decinv_fast.invert(vae, clips[:, :1].contiguous(), steps=k, **dict(kwargs, **gains))
     adapter, frames, plan = prepare_run(vae, clips, steps=steps - math.ceil(k / clips.shape[1]), first_frame_steps=0,
                                         **kwargs)
     iteration = make_iteration(adapter, frames, plan)
-    iteration.z[:, :, :1] = alone.latents  # before the first step: where it starts (fsm, adam, anderson alike)
     steps_run = 0
     while steps_run < plan.steps and (iteration.tracker is None or bool(iteration.tracker.active.any())):
+        if steps_run == join:  # where the first latent frame takes the first frames' result
+            iteration.z[:, :, :1] = alone.latents  # fsm, adam and anderson evaluate z itself
+            if join and getattr(iteration, "mixer", None) is not None:
+                iteration.mixer.restart()
         iteration.run_step()
         steps_run += 1
     return alone, iteration.finish(steps_run)[0]
 
 
-@pytest.mark.parametrize("kwargs", [auto_kwargs(), dict(method="fsm", lr=0.5, first_frame_steps=3),
-                                    dict(method="adam", first_frame_steps=2)], ids=["auto", "fsm", "adam"])
+@pytest.mark.parametrize("kwargs", [auto_kwargs(), auto_kwargs(first_frame_join=0),
+                                    dict(method="fsm", lr=0.5, first_frame_steps=3),
+                                    dict(method="fsm", lr=0.5, first_frame_steps=3, first_frame_join=2),
+                                    dict(method="fsm", lr=0.5, first_frame_steps=3, first_frame_gain=2),
+                                    dict(method="adam", first_frame_steps=2), dict(method="adam", first_frame_steps=2,
+                                                                                 first_frame_join=1)],
+                         ids=["auto", "auto-start", "fsm", "fsm-join", "fsm-gain", "adam", "adam-join"])
 def test_the_first_frames_alone_then_the_whole_run_from_there(clips, kwargs):
     vae = make_vae("wan")
-    steps = math.ceil(kwargs["first_frame_steps"] / 5) + 3
+    steps = math.ceil(kwargs["first_frame_steps"] / 5) + 2 + kwargs.get("first_frame_join", 0)
     out = decinv_fast.invert(vae, clips, steps=steps, **kwargs)
     alone, latents = by_hand(vae, clips, steps, **dict(kwargs))
     assert torch.equal(out.first_frame_steps, alone.stopped_at)
@@ -61,7 +73,8 @@ def test_auto_solves_the_first_frames_alone_first(clips):
     assert out.first_frame_steps.shape == (2,) and int(out.first_frame_steps.max()) <= K
 
 
-@pytest.mark.parametrize("case", ["images", "not separable", "one latent frame", "no step left"])
+@pytest.mark.parametrize("case", ["images", "not separable", "one latent frame", "no step left",
+                                  "no step after the join"])
 def test_where_it_cannot_run_it_does_not(clips, case):
     """Images, a VAE whose first latent frame is not a problem of its own (CogVideoX's: it normalises over
     time), 1-frame videos, or a cap that ``ceil(k / F)`` would use up: the run without it, bit for bit."""
@@ -73,6 +86,8 @@ def test_where_it_cannot_run_it_does_not(clips, case):
         vae, images, steps = make_vae("cogvideox"), torch.rand(1, 9, 3, 32, 32) * 2 - 1, 8
     elif case == "one latent frame":
         images, steps = clips[:, :1], 8
+    elif case == "no step after the join":
+        steps = 4 + AUTO["options"]["first_frame_join"]  # the whole run's cap: the join's step, none after it
     out = decinv_fast.invert(vae, images, steps=steps, method="auto")
     plain = decinv_fast.invert(vae, images, steps=steps, **auto_kwargs(first_frame_steps=0))
     assert out.first_frame_steps is None and torch.equal(out.latents, plain.latents)
@@ -86,12 +101,34 @@ def test_the_start_replaces_only_the_first_latent_frame(clips):
     assert torch.equal(z[:, :, :1], start) and torch.equal(z[:, :, 1:], e_x[:, :, 1:])
 
 
-@pytest.mark.parametrize("value,error", [(-1, ValueError), (1.5, ValueError), (True, ValueError)])
-def test_bad_first_frame_steps(clips, value, error):
-    with pytest.raises(error, match="first_frame_steps must be an int >= 0"):
-        decinv_fast.invert(make_vae("wan"), clips, steps=8, method="fsm", first_frame_steps=value)
+@pytest.mark.parametrize("name", ["first_frame_steps", "first_frame_join"])
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_first_frame_options(clips, name, value):
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 0"):
+        decinv_fast.invert(make_vae("wan"), clips, steps=8, method="fsm", **{name: value})
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "1"])
+def test_bad_first_frame_gain(clips, value):
+    with pytest.raises(ValueError, match="first_frame_gain"):
+        decinv_fast.invert(make_vae("wan"), clips, steps=8, method="fsm", first_frame_steps=2, first_frame_gain=value)
+
+
+def test_adam_has_no_first_frame_gain(clips):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['first_frame_gain'\] for method='adam'"):
+        decinv_fast.invert(make_vae("wan"), clips, steps=2, method="adam", first_frame_gain=2)
 
 
 def test_grad_has_no_first_frame_steps(clips):
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['first_frame_steps'\] for method='grad'"):
         decinv_fast.invert(make_vae("wan"), clips, steps=2, method="grad", first_frame_steps=2)
+
+
+@pytest.mark.filterwarnings("ignore:cuda_graphs=True on a cpu device")
+def test_the_join_survives_the_graph_warm_up(clips):
+    """cuda_graphs=True (on the CPU: the capture path's warm-up, then eager steps): the join writes into the
+    buffers the graph replays, between steps, so the run equals the one without graphs."""
+    kw = dict(steps=6, method="fsm", lr=0.5, first_frame_steps=3, first_frame_join=2)
+    graphed = decinv_fast.invert(make_vae("wan"), clips, cuda_graphs=True, **kw)
+    torch.testing.assert_close(graphed.latents, decinv_fast.invert(make_vae("wan"), clips, **kw).latents,
+                               rtol=0, atol=0)

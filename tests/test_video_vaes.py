@@ -94,11 +94,11 @@ def test_auto_batches_and_chunks_whole_videos(video_vae):
     fp64); ``chunk_frames`` counts frames
     and must hold whole videos. The first frames' run alone (``first_frame_steps``, 1 step here: auto's 18 on
     these random-weight VAEs, whose decodings no latent matches, grow the latents a hundredfold and the rounding
-    with them) batches and chunks the same way."""
+    with them) and its join into the whole run (at its step 1 here) batch and chunk the same way."""
     kind, vae = video_vae
     frames = KINDS[kind][0]
     video = video_of(frames)
-    auto = auto_kwargs(first_frame_steps=1)
+    auto = auto_kwargs(first_frame_steps=1, first_frame_join=1)
     whole = decinv_fast.invert(vae, video, steps=4, measure_memory=False, **auto)
     assert whole.chunk_frames == 2 * frames
     assert (whole.first_frame_steps is not None) == as_adapter(vae).first_frame_alone

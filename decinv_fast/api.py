@@ -350,7 +350,7 @@ def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:
     sync = progress or (tracker is not None and tracker.needs_sync)
     with bar, torch.set_grad_enabled(plan.method == "grad"):
         for k in range(plan.steps):
-            if plan.join and k == plan.join and plan.start is not None:
+            if plan.start is not None and k == plan.join > 0:  # first_frame_join: after k steps from E(x)
                 iteration.join_first_frame(plan.start)
             step()
             if k == 0:

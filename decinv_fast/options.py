@@ -12,7 +12,7 @@ import torch
 
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
-FIRST_FRAME = ("first_frame_steps", "first_frame_join")  # the options of first_frame.py
+FIRST_FRAME = ("first_frame_steps", "first_frame_join")  # first_frame.py's step counts (its first_frame_gain: a gain)
 METHOD_OPTIONS = {
     "adam": {"eps", "betas", "residual_blur", "clip_aware", *FIRST_FRAME},
     "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", *FIRST_FRAME, "first_frame_gain"},

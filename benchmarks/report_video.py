@@ -10,7 +10,8 @@ from decinv_fast.options import AUTO
 LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson", "auto": "auto (stops itself)",
           "auto-latent": "auto with latent mixing", "auto-sample-weights": "auto, one set of mixing weights per video",
           "auto-first-frame-together": "auto, first frames not inverted alone first",
-          "auto-first-frame-start": "auto, the whole run started at the first frames' result (their gain 3)",
+          "auto-first-frame-start": "auto, the first frames inverted at gain 3",
+          "auto-first-frame-join": "auto, the first frames' result joined after 4 steps",
           "grad": "gradient-based (Adam on the pixel error)"}
 MEMORY_COLUMNS = (("adam", "adam"), ("auto", "auto"), ("auto-latent", "auto, latent mixing"), ("grad", "grad"))
 
@@ -30,10 +31,10 @@ def video_vaes(records: list[dict]) -> list[str]:
            "2026-11-24. `auto` inverts a causal video VAE's first frames alone first "
            "(`first_frame_steps`, `decinv_fast.first_frame`); a step there counts as 1/" + str(frames) + " of an "
            "evaluation. `auto` without it (`auto_kwargs(first_frame_steps=0)`) is `auto` as it was until it did, "
-           "later on 2026-11-24. `auto` now lets the whole run take 4 steps from `E(x)` before its first latent "
-           "frame takes the first frames' result, which were inverted at a mean gain of 1.5 (`first_frame_join`, "
-           "`first_frame_gain`); `auto` starting there, their run at gain 3 (`auto_kwargs(first_frame_join=0, "
-           "first_frame_gain=None)`), is `auto` as it was before it did so.", "",
+           "later on 2026-11-24. `auto` now inverts the first frames at a mean gain of 1.5 (`first_frame_gain`); "
+           "at its gain for images, 3 (`auto_kwargs(first_frame_gain=None)`), it is `auto` as it was before. "
+           "`auto_kwargs(first_frame_join=4)` lets the whole run take 4 steps from `E(x)` before its first latent "
+           "frame takes the first frames' result (`first_frame_join`).", "",
            "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r["metrics"]
@@ -91,7 +92,8 @@ def _per_latent_frame(runs: list[dict]) -> str:
     cap ("" for results from before 2026-11-24, without it)."""
     names = {"encoder-only": lambda m: "the encoder's guess", "auto": lambda m: f"`auto` capped at {m['cap']}",
              "auto-first-frame-together": lambda m: f"`auto` without its first frames alone capped at {m['cap']}",
-             "auto-first-frame-start": lambda m: f"`auto` started at its first frames' result capped at {m['cap']}"}
+             "auto-first-frame-start": lambda m: f"`auto` with its first frames at gain 3 capped at {m['cap']}",
+             "auto-first-frame-join": lambda m: f"`auto` joining its first frames' result capped at {m['cap']}"}
     rows = [(names[r["method"]](r["metrics"]), r["metrics"]["per_latent_frame_db"]) for r in runs
             if r["method"] in names and "per_latent_frame_db" in r["metrics"]]
     if not rows:

@@ -10,8 +10,9 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 mixing (``options.auto_kwargs(mixing="latent")``, capped at 10: no pixel history, see Memory), the
 gradient-based baseline (50), ``auto`` without inverting the clips' first frames alone first
 (``auto_kwargs(first_frame_steps=0)``: ``auto`` until it did, later on 2026-11-24; capped at 10 and 50) and
-``auto`` starting the whole run at their result, their run at its own gains (``auto_kwargs(first_frame_join=0,
-first_frame_gain=None)``: ``auto`` from then until it joined them later; capped at 10 and 50).
+``auto`` with their run at its own gains (``auto_kwargs(first_frame_gain=None)``: ``auto`` from then until it
+ran them at a gain of 1.5; capped at 10 and 50) and ``auto`` joining their result after 4 steps of the whole run
+(``auto_kwargs(first_frame_join=4)``; capped at 10 and 50).
 Evaluations count a step on the first frames alone as 1/F of one (F frames; ``decinv_fast.first_frame``).
 Also the PSNR of ``D(z)`` against ``x``, each clip's NMSE (``per_clip_db``: whether a difference between two
 runs is one clip's or spread) and each latent frame's (``per_latent_frame_db``, mean over clips: which frames a
@@ -51,7 +52,8 @@ FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
 # invert's arguments for a name of these tables that is no method: auto with latent mixing is the anderson run it is
 INVERTED = {"auto-latent": auto_kwargs(mixing="latent"), "auto-sample-weights": auto_kwargs(frame_weights=False),
             "auto-first-frame-together": auto_kwargs(first_frame_steps=0),
-            "auto-first-frame-start": auto_kwargs(first_frame_join=0, first_frame_gain=None)}
+            "auto-first-frame-start": auto_kwargs(first_frame_gain=None),
+            "auto-first-frame-join": auto_kwargs(first_frame_join=4)}
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
@@ -61,6 +63,8 @@ RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1
         ("auto-first-frame-together", dict(INVERTED["auto-first-frame-together"], steps=50)),
         ("auto-first-frame-start", dict(INVERTED["auto-first-frame-start"], steps=10)),
         ("auto-first-frame-start", dict(INVERTED["auto-first-frame-start"], steps=50)),
+        ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=10)),
+        ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=50)),
         ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
 # what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),

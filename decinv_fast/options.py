@@ -46,12 +46,12 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # A video's mixing weights are fitted per latent frame (anderson.py; chosen on the fixture video VAE,
 # benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame. For a
 # video VAE whose first latent frame is a problem of its own (adapters: first_frame_alone), 18 steps on the
-# first frames alone (their mean gain 1.5) give the whole run its first latent frame at its fifth point, where its
-# history restarts (first_frame.py; the series auto-first-frame-start and auto-first-frame-together).
+# first frames alone (at a mean gain of 1.5) start the whole run there (first_frame.py; the series
+# auto-first-frame-start, auto-first-frame-join and auto-first-frame-together).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
             options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "residual_blur": 1.0,
                      "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True, "first_frame_steps": 18,
-                     "first_frame_join": 4, "first_frame_gain": 1.5})
+                     "first_frame_join": 0, "first_frame_gain": 1.5})
 
 
 def auto_kwargs(**overrides) -> dict:

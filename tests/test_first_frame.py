@@ -46,13 +46,13 @@ def by_hand(vae, clips, steps, **kwargs):
     return alone, iteration.finish(steps_run)[0]
 
 
-@pytest.mark.parametrize("kwargs", [auto_kwargs(), auto_kwargs(first_frame_join=0),
+@pytest.mark.parametrize("kwargs", [auto_kwargs(), auto_kwargs(first_frame_join=2),
                                     dict(method="fsm", lr=0.5, first_frame_steps=3),
                                     dict(method="fsm", lr=0.5, first_frame_steps=3, first_frame_join=2),
                                     dict(method="fsm", lr=0.5, first_frame_steps=3, first_frame_gain=2),
                                     dict(method="adam", first_frame_steps=2), dict(method="adam", first_frame_steps=2,
                                                                                  first_frame_join=1)],
-                         ids=["auto", "auto-start", "fsm", "fsm-join", "fsm-gain", "adam", "adam-join"])
+                         ids=["auto", "auto-join", "fsm", "fsm-join", "fsm-gain", "adam", "adam-join"])
 def test_the_first_frames_alone_then_the_whole_run_from_there(clips, kwargs):
     vae = make_vae("wan")
     steps = math.ceil(kwargs["first_frame_steps"] / 5) + 2 + kwargs.get("first_frame_join", 0)
@@ -78,7 +78,7 @@ def test_auto_solves_the_first_frames_alone_first(clips):
 def test_where_it_cannot_run_it_does_not(clips, case):
     """Images, a VAE whose first latent frame is not a problem of its own (CogVideoX's: it normalises over
     time), 1-frame videos, or a cap that ``ceil(k / F)`` would use up: the run without it, bit for bit."""
-    vae, images, steps = make_vae("wan"), clips, 4  # ceil(18 / 5) = 4: no step left
+    vae, images, steps, join = make_vae("wan"), clips, 4, {}  # ceil(18 / 5) = 4: no step left
     if case == "images":
         vae, images, steps = make_vae("wan"), clips[:, 0], 8
     elif case == "not separable":
@@ -87,9 +87,9 @@ def test_where_it_cannot_run_it_does_not(clips, case):
     elif case == "one latent frame":
         images, steps = clips[:, :1], 8
     elif case == "no step after the join":
-        steps = 4 + AUTO["options"]["first_frame_join"]  # the whole run's cap: the join's step, none after it
-    out = decinv_fast.invert(vae, images, steps=steps, method="auto")
-    plain = decinv_fast.invert(vae, images, steps=steps, **auto_kwargs(first_frame_steps=0))
+        steps, join = 7, {"first_frame_join": 3}  # the whole run's cap 7 - 4: the join's step, none after it
+    out = decinv_fast.invert(vae, images, steps=steps, **auto_kwargs(**join))
+    plain = decinv_fast.invert(vae, images, steps=steps, **auto_kwargs(first_frame_steps=0, **join))
     assert out.first_frame_steps is None and torch.equal(out.latents, plain.latents)
 
 

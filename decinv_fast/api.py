@@ -271,8 +271,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             ...), that many steps on the videos' first frames alone first, whose result the whole run takes as
             its first latent frame; its cap is lowered by ``ceil(k / F)`` for F frames (see
             ``decinv_fast.first_frame``; elsewhere it does not run), ``first_frame_join`` (the same methods;
-            default 0: the whole run starts there; ``auto``: 4): the whole run's step whose point takes it (after
-            ``s`` steps from ``E(x)``; Anderson's history restarts there), ``first_frame_gain`` (fsm, km,
+            default 0, also in ``auto``: the whole run starts there): the whole run's step whose point takes
+            it (after ``s`` steps from ``E(x)``; Anderson's history restarts there), ``first_frame_gain`` (fsm, km,
             anderson; default: the run's gains; ``auto``: 1.5): the first frames' run's mean gain,
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit

@@ -9,7 +9,7 @@ encoder-only, the paper's Adam (50 steps), fsm (lr 1, 10 and 30 steps), anderson
 (``auto_kwargs(frame_weights=False)``, ``auto`` before 2026-11-24; capped at 10 and 50), ``auto`` with latent
 mixing (``options.auto_kwargs(mixing="latent")``, capped at 10: no pixel history, see Memory), the
 gradient-based baseline (50), ``auto`` without inverting the clips' first frames alone first
-(``auto_kwargs(first_frame_steps=0)``: ``auto`` until it did, later on 2026-11-24; capped at 10 and 50) and
+(``auto_kwargs(first_frame_steps=0)``: ``auto`` until it did, later on 2026-11-24; capped at 10 and 50),
 ``auto`` with their run at its own gains (``auto_kwargs(first_frame_gain=None)``: ``auto`` from then until it
 ran them at a gain of 1.5; capped at 10 and 50) and ``auto`` joining their result after 4 steps of the whole run
 (``auto_kwargs(first_frame_join=4)``; capped at 10 and 50).

@@ -66,6 +66,10 @@ RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1
         ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=10)),
         ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=50)),
         ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
+# longer clips (part "accuracy-long"): where auto's first-frame settings were chosen against the 9-frame table's
+LONG_RUNS = tuple((name, dict(options, steps=cap)) for cap in (10, 30) for name, options in (
+    ("auto", dict(method="auto")), ("auto-first-frame-join", INVERTED["auto-first-frame-join"]),
+    ("auto-first-frame-start", INVERTED["auto-first-frame-start"])))
 # what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
            "auto-latent": {k: INVERTED["auto-latent"][k] for k in ("method", "memory", "mixing")}}  # what plan() takes
@@ -112,10 +116,12 @@ RELEASED_CONFIG = {
 }
 # diffusers 0.42's AutoencoderKLHunyuanImage.tiled_encode unpacks a 5-D shape from 4-D images: no tiled row
 TILING_FAILS = ("HunyuanImage 2.1",)
-CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED),
+CONFIGS = {"full": dict(clips=slice(None), frames=9, size=64, runs=RUNS, released=RELEASED,
+                        long=dict(frames=17, runs=LONG_RUNS)),
            "quick": dict(clips=slice(0, 12, 4), frames=5, size=32,
                          runs=RUNS[3:5] + RUNS[6:7] + RUNS[8:9] + RUNS[10:11],
-                         released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),))}
+                         released=(("AutoencoderKLWan", "Wan 2.1", (9, 64, 64)),),
+                         long=dict(frames=9, runs=LONG_RUNS[:1]))}
 
 
 def per_latent_frame_db(latents: torch.Tensor, truth: torch.Tensor) -> list[float]:
@@ -125,11 +131,14 @@ def per_latent_frame_db(latents: torch.Tensor, truth: torch.Tensor) -> list[floa
     return (10 * torch.log10(error / truth.double().square().sum((1, 3, 4)))).mean(0).tolist()
 
 
-def accuracy(cfg: dict) -> list[dict]:
+def accuracy(cfg: dict, part: str = "accuracy") -> list[dict]:
+    """The accuracy runs of ``cfg`` (part ``accuracy``), or of its longer clips (``accuracy-long``)."""
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_pretrained(FIXTURE, local_files_only=True, low_cpu_mem_usage=False).eval()
     vae.requires_grad_(False)
+    if part == "accuracy-long":
+        cfg = dict(cfg, **cfg["long"])
     target = make_target(vae, heldout_clips(cfg["size"], cfg["frames"])[cfg["clips"]], seed=0)
     shape = tuple(target.images.shape)
 
@@ -152,7 +161,7 @@ def accuracy(cfg: dict) -> list[dict]:
                                   first_frame_steps=first, seconds=out.seconds)))
     records = []
     for method, metrics in runs:
-        metrics.update(part="accuracy", vae="fixture_video_vae", clips=shape[0])
+        metrics.update(part=part, vae="fixture_video_vae", clips=shape[0])
         records.append(harness.record(BENCHMARK, method=method, backend="auto", dtype=torch.float32, shape=shape,
                                       device="cpu", metrics=metrics))
         print(f"{method:12s} cap {metrics.get('cap', '-')!s:>3}: {metrics['nmse_db']:7.2f} dB, PSNR "
@@ -198,12 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = arg_parser(__doc__, quick="smoke run: its numbers only check the code")
     parser.add_argument("--memory-only", action="store_true",
                         help="recompute only the planner's predictions of the saved full run (after a planner change)")
+    parser.add_argument("--long-only", action="store_true",
+                        help="rerun only the longer clips' accuracy of the saved full run")
     cfg, args = start_run(CONFIGS, __doc__, argv, parser)
-    if args.memory_only:
-        records = replace_predictions(BENCHMARK, lambda r: r["metrics"]["part"] == "memory", memory(CONFIGS["full"]))
+    if args.memory_only or args.long_only:
+        part = "memory" if args.memory_only else "accuracy-long"
+        new = memory(CONFIGS["full"]) if args.memory_only else accuracy(CONFIGS["full"], part)
+        records = replace_predictions(BENCHMARK, lambda r: r["metrics"]["part"] == part, new)
         print(f"wrote {save(BENCHMARK, records, False)}")
         return
-    records = accuracy(cfg) + memory(cfg)
+    records = accuracy(cfg) + accuracy(cfg, "accuracy-long") + memory(cfg)
     print(f"wrote {save(BENCHMARK, records, args.quick)}")
 
 

@@ -35,15 +35,11 @@ def video_vaes(records: list[dict]) -> list[str]:
            "at its gain for images, 3 (`auto_kwargs(first_frame_gain=None)`), it is `auto` as it was before. "
            "`auto_kwargs(first_frame_join=4)` lets the whole run take 4 steps from `E(x)` before its first latent "
            "frame takes the first frames' result (`first_frame_join`).", "",
-           "| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        m = r["metrics"]
-        label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
-        out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
-                   f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
+           *_table(runs)]
     for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs), _per_latent_frame(runs)):
         if spread:
             out += ["", spread]
+    out += _longer_clips([r for r in records if r["metrics"]["part"] == "accuracy-long"])
     out += ["", "Memory (**predicted** by `decinv_fast.plan`; *GPU validation* below measures adam and auto "
             "on an H100): the released architectures (diffusers' class defaults, or its conversion scripts' "
             "configurations: `RELEASED_CONFIG`; built on the meta device), one video at its pipeline's default size "
@@ -62,6 +58,33 @@ def video_vaes(records: list[dict]) -> list[str]:
                            for m, _ in MEMORY_COLUMNS)
         out.append(f"| {key[0]} | {shape[1]} x {shape[3]} x {shape[4]} | {'yes' if key[1] else 'no'} | {sizes} |")
     return out
+
+
+def _table(runs: list[dict]) -> list[str]:
+    """The accuracy runs as a table: method, cap, evaluations, NMSE, PSNR, seconds."""
+    out = ["| method | cap | evaluations | NMSE(z) dB | PSNR of D(z) dB | seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        m = r["metrics"]
+        label = "encoder-only" if r["method"] == "encoder-only" else LABELS[r["method"]]
+        out.append(f"| {label} | {m.get('cap', '–')} | {m['evaluations']:.1f} | {m['nmse_db']:.2f} | "
+                   f"{m['psnr_db']:.2f} | {m['seconds']:.1f} |")
+    return out
+
+
+def _longer_clips(runs: list[dict]) -> list[str]:
+    """The longer clips' table and NMSE per latent frame ([] for results from before 2026-11-25, without them)."""
+    if not runs:
+        return []
+    clips, frames, _, size, _ = runs[0]["shape"]
+    latent = 1 + (frames - 1) // 4
+    rows = [("the encoder's guess" if r["method"] == "encoder-only" else f"{LABELS[r['method']]} capped at "
+             f"{r['metrics']['cap']}") + " " + " / ".join(f"{v:.2f}" for v in r["metrics"]["per_latent_frame_db"])
+            for r in runs]
+    return ["", f"Longer clips ({clips} held-out clips of {frames} frames at {size}x{size}, latents `(B, 4, {latent}, "
+            f"{size // 8}, {size // 8})`; `python -m benchmarks.video_vaes --long-only` at git {runs[0]['git_sha']}): "
+            "where `auto`'s first-frame settings were chosen, its gain for them (against gain 3) and its start "
+            "(against joining their result after 4 steps, which wins on the 9-frame clips above).", "",
+            *_table(runs), "", "Per latent frame, these clips: " + "; ".join(rows) + "."]
 
 
 def _auto_per_clip(runs: list[dict]) -> str:

@@ -13,6 +13,10 @@ gradient-based baseline (50), ``auto`` without inverting the clips' first frames
 ``auto`` with their run at its own gains (``auto_kwargs(first_frame_gain=None)``: ``auto`` from then until it
 ran them at a gain of 1.5; capped at 10 and 50) and ``auto`` joining their result after 4 steps of the whole run
 (``auto_kwargs(first_frame_join=4)``; capped at 10 and 50).
+Longer clips (part ``accuracy-long``; ``--long-only`` reruns them alone into the saved full run): the same
+12 clips at 17 frames (latents ``(12, 4, 5, 8, 8)``), ``auto``, ``auto`` joining its first frames' result after 4
+steps and ``auto`` with its first frames at gain 3, capped at 10 and 30: where ``auto``'s first-frame settings
+were chosen against the 9-frame table's verdict (``decinv_fast.first_frame``).
 Evaluations count a step on the first frames alone as 1/F of one (F frames; ``decinv_fast.first_frame``).
 Also the PSNR of ``D(z)`` against ``x``, each clip's NMSE (``per_clip_db``: whether a difference between two
 runs is one clip's or spread) and each latent frame's (``per_latent_frame_db``, mean over clips: which frames a

@@ -184,3 +184,27 @@ def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_
     assert "| VAE | frames x height x width | `enable_tiling()` | adam | auto | auto, latent mixing | grad |" in lines
     assert "| Wan 2.1 | 81 x 480 x 832 | no | 4.00 | 7.50 | 4.25 | 9.00 |" in lines
     assert "| Wan 2.1 | 81 x 480 x 832 | yes | 1.50 | 4.00 | – | 3.00 |" in lines
+
+
+def test_video_report_gives_the_longer_clips_their_own_table_and_frames():
+    from benchmarks.report_video import _longer_clips, video_vaes
+
+    def run(method, cap, nmse, part="accuracy-long", frames=17):
+        metrics = dict(part=part, evaluations=float(cap or 0), nmse_db=nmse, psnr_db=20.0, seconds=1.0,
+                       per_latent_frame_db=[nmse - 1, nmse, nmse + 1])
+        return dict(RUN, method=method, shape=[12, frames, 3, 64, 64],
+                    metrics=metrics if cap is None else dict(metrics, cap=cap))
+
+    longer = [run("encoder-only", None, -15.0), run("auto", 10, -25.0), run("auto-first-frame-join", 30, -26.0)]
+    lines = _longer_clips(longer)
+    assert lines[1].startswith("Longer clips (12 held-out clips of 17 frames at 64x64, latents `(B, 4, 5, 8, 8)`; "
+                               "`python -m benchmarks.video_vaes --long-only` at git abc)")
+    assert "| auto (stops itself) | 10 | 10.0 | -25.00 | 20.00 | 1.0 |" in lines
+    assert "| auto, the first frames' result joined after 4 steps | 30 | 30.0 | -26.00 | 20.00 | 1.0 |" in lines
+    assert lines[-1] == ("Per latent frame, these clips: the encoder's guess -16.00 / -15.00 / -14.00; auto (stops "
+                         "itself) capped at 10 -26.00 / -25.00 / -24.00; auto, the first frames' result joined after 4 "
+                         "steps capped at 30 -27.00 / -26.00 / -25.00.")
+    assert _longer_clips([]) == []  # results from before them
+    whole = video_vaes([run("auto", 10, -27.0, part="accuracy", frames=9), *longer])
+    assert "\n".join(lines) in "\n".join(whole)  # after the 9-frame table, before the memory one
+    assert whole.index("| auto (stops itself) | 10 | 10.0 | -27.00 | 20.00 | 1.0 |") < whole.index(lines[1])

@@ -19,8 +19,9 @@ faster while the first one still moves with it (from ``E(x)``: -26.4 dB after 3 
 frames' result (-24.6, then a slow climb, even from the exact first latent frame): on 9-frame clips joining at
 step 4 gains 0.26 dB at 10 evaluations (benchmarks/video_vaes.py, the series ``auto-first-frame-join``; 0.75 on
 another set of clips, scratch). But the later latent frames converge faster from the first frames' result, and on
-17-frame clips joining at step 4 lost 0.3 dB at 10 (its last latent frame 1 dB worse; two draws, scratch) and
-tied at 30, so ``auto``, meant for videos of 16 frames and more, starts there.
+17-frame clips joining at step 4 loses 0.3 dB at 10 (its last latent frame 1 dB worse; the benchmark's longer
+clips, and another draw in scratch) and ties at 30, so ``auto``, meant for videos of 16 frames and more, starts
+there.
 
 ``first_frame_gain`` (fsm, km, anderson): the first frames' run's mean gain for every video (default: the run's
 own, ``mean_gain`` and ``mean_gain_clipped``). ``auto``: 1.5, which beat 1, 2, 2.5 and 3 at 10 evaluations on two

@@ -272,8 +272,9 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             its first latent frame; its cap is lowered by ``ceil(k / F)`` for F frames (see
             ``decinv_fast.first_frame``; elsewhere it does not run), ``first_frame_join`` (the same methods;
             default 0, also in ``auto``: the whole run starts there): the whole run's step whose point takes
-            it (after ``s`` steps from ``E(x)``; Anderson's history restarts there), ``first_frame_gain`` (fsm, km,
-            anderson; default: the run's gains; ``auto``: 1.5): the first frames' run's mean gain,
+            it (after ``s`` steps from ``E(x)``; Anderson's history restarts there; ``tol`` and ``patience`` stop
+            no video before it), ``first_frame_gain`` (fsm, km, anderson; default: the run's gains; ``auto``:
+            1.5): the first frames' run's mean gain,
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``

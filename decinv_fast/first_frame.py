@@ -14,14 +14,15 @@ first latent frame is not a problem of its own or the inputs are images or 1-fra
 
 ``first_frame_join = s`` (default 0: the whole run starts there) lets the whole run take ``s`` steps from ``E(x)``
 first and gives the point of its step ``s`` the first frames' result as its first latent frame; Anderson's history,
-whose differences that breaks, restarts there. On the fixture video VAE the second latent frame converges much
-faster while the first one still moves with it (from ``E(x)``: -26.4 dB after 3 steps) than from the first
-frames' result (-24.6, then a slow climb, even from the exact first latent frame): on 9-frame clips joining at
-step 4 gains 0.26 dB at 10 evaluations (benchmarks/video_vaes.py, the series ``auto-first-frame-join``; 0.75 on
-another set of clips, scratch). But the later latent frames converge faster from the first frames' result, and on
-17-frame clips joining at step 4 loses 0.3 dB at 10 (its last latent frame 1 dB worse; the benchmark's longer
-clips, and another draw in scratch) and ties at 30, so ``auto``, meant for videos of 16 frames and more, starts
-there.
+whose differences that breaks, restarts there, and ``tol`` and ``patience`` stop no video before that step
+(``Tracker.earliest_stop``), so each returns a point chosen among evaluations that include the joined one. On the
+fixture video VAE the second latent frame converges much faster while the first one still moves with it (from
+``E(x)``: -26.4 dB after 3 steps) than from the first frames' result (-24.6, then a slow climb, even from the exact
+first latent frame): on 9-frame clips joining at step 4 gains 0.26 dB at 10 evaluations (benchmarks/video_vaes.py,
+the series ``auto-first-frame-join``; 0.75 on another set of clips, scratch). But the later latent frames converge
+faster from the first frames' result, and on 17-frame clips joining at step 4 loses 0.3 dB at 10 (its last latent
+frame 1 dB worse; the benchmark's longer clips, and another draw in scratch) and ties at 30, so ``auto``, meant for
+videos of 16 frames and more, starts there.
 
 ``first_frame_gain`` (fsm, km, anderson): the first frames' run's mean gain for every video (default: the run's
 own, ``mean_gain`` and ``mean_gain_clipped``). ``auto``: 1.5, which beat 1, 2, 2.5 and 3 at 10 evaluations on two

@@ -74,10 +74,12 @@ def sample_norm(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def make_tracker(plan: Plan, y: torch.Tensor) -> Tracker | None:
-    """The best-iterate / early-stop tracker over ``y`` (``(B, n)``), when the plan asks for one."""
+    """The best-iterate / early-stop tracker over ``y`` (``(B, n)``), when the plan asks for one; with a first-frame
+    join (``Plan.join``) no sample stops before the step that evaluates the joined point."""
     if not (plan.keep_best or plan.tol is not None or plan.patience is not None):
         return None
-    return Tracker(y, keep_best=plan.keep_best, tol=plan.tol, patience=plan.patience)
+    earliest = plan.join if plan.start is not None else 0
+    return Tracker(y, keep_best=plan.keep_best, tol=plan.tol, patience=plan.patience, earliest_stop=earliest)
 
 
 def up_front_bytes(steps: int, method: str, schedule: str, batch: int, dtype: torch.dtype) -> int:

@@ -14,6 +14,10 @@ keeps stepping until every sample has stopped, so each sample's result equals a 
 With ``keep_best``, a sample whose criterion goes non-finite stops there too ("diverged"), before that
 step counts among its steps: its best point is finite and the other samples run on (without
 ``keep_best`` there is no finite point to return, and the run is an error, see ``outcome.py``).
+
+``earliest_stop = s`` (a video's ``first_frame_join``): ``tol`` and ``patience`` stop no sample before step ``s``,
+the first to evaluate the point that took the first frames' result, so no sample returns without it having been
+evaluated (a sample that diverges still stops).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ class Tracker:
     """Device-side state of best iterates and stops for a batch of ``B`` samples."""
 
     def __init__(self, y: torch.Tensor, *, keep_best: bool, tol: float | None, patience: int | None,
-                 error_dtype: torch.dtype = torch.float32):
+                 error_dtype: torch.dtype = torch.float32, earliest_stop: int = 0):
         """``error_dtype``: of the criterion, as the caller computes it (float64 for L-BFGS in fp64,
-        whose objective keeps improving below fp32's resolution)."""
+        whose objective keeps improving below fp32's resolution); ``earliest_stop``: the first step at which
+        ``tol`` or ``patience`` may stop a sample."""
         batch = y.shape[0]
         device = y.device
         # a patience beyond int64's range (any beyond the run's steps never stops a sample) compares as 2**62
         self.keep_best, self.tol, self.patience = keep_best, tol, None if patience is None else min(patience, 2**62)
+        self.earliest_stop = earliest_stop
         self.best_error = torch.full((batch,), float("inf"), dtype=error_dtype, device=device)
         self.best_step = torch.zeros(batch, dtype=torch.int64, device=device)
         self.stale = torch.zeros(batch, dtype=torch.int64, device=device)
@@ -64,12 +70,13 @@ class Tracker:
         self.stale.add_(1).masked_fill_(improved, 0)
         if self.best is not None:
             _keep(self.best, improved[:, None], y)
+        allowed = k >= self.earliest_stop
         if self.tol is not None:
-            hit = rel_residual < self.tol
+            hit = (rel_residual < self.tol) & allowed
             self.reason.masked_fill_(self.active & hit & ~stop, REASONS.index("tol"))
             stop |= hit
         if self.patience is not None:
-            tired = self.stale >= self.patience
+            tired = (self.stale >= self.patience) & allowed
             self.reason.masked_fill_(self.active & tired & ~stop, REASONS.index("patience"))
             stop |= tired
         newly = self.active & stop

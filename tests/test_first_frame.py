@@ -132,3 +132,15 @@ def test_the_join_survives_the_graph_warm_up(clips):
     graphed = decinv_fast.invert(make_vae("wan"), clips, cuda_graphs=True, **kw)
     torch.testing.assert_close(graphed.latents, decinv_fast.invert(make_vae("wan"), clips, **kw).latents,
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="fsm", lr=0.5, tol=1e9),
+                                    dict(method="adam", lr=0.5, patience=1, keep_best=True)], ids=["tol", "patience"])
+def test_no_video_stops_before_the_join(clips, kwargs):
+    """tol and patience stop no video before the step that evaluates the joined point, then at once if they hold:
+    a tol every step meets would stop all at step 0, and here Adam's pixel error first rises (patience at step 1),
+    before any saw the first frames' result."""
+    out = decinv_fast.invert(make_vae("wan"), clips, steps=8, first_frame_steps=3, first_frame_join=2, **kwargs)
+    assert out.first_frame_steps is not None and int(out.stopped_at.min()) >= 3
+    if "tol" in kwargs:
+        assert out.stopped_at.tolist() == [3, 3] and out.stop_reason == ["tol", "tol"]

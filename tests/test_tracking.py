@@ -46,3 +46,16 @@ def test_a_sample_still_running_returns_the_final_point_and_the_step_count():
     latents, returned = tracker.finish(final, steps_run=3)
     assert returned.tolist() == [1, 3] and tracker.stop_step.tolist() == [2, 3]
     assert torch.equal(latents, torch.tensor([[1.0, 1.0], [7.0, 7.0]]))
+
+
+def test_no_rule_but_divergence_stops_a_sample_before_the_earliest_stop():
+    """``earliest_stop`` (a video's first-frame join): tol and patience wait for it, then stop at once if they
+    still hold; a non-finite criterion stops a sample at any step."""
+    tracker = Tracker(torch.zeros(1, 2), keep_best=False, tol=0.5, patience=1, earliest_stop=2)
+    feed(tracker, [(1.0, 0.1), (2.0, 0.1)])  # tol met at steps 0 and 1, no improvement at step 1: both wait
+    assert bool(tracker.active.all())
+    feed(tracker, [(1.0, 0.1), (2.0, 0.1), (3.0, 0.1)])
+    assert tracker.reasons() == ["tol"] and tracker.stop_step.tolist() == [3]
+    tracker = Tracker(torch.zeros(1, 2), keep_best=True, tol=None, patience=1, earliest_stop=2)
+    feed(tracker, [(1.0, 1.0), (float("nan"), 1.0)])
+    assert tracker.reasons() == ["diverged"] and tracker.stop_step.tolist() == [1]

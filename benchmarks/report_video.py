@@ -12,6 +12,7 @@ LABELS = {"adam": "the paper's Adam", "fsm": "fsm, lr 1", "anderson": "anderson"
           "auto-first-frame-together": "auto, first frames not inverted alone first",
           "auto-first-frame-start": "auto, the first frames inverted at gain 3",
           "auto-first-frame-join": "auto, the first frames' result joined after 4 steps",
+          "auto-second-frame-together": "auto, the first two latent frames not run apart",
           "grad": "gradient-based (Adam on the pixel error)"}
 MEMORY_COLUMNS = (("adam", "adam"), ("auto", "auto"), ("auto-latent", "auto, latent mixing"), ("grad", "grad"))
 
@@ -30,11 +31,13 @@ def video_vaes(records: list[dict]) -> list[str]:
            "`auto` with one set per video (`auto_kwargs(frame_weights=False)`) is `auto` as it was before "
            "2026-11-24. `auto` inverts a causal video VAE's first frames alone first "
            "(`first_frame_steps`, `decinv_fast.first_frame`); a step there counts as 1/" + str(frames) + " of an "
-           "evaluation. `auto` without it (`auto_kwargs(first_frame_steps=0)`) is `auto` as it was until it did, "
-           "later on 2026-11-24. `auto` now inverts the first frames at a mean gain of 1.5 (`first_frame_gain`); "
-           "at its gain for images, 3 (`auto_kwargs(first_frame_gain=None)`), it is `auto` as it was before. "
-           "`auto_kwargs(first_frame_join=4)` lets the whole run take 4 steps from `E(x)` before its first latent "
-           "frame takes the first frames' result (`first_frame_join`).", "",
+           "evaluation; `auto_kwargs(first_frame_steps=0)` does not. It inverts them at a mean gain of 1.5 "
+           "(`first_frame_gain`); `auto_kwargs(first_frame_gain=None)` at its gain for images, 3. It starts its "
+           "second latent frame where 3 steps from `E(x)` on the first 5 frames alone take it (`second_frame_steps`; "
+           "such a step counts as 5/" + str(frames) + " of an evaluation); `auto_kwargs(second_frame_steps=0)`, "
+           "`auto` until 2026-11-25, does not. `auto_kwargs(first_frame_join=4, second_frame_steps=0)` lets the "
+           "whole run take 4 steps from `E(x)` before its first latent frame takes the first frames' result "
+           "(`first_frame_join`). Each of these is today's `auto` with that one setting changed.", "",
            *_table(runs)]
     for spread in (_auto_per_clip(runs), _frame_weights_per_clip(runs), _per_latent_frame(runs)):
         if spread:
@@ -82,8 +85,9 @@ def _longer_clips(runs: list[dict]) -> list[str]:
             for r in runs]
     return ["", f"Longer clips ({clips} held-out clips of {frames} frames at {size}x{size}, latents `(B, 4, {latent}, "
             f"{size // 8}, {size // 8})`; `python -m benchmarks.video_vaes --long-only` at git {runs[0]['git_sha']}): "
-            "where `auto`'s first-frame settings were chosen, its gain for them (against gain 3) and its start "
-            "(against joining their result after 4 steps, which wins on the 9-frame clips above).", "",
+            "where `auto`'s first-frame settings were chosen, its gain for them (against gain 3), its start "
+            "(against joining their result after 4 steps, which wins on the 9-frame clips above without the second "
+            "run) and its second run (against none).", "",
             *_table(runs), "", "Per latent frame, these clips: " + "; ".join(rows) + "."]
 
 
@@ -116,7 +120,9 @@ def _per_latent_frame(runs: list[dict]) -> str:
     names = {"encoder-only": lambda m: "the encoder's guess", "auto": lambda m: f"`auto` capped at {m['cap']}",
              "auto-first-frame-together": lambda m: f"`auto` without its first frames alone capped at {m['cap']}",
              "auto-first-frame-start": lambda m: f"`auto` with its first frames at gain 3 capped at {m['cap']}",
-             "auto-first-frame-join": lambda m: f"`auto` joining its first frames' result capped at {m['cap']}"}
+             "auto-first-frame-join": lambda m: f"`auto` joining its first frames' result capped at {m['cap']}",
+             "auto-second-frame-together": lambda m: f"`auto` without its first two latent frames apart capped at "
+                                                     f"{m['cap']}"}
     rows = [(names[r["method"]](r["metrics"]), r["metrics"]["per_latent_frame_db"]) for r in runs
             if r["method"] in names and "per_latent_frame_db" in r["metrics"]]
     if not rows:

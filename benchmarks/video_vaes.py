@@ -12,12 +12,16 @@ gradient-based baseline (50), ``auto`` without inverting the clips' first frames
 (``auto_kwargs(first_frame_steps=0)``: ``auto`` until it did, later on 2026-11-24; capped at 10 and 50),
 ``auto`` with their run at its own gains (``auto_kwargs(first_frame_gain=None)``: ``auto`` from then until it
 ran them at a gain of 1.5; capped at 10 and 50) and ``auto`` joining their result after 4 steps of the whole run
-(``auto_kwargs(first_frame_join=4)``; capped at 10 and 50).
+(``auto_kwargs(first_frame_join=4, second_frame_steps=0)``: without the second run, which the join would
+overwrite; capped at 10 and 50), and ``auto`` without its run on the frames of the
+first two latent frames (``auto_kwargs(second_frame_steps=0)``: ``auto`` until 2026-11-25; capped at 10 and 50).
+Each ``auto-...`` series is today's ``auto`` with that one setting changed.
 Longer clips (part ``accuracy-long``; ``--long-only`` reruns them alone into the saved full run): the same
 12 clips at 17 frames (latents ``(12, 4, 5, 8, 8)``), ``auto``, ``auto`` joining its first frames' result after 4
-steps and ``auto`` with its first frames at gain 3, capped at 10 and 30: where ``auto``'s first-frame settings
-were chosen against the 9-frame table's verdict (``decinv_fast.first_frame``).
-Evaluations count a step on the first frames alone as 1/F of one (F frames; ``decinv_fast.first_frame``).
+steps, ``auto`` with its first frames at gain 3 and ``auto`` without its second run, capped at 10 and 30: where
+``auto``'s first-frame settings were chosen against the 9-frame table's verdict (``decinv_fast.first_frame``).
+Evaluations count a step on the first frames alone as 1/F of one (F frames), one on the first two latent frames'
+5 frames as 5/F (``decinv_fast.first_frame``).
 Also the PSNR of ``D(z)`` against ``x``, each clip's NMSE (``per_clip_db``: whether a difference between two
 runs is one clip's or spread) and each latent frame's (``per_latent_frame_db``, mean over clips: which frames a
 run leaves furthest off).
@@ -57,7 +61,8 @@ FIXTURE = harness.ROOT / "benchmarks" / "assets" / "fixture_video_vae"
 INVERTED = {"auto-latent": auto_kwargs(mixing="latent"), "auto-sample-weights": auto_kwargs(frame_weights=False),
             "auto-first-frame-together": auto_kwargs(first_frame_steps=0),
             "auto-first-frame-start": auto_kwargs(first_frame_gain=None),
-            "auto-first-frame-join": auto_kwargs(first_frame_join=4)}
+            "auto-first-frame-join": auto_kwargs(first_frame_join=4, second_frame_steps=0),
+            "auto-second-frame-together": auto_kwargs(second_frame_steps=0)}
 RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1.0, steps=10)),
         ("fsm", dict(method="fsm", lr=1.0, steps=30)), ("anderson", dict(method="anderson", steps=10)),
         ("auto", dict(method="auto", steps=10)), ("auto", dict(method="auto", steps=50)),
@@ -69,11 +74,14 @@ RUNS = (("adam", dict(method="adam", steps=50)), ("fsm", dict(method="fsm", lr=1
         ("auto-first-frame-start", dict(INVERTED["auto-first-frame-start"], steps=50)),
         ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=10)),
         ("auto-first-frame-join", dict(INVERTED["auto-first-frame-join"], steps=50)),
+        ("auto-second-frame-together", dict(INVERTED["auto-second-frame-together"], steps=10)),
+        ("auto-second-frame-together", dict(INVERTED["auto-second-frame-together"], steps=50)),
         ("auto-latent", dict(INVERTED["auto-latent"], steps=10)), ("grad", dict(method="grad", steps=50)))
 # longer clips (part "accuracy-long"): where auto's first-frame settings were chosen against the 9-frame table's
 LONG_RUNS = tuple((name, dict(options, steps=cap)) for cap in (10, 30) for name, options in (
     ("auto", dict(method="auto")), ("auto-first-frame-join", INVERTED["auto-first-frame-join"]),
-    ("auto-first-frame-start", INVERTED["auto-first-frame-start"])))
+    ("auto-first-frame-start", INVERTED["auto-first-frame-start"]),
+    ("auto-second-frame-together", INVERTED["auto-second-frame-together"])))
 # what plan() is asked for each method of the memory table
 PLANNED = {"adam": dict(method="adam"), "auto": dict(method="auto"), "grad": dict(method="grad"),
            "auto-latent": {k: INVERTED["auto-latent"][k] for k in ("method", "memory", "mixing")}}  # what plan() takes
@@ -156,13 +164,17 @@ def accuracy(cfg: dict, part: str = "accuracy") -> list[dict]:
     start = time.perf_counter()
     runs = [("encoder-only", dict(scored(decinv_fast.encode(vae, target.images)), evaluations=0.0,
                                    seconds=time.perf_counter() - start))]
+    frames, pair = target.images.shape[1], 1 + as_adapter(vae).temporal_compression
     for method, options in cfg["runs"]:
         out = decinv_fast.invert(vae, target.images, measure_memory=False, **options)
-        # a first frame's step alone costs 1 / F of an evaluation of an F-frame clip (decinv_fast.first_frame)
+        # a step on the first frames alone costs 1 / F of an evaluation of an F-frame clip, one on the first two
+        # latent frames' frames (1 + t) / F (decinv_fast.first_frame)
         first = 0.0 if out.first_frame_steps is None else float(out.first_frame_steps.float().mean())
+        second = out.second_frame_steps or 0
+        evaluations = float(out.stopped_at.float().mean()) + (first + second * pair) / frames
         runs.append((method, dict(scored(out.latents), cap=options["steps"], lr=options.get("lr"),
-                                  evaluations=float(out.stopped_at.float().mean()) + first / target.images.shape[1],
-                                  first_frame_steps=first, seconds=out.seconds)))
+                                  evaluations=evaluations, first_frame_steps=first, second_frame_steps=second,
+                                  seconds=out.seconds)))
     records = []
     for method, metrics in runs:
         metrics.update(part=part, vae="fixture_video_vae", clips=shape[0])

@@ -274,7 +274,10 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             default 0, also in ``auto``: the whole run starts there): the whole run's step whose point takes
             it (after ``s`` steps from ``E(x)``; Anderson's history restarts there; ``tol`` and ``patience`` stop
             no video before it), ``first_frame_gain`` (fsm, km, anderson; default: the run's gains; ``auto``:
-            1.5): the first frames' run's mean gain,
+            1.5): the first frames' run's mean gain, ``second_frame_steps`` (adam, fsm, km, anderson; default 0;
+            ``auto``: 3): for such a VAE and videos of three latent frames or more, that many steps from ``E(x)`` on
+            the frames of their first two latent frames alone (``1 + t``), whose second latent frame the whole run
+            takes with the first (its cap lowered by ``ceil((k + s (1 + t)) / F)`` in all),
             ``residual_blur`` (adam, fsm, km, anderson; default 0: the encoder sees ``D(z)``; ``s > 0``:
             it sees ``x + gaussian_blur(D(z) - x, sigma=s pixels)``, which keeps the 8-bit
             quantization noise out of the fixed point, see ``decinv_fast.filters``), ``mean_gain``
@@ -306,7 +309,7 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
     start = time.perf_counter()
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
     with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
-        plan, first_steps = _first_frame_apart(adapter, frames, plan, progress)
+        plan, first_steps, second_steps = _first_frames_apart(adapter, frames, plan, progress)
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, shaped(frames, iteration.latents)))
         with torch.no_grad():  # the capture's warm-up steps, as every step, without autograd (cuda_graphs: not grad)
@@ -317,29 +320,44 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
             torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     result = build_result(iteration, frames, latents, returned, steps_run, seconds, peak.peak_bytes, plan)
-    result.first_frame_steps = first_steps
+    result.first_frame_steps, result.second_frame_steps = first_steps, second_steps
     return result
 
 
-def _first_frame_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
-                       progress: bool) -> tuple[Plan, torch.Tensor | None]:
-    """With ``first_frame_steps`` where it runs (``decinv_fast.first_frame``): the videos' first frames inverted
-    alone, and the whole run's plan starting there with its cap lowered; else the plan as it is. -> ``(plan,
-    (B,) steps each first frame took, or None)``."""
-    k = first_frame.first_frame_steps(adapter, frames, plan)
-    if not k:
-        return plan, None
-    alone = first_frame.first_frames(frames)
-    first_plan, whole_plan = first_frame.plans(plan, k, frames.frames_per_video)
-    iteration = make_iteration(adapter, alone, first_plan)
-    steps_run = _run(iteration, iteration.run_step, first_plan, progress, None)
+def _first_frames_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
+                        progress: bool) -> tuple[Plan, torch.Tensor | None, int | None]:
+    """With ``first_frame_steps`` or ``second_frame_steps`` where they run (``decinv_fast.first_frame``): the
+    videos' first frames inverted alone, their first two latent frames' frames from ``E(x)``, and the whole run's
+    plan starting there with its cap lowered; else the plan as it is. -> ``(plan, (B,) steps each first frame
+    took, or None, the second run's steps, or None)``."""
+    k, s = first_frame.apart_steps(adapter, frames, plan)
+    if not (k or s):
+        return plan, None, None
+    second = first_frame.second_frames(adapter)
+    first_plan, pair_plan, whole_plan = first_frame.plans(plan, k, s, frames.frames_per_video, second)
+    start, took = None, None
+    if k:
+        start, iteration, steps_run = _apart(adapter, first_frame.leading_frames(frames, 1), first_plan, progress,
+                                             f"first frames alone (first_frame_steps={k}", "pass keep_best=True", plan)
+        tracker = iteration.tracker
+        took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
+    if s:
+        pair, *_ = _apart(adapter, first_frame.leading_frames(frames, second), pair_plan, progress,
+                          f"first {second} frames alone (second_frame_steps={s}", "set second_frame_steps=0", plan)
+        start = pair if start is None else torch.cat([start, pair[:, :, 1:]], dim=2)
+    return dataclasses.replace(whole_plan, start=start, join=first_frame.joins_at(plan)), took, s or None
+
+
+def _apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool, what: str, fix: str, whole: Plan):
+    """A run on the videos' first frames (``decinv_fast.first_frame``) -> ``(latents, iteration, steps run)``; a
+    non-finite result is an error naming ``what`` it ran on, with its option, and a ``fix``."""
+    iteration = make_iteration(adapter, frames, plan)
+    steps_run = _run(iteration, iteration.run_step, plan, progress, None)
     latents, _ = iteration.finish(steps_run)
     if not bool(torch.isfinite(latents).all()):
-        raise FloatingPointError(f"inversion diverged on the videos' first frames alone (first_frame_steps={k}, "
-                                 f"method={plan.label!r}): try a smaller lr, or pass keep_best=True")
-    tracker = iteration.tracker
-    took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
-    return dataclasses.replace(whole_plan, start=latents, join=first_frame.joins_at(plan)), took
+        raise FloatingPointError(f"inversion diverged on the videos' {what}, method={whole.label!r}): try a smaller "
+                                 f"lr, or {fix}")
+    return latents, iteration, steps_run
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:

@@ -209,7 +209,8 @@ def _metadata(args, result, *, given: dict, clip_aware: bool, compile, files: li
             "returned_step": ",".join(str(k) for k in returned),  # one per sample
             "stop_reason": ",".join(result.stop_reason), "schedule": str(args.schedule),
             "options": json.dumps(given), "first_frame_steps": "-" if result.first_frame_steps is None else
-            ",".join(str(int(k)) for k in result.first_frame_steps)}  # per video, where its first frame ran alone
+            ",".join(str(int(k)) for k in result.first_frame_steps),  # per video, where its first frame ran alone
+            "second_frame_steps": str(result.second_frame_steps or "-")}
     if files is not None:
         meta["files"] = json.dumps(files)  # a folder: its file names in batch order
     return meta
@@ -292,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a method option, as invert takes it (repeatable): memory=8 (anderson; grad --lbfgs), "
                      "mixing=pixel, safeguard=false, frame_weights=true (anderson); mean_gain=3, mean_gain_clipped=1 "
                      "(fsm, km, anderson); alpha=0.5 (km); eps=1e-8, betas=0.9,0.999 (adam); residual_blur=1, "
-                     "first_frame_steps=18, first_frame_join=4 (all but grad), first_frame_gain=1.5 (fsm, km, "
-                     "anderson)")
+                     "first_frame_steps=18, first_frame_join=4, second_frame_steps=3 (all but grad), "
+                     "first_frame_gain=1.5 (fsm, km, anderson)")
     inv.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                      help="the VAE is loaded and run in it, whatever its files hold")
     inv.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",

@@ -1,4 +1,5 @@
-"""The first latent frame of a video solved apart (option ``first_frame_steps``), then the whole run from it.
+"""The first latent frames of a video solved apart (options ``first_frame_steps``, ``second_frame_steps``), then
+the whole run from them.
 
 A causal video VAE (Wan's, Mochi's, Cosmos's, ...: ``VaeAdapter.first_frame_alone``) encodes its first latent
 frame from the first frame alone and decodes that latent frame to the first frame alone, so the first latent
@@ -24,6 +25,18 @@ faster from the first frames' result, and on 17-frame clips joining at step 4 lo
 frame 1 dB worse; the benchmark's longer clips, and another draw in scratch) and ties at 30, so ``auto``, meant for
 videos of 16 frames and more, starts there.
 
+``second_frame_steps = s`` (``auto``: 3) runs ``s`` steps from ``E(x)`` on the videos' first ``1 + t`` frames alone
+(``t`` the temporal compression), which a causal VAE encodes to its first two latent frames alone and decodes them
+to alone (tests/test_video_vaes.py measures it), and the whole run starts its second latent frame at that run's
+point of step ``s`` (its first at the first frames' result; without ``first_frame_steps``, both at that run's).
+Each of its steps counts as ``(1 + t) / F`` of an evaluation. Why: the first frames' result stalls the second latent
+frame (above), which converges fast from ``E(x)`` while the first moves with it, and a run on its 5 frames alone
+gets that speed for 5/17 of an evaluation a step on 17 frames, without holding back the later frames as the join
+does. On the fixture video VAE (scratch, two draws of ``z*``, cap 10): 9-frame clips +0.28 / +0.34 dB, 17-frame
+clips +0.12 / +0.11 (+0.18 capped at 30), 13-frame clips +0.04 (where it costs a step of the whole run); its second
+latent frame gains about 2 dB, the third loses about 0.5. It runs for videos of three latent frames or more.
+(Three latent frames decoded from the true first two do not stall the third: scratch.)
+
 ``first_frame_gain`` (fsm, km, anderson): the first frames' run's mean gain for every video (default: the run's
 own, ``mean_gain`` and ``mean_gain_clipped``). ``auto``: 1.5, which beat 1, 2, 2.5 and 3 at 10 evaluations on two
 draws (scratch; a latent frame whose decoder barely reads two of its four channels is another problem than a
@@ -40,41 +53,54 @@ from .loop import Plan
 from .options import option
 
 
-def first_frame_steps(adapter, frames: Frames, plan: Plan) -> int:
-    """The steps of the run on the first frames the plan asks for and can take (0: none): a VAE whose first latent
-    frame is a problem of its own, videos of more than one latent frame, and a step of the whole run left from
-    the one where its first latent frame takes the first run's result (``first_frame_join``)."""
+def apart_steps(adapter, frames: Frames, plan: Plan) -> tuple[int, int]:
+    """``(k, s)``: the steps of the run on the first frames and of the run on the first two latent frames' frames
+    that the plan asks for and can take (0: none). Both need a VAE whose first latent frame is a problem of its
+    own and videos of more than one latent frame; the second, more than two (else it is the whole run); together
+    they need a step of the whole run left after the one where it takes their result (``first_frame_join``)."""
     k = option(plan.options, "first_frame_steps")
-    if not k or not frames.videos or not adapter.first_frame_alone:
-        return 0
+    s = option(plan.options, "second_frame_steps")
+    if not (k or s) or not frames.videos or not adapter.first_frame_alone or frames.frames_per_video <= 1:
+        return 0, 0
     count = frames.frames_per_video
-    if count <= 1 or _whole_steps(plan.steps, k, count) <= joins_at(plan):
-        return 0
-    return k
+    if count <= second_frames(adapter):  # two latent frames at most: the second run would be the whole one
+        s = 0
+    if not (k or s) or _whole_steps(plan.steps, k + s * second_frames(adapter), count) <= joins_at(plan):
+        return 0, 0
+    return k, s
 
 
 def joins_at(plan: Plan) -> int:
-    """The whole run's step whose point takes the first frames' result as its first latent frame (0: the start)."""
+    """The whole run's step whose point takes the runs apart's result as its first latent frames (0: the start)."""
     return option(plan.options, "first_frame_join")
 
 
-def _whole_steps(steps: int, k: int, count: int) -> int:
-    """The whole run's cap: ``steps`` less the first run's ``k`` steps on one frame of ``count``, rounded up."""
-    return steps - math.ceil(k / count)
+def second_frames(adapter) -> int:
+    """The frames the first two latent frames of a causal video VAE decode to: ``1 + temporal_compression``."""
+    return 1 + adapter.temporal_compression
 
 
-def first_frames(frames: Frames) -> Frames:
-    """The videos' first frames as 1-frame videos ``(B, 3, 1, H, W)``."""
-    return Frames(frames.pixels[:, :, :1].contiguous(), frames.batch, 1, False, videos=True)
+def _whole_steps(steps: int, frame_steps: int, count: int) -> int:
+    """The whole run's cap: ``steps`` less the runs apart's ``frame_steps`` steps on one frame of ``count`` (a step
+    on ``n`` frames counts ``n`` of them), rounded up."""
+    return steps - math.ceil(frame_steps / count)
 
 
-def plans(plan: Plan, k: int, count: int) -> tuple[Plan, Plan]:
+def leading_frames(frames: Frames, count: int) -> Frames:
+    """The videos' first ``count`` frames as videos ``(B, 3, count, H, W)``."""
+    return Frames(frames.pixels[:, :, :count].contiguous(), frames.batch, count, False, videos=True)
+
+
+def plans(plan: Plan, k: int, s: int, count: int, second: int) -> tuple[Plan, Plan, Plan]:
     """The first frames' plan (``k`` steps, the same method and options but ``first_frame_gain`` for every mean
-    gain where given) and the whole run's, whose cap is lowered by ``ceil(k / count)`` (its ``start`` and
-    ``join`` set once the first run is done)."""
-    options = dict(plan.options, first_frame_steps=0, first_frame_join=0, first_frame_gain=None)
+    gain where given), the first two latent frames' (``s`` steps from ``E(x)``, the same method and options, no
+    best-point tracking or stopping: the point of its step ``s``, as the join takes it) and the whole run's,
+    whose cap is lowered by ``ceil((k + s * second) / count)`` (its ``start`` and ``join`` set once the runs apart
+    are done)."""
+    options = dict(plan.options, first_frame_steps=0, first_frame_join=0, first_frame_gain=None,
+                   second_frame_steps=0)
     gain = option(plan.options, "first_frame_gain")
-    if gain is not None:
-        options.update(mean_gain=gain, mean_gain_clipped=gain)
-    first = dataclasses.replace(plan, steps=k, options=options)
-    return first, dataclasses.replace(plan, steps=_whole_steps(plan.steps, k, count))
+    first_options = dict(options) if gain is None else dict(options, mean_gain=gain, mean_gain_clipped=gain)
+    first = dataclasses.replace(plan, steps=k, options=first_options)
+    pair = dataclasses.replace(plan, steps=s, options=options, keep_best=False, tol=None, patience=None)
+    return first, pair, dataclasses.replace(plan, steps=_whole_steps(plan.steps, k + s * second, count))

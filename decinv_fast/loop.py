@@ -42,8 +42,8 @@ class Plan:
     patience: int | None = None  # per-sample stop: pixel error not improved for this many steps
     compile: bool | str = False  # torch.compile the decoder + encoder pass (True, or a backend name)
     named: str | None = None  # the method the caller named, where it differs ("auto" runs anderson)
-    start: torch.Tensor | None = None  # the first latent frame solved apart (first_frame.py), taken at step join
-    join: int = 0  # the step whose point takes ``start`` as its first latent frame (0: the run starts there)
+    start: torch.Tensor | None = None  # the first latent frame(s) solved apart (first_frame.py), taken at step join
+    join: int = 0  # the step whose point takes ``start`` as its first latent frames (0: the run starts there)
 
     @property
     def label(self) -> str:
@@ -143,8 +143,8 @@ class GradientFreeIteration:
         pixels = frames.pixels
         self.e_x = encode_frames(adapter, pixels, plan.chunk)
         self.z = self.e_x.clone()
-        if plan.start is not None and not plan.join:  # a video VAE's (B, C, f, h, w): the first latent frame
-            self.z[:, :, :1] = plan.start
+        if plan.start is not None and not plan.join:  # a video VAE's (B, C, f, h, w): its first latent frame(s)
+            self.z[:, :, :plan.start.shape[2]] = plan.start
         self.y = self.z.clone() if plan.method == "km" else self.z  # where E(D(.)) is evaluated
         self.edz = torch.empty_like(self.z)
         self.x = pixels
@@ -181,10 +181,10 @@ class GradientFreeIteration:
         return False
 
     def join_first_frame(self, start: torch.Tensor) -> None:
-        """The next point to evaluate takes ``start`` as its first latent frame (``Plan.join``, between steps)."""
+        """The next point to evaluate takes ``start`` as its first latent frame(s) (``Plan.join``, between steps)."""
         for t in (self.z, self.y, self.master):
             if t is not None:
-                t[:, :, :1] = start
+                t[:, :, :start.shape[2]] = start
 
     def per_sample(self, t: torch.Tensor) -> torch.Tensor:
         """View of a frame-major latent buffer as ``(B, elements per sample)``."""

@@ -12,7 +12,8 @@ import torch
 
 METHODS = ("adam", "fsm", "km", "grad", "anderson", "auto")
 DEFAULT_LR = {"adam": 0.01, "fsm": 1.0, "km": 1.0, "grad": 0.01, "anderson": 1.0}
-FIRST_FRAME = ("first_frame_steps", "first_frame_join")  # first_frame.py's step counts (its first_frame_gain: a gain)
+# first_frame.py's step counts (its first_frame_gain: a gain)
+FIRST_FRAME = ("first_frame_steps", "first_frame_join", "second_frame_steps")
 METHOD_OPTIONS = {
     "adam": {"eps", "betas", "residual_blur", "clip_aware", *FIRST_FRAME},
     "fsm": {"rho", "residual_blur", "mean_gain", "mean_gain_clipped", "clip_aware", *FIRST_FRAME, "first_frame_gain"},
@@ -31,7 +32,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": True, "frame_weights": False,
                    "residual_blur": 0.0, "mean_gain": 1.0, "mean_gain_clipped": None, "clip_aware": False,
                    "optimizer": "adam", "first_frame_steps": 0, "first_frame_join": 0,
-                   "first_frame_gain": None}
+                   "first_frame_gain": None, "second_frame_steps": 0}
 
 # method="auto": the combination with the best NMSE summed over both VAEs of benchmarks/stopping.py
 # at a 10- and a 30-step cap, among those tried (see the README): Anderson mixing over the last 5
@@ -46,12 +47,13 @@ OPTION_DEFAULTS = {"alpha": 0.5, "memory": 5, "mixing": "latent", "safeguard": T
 # A video's mixing weights are fitted per latent frame (anderson.py; chosen on the fixture video VAE,
 # benchmarks/video_vaes.py, the series auto-sample-weights: one set per video); images have one frame. For a
 # video VAE whose first latent frame is a problem of its own (adapters: first_frame_alone), 18 steps on the
-# first frames alone (at a mean gain of 1.5) start the whole run there (first_frame.py; the series
-# auto-first-frame-start, auto-first-frame-join and auto-first-frame-together).
+# first frames alone (at a mean gain of 1.5) start the whole run there, and 3 steps on the frames of its first two
+# latent frames from E(x) give it its second latent frame (first_frame.py; the series auto-first-frame-start,
+# auto-first-frame-join, auto-first-frame-together and auto-second-frame-together).
 AUTO = dict(method="anderson", lr=0.7, schedule="constant", keep_best=True, patience=3,
             options={"memory": 5, "mixing": "pixel", "safeguard": False, "frame_weights": True, "residual_blur": 1.0,
                      "mean_gain": 3.0, "mean_gain_clipped": 1.0, "clip_aware": True, "first_frame_steps": 18,
-                     "first_frame_join": 0, "first_frame_gain": 1.5})
+                     "first_frame_join": 0, "first_frame_gain": 1.5, "second_frame_steps": 3})
 
 
 def auto_kwargs(**overrides) -> dict:

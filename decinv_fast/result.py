@@ -55,6 +55,9 @@ class InversionResult:
         first_frame_steps: ``(B,)`` the steps each video's first frame took alone before the whole run
             (``first_frame_steps``, ``decinv_fast.first_frame``; each costs ``1 / F`` of an evaluation of a video
             of F frames, and the other fields are the whole run's); ``None`` where it did not run.
+        second_frame_steps: the steps every video's first ``1 + t`` frames (its first two latent frames, ``t`` the
+            VAE's temporal compression) took alone from ``E(x)`` before the whole run (``second_frame_steps``,
+            ``decinv_fast.first_frame``; each costs ``(1 + t) / F`` of an evaluation); ``None`` where it did not run.
     """
 
     latents: torch.Tensor
@@ -77,6 +80,7 @@ class InversionResult:
     patience: int | None = None
     secant_lr: torch.Tensor | None = None
     first_frame_steps: torch.Tensor | None = None
+    second_frame_steps: int | None = None
 
     def __repr__(self) -> str:
         """One line of what happened (the dataclass default would print every tensor in full)."""

@@ -154,12 +154,14 @@ def test_video_report_gives_the_encoder_s_and_auto_s_error_per_latent_frame():
 
     runs = [run("encoder-only", None, [-15.0, -16.25]), run("auto", 10, [-24.5, -29.0]),
             run("adam", 50, [-16.0, -17.0]), run("auto", 50, [-28.125, -29.5]),
-            run("auto-first-frame-together", 10, [-27.0, -29.0]), run("auto-first-frame-join", 10, [-26.5, -28.5])]
+            run("auto-first-frame-together", 10, [-27.0, -29.0]), run("auto-first-frame-join", 10, [-26.5, -28.5]),
+            run("auto-second-frame-together", 10, [-26.0, -28.0])]
     assert _per_latent_frame(runs) == (
         "Per latent frame (NMSE(z) dB of each clip's frame, mean over clips; frame 0 decodes to the first pixel "
         "frame alone, frame t to the 4 up to pixel frame 4t): the encoder's guess -15.00 / -16.25; `auto` capped at "
         "10 -24.50 / -29.00; `auto` capped at 50 -28.12 / -29.50; `auto` without its first frames alone capped at 10 "
-        "-27.00 / -29.00; `auto` joining its first frames' result capped at 10 -26.50 / -28.50.")
+        "-27.00 / -29.00; `auto` joining its first frames' result capped at 10 -26.50 / -28.50; `auto` without its "
+        "first two latent frames apart capped at 10 -26.00 / -28.00.")
     assert _per_latent_frame([dict(RUN, method="auto", metrics=dict(cap=10))]) == ""  # older results
 
 
@@ -172,7 +174,7 @@ def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_
         part="memory", vae="Wan 2.1", tiling=tiling, predicted_total_bytes=gib * 2**30))
     records = [acc("auto", 10, -25.0), acc("auto-latent", 10, -24.5),
                acc("auto-first-frame-together", 10, -26.0), acc("auto-first-frame-start", 10, -26.5),
-               acc("auto-first-frame-join", 10, -27.5),
+               acc("auto-first-frame-join", 10, -27.5), acc("auto-second-frame-together", 10, -27.25),
                *(plan(m, g, False) for m, g in (("adam", 4.0), ("auto", 7.5), ("auto-latent", 4.25), ("grad", 9.0))),
                *(plan(m, g, True) for m, g in (("adam", 1.5), ("auto", 4.0), ("grad", 3.0)))]  # an older record
     lines = video_vaes(records)
@@ -180,7 +182,9 @@ def test_video_report_has_auto_with_latent_mixing_in_both_tables_and_a_dash_for_
     assert "| auto, first frames not inverted alone first | 10 | 10.0 | -26.00 | 20.00 | 1.0 |" in lines
     assert "| auto, the first frames inverted at gain 3 | 10 | 10.0 | -26.50 | 20.00 | 1.0 |" in lines
     assert "| auto, the first frames' result joined after 4 steps | 10 | 10.0 | -27.50 | 20.00 | 1.0 |" in lines
-    assert any("a step there counts as 1/9 of an evaluation." in line for line in lines)
+    assert "| auto, the first two latent frames not run apart | 10 | 10.0 | -27.25 | 20.00 | 1.0 |" in lines
+    assert any("a step there counts as 1/9 of an evaluation;" in line and "5/9 of an evaluation" in line
+               for line in lines)
     assert "| VAE | frames x height x width | `enable_tiling()` | adam | auto | auto, latent mixing | grad |" in lines
     assert "| Wan 2.1 | 81 x 480 x 832 | no | 4.00 | 7.50 | 4.25 | 9.00 |" in lines
     assert "| Wan 2.1 | 81 x 480 x 832 | yes | 1.50 | 4.00 | – | 3.00 |" in lines

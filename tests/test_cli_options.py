@@ -34,7 +34,7 @@ def test_an_option_value_reads_as_a_bool_int_number_numbers_or_text(spec, pair):
     ("rho=0.5", "rho has a flag of its own: --lr"), ("optimizer=lbfgs", "--lbfgs"),
     ("steps=4", "steps is no method option \\(those are alpha, betas, eps, first_frame_gain, first_frame_join, "
                 "first_frame_steps, frame_weights, mean_gain, mean_gain_clipped, memory, mixing, residual_blur, "
-                "safeguard\\)"),
+                "safeguard, second_frame_steps\\)"),
     ("foo=1", "foo is no method option"),
 ])
 def test_a_malformed_option_is_argparse_s_error(spec, message):
@@ -80,8 +80,9 @@ def test_a_bad_option_is_invert_s_error_in_the_flags_spelling(photo_png, tmp_pat
 
 
 @pytest.mark.parametrize("method,takes", [
-    ("fsm", "first_frame_gain, first_frame_join, first_frame_steps, mean_gain, mean_gain_clipped, residual_blur"),
-    ("adam", "betas, eps, first_frame_join, first_frame_steps, residual_blur"),
+    ("fsm", "first_frame_gain, first_frame_join, first_frame_steps, mean_gain, mean_gain_clipped, residual_blur, "
+            "second_frame_steps"),
+    ("adam", "betas, eps, first_frame_join, first_frame_steps, residual_blur, second_frame_steps"),
     ("grad", "memory"),
 ])
 def test_an_option_the_method_does_not_take_is_refused_before_anything_loads(tmp_path, capsys, method, takes):

@@ -373,6 +373,26 @@ def test_the_first_latent_frame_is_a_problem_of_its_own_for_the_causal_vaes(vide
     assert first_frame_alone(vae, video) == FIRST_FRAME_ALONE[kind] == as_adapter(vae).first_frame_alone
 
 
+def test_the_first_two_latent_frames_are_a_problem_of_their_own_where_the_first_is(video_vae):
+    """What ``second_frame_steps`` (on in ``auto``) stands on, where ``first_frame_alone`` lets it run: a 3-latent-
+    frame video's first ``1 + t`` frames encode to its first two latent frames alone, and those decode to them."""
+    kind, vae = video_vae
+    adapter = as_adapter(vae)
+    if not adapter.first_frame_alone:
+        pytest.skip("the runs apart do not run for this VAE")
+    torch.manual_seed(0)
+    size = 64 if kind.startswith("ltx2") else 32
+    count = 1 + adapter.temporal_compression
+    video = torch.rand(1, 1 + 2 * adapter.temporal_compression, 3, size, size) * 2 - 1
+    z = decinv_fast.encode(vae, video)
+    assert z.shape[2] == 3
+    torch.testing.assert_close(decinv_fast.encode(vae, video[:, :count].contiguous()), z[:, :, :2], rtol=0,
+                               atol=1e-4 * float(z.abs().max()))
+    decoded = decinv_fast.decode(vae, z)
+    torch.testing.assert_close(decinv_fast.decode(vae, z[:, :, :2].contiguous()), decoded[:, :count], rtol=0,
+                               atol=1e-4 * float(decoded.abs().max()))
+
+
 def test_ltx2_as_released_decodes_its_first_frame_from_later_latent_frames():
     """LTX-2's released decoder is not causal (``decoder_causal=False``, benchmarks.video_vaes.RELEASED_CONFIG),
     so the first latent frame is not a problem of its own there, though it is for the causal one above."""

@@ -237,3 +237,20 @@ def test_as_video_on_a_file_or_frames_of_two_sizes_is_one_line(tmp_path, capsys)
     assert main(["invert", str(folder), "--as-video", "--quiet", "--out", str(tmp_path / "o.st")]) == 2
     assert capsys.readouterr().err.strip() == f"decinv: error: {folder}: the images of a folder (one video's " \
                                                "frames, --as-video) must have one size; got 1.png 32x32, 2.png 40x32"
+
+
+def test_auto_on_a_causal_video_vae_records_its_runs_apart(tmp_path):
+    """``--method auto`` on a 9-frame video of a causal video VAE (3 latent frames): the metadata says how many
+    steps its first frame and the frames of its first two latent frames took alone; the latents are the API's."""
+    from video_vae_models import make_vae
+
+    frames = pan_clip(bundled_photo(), 9, 32)
+    make_vae("wan").save_pretrained(tmp_path / "wan")
+    folder = _frames_folder(tmp_path / "nine", frames)
+    latents, meta = run_invert(folder, tmp_path / "a.st", "--as-video", "--vae", str(tmp_path / "wan"),
+                               "--method", "auto", "--steps", "6")
+    direct = invert(make_vae("wan"), np.stack(frames)[None], method="auto", steps=6)
+    assert torch.equal(latents, direct.latents[0]) and direct.second_frame_steps == 3
+    assert meta["first_frame_steps"] == str(int(direct.first_frame_steps[0])) and meta["second_frame_steps"] == "3"
+    _, meta = run_invert(folder, tmp_path / "f.st", "--as-video", "--vae", str(tmp_path / "wan"), "--steps", "2")
+    assert meta["first_frame_steps"] == meta["second_frame_steps"] == "-"  # adam, by default without them

@@ -84,7 +84,8 @@ def _longer_clips(runs: list[dict]) -> list[str]:
              f"{r['metrics']['cap']}") + " " + " / ".join(f"{v:.2f}" for v in r["metrics"]["per_latent_frame_db"])
             for r in runs]
     return ["", f"Longer clips ({clips} held-out clips of {frames} frames at {size}x{size}, latents `(B, 4, {latent}, "
-            f"{size // 8}, {size // 8})`; `python -m benchmarks.video_vaes --long-only` at git {runs[0]['git_sha']}): "
+            f"{size // 8}, {size // 8})`; `python -m benchmarks.video_vaes`, or its `--long-only` alone, at git "
+            f"{runs[0]['git_sha']}): "
             "where `auto`'s first-frame settings were chosen, its gain for them (against gain 3), its start "
             "(against joining their result after 4 steps, which wins on the 9-frame clips above without the second "
             "run) and its second run (against none).", "",

@@ -202,7 +202,7 @@ def test_video_report_gives_the_longer_clips_their_own_table_and_frames():
     longer = [run("encoder-only", None, -15.0), run("auto", 10, -25.0), run("auto-first-frame-join", 30, -26.0)]
     lines = _longer_clips(longer)
     assert lines[1].startswith("Longer clips (12 held-out clips of 17 frames at 64x64, latents `(B, 4, 5, 8, 8)`; "
-                               "`python -m benchmarks.video_vaes --long-only` at git abc)")
+                               "`python -m benchmarks.video_vaes`, or its `--long-only` alone, at git abc)")
     assert "| auto (stops itself) | 10 | 10.0 | -25.00 | 20.00 | 1.0 |" in lines
     assert "| auto, the first frames' result joined after 4 steps | 30 | 30.0 | -26.00 | 20.00 | 1.0 |" in lines
     assert lines[-1] == ("Per latent frame, these clips: the encoder's guess -16.00 / -15.00 / -14.00; auto (stops "

@@ -28,19 +28,22 @@ videos of 16 frames and more, starts there.
 ``second_frame_steps = s`` (``auto``: 3) runs ``s`` steps from ``E(x)`` on the videos' first ``1 + t`` frames alone
 (``t`` the temporal compression), which a causal VAE encodes to its first two latent frames alone and decodes them
 to alone (tests/test_video_vaes.py measures it), and the whole run starts its second latent frame at that run's
-point of step ``s`` (its first at the first frames' result; without ``first_frame_steps``, both at that run's).
-Each of its steps counts as ``(1 + t) / F`` of an evaluation. Why: the first frames' result stalls the second latent
+point of step ``s`` (its first at the first frames' result; without ``first_frame_steps``, both at that run's). Each
+of its steps counts as ``(1 + t) / F`` of an evaluation. Why: the first frames' result stalls the second latent
 frame (above), which converges fast from ``E(x)`` while the first moves with it, and a run on its 5 frames alone
 gets that speed for 5/17 of an evaluation a step on 17 frames, without holding back the later frames as the join
-does. On the fixture video VAE (scratch, two draws of ``z*``, cap 10): 9-frame clips +0.28 / +0.34 dB, 17-frame
-clips +0.12 / +0.11 (+0.18 capped at 30), 13-frame clips +0.04 (where it costs a step of the whole run); its second
-latent frame gains about 2 dB, the third loses about 0.5. It runs for videos of three latent frames or more.
-(Three latent frames decoded from the true first two do not stall the third: scratch.)
+does. On the fixture video VAE at a cap of 10: 9-frame clips +0.28 dB (benchmarks/video_vaes.py, the series
+``auto-second-frame-together``; scratch: +0.16 to +0.36 on two other draws of ``z*`` and two other sets of clips),
+17-frame clips +0.12 (+0.19 capped at 30; scratch, another draw: +0.11), 13-frame clips +0.04 (scratch; there it
+costs a step of the whole run); its second latent frame gains about 2 dB, the third loses about 0.5. It runs for
+videos of three latent frames or more. (Started at the true first two latent frames, the third does not stall:
+scratch.)
 
 ``first_frame_gain`` (fsm, km, anderson): the first frames' run's mean gain for every video (default: the run's
 own, ``mean_gain`` and ``mean_gain_clipped``). ``auto``: 1.5, which beat 1, 2, 2.5 and 3 at 10 evaluations on two
 draws (scratch; a latent frame whose decoder barely reads two of its four channels is another problem than a
-whole image) and gains 0.64 dB at 10 on the benchmark (the series ``auto-first-frame-start``: gain 3).
+whole image) and gains 0.73 dB at 10 on the benchmark (the series ``auto-first-frame-start``: gain 3; 0.64 before
+``second_frame_steps``).
 """
 
 from __future__ import annotations

@@ -341,6 +341,7 @@ def _first_frames_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
                                              f"first frames alone (first_frame_steps={k}", "pass keep_best=True", plan)
         tracker = iteration.tracker
         took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
+        del iteration, tracker  # its buffers, before the next run allocates its own
     if s:
         pair, *_ = _apart(adapter, first_frame.leading_frames(frames, second), pair_plan, progress,
                           f"first {second} frames alone (second_frame_steps={s}", "set second_frame_steps=0", plan)

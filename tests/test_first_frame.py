@@ -190,6 +190,17 @@ def test_the_join_survives_the_graph_warm_up(clips):
                                rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:cuda_graphs=True on a cpu device")
+def test_the_runs_apart_run_eagerly_before_the_graphed_whole_run(clips9):
+    """cuda_graphs=True graphs the whole run only; the runs apart (both, auto on 3 latent frames) run before it,
+    so the result equals the run without graphs."""
+    kw = dict(steps=8, method="fsm", lr=0.5, first_frame_steps=3, second_frame_steps=2)
+    graphed = decinv_fast.invert(make_vae("wan"), clips9, cuda_graphs=True, **kw)
+    assert graphed.second_frame_steps == 2
+    torch.testing.assert_close(graphed.latents, decinv_fast.invert(make_vae("wan"), clips9, **kw).latents,
+                               rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kwargs", [dict(method="fsm", lr=0.5, tol=1e9),
                                     dict(method="adam", lr=0.5, patience=1, keep_best=True)], ids=["tol", "patience"])
 def test_no_video_stops_before_the_join(clips, kwargs):
@@ -200,3 +211,19 @@ def test_no_video_stops_before_the_join(clips, kwargs):
     assert out.first_frame_steps is not None and int(out.stopped_at.min()) >= 3
     if "tol" in kwargs:
         assert out.stopped_at.tolist() == [3, 3] and out.stop_reason == ["tol", "tol"]
+
+
+def test_the_runs_apart_batch_and_chunk_as_the_whole_run_does(clips9):
+    """With both runs apart (auto on 3 latent frames), a batch of videos equals each video alone, and one video
+    per encoder/decoder call equals the whole batch per call: in fp64, since this random-weight VAE's decodings
+    match no latent and the runs grow its latents, and fp32 rounding with them (6e-4 apart, with or without the
+    runs apart)."""
+    vae, kw = make_vae("wan"), dict(steps=7, method="auto", dtype=torch.float64)
+    whole = decinv_fast.invert(vae, clips9, **kw)
+    assert whole.second_frame_steps == 3 and whole.first_frame_steps is not None
+    chunked = decinv_fast.invert(vae, clips9, chunk_frames=9, **kw)
+    torch.testing.assert_close(chunked.latents, whole.latents, rtol=0, atol=1e-9)
+    for i in range(2):
+        alone = decinv_fast.invert(vae, clips9[i:i + 1], **kw)
+        torch.testing.assert_close(alone.latents, whole.latents[i:i + 1], rtol=0, atol=1e-9)
+        assert alone.returned_step.tolist() == whole.returned_step[i:i + 1].tolist()

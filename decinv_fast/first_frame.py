@@ -35,9 +35,10 @@ gets that speed for 5/17 of an evaluation a step on 17 frames, without holding b
 does. On the fixture video VAE at a cap of 10: 9-frame clips +0.28 dB (benchmarks/video_vaes.py, the series
 ``auto-second-frame-together``; scratch: +0.16 to +0.36 on two other draws of ``z*`` and two other sets of clips),
 17-frame clips +0.12 (+0.19 capped at 30; scratch, another draw: +0.11), 13-frame clips +0.04 (scratch; there it
-costs a step of the whole run); its second latent frame gains about 2 dB, the third loses about 0.5. It runs for
-videos of three latent frames or more. (Started at the true first two latent frames, the third does not stall:
-scratch.)
+costs a step of the whole run); on two other video VAEs trained by the fixture's recipe for fewer steps (scratch)
+9-frame clips -0.03 and +0.00, 17-frame clips +0.14 and +0.22. Its second latent frame gains about 2 dB, the third
+loses about 0.5. It runs for videos of three latent frames or more. (Started at the true first two latent frames,
+the third does not stall: scratch.)
 
 ``first_frame_gain`` (fsm, km, anderson): the first frames' run's mean gain for every video (default: the run's
 own, ``mean_gain`` and ``mean_gain_clipped``). ``auto``: 1.5, which beat 1, 2, 2.5 and 3 at 10 evaluations on two

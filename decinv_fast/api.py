@@ -337,28 +337,28 @@ def _first_frames_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
     first_plan, pair_plan, whole_plan = first_frame.plans(plan, k, s, frames.frames_per_video, second)
     start, took = None, None
     if k:
-        start, iteration, steps_run = _apart(adapter, first_frame.leading_frames(frames, 1), first_plan, progress,
-                                             f"first frames alone (first_frame_steps={k}", "pass keep_best=True", plan)
-        tracker = iteration.tracker
-        took = torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
-        del iteration, tracker  # its buffers, before the next run allocates its own
+        start, took = _apart(adapter, first_frame.leading_frames(frames, 1), first_plan, progress,
+                             f"first frames alone (first_frame_steps={k}", "pass keep_best=True", plan)
     if s:
-        pair, *_ = _apart(adapter, first_frame.leading_frames(frames, second), pair_plan, progress,
-                          f"first {second} frames alone (second_frame_steps={s}", "set second_frame_steps=0", plan)
+        pair, _ = _apart(adapter, first_frame.leading_frames(frames, second), pair_plan, progress,
+                         f"first {second} frames alone (second_frame_steps={s}", "set second_frame_steps=0", plan)
         start = pair if start is None else torch.cat([start, pair[:, :, 1:]], dim=2)
     return dataclasses.replace(whole_plan, start=start, join=first_frame.joins_at(plan)), took, s or None
 
 
-def _apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool, what: str, fix: str, whole: Plan):
-    """A run on the videos' first frames (``decinv_fast.first_frame``) -> ``(latents, iteration, steps run)``; a
-    non-finite result is an error naming ``what`` it ran on, with its option, and a ``fix``."""
+def _apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool, what: str, fix: str,
+           whole: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run on the videos' first frames (``decinv_fast.first_frame``) -> ``(latents, (B,) steps each video took)``;
+    its buffers go with it. A non-finite result is an error naming ``what`` it ran on, with its option, and a
+    ``fix``."""
     iteration = make_iteration(adapter, frames, plan)
     steps_run = _run(iteration, iteration.run_step, plan, progress, None)
     latents, _ = iteration.finish(steps_run)
     if not bool(torch.isfinite(latents).all()):
         raise FloatingPointError(f"inversion diverged on the videos' {what}, method={whole.label!r}): try a smaller "
                                  f"lr, or {fix}")
-    return latents, iteration, steps_run
+    tracker = iteration.tracker
+    return latents, torch.full((frames.batch,), steps_run) if tracker is None else tracker.stop_step.cpu()
 
 
 def _run(iteration, step, plan: Plan, progress: bool, watch) -> int:

@@ -64,9 +64,9 @@ def apart_steps(adapter, frames: Frames, plan: Plan) -> tuple[int, int]:
     they need a step of the whole run left after the one where it takes their result (``first_frame_join``)."""
     k = option(plan.options, "first_frame_steps")
     s = option(plan.options, "second_frame_steps")
-    if not (k or s) or not frames.videos or not adapter.first_frame_alone or frames.frames_per_video <= 1:
-        return 0, 0
     count = frames.frames_per_video
+    if not (k or s) or not frames.videos or not adapter.first_frame_alone or count <= 1:
+        return 0, 0
     if count <= second_frames(adapter):  # two latent frames at most: the second run would be the whole one
         s = 0
     if not (k or s) or _whole_steps(plan.steps, k + s * second_frames(adapter), count) <= joins_at(plan):

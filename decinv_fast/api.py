@@ -330,20 +330,19 @@ def _first_frames_apart(adapter: VaeAdapter, frames: Frames, plan: Plan,
     videos' first frames inverted alone, their first two latent frames' frames from ``E(x)``, and the whole run's
     plan starting there with its cap lowered; else the plan as it is. -> ``(plan, (B,) steps each first frame
     took, or None, the second run's steps, or None)``."""
-    k, s = first_frame.apart_steps(adapter, frames, plan)
-    if not (k or s):
+    apart = first_frame.plan_apart(adapter, frames, plan)
+    if apart is None:
         return plan, None, None
-    second = first_frame.second_frames(adapter)
-    first_plan, pair_plan, whole_plan = first_frame.plans(plan, k, s, frames.frames_per_video, second)
     start, took = None, None
-    if k:
-        start, took = _apart(adapter, first_frame.leading_frames(frames, 1), first_plan, progress,
-                             f"first frames alone (first_frame_steps={k}", "pass keep_best=True", plan)
-    if s:
-        pair, _ = _apart(adapter, first_frame.leading_frames(frames, second), pair_plan, progress,
-                         f"first {second} frames alone (second_frame_steps={s}", "set second_frame_steps=0", plan)
+    if apart.k:
+        start, took = _apart(adapter, first_frame.leading_frames(frames, 1), apart.first, progress,
+                             f"first frames alone (first_frame_steps={apart.k}", "pass keep_best=True", plan)
+    if apart.s:
+        pair, _ = _apart(adapter, first_frame.leading_frames(frames, apart.second), apart.pair, progress,
+                         f"first {apart.second} frames alone (second_frame_steps={apart.s}",
+                         "set second_frame_steps=0", plan)
         start = pair if start is None else torch.cat([start, pair[:, :, 1:]], dim=2)
-    return dataclasses.replace(whole_plan, start=start, join=first_frame.joins_at(plan)), took, s or None
+    return dataclasses.replace(apart.whole, start=start, join=first_frame.joins_at(plan)), took, apart.s or None
 
 
 def _apart(adapter: VaeAdapter, frames: Frames, plan: Plan, progress: bool, what: str, fix: str,

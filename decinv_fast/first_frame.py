@@ -57,21 +57,37 @@ from .loop import Plan
 from .options import option
 
 
-def apart_steps(adapter, frames: Frames, plan: Plan) -> tuple[int, int]:
-    """``(k, s)``: the steps of the run on the first frames and of the run on the first two latent frames' frames
-    that the plan asks for and can take (0: none). Both need a VAE whose first latent frame is a problem of its
-    own and videos of more than one latent frame; the second, more than two (else it is the whole run); together
-    they need a step of the whole run left after the one where it takes their result (``first_frame_join``)."""
+@dataclasses.dataclass(frozen=True)
+class Apart:
+    """The runs apart that a plan asks for and can take: ``k`` steps on the first frames (0: none) with ``first``,
+    ``s`` on the first two latent frames' ``second`` frames (0: none) with ``pair``, and the ``whole`` run's plan,
+    its cap lowered by their cost (its ``start`` and ``join`` set once they are done)."""
+
+    k: int
+    s: int
+    second: int
+    first: Plan
+    pair: Plan
+    whole: Plan
+
+
+def plan_apart(adapter, frames: Frames, plan: Plan) -> Apart | None:
+    """The runs apart for ``plan``, or ``None`` where none runs. Both need a VAE whose first latent frame is a
+    problem of its own and videos of more than one latent frame; the second, more than two (else it is the whole
+    run); together they need a step of the whole run left after the one where it takes their result
+    (``first_frame_join``)."""
     k = option(plan.options, "first_frame_steps")
     s = option(plan.options, "second_frame_steps")
     count = frames.frames_per_video
     if not (k or s) or not frames.videos or not adapter.first_frame_alone or count <= 1:
-        return 0, 0
-    if count <= second_frames(adapter):  # two latent frames at most: the second run would be the whole one
+        return None
+    second = second_frames(adapter)
+    if count <= second:  # two latent frames at most: the second run would be the whole one
         s = 0
-    if not (k or s) or _whole_steps(plan.steps, k + s * second_frames(adapter), count) <= joins_at(plan):
-        return 0, 0
-    return k, s
+    whole = plan.steps - math.ceil((k + s * second) / count)  # a step on n frames counts n / count, rounded up
+    if not (k or s) or whole <= joins_at(plan):
+        return None
+    return Apart(k, s, second, *_plans(plan, k, s, whole))
 
 
 def joins_at(plan: Plan) -> int:
@@ -84,27 +100,20 @@ def second_frames(adapter) -> int:
     return 1 + adapter.temporal_compression
 
 
-def _whole_steps(steps: int, frame_steps: int, count: int) -> int:
-    """The whole run's cap: ``steps`` less the runs apart's ``frame_steps`` steps on one frame of ``count`` (a step
-    on ``n`` frames counts ``n`` of them), rounded up."""
-    return steps - math.ceil(frame_steps / count)
-
-
 def leading_frames(frames: Frames, count: int) -> Frames:
     """The videos' first ``count`` frames as videos ``(B, 3, count, H, W)``."""
     return Frames(frames.pixels[:, :, :count].contiguous(), frames.batch, count, False, videos=True)
 
 
-def plans(plan: Plan, k: int, s: int, count: int, second: int) -> tuple[Plan, Plan, Plan]:
+def _plans(plan: Plan, k: int, s: int, whole: int) -> tuple[Plan, Plan, Plan]:
     """The first frames' plan (``k`` steps, the same method and options but ``first_frame_gain`` for every mean
     gain where given), the first two latent frames' (``s`` steps from ``E(x)``, the same method and options, no
-    best-point tracking or stopping: the point of its step ``s``, as the join takes it) and the whole run's,
-    whose cap is lowered by ``ceil((k + s * second) / count)`` (its ``start`` and ``join`` set once the runs apart
-    are done)."""
+    best-point tracking or stopping: the point of its step ``s``, as the join takes it) and the whole run's
+    (``whole`` steps)."""
     options = dict(plan.options, first_frame_steps=0, first_frame_join=0, first_frame_gain=None,
                    second_frame_steps=0)
     gain = option(plan.options, "first_frame_gain")
     first_options = dict(options) if gain is None else dict(options, mean_gain=gain, mean_gain_clipped=gain)
     first = dataclasses.replace(plan, steps=k, options=first_options)
     pair = dataclasses.replace(plan, steps=s, options=options, keep_best=False, tol=None, patience=None)
-    return first, pair, dataclasses.replace(plan, steps=_whole_steps(plan.steps, k + s * second, count))
+    return first, pair, dataclasses.replace(plan, steps=whole)

@@ -15,6 +15,7 @@ from . import first_frame, reference
 from ._dispatch import check_backend_name
 from .adapters import VaeAdapter, as_adapter, check_output_finite
 from .attention import attention_backend
+from .eval_mode import eval_mode
 from .graphs import GraphedStep
 from .inputs import Frames, as_videos, check_latent_size, check_latents, to_frames
 from .loop import Plan, check_steps_fit, chunks, encode_frames, make_iteration
@@ -308,7 +309,8 @@ def invert(vae, images, *, method: str = "adam", steps: int = 50, lr: float | st
     device = frames.pixels.device
     start = time.perf_counter()
     autograd = torch.inference_mode(False) if plan.method == "grad" else contextlib.nullcontext()
-    with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), autograd:
+    with PeakMemory(device, enabled=measure_memory) as peak, attention_backend(adapter.module, attention), \
+            eval_mode(adapter.module), autograd:
         plan, first_steps, second_steps = _first_frames_apart(adapter, frames, plan, progress)
         iteration = make_iteration(adapter, frames, plan)
         watch = None if callback is None else (lambda k: callback(k, shaped(frames, iteration.latents)))
@@ -404,7 +406,8 @@ def encode(vae, images, *, dtype: torch.dtype | None = None, chunk_frames: int |
     adapter = _working_vae(vae, as_adapter(vae), dtype)
     frames = _frames_for(adapter, images, dtype)
     chunk = _chunk_for(adapter, frames, chunk_frames, "fsm", {})
-    return shaped(frames, encode_frames(adapter, frames.pixels, chunk))
+    with eval_mode(adapter.module):
+        return shaped(frames, encode_frames(adapter, frames.pixels, chunk))
 
 
 @torch.no_grad()
@@ -431,7 +434,8 @@ def decode(vae, latents: torch.Tensor, *, chunk_frames: int | None = None) -> to
         layout = Frames(flat, z.shape[0], frames if z.dim() == 5 else None, squeezed)  # for the chunk checks
         fpv = frames if adapter.temporal else 1
     chunk = _chunk_for(adapter, layout, chunk_frames, "fsm", {})
-    parts = [adapter.decode(flat[s], fpv) for s in chunks(flat.shape[0], chunk)]
+    with eval_mode(adapter.module):
+        parts = [adapter.decode(flat[s], fpv) for s in chunks(flat.shape[0], chunk)]
     pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
     check_output_finite("decoder's output", adapter, pixels)
     if videos:

@@ -189,12 +189,17 @@ def _check_channels(images, c: int, channels: int | None) -> None:
     raise ValueError(f"images: expected {channels} channels, got {c} (shape {tuple(images.shape)}){hint}")
 
 
+def check_loaded(device: torch.device | None) -> None:
+    """An error unless the VAE's weights are somewhere (``device``: its device, ``None`` for a callable pair)."""
+    if device is not None and device.type == "meta":
+        raise ValueError("the VAE is on the meta device: its weights were never loaded (load them, or move it "
+                         "with .to_empty() and load a state dict)")
+
+
 def to_frames(images, *, device: torch.device | None, dtype: torch.dtype | None,
               spatial_factor: int | None, channels: int | None) -> Frames:
     """Validate ``images`` and return them as frames on ``device`` in ``dtype``."""
-    if device is not None and device.type == "meta":  # whatever the images' kind
-        raise ValueError("the VAE is on the meta device: its weights were never loaded (load them, or move it "
-                         "with .to_empty() and load a state dict)")
+    check_loaded(device)  # whatever the images' kind
     if isinstance(images, list | tuple) and len(images) == 0:
         raise ValueError("images: empty batch (an empty list)")
     if isinstance(images, Frames):  # checked already (invert_to_noise hands its frames on): not read again
@@ -294,6 +299,7 @@ def check_latents(latents, adapter) -> None:
     """Latents ``adapter`` decodes: ``(C, h, w)``, ``(B, C, h, w)`` or ``(B, F, C, h, w)`` (a video VAE's
     ``(C, f, h, w)`` or ``(B, C, f, h, w)``) float tensors with its channels, on its device, large enough
     and finite; else an error naming ``latents``."""
+    check_loaded(adapter.device)
     videos = adapter.encodes_videos
     ranks, channel_dim = ((4, 5), -4) if videos else ((3, 4, 5), -3)
     if not isinstance(latents, torch.Tensor) or latents.dim() not in ranks:

@@ -160,6 +160,9 @@ def test_a_vae_without_weights(tiny_kl, images_32):
     for images in (images_32, np.zeros((32, 32, 3), np.uint8)):  # a tensor, or any other kind of images
         with pytest.raises(ValueError, match="meta device: its weights were never loaded"):
             decinv_fast.invert(empty, images, steps=1)
+    for latents in (torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4, device="meta")):  # decode says it too
+        with pytest.raises(ValueError, match="meta device: its weights were never loaded"):
+            decinv_fast.decode(empty, latents)
 
 
 def test_images_on_another_device(tiny_kl):

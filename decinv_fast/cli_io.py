@@ -388,8 +388,11 @@ def check_outputs(out: str, png: str | None, source: str | None = None) -> None:
 
         check_output("--png", png)
         suffix = Path(png).suffix.lower()
-        if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        kind = Image.registered_extensions().get(suffix)
+        if kind not in Image.SAVE:
             raise UsageError(f"--png {png}: PIL cannot write image type {suffix or '(no suffix)'!r}; use e.g. .png")
+        if not _writes_rgb(kind):
+            raise UsageError(f"--png {png}: PIL cannot write an RGB image as {kind} ({suffix!r}); use e.g. .png")
         if _same_file(Path(out), Path(png)):
             raise UsageError(f"--png {png} is also the --out file; the panel would overwrite the latents: choose "
                              "another path for one of them")
@@ -398,3 +401,18 @@ def check_outputs(out: str, png: str | None, source: str | None = None) -> None:
         if name is not None and any(_same_file(Path(name), p) for p in inputs):
             what = "the input file" if inputs == [Path(source)] else f"an input image (of folder {source})"
             raise UsageError(f"{flag} {name} is {what}; choose another path")
+
+
+def _writes_rgb(kind: str) -> bool:
+    """Whether PIL writes a small RGB image (the panel's mode) as image type ``kind`` (some, e.g. XBM, take
+    other modes only)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=kind)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+

@@ -381,12 +381,13 @@ def test_output_paths_are_checked_before_the_run(tmp_path, photo_png, capsys, mo
     monkeypatch.setattr(cli, "load_vae", no_vae)
     (tmp_path / "a_file").write_text("")
     bad = [["--out", str(tmp_path)], ["--out", str(tmp_path / "a_file" / "z.st")],
-           ["--png", str(tmp_path / "panel.xyz")], ["--png", str(tmp_path)]]
+           ["--png", str(tmp_path / "panel.xyz")], ["--png", str(tmp_path)], ["--png", str(tmp_path / "panel.xbm")]]
     for extra in bad:
         args = ["invert", str(photo_png), "--quiet", "--out", str(tmp_path / "z.st"), *extra]
         assert main(args) == 2, extra
         err = capsys.readouterr().err.strip()
         assert err.startswith("decinv: error: --") and "\n" not in err, err
+    assert err.endswith("PIL cannot write an RGB image as XBM ('.xbm'); use e.g. .png"), err  # XBM: 1-bit only
 
 
 def test_panel_in_a_new_folder_and_write_errors(tmp_path, photo_png, capsys, monkeypatch):

@@ -111,14 +111,18 @@ def flag_names(message: str) -> str:
 
 
 @contextlib.contextmanager
-def _flag_names():
-    """Errors of the API called inside, reworded with the command line's flags (one line, as any)."""
+def _flag_names(source: str | None = None):
+    """Errors of the API called inside, reworded with the command line's flags (one line, as any); with
+    ``source``, the input path, an error about the API's ``images`` names it instead."""
     try:
         yield
     except FloatingPointError as exc:  # a diverged run
         raise FloatingPointError(flag_names(str(exc))) from exc
     except (ValueError, TypeError) as exc:
-        raise UsageError(flag_names(str(exc))) from exc
+        message = flag_names(str(exc))
+        if source is not None:
+            message = re.sub(r"^images:", lambda _: f"{source}:", message)
+        raise UsageError(message) from exc
 
 
 def cmd_invert(args) -> int:
@@ -145,7 +149,7 @@ def cmd_invert(args) -> int:
     if args.lbfgs:
         options["optimizer"] = "lbfgs"
     compile = args.compile_backend or args.compile  # a backend name, True (inductor) or False
-    with _flag_names():
+    with _flag_names(args.input):
         result = api.invert(vae, images, method=args.method, steps=args.steps, lr=args.lr, schedule=args.schedule,
                             dtype=dtype, progress=_progress(args), chunk_frames=args.chunk_frames, tol=args.tol,
                             patience=args.patience, keep_best=args.keep_best or None, attention=args.attention,

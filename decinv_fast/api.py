@@ -34,6 +34,7 @@ from .options import (
     check_positive,
     fused_update,
     is_int,
+    tensor_hint,
 )
 from .outcome import build_result, check_first_evaluation, shaped
 from .result import InversionResult
@@ -116,7 +117,7 @@ def prepare_run(vae, images, *, method: str = "adam", steps: int = 50, lr: float
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not is_int(steps) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise ValueError(f"steps must be a positive int, got {steps!r}{tensor_hint(steps)}")
     steps = int(steps)
     if schedule is not None and schedule not in reference.SCHEDULES:
         raise ValueError(f"schedule must be one of {reference.SCHEDULES} or None, got {schedule!r}")

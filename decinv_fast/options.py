@@ -145,12 +145,17 @@ def check_fp32_master(fp32_master, method: str) -> None:
 
 def check_positive(name: str, value) -> None:
     if not is_real(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}{tensor_hint(value)}")
 
 
 def check_int(name: str, value, low: int) -> None:
     if not is_int(value) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}{tensor_hint(value)}")
+
+
+def tensor_hint(value) -> str:
+    """Why a tensor holding a fitting number is refused: the options are Python (or NumPy) numbers."""
+    return " (a tensor: pass a Python number, e.g. .item())" if isinstance(value, torch.Tensor) else ""
 
 
 def mean_gains(options: dict) -> tuple[float, float]:
@@ -218,7 +223,8 @@ def check_options(method: str, lr, options: dict) -> tuple[float, dict]:
             options[name] = int(options[name])
     blur = option(options, "residual_blur")
     if not is_real(blur) or blur < 0:
-        raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}")
+        raise ValueError(f"residual_blur (Gaussian sigma in pixels) must be a finite number >= 0, got {blur!r}"
+                         f"{tensor_hint(blur)}")
     if "residual_blur" in options:
         options["residual_blur"] = float(blur)
     for name in ("mean_gain", "mean_gain_clipped", "first_frame_gain"):

@@ -70,6 +70,8 @@ def test_unit_range_float_tensors_warn_at_the_caller_s_line(tiny_kl):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=0), "steps"), (dict(steps=-3), "steps"), (dict(steps=2.5), "steps"),
     (dict(lr=0.0), "lr"), (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"),
+    (dict(lr=torch.tensor(0.01)), r"lr must be .* got tensor\(0.0100\) \(a tensor: pass a Python number"),
+    (dict(steps=torch.tensor(3)), r"\(a tensor: pass a Python number, e.g. .item\(\)\)"),
     (dict(method="newton"), "method"), (dict(schedule="linear"), "schedule"),
     (dict(dtype=torch.int8), "dtype"), (dict(tol=0), "tol"), (dict(backend="cudnn"), "backend"),
     (dict(method="km", alpha=1.0), "alpha"), (dict(method="adam", alpha=0.3), "alpha"),

@@ -134,3 +134,22 @@ def test_extra_conditions_with_another_batch_than_the_state(unet, key):
     with pytest.raises(ValueError, match=rf"^{key}\['time_ids'\] must be \(B or 1, ...\) with B=2 like z_T, "
                                          r"got shape \(3, 6\)$"):
         ddim_sample(unet, grid, noise(), **cond)
+
+
+@pytest.mark.parametrize("sampler", ["reversible_bdia_sample", "adjoint_sample"])
+def test_a_nested_conditioning_tensor_that_requires_grad_is_refused(unet, sampler):
+    """The custom autograd functions differentiate the conditioning tensors passed as keywords; one inside
+    ``added_cond_kwargs`` that requires grad would get no gradient without a word, so it is refused by name."""
+    import decinv_fast.diffusion as diffusion
+
+    run = getattr(diffusion, sampler)
+    grid = Schedule.from_scheduler(sd_scheduler(), 2)
+    text, _ = text_embeddings(2)
+    added, _ = extra_conditions()
+    wanted = dict(added, text_embeds=added["text_embeds"].clone().requires_grad_(True))
+    extra = dict(gamma=0.96) if sampler == "reversible_bdia_sample" else {}
+    with pytest.raises(ValueError, match=r"added_cond_kwargs\['text_embeds'\] requires grad, .* pass it detached"):
+        run(unet, grid, noise(), encoder_hidden_states=text, added_cond_kwargs=wanted, **extra)
+    with torch.no_grad():  # no gradient asked for: runs
+        run(unet, grid, noise(), encoder_hidden_states=text, added_cond_kwargs=wanted, **extra)
+    run(unet, grid, noise(), encoder_hidden_states=text, added_cond_kwargs=added, **extra)

@@ -75,6 +75,7 @@ def bind(model, cond: dict, grad_names=None) -> Binding:
     scale = cond.pop("guidance_scale", 1.0)
     if grad_names is None:
         grad_names = tuple(k for k, v in cond.items() if isinstance(v, torch.Tensor) and v.requires_grad)
+        _refuse_nested_grad(cond)
     else:
         if isinstance(grad_names, str):
             grad_names = (grad_names,)
@@ -88,6 +89,23 @@ def bind(model, cond: dict, grad_names=None) -> Binding:
                 )
     Denoiser(model, guidance_scale=scale, **cond)  # validate the combination now, with clear errors
     return Binding(model, float(scale), cond, grad_names)
+
+
+def _refuse_nested_grad(cond: dict) -> None:
+    """A ValueError for a tensor that requires grad inside a conditioning dict, list or tuple (SDXL's
+    ``added_cond_kwargs``): the custom autograd functions differentiate top-level tensors only, so its gradient
+    would be dropped without a word."""
+    if not torch.is_grad_enabled():
+        return
+    for key, value in cond.items():
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) \
+            else ()
+        for inner, item in items:
+            if isinstance(item, torch.Tensor) and item.requires_grad:
+                raise ValueError(
+                    f"{key}[{inner!r}] requires grad, but the reversible and adjoint gradients reach only conditioning "
+                    f"tensors passed as keywords of their own: pass it detached (.detach()), or differentiate it "
+                    f"through unrolled_bdia_sample (plain autograd)")
 
 
 def model_parameters(binding: Binding, params) -> list[torch.Tensor]:

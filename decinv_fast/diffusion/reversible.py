@@ -105,7 +105,8 @@ def reversible_bdia_sample(model, schedule, z_T: torch.Tensor, *, gamma: float, 
 
     Args:
         model, schedule, **cond: as for :func:`.samplers.bdia_sample`; conditioning tensors that
-            require grad (e.g. ``encoder_hidden_states``) receive gradients.
+            require grad (e.g. ``encoder_hidden_states``) receive gradients (one inside a dict such as
+            ``added_cond_kwargs`` is refused: it would get none).
         z_T: ``(B, C, h, w)`` initial noise (any shape for callables).
         gamma: BDIA's gamma in ``(0, 1]``.
         params: tensors to differentiate (default: the model's parameters that require grad; give

@@ -122,15 +122,15 @@ def available_ram() -> int:
     return 8 * 2**30
 
 
-def cuda_budget(device: torch.device, share: float = 0.9) -> int:
-    """Bytes this process's allocator can hold on ``device``: what it holds now plus ``share`` of what it
-    could still get, the driver's free memory and what its own cache keeps reserved but unused (blocks
-    earlier calls freed, which the driver does not count as free), within the process's cap
-    (``torch.cuda.set_per_process_memory_fraction``)."""
+def cuda_obtainable(device: torch.device, share: float = 0.9) -> int:
+    """Bytes this process's allocator can still get on ``device``, ``share`` of them: the driver's free memory
+    and what its own cache keeps reserved but unused (blocks earlier calls freed, which the driver does not
+    count as free), within the process's cap (``torch.cuda.set_per_process_memory_fraction``). What the
+    process holds already (its weights, inputs, other models) is not in it."""
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     obtainable = free + torch.cuda.memory_reserved(device) - allocated
     fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # not in every torch
     if fraction is not None:
         obtainable = min(obtainable, int(fraction(device) * total) - allocated)
-    return int(share * max(obtainable, 0)) + allocated
+    return int(share * max(obtainable, 0))

@@ -48,7 +48,7 @@ import torch
 from .adapters import as_adapter
 from .attention import check_attention
 from .inputs import check_latent_size, check_video_frames
-from .memory import available_ram, cuda_budget
+from .memory import available_ram, cuda_obtainable
 from .memory_trace import STANDARD_ONE, chunk_pass, meta_vae, own_processor_names, peak_bytes
 from .options import (
     AUTO,
@@ -278,9 +278,8 @@ def _check_arguments(dtype, device, budget_bytes, attention, chunks) -> str:
 
 def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "auto",
                fp32_master: bool | None = None) -> int:
-    """The largest chunk, in frames, predicted to fit in the memory free now (CUDA: 90% of the device
-    memory this process can still get, its allocator's unused cache included; CPU: half of the available
-    RAM). Whole videos for temporal VAEs and video VAEs (at least one).
+    """The largest chunk, in frames, predicted to fit in the memory free now (:func:`chunk_within`).
+    Whole videos for temporal VAEs and video VAEs (at least one).
     ``options`` are the run's method options (``memory``, ``mixing``, ``optimizer``), ``attention``
     its attention backend (``"math"`` builds the tokens x tokens matrix) and ``fp32_master`` its master
     copy setting."""
@@ -290,10 +289,6 @@ def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "au
     image = pixels.shape[1:2] + pixels.shape[-2:]  # (C, H, W), also of whole videos' (B, C, F, H, W) rows
     shape = (frames.batch, frames.frames, *image) if frames.frames else (frames.batch, *image)
     device = pixels.device
-    if device.type == "cuda":
-        budget = cuda_budget(device)
-    else:
-        budget = available_ram() // 2
     own = {}  # the options plan() takes for this method, as the run has them
     if method == "anderson":
         own = {"memory": option(options, "memory"), "mixing": option(options, "mixing")}
@@ -301,7 +296,18 @@ def auto_chunk(adapter, frames, method: str, options: dict, attention: str = "au
         own = {"optimizer": option(options, "optimizer")}
         if own["optimizer"] == "lbfgs":
             own["memory"] = option(options, "memory")
-    result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, budget_bytes=budget, method=method,
+    result = plan(adapter.module, shape, dtype=pixels.dtype, device=device.type, method=method,
                   attention=attention, fp32_master=fp32_master, **own)
-    smallest = min(result.per_chunk)
-    return result.chunk or smallest
+    return chunk_within(result, device)
+
+
+def chunk_within(result: MemoryPlan, device: torch.device) -> int:
+    """The largest of ``result``'s chunks predicted to fit in what ``device`` has free now, else the smallest.
+    On CUDA what the call allocates (``added_per_chunk``; the weights and input are there already, beside
+    whatever else the process holds: another model's memory is not free) within 90% of what the process can
+    still get; on the CPU the whole prediction within half of the available RAM."""
+    if device.type == "cuda":
+        predicted, budget = result.added_per_chunk, cuda_obtainable(device)
+    else:
+        predicted, budget = result.per_chunk, available_ram() // 2
+    return max((c for c, p in predicted.items() if p <= budget), default=min(predicted))

@@ -95,19 +95,35 @@ def test_auto_chunk_fits_half_the_available_ram(monkeypatch):
 def test_the_cuda_budget_counts_the_allocator_s_unused_cache_as_available(monkeypatch):
     """Blocks an earlier call freed stay reserved by torch's cache, which the driver does not count as free:
     the budget adds them back (without, a second call's ``chunk_frames="auto"`` planned in less memory).
-    A per-process cap (``set_per_process_memory_fraction``) bounds it."""
-    from decinv_fast.memory import cuda_budget
+    A per-process cap (``set_per_process_memory_fraction``) bounds it. What the process holds is not in it."""
+    from decinv_fast.memory import cuda_obtainable
 
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * gib)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 23 * gib)  # 20 GiB cached, unused
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0, raising=False)
-    assert cuda_budget(torch.device("cuda", 0)) == int(0.9 * 30 * gib) + 3 * gib
-    assert cuda_budget(torch.device("cuda", 0), share=1.0) == 33 * gib
+    assert cuda_obtainable(torch.device("cuda", 0)) == int(0.9 * 30 * gib)
+    assert cuda_obtainable(torch.device("cuda", 0), share=1.0) == 30 * gib
     # a process capped at a quarter of the card (20 GiB) can get 17 GiB more, not 30
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.25, raising=False)
-    assert cuda_budget(torch.device("cuda", 0), share=1.0) == 20 * gib
+    assert cuda_obtainable(torch.device("cuda", 0), share=1.0) == 17 * gib
+
+
+def test_on_cuda_the_chunk_s_own_allocations_must_fit_what_is_free(monkeypatch):
+    """On a GPU the weights and input are resident already, beside other models (a pipeline's UNet): the chunk
+    is chosen by what the call adds within what the process can still get, not by the whole prediction
+    within everything it holds (which counted the other models' memory as free)."""
+    vae = new_fixture_vae().eval().requires_grad_(False)
+    result = plan(vae, (1, 4, 3, 32, 32), dtype=torch.float32, device="cuda")
+    added, whole = result.added_per_chunk, result.per_chunk
+    assert sorted(added) == [1, 2, 4] and added[2] < added[4] and whole[2] > added[2]
+    cuda = torch.device("cuda", 0)
+    for free, chunk in ((added[4], 4), (added[4] - 1, 2), (added[2], 2), (added[1] - 1, 1)):
+        monkeypatch.setattr(planner, "cuda_obtainable", lambda device, free=free: free)
+        assert planner.chunk_within(result, cuda) == chunk, free
+    monkeypatch.setattr(planner, "available_ram", lambda: 2 * whole[2])  # the CPU: the whole prediction
+    assert planner.chunk_within(result, torch.device("cpu")) == 2
 
 
 def test_auto_chunk_plans_the_run_s_anderson_options(monkeypatch):

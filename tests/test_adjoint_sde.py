@@ -155,3 +155,16 @@ def test_a_seed_names_one_noise_path_in_every_dtype():
         wide = StepNoise(7, 3, z.double())(k)
         assert wide.dtype == torch.float64
         assert torch.equal(StepNoise(7, 3, z)(k), wide.float())
+
+
+def test_seeded_noise_of_a_batch_s_first_samples_is_theirs_alone_and_a_later_one_s_can_be_passed():
+    """A seed draws a step's noise for the whole batch at once (docs/adjoint_gradients.md): the first samples see
+    what they see alone; a later sample runs alone with its batch's noise passed as a tensor."""
+    unet = tiny_unet(torch.float64)
+    grid = Schedule.from_scheduler(sd_scheduler(), 3)
+    z_T = noise((3, 4, 8, 8), torch.float64)
+    batch = ei_sample(unet, grid, z_T, noise=5)
+    torch.testing.assert_close(batch[:2], ei_sample(unet, grid, z_T[:2], noise=5), rtol=1e-12, atol=1e-12)
+    drawn = StepNoise(5, 3, z_T)
+    last = torch.stack([drawn(k)[2:] for k in range(3)])
+    torch.testing.assert_close(batch[2:], ei_sample(unet, grid, z_T[2:], noise=last), rtol=1e-12, atol=1e-12)

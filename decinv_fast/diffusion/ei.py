@@ -120,8 +120,9 @@ class StepNoise:
     """The recorded noise of an SDE pass: ``xi_k`` for sampling step ``k = 0..N-1``.
 
     ``noise`` is either an ``int`` seed (``xi_k`` is drawn from a CPU generator seeded with
-    ``(seed, k)``, so any step's noise can be regenerated in any order: O(1) memory), or a tensor
-    ``(N, *z.shape)``, or a sequence of ``N`` tensors shaped like ``z`` (kept by reference).
+    ``(seed, k)``, so any step's noise can be regenerated in any order: O(1) memory; drawn for the whole
+    batch at once, so a batch's first samples see the noise they see alone and a later sample another one),
+    or a tensor ``(N, *z.shape)``, or a sequence of ``N`` tensors shaped like ``z`` (kept by reference).
     """
 
     def __init__(self, noise, num_steps: int, like: torch.Tensor):

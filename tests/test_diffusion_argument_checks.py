@@ -305,3 +305,12 @@ def test_double_backward_is_refused_in_words(grid, sample):
         torch.autograd.grad(out.square().sum(), z, create_graph=True)
     (grad,) = torch.autograd.grad(sample(grid, z).square().sum(), z)  # one backward still works
     assert grad.shape == z.shape and bool(torch.isfinite(grad).all())
+
+
+def test_a_scheduler_without_timesteps_says_how_to_give_them():
+    """The samplers take no num_inference_steps (given, it went on to the model): the error says what they take."""
+    from decinv_fast.diffusion import ddim_sample
+
+    with pytest.raises(ValueError, match=r"set_timesteps\(n\) first, or give the step count: "
+                                         r"Schedule.from_scheduler\(scheduler, n\) for the samplers"):
+        ddim_sample(tiny_unet(), sd_scheduler(), noise())

@@ -191,7 +191,8 @@ class Schedule:
             _check_no_repeats(scheduler, steps)
         else:
             raise ValueError(
-                "scheduler has no timesteps yet: call scheduler.set_timesteps(n) first, or pass num_inference_steps"
+                "scheduler has no timesteps yet: call scheduler.set_timesteps(n) first, or give the step count: "
+                "Schedule.from_scheduler(scheduler, n) for the samplers, num_inference_steps=n for invert_to_noise"
             )
         return cls.from_alphas_cumprod(table, steps, final_alpha_cumprod=final)
 

@@ -206,6 +206,8 @@ def test_a_pass_that_goes_non_finite_is_an_error(grid, run):
 @pytest.mark.parametrize("sample, name", [
     (lambda g, eps: ddim_sample(eps, g, noise()), "ddim_sample"),
     (lambda g, eps: bdia_sample(eps, g, noise(), gamma=0.0), "bdia_sample"),
+    (lambda g, eps: bdia_invert(eps, g, noise(), noise(seed=2), gamma=0.96), "bdia_invert"),
+    (lambda g, eps: bdia_invert_from_z0(eps, g, noise(), gamma=0.96), "bdia_invert_from_z0"),
 ])
 def test_the_non_finite_error_names_the_sampler_that_was_called(grid, sample, name):
     """ddim_sample runs bdia_sample's loop at gamma = 0, but its error still names ddim_sample."""

@@ -150,11 +150,11 @@ def bdia_invert(model, schedule, z0: torch.Tensor, z1: torch.Tensor, *, gamma: f
     gamma = check_gamma(gamma, inverse=True)
     denoiser, grid = prepare(model, schedule, z0, "z0", cond, callback)
     _check_pair(z0, z1)
-    return _invert_pair(denoiser, grid, z0, z1, gamma, callback)
+    return _invert_pair(denoiser, grid, z0, z1, gamma, callback, "bdia_invert")
 
 
 def _invert_pair(denoiser: Denoiser, grid: Schedule, z0: torch.Tensor, z1: torch.Tensor, gamma: float,
-                 callback: Callback) -> torch.Tensor:
+                 callback: Callback, caller: str) -> torch.Tensor:
     below, z = z0, z1 if grid.num_steps > 1 else z1.clone()  # one step: z_T is z_1 (a new tensor, not the caller's)
     for i in range(1, grid.num_steps):
         eps = denoiser(z, grid.t(i))
@@ -162,7 +162,7 @@ def _invert_pair(denoiser: Denoiser, grid: Schedule, z0: torch.Tensor, z1: torch
         below, z = z, above
         if callback is not None:
             callback(i + 1, z)
-    return check_result("bdia_invert", z)
+    return check_result(caller, z)
 
 
 @torch.no_grad()
@@ -180,4 +180,4 @@ def bdia_invert_from_z0(model, schedule, z0: torch.Tensor, *, gamma: float, call
     z1 = ddim_step(z0, denoiser(z0, grid.t(1)), grid.alphabar(0), grid.alphabar(1))
     if callback is not None:
         callback(1, z1)
-    return _invert_pair(denoiser, grid, z0, z1, gamma, callback)
+    return _invert_pair(denoiser, grid, z0, z1, gamma, callback, "bdia_invert_from_z0")

@@ -314,3 +314,12 @@ def test_a_scheduler_without_timesteps_says_how_to_give_them():
     with pytest.raises(ValueError, match=r"set_timesteps\(n\) first, or give the step count: "
                                          r"Schedule.from_scheduler\(scheduler, n\) for the samplers"):
         ddim_sample(tiny_unet(), sd_scheduler(), noise())
+
+
+def test_a_tensor_given_for_a_number_says_to_pass_a_python_number():
+    """gamma = torch.tensor(0.5) lies in [0, 1]: refused for being a tensor, which the error now says."""
+    from decinv_fast.diffusion import bdia_sample
+
+    grid = Schedule.from_scheduler(sd_scheduler(), 2)
+    with pytest.raises(ValueError, match=r"^gamma must .* got tensor\(0.5000\) \(a tensor: pass a Python number"):
+        bdia_sample(tiny_unet(), grid, noise(), gamma=torch.tensor(0.5))

@@ -150,6 +150,9 @@ def test_detect_with_ddim_inversion_takes_no_gamma():
 def test_tpr_at_fpr_names_a_bad_fpr(fpr):
     with pytest.raises(ValueError, match=r"^fpr must lie in \[0, 1\), got"):  # a str or None was a raw TypeError
         tpr_at_fpr([1.0], [0.0], fpr)
+    if fpr is None:  # once: a tensor holding a fitting number says what to pass instead
+        with pytest.raises(ValueError, match=r"got tensor\(0.1000\) \(a tensor: pass a Python number"):
+            tpr_at_fpr([1.0], [0.0], torch.tensor(0.1))
 
 
 def test_flagged_needs_a_significance_level():

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..options import check_finite, is_real
+from ..options import check_finite, is_real, tensor_hint
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def check_gamma(gamma, *, inverse: bool) -> float:
     low_ok = ok and (gamma > 0 if inverse else gamma >= 0)
     if not (low_ok and gamma <= 1):
         where = "(0, 1] for inversion (it divides every step)" if inverse else "[0, 1]"
-        raise ValueError(f"gamma must lie in {where}, got {gamma!r}")
+        raise ValueError(f"gamma must lie in {where}, got {gamma!r}{tensor_hint(gamma)}")
     if inverse and gamma < 0.9:
         log.warning("gamma=%s: BDIA inversion divides the error of every state by gamma; expect it to grow", gamma)
     return float(gamma)

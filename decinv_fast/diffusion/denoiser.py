@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..options import check_finite, is_int, is_real
+from ..options import check_finite, is_int, is_real, tensor_hint
 from .checks import check_state
 
 
@@ -60,7 +60,8 @@ class Denoiser:
         self.model = model
         self.kind = _kind(model)
         if not is_real(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+            raise ValueError("guidance_scale must be a finite number, "
+                             f"got {guidance_scale!r}{tensor_hint(guidance_scale)}")
         self.guidance_scale = float(guidance_scale)
         self.guided = self.guidance_scale != 1.0
         if self.kind == "unet2d_condition" and encoder_hidden_states is None:

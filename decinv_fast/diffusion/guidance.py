@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import check_flag, is_int, is_real
+from ..options import check_flag, is_int, is_real, tensor_hint
 from ._autodiff import check_loss_and_gradients, needs_autograd, scalar_loss
 from .adjoint import adjoint_sample
 from .checks import BDIA_GAMMA, check_callback, check_state, one_line
@@ -72,9 +72,9 @@ def _check(method, iterations, lr, optimize, cond) -> tuple[str, ...]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not is_int(iterations) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
+        raise ValueError(f"iterations must be a non-negative int, got {iterations!r}{tensor_hint(iterations)}")
     if not is_real(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+        raise ValueError(f"lr must be a positive number, got {lr!r}{tensor_hint(lr)}")
     if isinstance(optimize, str):
         names = (optimize,)
     elif isinstance(optimize, Sequence) and all(isinstance(name, str) for name in optimize):

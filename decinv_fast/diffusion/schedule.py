@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..options import check_int, is_int
+from ..options import check_int, is_int, tensor_hint
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def ddim_timesteps(num_inference_steps: int, *, num_train_timesteps: int = 1000,
     - ``"linspace"``: ``round(linspace(0, T - 1, n))`` reversed.
     """
     if not is_int(num_inference_steps) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        raise ValueError("num_inference_steps must be a positive int, "
+                         f"got {num_inference_steps!r}{tensor_hint(num_inference_steps)}")
     check_int("num_train_timesteps", num_train_timesteps, 1)
     check_int("steps_offset", steps_offset, 0)  # a negative offset gave a negative timestep, a float was truncated
     n, big_t = int(num_inference_steps), int(num_train_timesteps)

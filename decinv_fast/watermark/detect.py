@@ -27,7 +27,7 @@ from ..diffusion.denoiser import as_denoiser
 from ..diffusion.pipeline import NoiseInversion, image_frames, invert_to_noise
 from ..diffusion.samplers import bdia_sample
 from ..diffusion.schedule import as_schedule
-from ..options import is_real
+from ..options import is_real, tensor_hint
 from ..visual import to_uint8
 from .key import TreeRingKey, check_key, inject
 from .stats import noise_statistic
@@ -66,7 +66,7 @@ class Detection:
     def flagged(self, alpha: float = 0.01) -> torch.Tensor:
         """``(B,)`` bool: watermark detected at significance ``alpha`` (``p < alpha``), a level in (0, 1)."""
         if not (is_real(alpha) and 0 < alpha < 1):
-            raise ValueError(f"alpha must lie in (0, 1) (a significance level), got {alpha!r}")
+            raise ValueError(f"alpha must lie in (0, 1) (a significance level), got {alpha!r}{tensor_hint(alpha)}")
         return self.p_value < alpha
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion.checks import check_state
-from ..options import is_int
+from ..options import is_int, tensor_hint
 
 
 def frequency_radius(h: int, w: int) -> torch.Tensor:
@@ -91,12 +91,14 @@ def make_ring_key(shape, *, radius: int | None = None, channel: int | None = Non
                          f"needs 3x3 latents), got {shape!r}")
     channel = c - 1 if channel is None else channel
     if not is_int(channel) or not 0 <= channel < c:
-        raise ValueError(f"channel must be an int in [0, {c - 1}], got {channel!r}")
+        raise ValueError(f"channel must be an int in [0, {c - 1}], got {channel!r}{tensor_hint(channel)}")
     radius = max(1, round(10 * min(h, w) / 64)) if radius is None else radius
     if not is_int(radius) or not 1 <= radius < min(h, w) / 2:
-        raise ValueError(f"radius must be an int in [1, {(min(h, w) - 1) // 2}] for {h}x{w} latents, got {radius!r}")
+        raise ValueError(f"radius must be an int in [1, {(min(h, w) - 1) // 2}] for {h}x{w} latents, "
+                         f"got {radius!r}{tensor_hint(radius)}")
     if not is_int(seed) or not -2**63 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [-2**63, 2**64 - 1] (a torch.Generator seed), got {seed!r}")
+        raise ValueError("seed must be an int in [-2**63, 2**64 - 1] (a torch.Generator seed), "
+                         f"got {seed!r}{tensor_hint(seed)}")
     channel, radius, seed = int(channel), int(radius), int(seed)
     dist = frequency_radius(h, w)
     mask = dist <= radius

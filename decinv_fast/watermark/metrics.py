@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..options import is_real
+from ..options import is_real, tensor_hint
 
 
 def _scores(name: str, scores) -> torch.Tensor:
@@ -33,7 +33,7 @@ def tpr_at_fpr(positive, negative, fpr: float = 0.01) -> tuple[float, float]:
     cannot resolve 1% with 32 negatives, so the returned FPR says what was actually achieved.
     """
     if not (is_real(fpr) and 0 <= fpr < 1):
-        raise ValueError(f"fpr must lie in [0, 1), got {fpr!r}")
+        raise ValueError(f"fpr must lie in [0, 1), got {fpr!r}{tensor_hint(fpr)}")
     pos, neg = _scores("positive", positive), _scores("negative", negative)
     n = neg.numel()
     allowed = min(math.floor(fpr * n * (1 + 1e-12)), n - 1)  # 0.29 * 100 = 28.999999999999996 allows 29

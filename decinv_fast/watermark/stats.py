@@ -56,7 +56,7 @@ import numbers
 import numpy as np
 import torch
 
-from ..options import is_real
+from ..options import is_real, tensor_hint
 from .key import TreeRingKey, check_key, fourier
 
 MAX_NC = 1e7  # the Poisson mixture sums about nc / 2 terms (~0.5 s per 1e6 of nc): beyond this, refuse, don't hang
@@ -144,7 +144,7 @@ def _real(name: str, value) -> float:
     if isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0:
         value = value.item()
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise ValueError(f"{name} must be a real number, got {value!r}{tensor_hint(value)}")
     return float(value)
 
 
@@ -153,10 +153,11 @@ def _law(nc, **dfs) -> tuple[float, ...]:
     values = [_real(name, value) for name, value in dfs.items()]
     for name, value, number in zip(dfs, dfs.values(), values, strict=True):
         if not (math.isfinite(number) and number > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}{tensor_hint(value)}")
     number = _real("nc", nc)
     if not 0 <= number <= MAX_NC:
-        raise ValueError(f"nc must be a number in [0, {MAX_NC:g}] (the p-value sums about nc / 2 terms), got {nc!r}")
+        raise ValueError(f"nc must be a number in [0, {MAX_NC:g}] (the p-value sums about nc / 2 terms), "
+                         f"got {nc!r}{tensor_hint(nc)}")
     return (*values, number)
 
 
@@ -231,7 +232,8 @@ def noise_statistic(noise: torch.Tensor, key: TreeRingKey, *, noise_std: float |
     """
     check_key(key).check(noise, "noise")
     if noise_std is not None and not (is_real(noise_std) and noise_std > 0):
-        raise ValueError(f"noise_std must be a positive number or None (estimate it), got {noise_std!r}")
+        raise ValueError("noise_std must be a positive number or None (estimate it), "
+                         f"got {noise_std!r}{tensor_hint(noise_std)}")
     spectrum = fourier(noise, key.channel).cpu()
     mask, values = key.mask, key.values
     unkeyed = spectrum[:, ~mask].abs().square()

@@ -93,6 +93,7 @@ def test_optimize_conditioning_and_keep_norm():
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(order=3), ValueError, "order"),
     (dict(order=True), ValueError, "order"),
+    (dict(order=2.0), ValueError, "order"), (dict(order=torch.tensor(2)), ValueError, "a tensor: pass a Python"),
     (dict(states="disk"), ValueError, "states"),
     (dict(scheme="euler"), ValueError, "scheme"),
     (dict(noise=7, order=2), ValueError, "order"),

@@ -145,6 +145,9 @@ def test_as_schedule_checks_the_step_count_of_a_schedule():
     assert as_schedule(grid, 4) is grid and as_schedule(grid) is grid
     with pytest.raises(ValueError, match="num_inference_steps=5 but the Schedule has 4 steps"):
         as_schedule(grid, 5)
+    for bad in (4.0, True):  # as a diffusers scheduler's step count is checked
+        with pytest.raises(ValueError, match="num_inference_steps must be a positive int"):
+            as_schedule(grid, bad)
 
 
 def test_thresholding_scheduler_warns(caplog):

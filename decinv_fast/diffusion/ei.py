@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..options import check_finite, tensor_hint
+from ..options import check_finite, is_int, tensor_hint
 from .denoiser import Denoiser
 from .samplers import check_result, prepare
 from .schedule import Schedule
@@ -111,7 +111,7 @@ def exp_weights(lam_prev: float, lam_cur: float, lam_next: float, k: int) -> tup
 
 
 def check_order(order) -> int:
-    if isinstance(order, bool) or order not in ORDERS:
+    if not is_int(order) or order not in ORDERS:
         raise ValueError(f"order must be 1 (DEIS-1 / DDIM) or 2 (2M multistep), got {order!r}{tensor_hint(order)}")
     return int(order)
 

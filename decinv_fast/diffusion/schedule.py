@@ -277,6 +277,9 @@ def _expected_timesteps(scheduler, config: dict, n: int) -> list[int]:
 def as_schedule(schedule, num_inference_steps: int | None = None) -> Schedule:
     """A :class:`Schedule` from a ``Schedule`` or a diffusers scheduler (see ``Schedule.from_scheduler``)."""
     if isinstance(schedule, Schedule):
+        if num_inference_steps is not None and not is_int(num_inference_steps):  # as a scheduler's is checked
+            raise ValueError("num_inference_steps must be a positive int, "
+                             f"got {num_inference_steps!r}{tensor_hint(num_inference_steps)}")
         if num_inference_steps is not None and num_inference_steps != schedule.num_steps:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps} but the Schedule has {schedule.num_steps} steps"

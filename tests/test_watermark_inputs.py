@@ -37,6 +37,9 @@ NAN, INF = float("nan"), float("inf")
     ((NAN, 2.0, 1.0), "x must be a real number, got nan"),
     (("1", 2.0, 1.0), "x must be a real number, got '1'"),  # was a TypeError from math
     ((1.0, True, 1.0), "df must be a real number, got True"),
+    # a 0-d tensor is taken as its number: out of range, its error gives no tensor hint
+    ((1.0, torch.tensor(-1.0), 1.0), r"df must be a finite number > 0, got tensor\(-1.\)$"),
+    ((1.0, 2.0, torch.tensor(-1.0)), r"nc must be a number in \[0, 1e\+07\] .*got tensor\(-1.\)$"),
 ])
 def test_log_ncx2_cdf_names_a_bad_parameter(args, message):
     with pytest.raises(ValueError, match=rf"^{message}"):

@@ -153,11 +153,10 @@ def _law(nc, **dfs) -> tuple[float, ...]:
     values = [_real(name, value) for name, value in dfs.items()]
     for name, value, number in zip(dfs, dfs.values(), values, strict=True):
         if not (math.isfinite(number) and number > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}{tensor_hint(value)}")
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     number = _real("nc", nc)
     if not 0 <= number <= MAX_NC:
-        raise ValueError(f"nc must be a number in [0, {MAX_NC:g}] (the p-value sums about nc / 2 terms), "
-                         f"got {nc!r}{tensor_hint(nc)}")
+        raise ValueError(f"nc must be a number in [0, {MAX_NC:g}] (the p-value sums about nc / 2 terms), got {nc!r}")
     return (*values, number)
 
 

@@ -306,3 +306,13 @@ def test_a_mid_grey_batch_has_an_absolute_pixel_residual_not_an_infinite_one(une
     out = decinv_fast.invert_to_noise(vae, unet, grid, grey, method="encoder")
     expected = float(decinv_fast.decode(vae, out.z0).float().norm())
     assert out.pixel_residual == pytest.approx(expected, rel=1e-6) and 0 < out.pixel_residual < float("inf")
+
+
+def test_a_0_d_tensor_noise_level_is_taken_and_out_of_range_named_without_a_tensor_hint():
+    """The one-step functions take a 0-d tensor level as its number; out of range, the error is about the value."""
+    from decinv_fast.diffusion.steps import ddim_step
+
+    z = torch.zeros(1, 4, 2, 2)
+    assert torch.equal(ddim_step(z, z, torch.tensor(0.5), 0.6), ddim_step(z, z, 0.5, 0.6))
+    with pytest.raises(ValueError, match=r"^alphabar_from must lie in \(0, 1\] .*got tensor\(1.5000\)$"):
+        ddim_step(z, z, torch.tensor(1.5), 0.6)

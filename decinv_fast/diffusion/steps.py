@@ -31,8 +31,6 @@ import math
 
 import torch
 
-from ..options import tensor_hint
-
 
 def _levels_ok(*levels) -> bool:
     """All ``levels`` in ``(0, 1]`` (False for NaN and for what is no number)."""
@@ -46,8 +44,7 @@ def _bad_level(**levels: float) -> None:
     """Raise for the first of ``levels`` outside ``(0, 1]`` (the callers test them all in one expression)."""
     for name, value in levels.items():
         if not _levels_ok(value):
-            raise ValueError(f"{name} must lie in (0, 1] (a noise level alphas_cumprod[t]), "
-                             f"got {value!r}{tensor_hint(value)}")
+            raise ValueError(f"{name} must lie in (0, 1] (a noise level alphas_cumprod[t]), got {value!r}")
 
 
 def _check_tensors(**tensors: torch.Tensor) -> None:
@@ -70,7 +67,7 @@ def _check_gamma(gamma, *, inverse: bool) -> None:
         ok = False
     if not ok:
         need = "be > 0 and finite (the inverse step divides by it)" if inverse else "be a finite number"
-        raise ValueError(f"gamma must {need}, got {gamma!r}{tensor_hint(gamma)}")
+        raise ValueError(f"gamma must {need}, got {gamma!r}")
 
 
 def ddim_coefficients(alphabar_from: float, alphabar_to: float) -> tuple[float, float]:
